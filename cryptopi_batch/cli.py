@@ -1,0 +1,187 @@
+"""Arguments → settings → a command → an exit code. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from rich.console import Console
+
+from . import commands, logs
+from .db import ConnectionSettings
+from .discovery import migrations_dir
+from .errors import CryptopiBatchError, UsageError
+from .report import ProgressBar, print_json, print_table
+from .settings import RunOptions
+
+T = TypeVar("T")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's default exits 2 with usage spam
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--dsn", help="PostgreSQL URL (else $DATABASE_URL, else PG* variables)")
+    common.add_argument("--migrations-dir", help="where migration files live")
+    common.add_argument("--log-format", choices=("console", "json"), default="console")
+    common.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
+
+    parser = _Parser(prog="cryptopi_batch", parents=[common],
+                     description="Batched, resumable, throttled data migrations for PostgreSQL.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", parents=[common], help="run a migration, or resume it")
+    run.add_argument("name")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--workers", type=int)
+    run.add_argument("--max-rows-per-second", type=float)
+    run.add_argument("--sleep", help="pause between batches (e.g. 100ms)")
+    run.add_argument("--target-batch-seconds", help="adapt the batch size toward this")
+    run.add_argument("--lock-timeout", help="per batch transaction (default 2s)")
+    run.add_argument("--statement-timeout", help="per batch transaction (default 30s)")
+    run.add_argument("--max-duration", help="stop (exit 3) after this long")
+    run.add_argument("--lease-seconds", type=float, help=argparse.SUPPRESS)
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--force", action="store_true", help="resume although the source changed")
+    run.add_argument("--restart", action="store_true", help="forget the checkpoint; start over")
+    run.add_argument("--catch-up", action="store_true",
+                     help="extend a completed run to keys inserted since it started")
+    run.add_argument("--yes", action="store_true", help="confirm a destructive migration")
+
+    status = sub.add_parser("status", parents=[common], help="progress, rate, ETA, state")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true")
+
+    lst = sub.add_parser("list", parents=[common], help="every migration with its state")
+    lst.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
+    demo.add_argument("--rows", type=int, default=1_000_000)
+    demo.add_argument("--data-dir", default=".pgdata/demo")
+    demo.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point; returns the process exit code."""
+    args: argparse.Namespace | None = None
+    connection = ConnectionSettings()
+    try:
+        args = build_parser().parse_args(argv)
+        logs.configure(args.log_format)
+        connection = ConnectionSettings.from_env(args.dsn)
+        handler: Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]
+        handler = _HANDLERS[args.command]
+        return anyio.run(handler, args, connection, backend="asyncio")
+    except CryptopiBatchError as exc:
+        if args is not None and args.traceback:
+            traceback.print_exc()
+        print(f"cryptopi_batch: {connection.redact(exc.message)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cryptopi_batch: interrupted", file=sys.stderr)
+        return EXIT_STOPPED
+    except Exception as exc:
+        if args is not None and args.traceback:
+            traceback.print_exc()
+        text = connection.redact(f"{type(exc).__name__}: {exc}")
+        print(f"cryptopi_batch: unexpected error: {text} (--traceback shows where)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    return migrations_dir(args.migrations_dir)
+
+
+async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    console = Console(stderr=True)
+    show_bar = not args.no_progress and console.is_terminal and args.log_format == "console"
+    bar = ProgressBar(console) if show_bar else None
+    if bar is not None:
+        # The bar carries the per-batch numbers; the log keeps warnings and the summary.
+        logs.configure(args.log_format, level=logging.WARNING)
+    options = RunOptions(
+        batch_size=args.batch_size, workers=args.workers,
+        max_rows_per_second=args.max_rows_per_second, sleep=args.sleep,
+        target_batch_seconds=args.target_batch_seconds, lock_timeout=args.lock_timeout,
+        statement_timeout=args.statement_timeout, max_duration=args.max_duration,
+        lease_seconds=args.lease_seconds, force=args.force, restart=args.restart,
+        catch_up=args.catch_up, yes=args.yes, progress=show_bar)
+    try:
+        result = await commands.run(
+            args.name, directory=_directory(args), connection=connection, options=options,
+            handle_signals=True,
+            on_start=(lambda done, total: bar.start(args.name, done, total)) if bar else None,
+            on_batch=bar.advance if bar else None)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if result.already_completed:
+        print(f"{result.name}: already completed; nothing to do", file=sys.stderr)
+    elif result.outcome is not None:
+        o = result.outcome
+        print(f"{result.name}: completed: {o.progress.rows:,} rows changed in"
+              f" {o.progress.batches:,} batches, {o.seconds:.1f} s", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    directory = _directory(args) if args.name else None
+    rows = await commands.status(args.name, directory=directory, connection=connection)
+    if args.json:
+        print_json(rows, sys.stdout)
+    else:
+        print_table(rows, Console())
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    rows = await commands.list_migrations(directory=_directory(args), connection=connection)
+    if args.json:
+        print_json(rows, sys.stdout)
+    else:
+        print_table(rows, Console())
+    return EXIT_OK
+
+
+async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import demo  # the embedded server is only needed here
+
+    console = Console(stderr=True)
+    console.print(f"Starting an embedded PostgreSQL in {args.data_dir} …")
+    cluster = await anyio.to_thread.run_sync(demo.start_cluster, Path(args.data_dir))
+    try:
+        dsn = cluster.dsn()
+        demo_conn = ConnectionSettings(dsn=dsn)
+        console.print(f"Seeding matrices.dyn_values with {args.rows:,} rows …")
+        await demo.seed(dsn, args.rows)
+        run_args = build_parser().parse_args(
+            ["run", "backfill_confidence", "--restart", *(["--no-progress"]
+                                                         if args.no_progress else [])])
+        run_args.migrations_dir = args.migrations_dir
+        run_args.log_format = args.log_format
+        code = await _run(run_args, demo_conn)
+        print_table(await commands.status(None, directory=None, connection=demo_conn),
+                    Console())
+        return code
+    finally:
+        await anyio.to_thread.run_sync(cluster.stop)
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
+    "run": _run,
+    "status": _status,
+    "list": _list,
+    "demo": _demo,
+}

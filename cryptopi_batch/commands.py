@@ -1,0 +1,173 @@
+"""The commands, as plain async functions: the CLI only adapts them.
+
+Each returns a result object or raises a :class:`CryptopiBatchError` whose ``exit_code``
+the CLI exits with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from . import store
+from .db import ConnectionSettings, close_quietly
+from .discovery import LoadedMigration, discover, load, resolve
+from .errors import PermissionDenied, RunCancelled, SourceChanged, Stopped, UsageError
+from .executor import Outcome, ProgressHook, Runner
+from .report import StatusRow, status_row
+from .settings import RunOptions, RunSettings, resolve_settings
+from .store import Target
+
+
+@dataclass(frozen=True)
+class RunResult:
+    name: str
+    already_completed: bool
+    outcome: Outcome | None
+
+
+def find_migration(directory: Path, name: str) -> LoadedMigration:
+    return load(resolve(discover(directory), name))
+
+
+async def run(
+    name: str,
+    *,
+    directory: Path,
+    connection: ConnectionSettings,
+    options: RunOptions = RunOptions(),
+    handle_signals: bool = False,
+    on_start: Any = None,
+    on_batch: ProgressHook | None = None,
+) -> RunResult:
+    """Run migration ``name``, or resume it where it stopped.
+
+    Everything that can refuse the run (the name, the file, the connection, the table and
+    key, a changed source, a cancelled run) is checked before anything is written.
+    ``on_start(keys_done, keys_total)`` is called once the run is about to start batches.
+    """
+    migration = find_migration(directory, name)
+    settings = resolve_settings(options, migration.backfill)
+    if migration.backfill.destructive and not settings.yes:
+        raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
+    conn = await connection.connect_or_fail()
+    try:
+        target = await _check_target(conn, migration)
+        await store.ensure_schema(conn)
+        row = await _start_or_resume(conn, migration, target, settings)
+        if row["status"] == "completed":
+            return RunResult(migration.name, True, None)
+        if on_start is not None:
+            on_start(int(row["keys_done"]), int(row["keys_estimate"] or 0))
+        runner = Runner(
+            name=migration.name, filename=migration.file.filename,
+            work=migration.backfill.work, target=target, settings=settings,
+            connection=connection, handle_signals=handle_signals, on_batch=on_batch)
+        outcome = await runner.execute(conn)
+        return RunResult(migration.name, False, outcome)
+    finally:
+        await close_quietly(conn)
+
+
+async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:
+    backfill = migration.backfill
+    target = await store.inspect_target(conn, backfill.table, backfill.key_columns)
+    needed = ["SELECT"]
+    if isinstance(backfill.work, str):
+        verb = backfill.work.lstrip().split(None, 1)[0].upper()
+        needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
+    for privilege in needed:
+        if not await conn.fetchval("SELECT has_table_privilege($1, $2)", target.table,
+                                   privilege):
+            raise PermissionDenied(f"permission denied: {privilege} on {target.table}")
+    return target
+
+
+async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
+                           target: Target, settings: RunSettings) -> asyncpg.Record:
+    """The run's row, created on first start; refuses what must not resume."""
+    name = migration.name
+    async with conn.transaction():
+        row = await conn.fetchrow(store.query("lock_backfill"), name)
+        if row is not None and settings.restart:
+            await conn.execute(store.query("delete_backfill"), name)
+            row = None
+        if row is None:
+            end = await store.last_key(conn, target)
+            await conn.execute(
+                store.query("insert_backfill"), name, migration.file.filename, target.table,
+                list(target.key.names), [c.type for c in target.key.columns],
+                None if end is None else list(end), settings.batch_size, target.estimate,
+                migration.checksum, "up")
+            row = await conn.fetchrow(store.query("lock_backfill"), name)
+            assert row is not None
+        status = row["status"]
+        if status == "completed":
+            if not settings.catch_up:
+                return row
+            end = await store.last_key(conn, target)
+            if end is None or list(end) == list(row["end_key"] or []):
+                return row
+            await conn.execute(store.query("catch_up_backfill"), name, list(end),
+                               max(target.estimate - int(row["keys_done"]), 0))
+        elif status == "cancelled":
+            raise RunCancelled(f"{name} was cancelled; `run --restart` starts it again")
+        elif status == "paused":
+            raise Stopped(f"{name} is paused; `resume {name}` lifts the pause")
+        if row["source_checksum"] != migration.checksum and not settings.force:
+            raise SourceChanged(f"{migration.file.path} changed since its run started;"
+                                " rerun with --force to resume with the new source")
+        await conn.execute(store.query("reopen_backfill"), name, migration.checksum)
+        await conn.execute("UPDATE ops.backfills SET batch_size = $2 WHERE name = $1",
+                           name, settings.batch_size)
+        fresh = await conn.fetchrow(store.query("get_backfill"), name)
+        assert fresh is not None
+        return fresh
+
+
+async def status(name: str | None, *, directory: Path | None,
+                 connection: ConnectionSettings) -> list[StatusRow]:
+    """Progress, rate, ETA, state and why, for one migration or all of them."""
+    wanted = None
+    if name is not None:
+        wanted = resolve(discover(directory), name).name if directory else name
+    conn = await connection.connect_or_fail()
+    try:
+        if await store.schema_version(conn) == 0:
+            rows: list[asyncpg.Record] = []
+        else:
+            rows = await conn.fetch(store.query("status_rows"), wanted, 60.0)
+        found = [status_row(r) for r in rows]
+        if wanted is not None and not found:
+            found = [StatusRow.pending(wanted)]
+        return found
+    finally:
+        await close_quietly(conn)
+
+
+async def list_migrations(*, directory: Path,
+                          connection: ConnectionSettings) -> list[StatusRow]:
+    """Every migration in the directory with its state."""
+    files = discover(directory)
+    conn = await connection.connect_or_fail()
+    try:
+        by_name: dict[str, StatusRow] = {}
+        applied: set[str] = set()
+        if await store.schema_version(conn) > 0:
+            by_name = {r["name"]: status_row(r)
+                       for r in await conn.fetch(store.query("status_rows"), None, 60.0)}
+            applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
+        elif await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
+            applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
+        result = []
+        for f in files:
+            row = by_name.get(f.name) or StatusRow.pending(f.name)
+            if row.status == "pending" and f.filename in applied:
+                row = StatusRow.applied(f.name)
+            result.append(row)
+        return result
+    finally:
+        await close_quietly(conn)

@@ -1,0 +1,94 @@
+"""Connections: where the DSN comes from, how a connection is opened, and how connect
+errors become one clear line without the password."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from .errors import ConnectionFailed, PermissionDenied
+
+CONNECT_TIMEOUT = 10.0
+APPLICATION_NAME = "cryptopi_batch"
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How to reach PostgreSQL. ``dsn`` ``None`` means libpq's ``PG*`` variables."""
+
+    dsn: str | None = None
+    statement_cache_size: int = 100
+    application_name: str = APPLICATION_NAME
+
+    @classmethod
+    def from_env(cls, dsn: str | None = None) -> ConnectionSettings:
+        """``--dsn``, else $DATABASE_URL, else libpq's ``PG*`` variables (asyncpg reads them).
+
+        $CRYPTOPI_BATCH_STATEMENT_CACHE=0 turns off asyncpg's prepared-statement cache, as
+        PgBouncer in transaction-pooling mode needs.
+        """
+        cache = os.environ.get("CRYPTOPI_BATCH_STATEMENT_CACHE")
+        return cls(dsn=dsn or os.environ.get("DATABASE_URL") or None,
+                   statement_cache_size=int(cache) if cache else 100)
+
+    def secrets(self) -> list[str]:
+        """Every password this configuration could put in a message."""
+        found = [os.environ.get("PGPASSWORD", "")]
+        if self.dsn:
+            try:
+                found.append(unquote(urlsplit(self.dsn).password or ""))
+            except ValueError:
+                pass
+            found += re.findall(r"password=([^\s&]+)", self.dsn)
+        return [s for s in found if s]
+
+    def redact(self, text: str) -> str:
+        """``text`` with every password of this configuration, and any URL userinfo,
+        replaced by ``***``."""
+        text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+        for secret in self.secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    async def connect(self, *, timeout: float = CONNECT_TIMEOUT) -> asyncpg.Connection:
+        """Open a connection; raises the driver's errors untranslated (the retry layer
+        classifies them)."""
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=timeout,
+            statement_cache_size=self.statement_cache_size,
+            server_settings={"application_name": self.application_name},
+        )
+
+    async def connect_or_fail(self) -> asyncpg.Connection:
+        """Open the first connection of a command: any failure is :class:`ConnectionFailed`
+        (exit 2) with one line that names no password."""
+        try:
+            return await self.connect()
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise PermissionDenied(self.redact(f"cannot connect: {exc}")) from None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                reason = f"timed out after {CONNECT_TIMEOUT:g} s"
+            raise ConnectionFailed(self.redact(f"cannot connect to PostgreSQL: {reason}")) from None
+
+
+async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -> None:
+    """Close a connection whose state may be unknown; terminate it if closing stalls."""
+    if conn is None or conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=timeout)
+    except Exception:
+        # The connection is unusable either way; never let cleanup mask the real error.
+        conn.terminate()
+
+
+def pg_interval(seconds: float) -> str:
+    """A duration as a GUC value in milliseconds (``0`` disables a timeout)."""
+    return f"{max(0, round(seconds * 1000))}ms"

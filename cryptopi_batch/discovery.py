@@ -1,0 +1,153 @@
+"""Find migration files, resolve a name the user typed, and load a migration module."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+import tomllib
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MigrationDefinitionError, MigrationLoadError, MigrationNotFound
+from .migration import Backfill
+
+FILE_NAME = re.compile(r"^(?P<stamp>\d{8}_\d{4})_(?P<description>\w+)\.(?P<ext>py|sql)$")
+DEFAULT_DIR = "migrations"
+ENV_DIR = "CRYPTOPI_BATCH_MIGRATIONS"
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """A file in the migrations directory. ``name`` is the file name without extension."""
+
+    path: Path
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def description(self) -> str:
+        m = FILE_NAME.match(self.path.name)
+        return m.group("description") if m else self.name
+
+    @property
+    def kind(self) -> str:
+        return self.path.suffix.lstrip(".")
+
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedMigration:
+    file: MigrationFile
+    backfill: Backfill
+    description: str
+    checksum: str
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+
+def migrations_dir(explicit: str | None = None, cwd: Path | None = None) -> Path:
+    """``--migrations-dir``, else $CRYPTOPI_BATCH_MIGRATIONS, else pyproject.toml's
+    ``[tool.cryptopi_batch] migrations``, else ``migrations/``."""
+    base = cwd or Path.cwd()
+    if explicit:
+        return base / explicit
+    if os.environ.get(ENV_DIR):
+        return base / os.environ[ENV_DIR]
+    pyproject = base / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            tool = tomllib.loads(pyproject.read_text()).get("tool", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise MigrationLoadError(f"{pyproject}: {exc}") from None
+        configured = tool.get("cryptopi_batch", {}).get("migrations")
+        if configured:
+            return base / str(configured)
+    return base / DEFAULT_DIR
+
+
+def discover(directory: Path) -> list[MigrationFile]:
+    """Every migration file in ``directory``, in file-name (and so chronological) order."""
+    if not directory.is_dir():
+        raise MigrationNotFound(f"migrations directory not found: {directory}")
+    return sorted((MigrationFile(p) for p in directory.iterdir()
+                   if p.is_file() and FILE_NAME.match(p.name)), key=lambda f: f.filename)
+
+
+def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
+    """The one file that ``wanted`` names: its full name, a unique prefix of it, or its
+    description part (or a unique prefix of that)."""
+    wanted = wanted.removesuffix(".py").removesuffix(".sql")
+    for matcher in (
+        lambda f: f.name == wanted,
+        lambda f: f.description == wanted,
+        lambda f: f.name.startswith(wanted),
+        lambda f: f.description.startswith(wanted),
+    ):
+        found = [f for f in files if matcher(f)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(f.name for f in found)
+            raise MigrationNotFound(f"migration name {wanted!r} is ambiguous: {names}")
+    names = [f.name for f in files]
+    close = difflib.get_close_matches(wanted, names + [f.description for f in files], n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    listing = ", ".join(names) if names else "(none)"
+    raise MigrationNotFound(f"no migration named {wanted!r}{hint} Known: {listing}")
+
+
+def load(file: MigrationFile) -> LoadedMigration:
+    """Import a Python migration and return its ``migration`` object.
+
+    Any failure becomes one :class:`MigrationLoadError` naming the file and line.
+    """
+    if file.kind != "py":
+        raise MigrationLoadError(f"{file.filename}: a .sql migration runs with `migrate`")
+    module_name = f"cryptopi_batch_migrations.{file.name}"
+    spec = importlib.util.spec_from_file_location(module_name, file.path)
+    if spec is None or spec.loader is None:
+        raise MigrationLoadError(f"{file.path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise MigrationLoadError(
+            f"{file.path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except MigrationDefinitionError as exc:
+        raise MigrationLoadError(f"{file.path}:{_line_in(exc, file.path)}: {exc}") from None
+    except Exception as exc:
+        raise MigrationLoadError(
+            f"{file.path}:{_line_in(exc, file.path)}: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.modules.pop(module_name, None)
+    backfill = getattr(module, "migration", None)
+    if not isinstance(backfill, Backfill):
+        raise MigrationLoadError(
+            f"{file.path}: defines no module-level `migration = Backfill(...)`")
+    description = (module.__doc__ or "").strip().splitlines()
+    return LoadedMigration(file, backfill, description[0] if description else "", file.checksum())
+
+
+def _line_in(exc: BaseException, path: Path) -> int | str:
+    """The last line of ``path`` in the exception's traceback."""
+    line: int | str = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename) == path and frame.lineno is not None:
+            line = frame.lineno
+    return line

@@ -1,0 +1,396 @@
+"""Runs a migration's batches: claim a range, do the work and the checkpoint in one
+transaction, retry what is transient, stop cleanly.
+
+Each worker task has its own connection; one control connection beats the heartbeat and
+reads the control state (pause, cancel) that workers obey between batches.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+import asyncpg
+import psutil
+import structlog
+from tenacity import RetryCallState
+
+from . import store
+from .db import ConnectionSettings, close_quietly, pg_interval
+from .errors import BatchFailed, LeaseLost, Stopped
+from .migration import Batch, Work, run_work
+from .retry import Fault, classify
+from .settings import RunSettings
+from .store import Claim, RangeQueries, Target
+from .throttle import Pacer, next_batch_size, shrink_after_timeout
+
+log = structlog.get_logger("cryptopi_batch")
+T = TypeVar("T")
+
+CRASH_ENV = "CRYPTOPI_BATCH_CRASH_AT"
+"""Testing hook: ``point:n`` kills the process (SIGKILL) the n-th time a batch reaches
+``point`` (before_work, after_work, before_commit, after_commit)."""
+
+_SET_LOCAL = ("SELECT set_config('lock_timeout', $1, true),"
+              " set_config('statement_timeout', $2, true),"
+              " set_config('idle_in_transaction_session_timeout', $3, true)")
+_IDLE_POLL = 0.25
+
+
+@dataclass
+class Progress:
+    """Counters this process has seen, fed to the progress bar."""
+
+    rows: int = 0
+    keys: int = 0
+    batches: int = 0
+
+
+@dataclass
+class Outcome:
+    completed: bool
+    progress: Progress
+    seconds: float
+    stop_reason: str | None = None
+
+
+ProgressHook = Callable[[Progress, int], None]
+
+
+@dataclass
+class Runner:
+    """One runner process's share of a migration run."""
+
+    name: str
+    filename: str
+    work: Work
+    target: Target
+    settings: RunSettings
+    connection: ConnectionSettings
+    handle_signals: bool = False
+    on_batch: ProgressHook | None = None
+    token: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def __post_init__(self) -> None:
+        self.ranges = RangeQueries(self.target)
+        self.stop = anyio.Event()
+        self.stop_reason: str | None = None
+        self.failure: BaseException | None = None
+        self.aborted = False
+        self.pacer = Pacer(self.settings.throttle)
+        self.batch_size = self.settings.batch_size
+        self.progress = Progress()
+        self._crash_at = _parse_crash(os.environ.get(CRASH_ENV))
+        self._crash_count = 0
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def execute(self, control: asyncpg.Connection) -> Outcome:
+        """Run until the migration completes, fails, or is stopped.
+
+        Raises :class:`BatchFailed` (exit 1) or :class:`Stopped` (exit 3).
+        """
+        started = time.monotonic()
+        host = socket.gethostname()
+        await control.execute(store.query("register_worker"), self.token, self.name, host,
+                              os.getpid(), self.settings.workers)
+        await self._retire_dead_workers(control, host)
+        structlog.contextvars.bind_contextvars(migration=self.name)
+        log.info("run_started", workers=self.settings.workers, batch_size=self.batch_size,
+                 table=self.target.table)
+        try:
+            async with anyio.create_task_group() as outer:
+                self._outer = outer.cancel_scope
+                outer.start_soon(self._heartbeat, control)
+                if self.handle_signals:
+                    outer.start_soon(self._signals)
+                if self.settings.max_duration is not None:
+                    outer.start_soon(self._deadline, self.settings.max_duration)
+                async with anyio.create_task_group() as workers:
+                    for i in range(self.settings.workers):
+                        workers.start_soon(self._worker, i)
+                outer.cancel_scope.cancel()
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await control.execute(store.query("stop_worker"), self.token)
+        elapsed = time.monotonic() - started
+        if self.aborted:
+            raise Stopped("stopped by a second signal; the current batch was rolled back")
+        if self.failure is not None:
+            message = _describe(self.failure)
+            await control.execute(store.query("fail_backfill"), self.name, message)
+            log.error("run_failed", error=message)
+            raise BatchFailed(f"{self.name}: {message}")
+        if self.stop_reason is None:
+            await control.execute(store.query("finalize"), self.name, self.filename)
+        row = await control.fetchrow(store.query("get_backfill"), self.name)
+        if row is not None and row["status"] == "completed":
+            log.info("run_completed", rows=self.progress.rows, batches=self.progress.batches,
+                     seconds=round(elapsed, 3))
+            return Outcome(True, self.progress, elapsed)
+        reason = self.stop_reason or "stopped"
+        log.info("run_stopped", reason=reason, rows=self.progress.rows)
+        raise Stopped(f"{self.name}: {reason}; `run` resumes")
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+    async def _retire_dead_workers(self, control: asyncpg.Connection, host: str) -> None:
+        """Release at once the ranges of runners on this host whose process is gone."""
+        rows = await control.fetch(store.query("live_workers_on_host"), self.name, host,
+                                   self.token)
+        dead = [r["token"] for r in rows if not psutil.pid_exists(r["pid"])]
+        if dead:
+            await control.execute(store.query("retire_workers"), dead)
+            log.info("workers_retired", count=len(dead))
+
+    async def _heartbeat(self, control: asyncpg.Connection) -> None:
+        interval = min(1.0, self.settings.lease_seconds / 3)
+        while True:
+            try:
+                status = await control.fetchval(store.query("heartbeat"), self.token, self.name,
+                                                self.settings.lease_seconds)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                # Losing the control connection must not stop the batches: leases lapse
+                # and fencing keeps a stale runner from committing.
+                log.warning("heartbeat_failed", error=_describe(exc))
+                status = "running"
+            if status in ("paused", "cancelled"):
+                self.request_stop(f"migration {status}")
+            await anyio.sleep(interval)
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self.stop.is_set():
+                    log.warning("stop_requested", signal=name)
+                    self.request_stop(f"{name} received")
+                else:
+                    log.warning("abort_requested", signal=name)
+                    self.aborted = True
+                    self._outer.cancel()
+
+    async def _deadline(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        self.request_stop(f"--max-duration {seconds:g}s reached")
+
+    # --- workers --------------------------------------------------------------------
+
+    async def _worker(self, index: int) -> None:
+        conn: asyncpg.Connection | None = None
+        structlog.contextvars.bind_contextvars(worker=index)
+        try:
+            while not self.stop.is_set():
+                if not await self._pace():
+                    break
+                conn, c = await self._with_conn(conn, self._claim)
+                if c is None:
+                    conn, finished = await self._with_conn(conn, self._nothing_open)
+                    if finished:
+                        break
+                    with anyio.move_on_after(_IDLE_POLL):
+                        await self.stop.wait()
+                    continue
+                conn = await self._run_batch(conn, c)
+        except Exception as exc:
+            self.failure = self.failure or exc
+            self.request_stop("a batch failed")
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.aborted and conn is not None:
+                    conn.terminate()  # the server rolls the open batch back
+                else:
+                    await close_quietly(conn)
+
+    async def _pace(self) -> bool:
+        """Wait until the next batch may start; ``False`` if a stop came meanwhile."""
+        delay = self.pacer.delay(time.monotonic())
+        if delay > 0:
+            with anyio.move_on_after(delay):
+                await self.stop.wait()
+        return not self.stop.is_set()
+
+    async def _with_conn(
+        self, conn: asyncpg.Connection | None,
+        op: Callable[[asyncpg.Connection], Awaitable[T]],
+    ) -> tuple[asyncpg.Connection, T]:
+        """Run ``op`` on ``conn``, reconnecting and retrying transient errors."""
+        live = conn
+        async for attempt in self.settings.retry.retrying(
+                retry_on=_retryable, before_sleep=self._log_retry(None)):
+            with attempt:
+                try:
+                    if live is None or live.is_closed():
+                        live = await self.connection.connect()
+                    return live, await op(live)
+                except Exception as exc:
+                    if _tag(exc, live) is Fault.RECONNECT and live is not None:
+                        live.terminate()
+                        live = None
+                    raise
+        raise AssertionError("unreachable: tenacity reraises")
+
+    async def _claim(self, conn: asyncpg.Connection) -> Claim | None:
+        return await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
+                                 self.ranges)
+
+    async def _nothing_open(self, conn: asyncpg.Connection) -> bool:
+        """No range is left anywhere (all handed out and committed)."""
+        row = await conn.fetchrow(store.query("open_batches"), self.name)
+        return row is None or int(row["open"]) == 0
+
+    async def _run_batch(self, conn: asyncpg.Connection, c: Claim) -> asyncpg.Connection | None:
+        """Run claim ``c`` to its commit, retrying transient errors; returns the connection
+        to go on with (``None`` if it was lost)."""
+        attempts = c.attempts
+        recheck = False
+        live: asyncpg.Connection | None = conn
+        retrying = self.settings.retry.retrying(retry_on=_retryable,
+                                                before_sleep=self._log_retry(c))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    if live is None or live.is_closed():
+                        live = await self.connection.connect()
+                    if recheck and await self._already_settled(live, c):
+                        return live
+                    recheck = False
+                    try:
+                        await self._transaction(live, c, attempts)
+                    except LeaseLost:
+                        raise
+                    except Exception as exc:
+                        fault = _tag(exc, live)
+                        await self._record_error(live, c, attempts, exc)
+                        if fault is Fault.RECONNECT:
+                            live.terminate()
+                            live = None
+                            recheck = True  # the commit's outcome is unknown
+                        elif fault is Fault.SHRINK:
+                            smaller = shrink_after_timeout(self.settings.throttle, c.keys)
+                            self.batch_size = min(self.batch_size, smaller)
+                            c = await store.split(live, c, self.token, smaller, self.ranges)
+                            log.warning("batch_shrunk", batch=c.id, keys=c.keys)
+                        raise
+        except LeaseLost:
+            log.warning("batch_lease_lost", batch=c.id)
+        return live
+
+    async def _transaction(self, conn: asyncpg.Connection, c: Claim, attempts: int) -> None:
+        t = self.settings.timeouts
+        started = time.monotonic()
+        async with conn.transaction():
+            await conn.execute(_SET_LOCAL, pg_interval(t.lock_timeout),
+                               pg_interval(t.statement_timeout),
+                               pg_interval(self.settings.lease_seconds))
+            self._maybe_crash("before_work")
+            work_started = time.monotonic()
+            rows = await run_work(self.work, Batch(conn, self.target.key, c.range))
+            seconds = time.monotonic() - work_started
+            self._maybe_crash("after_work")
+            next_size = next_batch_size(self.settings.throttle, self.batch_size, seconds, rows)
+            status = await store.checkpoint(conn, c, self.token, name=self.name, rows=rows,
+                                            seconds=seconds, attempts=attempts,
+                                            batch_size=next_size)
+            if status is None:
+                raise LeaseLost
+            self._maybe_crash("before_commit")
+        self._maybe_crash("after_commit")
+        self.batch_size = next_size
+        now = time.monotonic()
+        self.pacer.record(now, rows, started)
+        self.progress.rows += rows
+        self.progress.keys += c.keys
+        self.progress.batches += 1
+        log.info("batch_committed", batch=c.id, lower=_show(c.range.lower),
+                 upper=_show(c.range.upper), rows=rows, keys=c.keys,
+                 ms=round(seconds * 1000, 1), attempts=attempts, next_size=next_size)
+        if self.on_batch is not None:
+            self.on_batch(self.progress, c.keys)
+
+    async def _already_settled(self, conn: asyncpg.Connection, c: Claim) -> bool:
+        """After a lost connection: did the batch commit, or did another runner take it?"""
+        row = await conn.fetchrow(store.query("batch_state"), c.id)
+        if row is None or row["worker"] != self.token:
+            log.warning("batch_lease_lost", batch=c.id)
+            return True
+        if row["status"] == "done":
+            log.info("batch_committed_before_disconnect", batch=c.id)
+            self.progress.batches += 1
+            self.progress.keys += c.keys
+            if self.on_batch is not None:
+                self.on_batch(self.progress, c.keys)
+            return True
+        return False
+
+    async def _record_error(self, conn: asyncpg.Connection, c: Claim, attempts: int,
+                            exc: BaseException) -> None:
+        if conn.is_closed():
+            return
+        try:
+            await conn.execute(store.query("batch_failed"), c.id, self.token, attempts,
+                               _describe(exc), self.name)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            pass  # best effort: the error is also logged and raised
+
+    def _log_retry(self, c: Claim | None) -> Callable[[RetryCallState], None]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("batch_retrying" if c else "claim_retrying",
+                        batch=c.id if c else None, attempt=state.attempt_number,
+                        error=_describe(exc) if exc else None,
+                        wait=round(state.upcoming_sleep, 3))
+        return before_sleep
+
+    def _maybe_crash(self, point: str) -> None:
+        if self._crash_at is None or self._crash_at[0] != point:
+            return
+        self._crash_count += 1
+        if self._crash_count == self._crash_at[1]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tag(exc: BaseException, conn: asyncpg.Connection | None) -> Fault:
+    """Classify ``exc`` while the connection it came from is at hand, and remember it: the
+    retry predicate sees only the exception (an InterfaceError is transient only if its
+    connection closed)."""
+    fault = classify(exc, conn_closed=conn is None or conn.is_closed())
+    exc.__dict__["_cryptopi_fault"] = fault
+    return fault
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, LeaseLost):
+        return False
+    fault = exc.__dict__.get("_cryptopi_fault") if hasattr(exc, "__dict__") else None
+    return (fault if isinstance(fault, Fault) else classify(exc)) is not Fault.FATAL
+
+
+def _parse_crash(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    point, _, n = value.partition(":")
+    return point, int(n or 1)
+
+
+def _describe(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__} ({state}): {text}" if state else f"{type(exc).__name__}: {text}"
+
+
+def _show(bound: tuple[str, ...] | None) -> str | None:
+    if bound is None:
+        return None
+    return bound[0] if len(bound) == 1 else "(" + ", ".join(bound) + ")"

@@ -1,0 +1,116 @@
+"""Key shapes and the SQL they render.
+
+A key is one column or several (compared as a row). Bounds travel as PostgreSQL's text form
+of each column (``text[]`` in the ops tables) and are cast back to the column's type in the
+predicate, so the ops tables hold any key type and bounds are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Bound = tuple[str, ...]
+"""A key value: one text-form value per key column."""
+
+_RANGE = re.compile(r"\{range(?::(?P<alias>[A-Za-z_][A-Za-z0-9_]*))?\}")
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(name: str) -> str:
+    """Quote ``schema.table`` (or ``table``) part by part."""
+    return ".".join(quote_ident(part) for part in split_qualified(name))
+
+
+def split_qualified(name: str) -> tuple[str, ...]:
+    parts = tuple(p.strip().strip('"') for p in name.split("."))
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"not a table name: {name!r}")
+    return parts
+
+
+@dataclass(frozen=True)
+class KeyColumn:
+    name: str
+    type: str  # as format_type() spells it, e.g. "bigint", "uuid", "text"
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The key of a batched table: its columns in index order, with their types."""
+
+    columns: tuple[KeyColumn, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def row(self, alias: str | None = None) -> str:
+        prefix = f"{quote_ident(alias)}." if alias else ""
+        cols = [prefix + quote_ident(c.name) for c in self.columns]
+        return cols[0] if len(cols) == 1 else "(" + ", ".join(cols) + ")"
+
+    def params(self, first: int) -> str:
+        """Placeholders ``$first…`` cast from text to each column's type."""
+        cols = [f"${first + i}::text::{c.type}" for i, c in enumerate(self.columns)]
+        return cols[0] if len(cols) == 1 else "(" + ", ".join(cols) + ")"
+
+    def text_values(self, alias: str) -> str:
+        """The key of a row as ``ARRAY[col::text, …]``."""
+        return "ARRAY[" + ", ".join(f"{quote_ident(alias)}.{quote_ident(c.name)}::text"
+                                    for c in self.columns) + "]"
+
+    def predicate(self, *, lower: bool, first: int, alias: str | None = None) -> str:
+        """``key > lower AND key <= upper`` (or only the upper bound when ``lower`` is false)."""
+        row = self.row(alias)
+        upper = f"{row} <= {self.params(first + (self.width if lower else 0))}"
+        if not lower:
+            return upper
+        return f"{row} > {self.params(first)} AND {upper}"
+
+    def order_by(self, alias: str, *, descending: bool = False) -> str:
+        way = " DESC" if descending else ""
+        return ", ".join(f"{quote_ident(alias)}.{quote_ident(c.name)}{way}" for c in self.columns)
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """A batch's keys: after ``lower`` (exclusive; ``None`` for the start) up to ``upper``."""
+
+    lower: Bound | None
+    upper: Bound
+
+    def params(self) -> list[str]:
+        return [*(self.lower or ()), *self.upper]
+
+
+def render_range(query: str, key: KeySpec, rng: KeyRange, nargs: int) -> tuple[str, list[str]]:
+    """Expand ``{range}`` / ``{range:alias}`` into the key predicate.
+
+    The bounds become parameters numbered after the caller's own ``nargs`` arguments, so a
+    query may mix its own ``$1…`` with ``{range}``. Returns the SQL and the bound values.
+    """
+    if not _RANGE.search(query):
+        return query, []
+
+    def repl(m: re.Match[str]) -> str:
+        return "(" + key.predicate(lower=rng.lower is not None, first=nargs + 1,
+                                   alias=m.group("alias")) + ")"
+
+    return _RANGE.sub(repl, query), rng.params()
+
+
+def has_range(query: str) -> bool:
+    return bool(_RANGE.search(query))
+
+
+def as_bound(values: Sequence[str] | None) -> Bound | None:
+    return None if values is None else tuple(values)

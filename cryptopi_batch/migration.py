@@ -1,0 +1,133 @@
+"""What a user writes: :class:`Backfill`, and the :class:`Batch` its ``process`` receives."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import MigrationDefinitionError
+from .keys import Bound, KeyRange, KeySpec, has_range, render_range, split_qualified
+
+if TYPE_CHECKING:
+    import asyncpg
+
+Process = Callable[["Batch"], Awaitable[int | None]]
+"""``async def process(batch) -> rows``: the Python form of a batch's work."""
+
+Work = str | Process
+"""A batch's work: SQL with ``{range}``, or a ``process`` coroutine function."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backfill:
+    """A batched backfill over ``table``'s ``key``.
+
+    Exactly one of ``sql`` (a statement with ``{range}``) and ``process`` (an async function
+    taking a :class:`Batch` and returning the number of rows it changed). ``down`` takes the
+    same two forms and is what ``rollback`` runs. The remaining fields are defaults that
+    command-line options override; durations are in seconds.
+    """
+
+    table: str
+    key: str | tuple[str, ...] = "id"
+    batch_size: int = 1_000
+    sql: str | None = None
+    process: Process | None = None
+    down: Work | None = None
+    destructive: bool = False
+    workers: int | None = None
+    max_rows_per_second: float | None = None
+    sleep: float | None = None
+    target_batch_seconds: float | None = None
+    lock_timeout: float | None = None
+    statement_timeout: float | None = None
+    window: str | None = None
+    timezone: str | None = None
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.sql is None) == (self.process is None):
+            raise MigrationDefinitionError("Backfill needs exactly one of sql= and process=")
+        if self.sql is not None and not has_range(self.sql):
+            raise MigrationDefinitionError("Backfill sql= must contain {range}")
+        if self.down is not None and isinstance(self.down, str) and not has_range(self.down):
+            raise MigrationDefinitionError("Backfill down= SQL must contain {range}")
+        if self.process is not None and not callable(self.process):
+            raise MigrationDefinitionError("Backfill process= must be an async function")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise MigrationDefinitionError("Backfill batch_size= must be a positive integer")
+        try:
+            split_qualified(self.table)
+        except ValueError as exc:
+            raise MigrationDefinitionError(f"Backfill table=: {exc}") from None
+        if not self.key_columns or not all(isinstance(k, str) and k for k in self.key_columns):
+            raise MigrationDefinitionError("Backfill key= must name one column or a tuple of them")
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return (self.key,) if isinstance(self.key, str) else tuple(self.key)
+
+    @property
+    def work(self) -> Work:
+        return self.sql if self.sql is not None else self.process  # type: ignore[return-value]
+
+
+class Batch:
+    """One batch, as a ``process`` function sees it.
+
+    ``conn`` is the batch's connection, inside the batch's transaction: whatever it does
+    commits with the checkpoint or not at all. ``lower`` (exclusive, ``None`` for the first
+    batch) and ``upper`` (inclusive) are the key bounds in PostgreSQL's text form.
+    ``fetch``/``fetchrow``/``fetchval``/``execute`` expand ``{range}`` (or ``{range:alias}``
+    for a qualified key) into the bound predicate; the bounds are numbered after the query's
+    own ``$n`` arguments.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, key: KeySpec, rng: KeyRange) -> None:
+        self.conn = conn
+        self.key = key
+        self.range = rng
+
+    @property
+    def lower(self) -> Bound | None:
+        return self.range.lower
+
+    @property
+    def upper(self) -> Bound:
+        return self.range.upper
+
+    def render(self, query: str, nargs: int = 0) -> tuple[str, list[str]]:
+        """The query with ``{range}`` expanded, and the bound values to append to its args."""
+        return render_range(query, self.key, self.range, nargs)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        sql, bounds = self.render(query, len(args))
+        return await self.conn.fetch(sql, *args, *bounds)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        sql, bounds = self.render(query, len(args))
+        return await self.conn.fetchrow(sql, *args, *bounds)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        sql, bounds = self.render(query, len(args))
+        return await self.conn.fetchval(sql, *args, *bounds)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run a statement; returns PostgreSQL's status tag (``"UPDATE 42"``)."""
+        sql, bounds = self.render(query, len(args))
+        return await self.conn.execute(sql, *args, *bounds)
+
+
+def rows_from_status(status: str) -> int:
+    """The row count of a status tag such as ``UPDATE 42`` or ``INSERT 0 7``."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+async def run_work(work: Work, batch: Batch) -> int:
+    """Run one batch's work inside its transaction; returns the rows it changed."""
+    if isinstance(work, str):
+        return rows_from_status(await batch.execute(work))
+    rows = await work(batch)
+    return int(rows or 0)

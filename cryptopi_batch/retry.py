@@ -1,0 +1,104 @@
+"""Which errors are worth another try, and the tenacity policy that tries again.
+
+Classification is by SQLSTATE, never by message text, except for 57014 where PostgreSQL
+uses one code for a statement timeout and for an operator's cancel request.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import asyncpg
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+
+class Fault(enum.Enum):
+    """What an error means for the batch that raised it."""
+
+    RETRY = "retry"  # transient: roll back and run the same batch again
+    RECONNECT = "reconnect"  # the connection is gone: reconnect, re-read the checkpoint
+    SHRINK = "shrink"  # statement timeout: run a smaller batch
+    FATAL = "fatal"  # permanent: fail fast
+
+
+_RETRY_STATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available (lock_timeout)
+    "55006",  # object_in_use
+}
+_RECONNECT_STATES = {
+    "57P01",  # admin_shutdown (also pg_terminate_backend)
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up, shutting down)
+    "53300",  # too_many_connections
+    "53400",  # configuration_limit_exceeded
+    "25P03",  # idle_in_transaction_session_timeout killed the session
+}
+
+
+def classify(exc: BaseException, *, conn_closed: bool = False) -> Fault:
+    """Map an exception from a batch to what the executor should do about it.
+
+    ``conn_closed`` tells whether the connection the error came from is closed.
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state in _RETRY_STATES:
+            return Fault.RETRY
+        if state in _RECONNECT_STATES or state.startswith("08"):
+            return Fault.RECONNECT
+        if state == "57014":
+            # statement timeout shrinks the batch; "canceling statement due to user
+            # request" is an operator's pg_cancel_backend: stop rather than spin.
+            return Fault.SHRINK if "statement timeout" in str(exc) else Fault.FATAL
+        return Fault.FATAL
+    if isinstance(exc, asyncpg.InterfaceError):
+        # asyncpg raises InterfaceError for both misuse (fatal) and a closed connection.
+        return Fault.RECONNECT if conn_closed else Fault.FATAL
+    if isinstance(exc, TimeoutError):
+        # Before the OSError rule: on 3.11 TimeoutError is an OSError, and a timeout of
+        # ours (connect timeout, a black-holed socket) means the connection is unusable.
+        return Fault.RECONNECT
+    if isinstance(exc, (OSError, ConnectionError)):
+        return Fault.RECONNECT
+    return Fault.FATAL
+
+
+def is_transient(exc: BaseException) -> bool:
+    return classify(exc) is not Fault.FATAL
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: exponential backoff with jitter, bounded by attempts and time."""
+
+    attempts: int = 12
+    max_seconds: float = 600.0
+    initial_wait: float = 0.1
+    max_wait: float = 10.0
+
+    def retrying(
+        self,
+        retry_on: Callable[[BaseException], bool] = is_transient,
+        before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
+    ) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(retry_on),
+            wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait,
+                                         jitter=self.initial_wait),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
+            sleep=anyio.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )

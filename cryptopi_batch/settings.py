@@ -1,0 +1,132 @@
+"""One immutable settings object for a run, made of small policies.
+
+Precedence: command-line option, else what the migration declares, else the default here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .errors import UsageError
+from .migration import Backfill
+from .retry import RetryPolicy
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
+_UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | float | None, what: str) -> float | None:
+    """Seconds from ``2.5``, ``"500ms"``, ``"30s"``, ``"5min"`` or ``"2h"``."""
+    if value is None or isinstance(value, (int, float)):
+        if value is not None and value < 0:
+            raise UsageError(f"{what} must not be negative")
+        return None if value is None else float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise UsageError(f"{what}: not a duration: {value!r} (try 500ms, 30s, 5min, 2h)")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """Pacing between batches and the batch size's bounds."""
+
+    max_rows_per_second: float | None = None
+    sleep: float = 0.0
+    target_batch_seconds: float | None = None
+    min_batch_size: int = 10
+    max_batch_size: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class TimeoutPolicy:
+    """Set for each batch's transaction only (``set_config(…, true)``)."""
+
+    lock_timeout: float = 2.0
+    statement_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything ``run`` needs besides the migration and the connection."""
+
+    batch_size: int = 1_000
+    workers: int = 1
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+    timeouts: TimeoutPolicy = field(default_factory=TimeoutPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_duration: float | None = None
+    lease_seconds: float = 60.0
+    force: bool = False
+    restart: bool = False
+    catch_up: bool = False
+    yes: bool = False
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line said; ``None`` means "not given"."""
+
+    batch_size: int | None = None
+    workers: int | None = None
+    max_rows_per_second: float | None = None
+    sleep: str | float | None = None
+    target_batch_seconds: str | float | None = None
+    lock_timeout: str | float | None = None
+    statement_timeout: str | float | None = None
+    max_duration: str | float | None = None
+    lease_seconds: float | None = None
+    force: bool = False
+    restart: bool = False
+    catch_up: bool = False
+    yes: bool = False
+    progress: bool = False
+
+
+def _first(*values: T | None) -> T | None:
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
+    """Merge the command line over the migration's declarations over the defaults."""
+    defaults = RunSettings()
+    batch_size = _first(options.batch_size, backfill.batch_size) or defaults.batch_size
+    workers = _first(options.workers, backfill.workers) or defaults.workers
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    rate = _first(options.max_rows_per_second, backfill.max_rows_per_second)
+    if rate is not None and rate <= 0:
+        raise UsageError("--max-rows-per-second must be positive")
+    sleep = parse_duration(_first(options.sleep, backfill.sleep), "--sleep") or 0.0
+    target = parse_duration(_first(options.target_batch_seconds, backfill.target_batch_seconds),
+                            "--target-batch-seconds")
+    lock = parse_duration(_first(options.lock_timeout, backfill.lock_timeout), "--lock-timeout")
+    stmt = parse_duration(_first(options.statement_timeout, backfill.statement_timeout),
+                          "--statement-timeout")
+    lease = options.lease_seconds or defaults.lease_seconds
+    return RunSettings(
+        batch_size=batch_size,
+        workers=workers,
+        throttle=ThrottlePolicy(max_rows_per_second=rate, sleep=sleep,
+                                target_batch_seconds=target or None),
+        timeouts=TimeoutPolicy(
+            lock_timeout=defaults.timeouts.lock_timeout if lock is None else lock,
+            statement_timeout=defaults.timeouts.statement_timeout if stmt is None else stmt),
+        max_duration=parse_duration(options.max_duration, "--max-duration"),
+        lease_seconds=lease,
+        force=options.force,
+        restart=options.restart,
+        catch_up=options.catch_up,
+        yes=options.yes,
+        progress=options.progress,
+    )

@@ -1,0 +1,186 @@
+-- Every static query of the ops schema, by name. store.py loads them with `query(name)`.
+-- Queries over the migration's own table depend on its key and are built in store.py.
+
+-- schema_version --
+SELECT to_regclass('ops.batch_schema_version') IS NOT NULL AS present;
+
+-- schema_version_read --
+SELECT version FROM ops.batch_schema_version WHERE component = 'cryptopi_batch';
+
+-- get_backfill --
+SELECT * FROM ops.backfills WHERE name = $1;
+
+-- lock_backfill --
+SELECT * FROM ops.backfills WHERE name = $1 FOR UPDATE;
+
+-- insert_backfill --
+INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types, end_key,
+                           frontier, exhausted, batch_size, keys_estimate, source_checksum,
+                           direction)
+VALUES ($1, $2, $3, $4, $5, $6, NULL, $6 IS NULL, $7, $8, $9, $10)
+ON CONFLICT (name) DO NOTHING;
+
+-- delete_backfill --
+DELETE FROM ops.backfills WHERE name = $1;
+
+-- reopen_backfill --
+UPDATE ops.backfills
+   SET status = 'running', last_error = NULL, waiting_reason = NULL, updated_at = now(),
+       source_checksum = $2
+ WHERE name = $1;
+
+-- catch_up_backfill --
+UPDATE ops.backfills
+   SET status = 'running', end_key = $2, exhausted = false, completed_at = NULL,
+       frontier = COALESCE(frontier, end_key), updated_at = now(),
+       keys_estimate = keys_done + $3
+ WHERE name = $1;
+
+-- register_worker --
+INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers)
+VALUES ($1, $2, $3, $4, $5);
+
+-- live_workers_on_host --
+SELECT token, pid FROM ops.backfill_workers
+ WHERE backfill = $1 AND host = $2 AND stopped_at IS NULL AND token <> $3;
+
+-- retire_workers --
+-- Workers known dead (their process is gone): release their ranges at once instead of
+-- waiting for the leases to lapse.
+WITH gone AS (
+    UPDATE ops.backfill_workers SET stopped_at = now()
+     WHERE token = ANY($1::uuid[]) AND stopped_at IS NULL
+    RETURNING token)
+UPDATE ops.backfill_batches SET lease_until = now() - interval '1 microsecond'
+ WHERE worker IN (SELECT token FROM gone) AND status = 'running';
+
+-- stop_worker --
+UPDATE ops.backfill_workers SET stopped_at = now() WHERE token = $1;
+
+-- heartbeat --
+-- Extends this runner's leases and returns the control state the workers obey.
+WITH w AS (
+    UPDATE ops.backfill_workers SET heartbeat_at = now() WHERE token = $1),
+l AS (
+    UPDATE ops.backfill_batches SET lease_until = now() + make_interval(secs => $3)
+     WHERE worker = $1 AND status = 'running')
+SELECT status FROM ops.backfills WHERE name = $2;
+
+-- claim_open --
+-- A pending remainder, or a range whose owner's lease lapsed. SKIP LOCKED: ranges, not
+-- rows of the user's table, so nothing falls behind a cursor.
+UPDATE ops.backfill_batches b
+   SET status = 'running', worker = $2, claimed_at = now(),
+       lease_until = now() + make_interval(secs => $3)
+ WHERE b.id = (SELECT id FROM ops.backfill_batches
+                WHERE backfill = $1
+                  AND (status = 'pending' OR (status = 'running' AND lease_until < now()))
+                ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING id, lower_key, upper_key, keys, attempts;
+
+-- lock_frontier --
+SELECT frontier, end_key, exhausted, batch_size, status FROM ops.backfills
+ WHERE name = $1 FOR UPDATE;
+
+-- advance_frontier --
+WITH f AS (
+    UPDATE ops.backfills SET frontier = $3, exhausted = $4 WHERE name = $1)
+INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status, worker,
+                                  claimed_at, lease_until)
+VALUES ($1, $2, $3, $5, 'running', $6, now(), now() + make_interval(secs => $7))
+RETURNING id, lower_key, upper_key, keys, attempts;
+
+-- checkpoint --
+-- In the batch's own transaction, last, so the row locks are held only for the commit.
+-- No row back means the lease was lost: the caller rolls the batch back.
+WITH b AS (
+    UPDATE ops.backfill_batches
+       SET status = 'done', rows = $3, duration_ms = $4, attempts = $5, finished_at = now(),
+           lease_until = NULL, last_error = NULL
+     WHERE id = $1 AND worker = $2 AND status = 'running'
+    RETURNING keys)
+UPDATE ops.backfills f
+   SET rows_processed = f.rows_processed + $3, keys_done = f.keys_done + b.keys,
+       batches_done = f.batches_done + 1, batch_size = $7, updated_at = now(),
+       last_error = NULL, waiting_reason = NULL
+  FROM b
+ WHERE f.name = $6
+RETURNING f.status;
+
+-- batch_state --
+SELECT status, worker FROM ops.backfill_batches WHERE id = $1;
+
+-- split_batch --
+WITH s AS (
+    UPDATE ops.backfill_batches SET upper_key = $3, keys = $4
+     WHERE id = $1 AND worker = $2 AND status = 'running'
+    RETURNING backfill, keys),
+f AS (
+    UPDATE ops.backfills SET batch_size = LEAST(batch_size, $4)
+     WHERE name = (SELECT backfill FROM s))
+INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status)
+SELECT backfill, $3, $5, GREATEST($6 - $4, 0), 'pending' FROM s
+RETURNING id;
+
+-- batch_failed --
+WITH b AS (
+    UPDATE ops.backfill_batches SET attempts = $3, last_error = $4
+     WHERE id = $1 AND worker = $2)
+UPDATE ops.backfills SET last_error = $4, last_error_at = now(), updated_at = now()
+ WHERE name = $5;
+
+-- release_batch --
+-- A stopping runner hands its unstarted claim back at once.
+UPDATE ops.backfill_batches SET status = 'pending', worker = NULL, lease_until = NULL
+ WHERE id = $1 AND worker = $2 AND status = 'running';
+
+-- fail_backfill --
+UPDATE ops.backfills SET status = 'failed', last_error = $2, last_error_at = now(),
+       updated_at = now()
+ WHERE name = $1 AND status = 'running';
+
+-- set_waiting --
+UPDATE ops.backfills SET waiting_reason = $2 WHERE name = $1;
+
+-- open_batches --
+SELECT count(*) FILTER (WHERE status = 'pending' OR lease_until < now()) AS claimable,
+       count(*) AS open
+  FROM ops.backfill_batches WHERE backfill = $1 AND status <> 'done';
+
+-- finalize --
+-- Completes the run and records it in ops.migrations in one transaction, once.
+WITH done AS (
+    UPDATE ops.backfills
+       SET status = 'completed', completed_at = now(), updated_at = now(),
+           waiting_reason = NULL, keys_estimate = keys_done
+     WHERE name = $1 AND status = 'running' AND exhausted
+       AND NOT EXISTS (SELECT 1 FROM ops.backfill_batches
+                        WHERE backfill = $1 AND status <> 'done')
+    RETURNING name)
+INSERT INTO ops.migrations (filename)
+SELECT $2 FROM done
+ WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $2)
+RETURNING id;
+
+-- set_status --
+UPDATE ops.backfills SET status = $2, updated_at = now()
+ WHERE name = $1 AND status = ANY($3::text[])
+RETURNING status;
+
+-- status_rows --
+SELECT f.*,
+       (SELECT count(*) FROM ops.backfill_workers w
+         WHERE w.backfill = f.name AND w.stopped_at IS NULL
+           AND w.heartbeat_at > now() - make_interval(secs => $2)) AS live_workers,
+       (SELECT sum(b.keys)::float8
+               / GREATEST(extract(epoch FROM now() - min(b.claimed_at)), 0.001)
+          FROM ops.backfill_batches b
+         WHERE b.backfill = f.name AND b.status = 'done'
+           AND b.finished_at > now() - interval '60 seconds') AS recent_rate,
+       extract(epoch FROM f.updated_at - f.started_at) AS elapsed
+  FROM ops.backfills f
+ WHERE $1::text IS NULL OR f.name = $1
+ ORDER BY f.name;
+
+-- applied_filenames --
+SELECT DISTINCT filename FROM ops.migrations;

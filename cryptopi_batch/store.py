@@ -1,0 +1,271 @@
+"""The ops tables: schema, claims, checkpoints, heartbeats and control state.
+
+Static SQL lives in ``sql/queries.sql`` as named blocks; the few queries over the user's
+table depend on its key and are built here from :mod:`keys`. Functions take a connection
+and run in the caller's transaction unless they say otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from .errors import PermissionDenied, TargetInvalid
+from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
+
+SCHEMA_VERSION = 1
+_LOCK_KEY = "cryptopi_batch.schema"
+_BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
+
+
+@functools.cache
+def _queries() -> dict[str, str]:
+    text = resources.files("cryptopi_batch").joinpath("sql/queries.sql").read_text()
+    parts = _BLOCK.split(text)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+
+
+def query(name: str) -> str:
+    """The named block of ``sql/queries.sql``."""
+    return _queries()[name]
+
+
+def _version_files() -> list[tuple[int, str]]:
+    folder = resources.files("cryptopi_batch").joinpath("sql/versions")
+    found = [(int(f.name.split("_", 1)[0]), f.read_text())
+             for f in folder.iterdir() if f.name.endswith(".sql")]
+    return sorted(found)
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    """The installed ops schema version; 0 when none is installed. Writes nothing."""
+    if not await conn.fetchval(query("schema_version")):
+        return 0
+    return int(await conn.fetchval(query("schema_version_read")) or 0)
+
+
+async def ensure_schema(conn: asyncpg.Connection) -> None:
+    """Create or upgrade the ops schema, once, however many runners start together.
+
+    A transaction-scoped advisory lock serialises the upgrade (it works through PgBouncer's
+    transaction pooling, unlike a session lock); the version is re-read under the lock.
+    """
+    if await schema_version(conn) >= SCHEMA_VERSION:
+        return
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK_KEY)
+            await conn.execute("CREATE SCHEMA IF NOT EXISTS ops")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS ops.batch_schema_version ("
+                " component text PRIMARY KEY, version integer NOT NULL,"
+                " upgraded_at timestamptz NOT NULL DEFAULT now())")
+            current = await schema_version(conn)
+            for version, sql in _version_files():
+                if version > current:
+                    await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO ops.batch_schema_version (component, version) VALUES"
+                " ('cryptopi_batch', $1) ON CONFLICT (component) DO UPDATE"
+                " SET version = EXCLUDED.version, upgraded_at = now()", SCHEMA_VERSION)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(f"cannot create the ops schema: {exc}") from None
+
+
+# --- the user's table ---------------------------------------------------------------
+
+_INTROSPECT = """
+SELECT c.oid::regclass::text AS table_name,
+       (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+       c.reltuples::bigint AS estimate
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relname = $2 AND n.nspname = COALESCE($1, current_schema())
+   AND c.relkind IN ('r', 'p')
+"""
+
+_KEY_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull
+  FROM pg_attribute a
+ WHERE a.attrelid = $1::regclass AND a.attname = ANY($2::text[]) AND NOT a.attisdropped
+"""
+
+# A unique index (or primary key) whose columns are exactly the key's, in order, with no
+# predicate and no expressions: only then is "key > cursor" a total order over the rows.
+_UNIQUE_INDEX = """
+SELECT i.indexrelid::regclass::text
+  FROM pg_index i
+ WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+   AND i.indnkeyatts = cardinality($2::text[])
+   AND (SELECT array_agg(a.attname ORDER BY k.n)
+          FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE k.n <= i.indnkeyatts) = $2::text[]
+ LIMIT 1
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The table a migration batches over, checked against the catalog."""
+
+    table: str  # as regclass prints it
+    key: KeySpec
+    estimate: int
+
+    @property
+    def quoted(self) -> str:
+        return quote_qualified(self.table)
+
+
+async def inspect_target(conn: asyncpg.Connection, table: str,
+                         key: tuple[str, ...]) -> Target:
+    """Check that ``table`` exists and ``key`` is NOT NULL and covered by a unique index.
+
+    Reads the catalog only. Raises :class:`TargetInvalid` with one line that says what is
+    wrong.
+    """
+    parts = split_qualified(table)
+    schema, name = (None, parts[0]) if len(parts) == 1 else parts
+    row = await conn.fetchrow(_INTROSPECT, schema, name)
+    if row is None:
+        raise TargetInvalid(f"table {table} does not exist")
+    regclass = row["table_name"]
+    cols = {r["attname"]: r for r in await conn.fetch(_KEY_COLUMNS, regclass, list(key))}
+    missing = [k for k in key if k not in cols]
+    if missing:
+        raise TargetInvalid(f"table {table} has no column {', '.join(missing)}")
+    nullable = [k for k in key if not cols[k]["attnotnull"]]
+    if nullable:
+        raise TargetInvalid(f"key column {', '.join(nullable)} of {table} is nullable;"
+                            " a key must be NOT NULL")
+    if not await conn.fetchval(_UNIQUE_INDEX, regclass, list(key)):
+        raise TargetInvalid(f"key ({', '.join(key)}) of {table} is not covered by a unique"
+                            " index or primary key on exactly those columns")
+    spec = KeySpec(tuple(KeyColumn(k, cols[k]["type"]) for k in key))
+    estimate = int(row["estimate"])
+    if estimate < 0:  # never analysed: count once, at start, not per batch
+        estimate = int(await conn.fetchval(f"SELECT count(*) FROM {quote_qualified(regclass)}"))
+    return Target(regclass, spec, estimate)
+
+
+async def last_key(conn: asyncpg.Connection, target: Target) -> Bound | None:
+    """The largest key now: the run's fixed upper end. One index probe."""
+    k = target.key
+    row = await conn.fetchrow(f"SELECT {k.text_values('t')} FROM {target.quoted} t"
+                              f" ORDER BY {k.order_by('t', descending=True)} LIMIT 1")
+    return None if row is None else tuple(row[0])
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A key range this runner owns until its lease lapses."""
+
+    id: int
+    range: KeyRange
+    keys: int
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Claim:
+        return cls(row["id"], KeyRange(as_bound(row["lower_key"]), tuple(row["upper_key"])),
+                   int(row["keys"] or 0), int(row["attempts"]))
+
+
+class RangeQueries:
+    """The queries over the user's table that find range bounds, built once per run."""
+
+    def __init__(self, target: Target) -> None:
+        k = target.key
+        w = k.width
+        base = f"SELECT {k.text_values('t')} FROM {target.quoted} t WHERE "
+        tail = f" ORDER BY {k.order_by('t')} OFFSET ${2 * w + 1}::bigint LIMIT 1"
+        # n-th key after `lower` and no further than `upper`: an index range scan of n
+        # entries, never an OFFSET from the start of the table.
+        self.nth_after = base + k.predicate(lower=True, first=1, alias="t") + tail
+        self.nth_from_start = (base + k.predicate(lower=False, first=1, alias="t")
+                               + f" ORDER BY {k.order_by('t')} OFFSET ${w + 1}::bigint LIMIT 1")
+        self.count_after = (f"SELECT count(*) FROM {target.quoted} t WHERE "
+                            + k.predicate(lower=True, first=1, alias="t"))
+        self.count_from_start = (f"SELECT count(*) FROM {target.quoted} t WHERE "
+                                 + k.predicate(lower=False, first=1, alias="t"))
+
+    async def nth(self, conn: asyncpg.Connection, rng: KeyRange, n: int) -> Bound | None:
+        """The ``n``-th key in ``rng`` (1-based), or ``None`` if it holds fewer keys."""
+        sql = self.nth_after if rng.lower is not None else self.nth_from_start
+        row = await conn.fetchrow(sql, *rng.params(), n - 1)
+        return None if row is None else tuple(row[0])
+
+    async def count(self, conn: asyncpg.Connection, rng: KeyRange) -> int:
+        sql = self.count_after if rng.lower is not None else self.count_from_start
+        return int(await conn.fetchval(sql, *rng.params()))
+
+
+# --- claims -------------------------------------------------------------------------
+
+
+async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: float,
+                ranges: RangeQueries) -> Claim | None:
+    """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
+    else a new one from the frontier. ``None`` when nothing is left to hand out.
+
+    Runs its own transaction with ``synchronous_commit`` off: a claim lost in a crash is
+    harmless (its range is simply claimed again), and WAL order guarantees no batch commit
+    survives without the claim before it.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+        row = await conn.fetchrow(query("claim_open"), name, token, lease)
+        if row is not None:
+            return Claim.from_row(row)
+        f = await conn.fetchrow(query("lock_frontier"), name)
+        if f is None or f["exhausted"] or f["status"] != "running":
+            return None
+        end: Bound = tuple(f["end_key"])
+        rest = KeyRange(as_bound(f["frontier"]), end)
+        size = int(f["batch_size"])
+        upper = await ranges.nth(conn, rest, size)
+        if upper is None:
+            upper, keys = end, await ranges.count(conn, rest)
+        else:
+            keys = size
+        lower = None if rest.lower is None else list(rest.lower)
+        row = await conn.fetchrow(query("advance_frontier"), name, lower, list(upper),
+                                  upper == end, keys, token, lease)
+        return Claim.from_row(row)
+
+
+async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
+                ranges: RangeQueries) -> Claim:
+    """Cut claim ``c`` to its first ``size`` keys; the rest becomes a pending range that
+    any worker may claim. Returns the smaller claim (``c`` itself if it cannot be cut)."""
+    if size >= c.keys:
+        return c
+    mid = await ranges.nth(conn, c.range, size)
+    if mid is None or mid == c.range.upper:
+        return c
+    async with conn.transaction():
+        await conn.fetchval(query("split_batch"), c.id, token, list(mid), size,
+                            list(c.range.upper), c.keys)
+    return Claim(c.id, KeyRange(c.range.lower, mid), size, c.attempts)
+
+
+async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, name: str,
+                     rows: int, seconds: float, attempts: int, batch_size: int) -> str | None:
+    """Mark ``c`` done and count it, in the caller's (the batch's) transaction.
+
+    Returns the run's status, or ``None`` when this runner no longer owns the range.
+    """
+    status: str | None = await conn.fetchval(
+        query("checkpoint"), c.id, token, rows, seconds * 1000.0, attempts, name, batch_size)
+    return status
+
+
+async def fetch(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:
+    return await conn.fetch(query(name), *args)

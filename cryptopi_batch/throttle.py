@@ -1,0 +1,63 @@
+"""Pure pacing decisions: how long to wait before the next batch, and how big it is.
+
+No I/O and no sleeping here: each function takes the facts and a clock reading and
+returns a decision, so tests drive it without a database or real time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .settings import ThrottlePolicy
+
+GROWTH_LIMIT = 1.5  # grow at most ×1.5 a step (REFERENCE: larger steps overshoot)
+OVERRUN = 5.0  # a batch past 5× the target is cut hard
+
+
+@dataclass
+class Pacer:
+    """Spaces batches so that rows per second stay under a cap, with a fixed pause too.
+
+    ``next_start`` is the monotonic time before which the next batch must not start.
+    Shared by all workers of a process, so the cap is per process.
+    """
+
+    policy: ThrottlePolicy
+    next_start: float = 0.0
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before starting a batch at ``now``."""
+        return max(0.0, self.next_start - now)
+
+    def record(self, now: float, rows: int, started: float) -> None:
+        """A batch of ``rows`` rows ran from ``started`` to ``now``."""
+        earliest = now + self.policy.sleep
+        if self.policy.max_rows_per_second:
+            # The batch "costs" rows/rate seconds of budget counted from its start.
+            earliest = max(earliest, started + rows / self.policy.max_rows_per_second)
+        self.next_start = max(self.next_start, earliest)
+
+
+def next_batch_size(policy: ThrottlePolicy, current: int, seconds: float, rows: int) -> int:
+    """The batch size after a batch of ``current`` keys took ``seconds`` (work only).
+
+    Without a target the size stays. With one it moves toward ``target`` in proportion,
+    never growing more than ×1.5 a step and cutting to a tenth after a gross overrun.
+    """
+    target = policy.target_batch_seconds
+    if not target or seconds <= 0 or rows < 0:
+        return current
+    if seconds > OVERRUN * target:
+        proposed = current // 10
+    else:
+        proposed = int(current * min(GROWTH_LIMIT, target / seconds))
+    return clamp(policy, proposed)
+
+
+def shrink_after_timeout(policy: ThrottlePolicy, current: int) -> int:
+    """The size to retry with after a statement timeout: a tenth of the batch."""
+    return clamp(policy, current // 10)
+
+
+def clamp(policy: ThrottlePolicy, size: int) -> int:
+    return max(policy.min_batch_size, min(policy.max_batch_size, size))
