@@ -18,6 +18,7 @@ import asyncpg
 
 from .errors import PermissionDenied, TargetInvalid
 from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
+from .planner import next_range, split_range
 
 SCHEMA_VERSION = 1
 _LOCK_KEY = "cryptopi_batch.schema"
@@ -103,7 +104,7 @@ SELECT i.indexrelid::regclass::text
   FROM pg_index i
  WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
    AND i.indnkeyatts = cardinality($2::text[])
-   AND (SELECT array_agg(a.attname ORDER BY k.n)
+   AND (SELECT array_agg(a.attname::text ORDER BY k.n)
           FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
          WHERE k.n <= i.indnkeyatts) = $2::text[]
@@ -230,14 +231,12 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
         end: Bound = tuple(f["end_key"])
         rest = KeyRange(as_bound(f["frontier"]), end)
         size = int(f["batch_size"])
-        upper = await ranges.nth(conn, rest, size)
-        if upper is None:
-            upper, keys = end, await ranges.count(conn, rest)
-        else:
-            keys = size
+        nth = await ranges.nth(conn, rest, size)
+        planned = next_range(rest.lower, end, nth)
+        keys = size if nth is not None else await ranges.count(conn, rest)
         lower = None if rest.lower is None else list(rest.lower)
-        row = await conn.fetchrow(query("advance_frontier"), name, lower, list(upper),
-                                  upper == end, keys, token, lease)
+        row = await conn.fetchrow(query("advance_frontier"), name, lower,
+                                  list(planned.range.upper), planned.last, keys, token, lease)
         return Claim.from_row(row)
 
 
@@ -247,13 +246,13 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
     any worker may claim. Returns the smaller claim (``c`` itself if it cannot be cut)."""
     if size >= c.keys:
         return c
-    mid = await ranges.nth(conn, c.range, size)
-    if mid is None or mid == c.range.upper:
+    halves = split_range(c.range, await ranges.nth(conn, c.range, size))
+    if halves is None:
         return c
-    async with conn.transaction():
-        await conn.fetchval(query("split_batch"), c.id, token, list(mid), size,
-                            list(c.range.upper), c.keys)
-    return Claim(c.id, KeyRange(c.range.lower, mid), size, c.attempts)
+    head, tail = halves
+    await conn.fetchval(query("split_batch"), c.id, token, list(head.upper), size,
+                        list(tail.upper), c.keys)
+    return Claim(c.id, head, size, c.attempts)
 
 
 async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, name: str,

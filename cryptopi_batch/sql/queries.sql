@@ -17,7 +17,7 @@ SELECT * FROM ops.backfills WHERE name = $1 FOR UPDATE;
 INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types, end_key,
                            frontier, exhausted, batch_size, keys_estimate, source_checksum,
                            direction)
-VALUES ($1, $2, $3, $4, $5, $6, NULL, $6 IS NULL, $7, $8, $9, $10)
+VALUES ($1, $2, $3, $4, $5, $6::text[], NULL, $6::text[] IS NULL, $7, $8, $9, $10)
 ON CONFLICT (name) DO NOTHING;
 
 -- delete_backfill --
