@@ -156,7 +156,7 @@ async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int
 
 
 async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int:
-    from . import demo  # the embedded server is only needed here
+    from . import demo  # noqa: PLC0415 -- the embedded server is only needed here
 
     console = Console(stderr=True)
     console.print(f"Starting an embedded PostgreSQL in {args.data_dir} …")

@@ -38,7 +38,7 @@ async def run(
     *,
     directory: Path,
     connection: ConnectionSettings,
-    options: RunOptions = RunOptions(),
+    options: RunOptions | None = None,
     handle_signals: bool = False,
     on_start: Any = None,
     on_batch: ProgressHook | None = None,
@@ -50,7 +50,7 @@ async def run(
     ``on_start(keys_done, keys_total)`` is called once the run is about to start batches.
     """
     migration = find_migration(directory, name)
-    settings = resolve_settings(options, migration.backfill)
+    settings = resolve_settings(options or RunOptions(), migration.backfill)
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
     conn = await connection.connect_or_fail()

@@ -3,6 +3,7 @@ errors become one clear line without the password."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -39,10 +40,8 @@ class ConnectionSettings:
         """Every password this configuration could put in a message."""
         found = [os.environ.get("PGPASSWORD", "")]
         if self.dsn:
-            try:
+            with contextlib.suppress(ValueError):  # not a URL: key=value form below
                 found.append(unquote(urlsplit(self.dsn).password or ""))
-            except ValueError:
-                pass
             found += re.findall(r"password=([^\s&]+)", self.dsn)
         return [s for s in found if s]
 

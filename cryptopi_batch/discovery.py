@@ -10,6 +10,7 @@ import re
 import sys
 import tomllib
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,18 +93,19 @@ def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
     """The one file that ``wanted`` names: its full name, a unique prefix of it, or its
     description part (or a unique prefix of that)."""
     wanted = wanted.removesuffix(".py").removesuffix(".sql")
-    for matcher in (
+    matchers: list[Callable[[MigrationFile], bool]] = [
         lambda f: f.name == wanted,
         lambda f: f.description == wanted,
         lambda f: f.name.startswith(wanted),
         lambda f: f.description.startswith(wanted),
-    ):
+    ]
+    for matcher in matchers:
         found = [f for f in files if matcher(f)]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            names = ", ".join(f.name for f in found)
-            raise MigrationNotFound(f"migration name {wanted!r} is ambiguous: {names}")
+            both = ", ".join(f.name for f in found)
+            raise MigrationNotFound(f"migration name {wanted!r} is ambiguous: {both}")
     names = [f.name for f in files]
     close = difflib.get_close_matches(wanted, names + [f.description for f in files], n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""

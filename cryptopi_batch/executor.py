@@ -7,6 +7,7 @@ reads the control state (pause, cancel) that workers obey between batches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -338,11 +339,10 @@ class Runner:
                             exc: BaseException) -> None:
         if conn.is_closed():
             return
-        try:
+        # Best effort: the error is also logged and raised.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await conn.execute(store.query("batch_failed"), c.id, self.token, attempts,
                                _describe(exc), self.name)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            pass  # best effort: the error is also logged and raised
 
     def _log_retry(self, c: Claim | None) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 
 from .errors import UsageError
 from .migration import Backfill
 from .retry import RetryPolicy
-
-T = TypeVar("T")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
 _UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
@@ -88,30 +86,28 @@ class RunOptions:
     progress: bool = False
 
 
-def _first(*values: T | None) -> T | None:
-    for v in values:
-        if v is not None:
-            return v
-    return None
+def _pick(cli: Any, declared: Any) -> Any:
+    """The command line's value when given, else the migration's declaration."""
+    return cli if cli is not None else declared
 
 
 def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
     """Merge the command line over the migration's declarations over the defaults."""
     defaults = RunSettings()
-    batch_size = _first(options.batch_size, backfill.batch_size) or defaults.batch_size
-    workers = _first(options.workers, backfill.workers) or defaults.workers
+    batch_size: int = _pick(options.batch_size, backfill.batch_size)
+    workers: int = _pick(options.workers, backfill.workers) or defaults.workers
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    rate = _first(options.max_rows_per_second, backfill.max_rows_per_second)
+    rate: float | None = _pick(options.max_rows_per_second, backfill.max_rows_per_second)
     if rate is not None and rate <= 0:
         raise UsageError("--max-rows-per-second must be positive")
-    sleep = parse_duration(_first(options.sleep, backfill.sleep), "--sleep") or 0.0
-    target = parse_duration(_first(options.target_batch_seconds, backfill.target_batch_seconds),
+    sleep = parse_duration(_pick(options.sleep, backfill.sleep), "--sleep") or 0.0
+    target = parse_duration(_pick(options.target_batch_seconds, backfill.target_batch_seconds),
                             "--target-batch-seconds")
-    lock = parse_duration(_first(options.lock_timeout, backfill.lock_timeout), "--lock-timeout")
-    stmt = parse_duration(_first(options.statement_timeout, backfill.statement_timeout),
+    lock = parse_duration(_pick(options.lock_timeout, backfill.lock_timeout), "--lock-timeout")
+    stmt = parse_duration(_pick(options.statement_timeout, backfill.statement_timeout),
                           "--statement-timeout")
     lease = options.lease_seconds or defaults.lease_seconds
     return RunSettings(

@@ -237,6 +237,7 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
         lower = None if rest.lower is None else list(rest.lower)
         row = await conn.fetchrow(query("advance_frontier"), name, lower,
                                   list(planned.range.upper), planned.last, keys, token, lease)
+        assert row is not None  # INSERT … RETURNING always returns the row
         return Claim.from_row(row)
 
 
