@@ -17,7 +17,7 @@ from . import commands, logs
 from .db import ConnectionSettings
 from .discovery import migrations_dir
 from .errors import CryptopiBatchError, UsageError
-from .report import ProgressBar, print_json, print_table
+from .report import ProgressBar, print_json, print_table, table_console
 from .settings import RunOptions
 
 T = TypeVar("T")
@@ -142,7 +142,7 @@ async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> i
     if args.json:
         print_json(rows, sys.stdout)
     else:
-        print_table(rows, Console())
+        print_table(rows, table_console())
     return EXIT_OK
 
 
@@ -151,7 +151,7 @@ async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int
     if args.json:
         print_json(rows, sys.stdout)
     else:
-        print_table(rows, Console())
+        print_table(rows, table_console())
     return EXIT_OK
 
 
@@ -173,7 +173,7 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
         run_args.log_format = args.log_format
         code = await _run(run_args, demo_conn)
         print_table(await commands.status(None, directory=None, connection=demo_conn),
-                    Console())
+                    table_console())
         return code
     finally:
         await anyio.to_thread.run_sync(cluster.stop)

@@ -15,8 +15,16 @@ import asyncpg
 from . import store
 from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, discover, load, resolve
-from .errors import PermissionDenied, RunCancelled, SourceChanged, Stopped, UsageError
+from .errors import (
+    MigrationLoadError,
+    PermissionDenied,
+    RunCancelled,
+    SourceChanged,
+    Stopped,
+    UsageError,
+)
 from .executor import Outcome, ProgressHook, Runner
+from .keys import KeyRange, render_range
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, resolve_settings
 from .store import Target
@@ -83,7 +91,23 @@ async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) ->
         if not await conn.fetchval("SELECT has_table_privilege($1, $2)", target.table,
                                    privilege):
             raise PermissionDenied(f"permission denied: {privilege} on {target.table}")
+    if isinstance(backfill.work, str):
+        await _check_statement(conn, migration, target, backfill.work)
     return target
+
+
+async def _check_statement(conn: asyncpg.Connection, migration: LoadedMigration,
+                           target: Target, sql: str) -> None:
+    """Prepare (never run) the migration's SQL, so a typo fails before anything is written."""
+    probe = KeyRange(("",) * target.key.width, ("",) * target.key.width)
+    statement, _ = render_range(sql, target.key, probe, 0)
+    try:
+        await conn.prepare(statement)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(f"{migration.file.path}: {exc}") from None
+    except asyncpg.PostgresError as exc:
+        raise MigrationLoadError(f"{migration.file.path}: its SQL does not prepare: {exc}"
+                                 ) from None
 
 
 async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,

@@ -82,6 +82,7 @@ class Runner:
     def __post_init__(self) -> None:
         self.ranges = RangeQueries(self.target)
         self.stop = anyio.Event()
+        self._finished = anyio.Event()
         self.stop_reason: str | None = None
         self.failure: BaseException | None = None
         self.aborted = False
@@ -110,16 +111,20 @@ class Runner:
             async with anyio.create_task_group() as outer:
                 self._outer = outer.cancel_scope
                 outer.start_soon(self._heartbeat, control)
-                if self.handle_signals:
-                    outer.start_soon(self._signals)
-                if self.settings.max_duration is not None:
-                    outer.start_soon(self._deadline, self.settings.max_duration)
-                async with anyio.create_task_group() as workers:
-                    for i in range(self.settings.workers):
-                        workers.start_soon(self._worker, i)
-                outer.cancel_scope.cancel()
+                async with anyio.create_task_group() as side:
+                    if self.handle_signals:
+                        side.start_soon(self._signals)
+                    if self.settings.max_duration is not None:
+                        side.start_soon(self._deadline, self.settings.max_duration)
+                    async with anyio.create_task_group() as workers:
+                        for i in range(self.settings.workers):
+                            workers.start_soon(self._worker, i)
+                    side.cancel_scope.cancel()  # neither touches a connection
+                # The heartbeat ends by itself: cancelling it mid-query would leave the
+                # control connection, still needed below, in an unknown state.
+                self._finished.set()
         finally:
-            with anyio.move_on_after(5, shield=True):
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
                 await control.execute(store.query("stop_worker"), self.token)
         elapsed = time.monotonic() - started
         if self.aborted:
@@ -156,7 +161,7 @@ class Runner:
 
     async def _heartbeat(self, control: asyncpg.Connection) -> None:
         interval = min(1.0, self.settings.lease_seconds / 3)
-        while True:
+        while not self._finished.is_set():
             try:
                 status = await control.fetchval(store.query("heartbeat"), self.token, self.name,
                                                 self.settings.lease_seconds)
@@ -167,7 +172,8 @@ class Runner:
                 status = "running"
             if status in ("paused", "cancelled"):
                 self.request_stop(f"migration {status}")
-            await anyio.sleep(interval)
+            with anyio.move_on_after(interval):
+                await self._finished.wait()
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -103,11 +103,18 @@ def print_json(rows: list[StatusRow], out: IO[str]) -> None:
         out.write(json.dumps(asdict(row), sort_keys=True) + "\n")
 
 
+def table_console() -> Console:
+    """stdout; wide enough off a terminal that names are not cut when piped."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=200)
+
+
 def print_table(rows: list[StatusRow], console: Console) -> None:
     table = Table(box=None, header_style="bold")
     for column in ("migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"):
-        table.add_column(column, justify="right" if column in ("rows", "keys", "batches",
-                                                                "rows/s", "ETA") else "left")
+        table.add_column(column, no_wrap=column != "note",
+                         justify="right" if column in ("rows", "keys", "batches", "rows/s",
+                                                       "ETA") else "left")
     for r in rows:
         keys = f"{r.keys_done:,}"
         if r.keys_estimate and r.status != "completed":
