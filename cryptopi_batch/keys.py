@@ -63,10 +63,17 @@ class KeySpec:
         cols = [f"${first + i}::text::{c.type}" for i, c in enumerate(self.columns)]
         return cols[0] if len(cols) == 1 else "(" + ", ".join(cols) + ")"
 
-    def text_values(self, alias: str) -> str:
-        """The key of a row as ``ARRAY[col::text, …]``."""
-        return "ARRAY[" + ", ".join(f"{quote_ident(alias)}.{quote_ident(c.name)}::text"
-                                    for c in self.columns) + "]"
+    def text_values(self, alias: str, *, raw: bool = False) -> str:
+        """The key of a row as ``ARRAY[col::text, …]`` (``raw``: of ``select_list``'s
+        ``k0, k1, …`` columns)."""
+        names = [f"k{i}" if raw else quote_ident(c.name) for i, c in enumerate(self.columns)]
+        return "ARRAY[" + ", ".join(f"{quote_ident(alias)}.{n}::text" for n in names) + "]"
+
+    def select_list(self, alias: str) -> str:
+        """The key columns as ``alias.col AS k0, …``. Output names differ from the columns'
+        own, so an ORDER BY on the columns cannot bind to a text-cast output column."""
+        return ", ".join(f"{quote_ident(alias)}.{quote_ident(c.name)} AS k{i}"
+                         for i, c in enumerate(self.columns))
 
     def predicate(self, *, lower: bool, first: int, alias: str | None = None) -> str:
         """``key > lower AND key <= upper`` (or only the upper bound when ``lower`` is false)."""

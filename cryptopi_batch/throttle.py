@@ -51,13 +51,16 @@ def next_batch_size(policy: ThrottlePolicy, current: int, seconds: float, rows: 
         proposed = current // 10
     else:
         proposed = int(current * min(GROWTH_LIMIT, target / seconds))
-    return clamp(policy, proposed)
+    return clamp(policy, proposed, current)
 
 
 def shrink_after_timeout(policy: ThrottlePolicy, current: int) -> int:
     """The size to retry with after a statement timeout: a tenth of the batch."""
-    return clamp(policy, current // 10)
+    return clamp(policy, current // 10, current)
 
 
-def clamp(policy: ThrottlePolicy, size: int) -> int:
-    return max(policy.min_batch_size, min(policy.max_batch_size, size))
+def clamp(policy: ThrottlePolicy, size: int, current: int) -> int:
+    """``size`` within the policy's bounds, but the floor never lifts it above ``current``:
+    a batch already under the minimum (``--batch-size 5``) must not grow on a cut."""
+    floor = max(1, min(policy.min_batch_size, current))
+    return max(floor, min(policy.max_batch_size, size))
