@@ -124,8 +124,8 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
             await conn.execute(
                 store.query("insert_backfill"), name, migration.file.filename, target.table,
                 list(target.key.names), [c.type for c in target.key.columns],
-                None if end is None else list(end), settings.batch_size, target.estimate,
-                migration.checksum, "up")
+                None if end is None else list(end), settings.batch_size,
+                await store.estimate_rows(conn, target), migration.checksum, "up")
             row = await conn.fetchrow(store.query("lock_backfill"), name)
             assert row is not None
         status = row["status"]
@@ -135,8 +135,9 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
             end = await store.last_key(conn, target)
             if end is None or list(end) == list(row["end_key"] or []):
                 return row
+            estimate = await store.estimate_rows(conn, target)
             await conn.execute(store.query("catch_up_backfill"), name, list(end),
-                               max(target.estimate - int(row["keys_done"]), 0))
+                               max(estimate - int(row["keys_done"]), 0))
         elif status == "cancelled":
             raise RunCancelled(f"{name} was cancelled; `run --restart` starts it again")
         elif status == "paused":

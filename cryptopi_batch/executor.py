@@ -248,8 +248,13 @@ class Runner:
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _claim(self, conn: asyncpg.Connection) -> Claim | None:
-        return await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
-                                 self.ranges)
+        c = await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
+                              self.ranges)
+        if c is not None and c.keys > 2 * self.batch_size:
+            # An open range from before a shrink (a split's remainder, a lapsed lease) is
+            # cut to today's size rather than timing out again at its old one.
+            c = await store.split(conn, c, self.token, self.batch_size, self.ranges)
+        return c
 
     async def _nothing_open(self, conn: asyncpg.Connection) -> bool:
         """No range is left anywhere (all handed out and committed)."""

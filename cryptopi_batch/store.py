@@ -118,7 +118,7 @@ class Target:
 
     table: str  # as regclass prints it
     key: KeySpec
-    estimate: int
+    estimate: int  # pg_class.reltuples: -1 when never analysed
 
     @property
     def quoted(self) -> str:
@@ -150,10 +150,15 @@ async def inspect_target(conn: asyncpg.Connection, table: str,
         raise TargetInvalid(f"key ({', '.join(key)}) of {table} is not covered by a unique"
                             " index or primary key on exactly those columns")
     spec = KeySpec(tuple(KeyColumn(k, cols[k]["type"]) for k in key))
-    estimate = int(row["estimate"])
-    if estimate < 0:  # never analysed: count once, at start, not per batch
-        estimate = int(await conn.fetchval(f"SELECT count(*) FROM {quote_qualified(regclass)}"))
-    return Target(regclass, spec, estimate)
+    return Target(regclass, spec, int(row["estimate"]))
+
+
+async def estimate_rows(conn: asyncpg.Connection, target: Target) -> int:
+    """The planner's row estimate; a table never analysed is counted (once, at a run's first
+    start only: resuming never scans the table)."""
+    if target.estimate >= 0:
+        return target.estimate
+    return int(await conn.fetchval(f"SELECT count(*) FROM {target.quoted}"))
 
 
 async def last_key(conn: asyncpg.Connection, target: Target) -> Bound | None:
