@@ -41,9 +41,11 @@ class ConnectionSettings:
         found = [os.environ.get("PGPASSWORD", "")]
         if self.dsn:
             with contextlib.suppress(ValueError):  # not a URL: key=value form below
-                found.append(unquote(urlsplit(self.dsn).password or ""))
+                found.append(urlsplit(self.dsn).password or "")
             found += re.findall(r"password=([^\s&]+)", self.dsn)
-        return [s for s in found if s]
+        # A URL carries a password percent-encoded and a message may show either form;
+        # longest first, so no form is left half-replaced by a shorter one inside it.
+        return sorted({s for s in (*found, *map(unquote, found)) if s}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         """``text`` with every password of this configuration, and any URL userinfo,

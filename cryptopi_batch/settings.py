@@ -95,7 +95,7 @@ def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
     """Merge the command line over the migration's declarations over the defaults."""
     defaults = RunSettings()
     batch_size: int = _pick(options.batch_size, backfill.batch_size)
-    workers: int = _pick(options.workers, backfill.workers) or defaults.workers
+    workers: int = _pick(_pick(options.workers, backfill.workers), defaults.workers)
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if workers < 1:

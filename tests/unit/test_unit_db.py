@@ -1,0 +1,119 @@
+"""A DSN's password never survives into a message: ConnectionSettings.redact()."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+
+from cryptopi_batch.db import ConnectionSettings
+
+SECRET = "s3cr3t-Pa55"
+
+
+@pytest.fixture(autouse=True)
+def _no_pgpassword(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+
+
+def messages_about(dsn: str, *secrets: str) -> list[str]:
+    """Messages a connect failure could produce: the DSN itself, the password alone."""
+    return [
+        f"cannot connect to PostgreSQL: {dsn}",
+        f"invalid DSN {dsn!r}: bad port",
+        *(f"password {s} rejected" for s in secrets),
+        *(f"{s}" for s in secrets),
+    ]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_url_password_is_redacted(scheme):
+    dsn = f"{scheme}://alice:{SECRET}@db.example:5432/app"
+    settings = ConnectionSettings(dsn=dsn)
+    for message in messages_about(dsn, SECRET):
+        redacted = settings.redact(message)
+        assert SECRET not in redacted
+        assert "***" in redacted
+
+
+def test_url_redaction_keeps_the_rest_of_the_message():
+    dsn = f"postgresql://alice:{SECRET}@db.example:5432/app"
+    redacted = ConnectionSettings(dsn=dsn).redact(f"cannot connect: {dsn} refused")
+    assert redacted == "cannot connect: postgresql://alice:***@db.example:5432/app refused"
+
+
+def test_userinfo_of_any_url_is_redacted_even_from_another_dsn():
+    """A message may quote a DSN other than ours (a replica, a typo): its userinfo goes too."""
+    other = "postgresql://bob:hunter2@replica/app"
+    redacted = ConnectionSettings(dsn="postgresql://alice@db/app").redact(f"see {other}")
+    assert "hunter2" not in redacted
+
+
+def test_query_parameter_password_is_redacted():
+    dsn = f"postgresql://alice@db.example/app?sslmode=require&password={SECRET}&x=1"
+    settings = ConnectionSettings(dsn=dsn)
+    for message in messages_about(dsn, SECRET):
+        assert SECRET not in settings.redact(message)
+
+
+def test_key_value_password_is_redacted():
+    dsn = f"host=db.example user=alice password={SECRET} dbname=app"
+    settings = ConnectionSettings(dsn=dsn)
+    for message in messages_about(dsn, SECRET):
+        assert SECRET not in settings.redact(message)
+
+
+def test_pgpassword_from_the_environment_is_redacted(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", SECRET)
+    for settings in (ConnectionSettings(dsn=None),
+                     ConnectionSettings(dsn="postgresql://alice@db/app")):
+        assert settings.redact(f"auth failed with {SECRET} for alice") == (
+            "auth failed with *** for alice")
+
+
+@pytest.mark.parametrize("password", ["p@ss/w:rd", "pa ss%word", "üñí©ødé", "a&b=c?d#e"])
+def test_url_encoded_password_is_redacted_in_both_forms(password):
+    encoded = quote(password, safe="")
+    assert encoded != password
+    dsn = f"postgresql://alice:{encoded}@db.example/app"
+    settings = ConnectionSettings(dsn=dsn)
+    for message in messages_about(dsn, password, encoded):
+        redacted = settings.redact(message)
+        assert password not in redacted
+        assert encoded not in redacted
+
+
+@pytest.mark.parametrize("password", ["p@ss/w:rd", "pa ss%word", "a&b=c"])
+def test_url_encoded_query_password_is_redacted_in_both_forms(password):
+    encoded = quote(password, safe="")
+    dsn = f"postgresql://alice@db.example/app?password={encoded}"
+    settings = ConnectionSettings(dsn=dsn)
+    for message in messages_about(dsn, password, encoded):
+        redacted = settings.redact(message)
+        assert password not in redacted
+        assert encoded not in redacted
+
+
+def test_secrets_lists_every_source(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "from-env")
+    settings = ConnectionSettings(dsn="postgresql://a:from-url@h/d?password=from-query")
+    assert {"from-env", "from-url", "from-query"} <= set(settings.secrets())
+
+
+def test_no_password_means_nothing_is_redacted():
+    settings = ConnectionSettings(dsn="postgresql://alice@db.example/app")
+    assert settings.secrets() == []
+    message = "cannot connect to PostgreSQL: connection refused"
+    assert settings.redact(message) == message
+
+
+def test_a_dsn_that_is_not_a_url_does_not_break_redaction():
+    settings = ConnectionSettings(dsn="postgresql://alice:pw@[::1/app")  # bad IPv6 literal
+    assert "pw@" not in settings.redact("failed: postgresql://alice:pw@[::1/app")
+
+
+def test_an_encoded_password_is_replaced_whole_not_around_its_decoded_form():
+    """The decoded `ab%` is a prefix of the encoded `ab%25`: the longer goes first, so
+    nothing of either is left behind."""
+    dsn = "postgresql://alice:ab%25@db/app"
+    assert ConnectionSettings(dsn=dsn).redact("tried ab%25 and ab%") == "tried *** and ***"

@@ -1,0 +1,286 @@
+"""Finding, naming and loading migration files, in a temporary directory."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cryptopi_batch.discovery import (
+    ENV_DIR,
+    MigrationFile,
+    discover,
+    load,
+    migrations_dir,
+    resolve,
+)
+from cryptopi_batch.errors import MigrationLoadError, MigrationNotFound
+from cryptopi_batch.migration import Backfill
+
+VALID = '''\
+"""Fill users.confidence."""
+from cryptopi_batch import Backfill
+
+migration = Backfill(table="public.users", sql="UPDATE users SET c = 1 WHERE {range}")
+'''
+
+
+def write(directory: Path, name: str, text: str = VALID) -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def mdir(tmp_path: Path) -> Path:
+    d = tmp_path / "migrations"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def files(mdir: Path) -> list[MigrationFile]:
+    for name in ("20240301_1200_backfill_confidence.py", "20240105_0900_add_slugs.py",
+                 "20240105_0930_add_slug_index.sql", "20240401_0000_backfill_scores.py"):
+        write(mdir, name)
+    return discover(mdir)
+
+
+# --- discover ---------------------------------------------------------------------------
+
+
+def test_files_are_discovered_in_name_order(files):
+    assert [f.filename for f in files] == [
+        "20240105_0900_add_slugs.py",
+        "20240105_0930_add_slug_index.sql",
+        "20240301_1200_backfill_confidence.py",
+        "20240401_0000_backfill_scores.py",
+    ]
+
+
+def test_non_matching_names_are_ignored(mdir):
+    write(mdir, "20240101_0000_ok.py")
+    for other in ("helpers.py", "__init__.py", "2024_0000_short_stamp.py",
+                  "20240101_0000_notes.txt", "20240101_0000_bad-name.py",
+                  "README.md", "20240101_0000_ok.py~"):
+        write(mdir, other)
+    (mdir / "20240101_0000_a_directory.py").mkdir()
+    assert [f.filename for f in discover(mdir)] == ["20240101_0000_ok.py"]
+
+
+def test_a_missing_directory_is_migration_not_found(tmp_path):
+    with pytest.raises(MigrationNotFound, match="not found"):
+        discover(tmp_path / "nope")
+
+
+def test_file_name_parts(files):
+    f = files[0]
+    assert f.name == "20240105_0900_add_slugs"
+    assert f.description == "add_slugs"
+    assert f.kind == "py"
+    assert files[1].kind == "sql"
+
+
+# --- resolve ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wanted", "expected"), [
+    ("20240301_1200_backfill_confidence", "20240301_1200_backfill_confidence.py"),
+    ("20240301_1200_backfill_confidence.py", "20240301_1200_backfill_confidence.py"),
+    ("20240105_0930_add_slug_index.sql", "20240105_0930_add_slug_index.sql"),
+    ("202403", "20240301_1200_backfill_confidence.py"),  # unique prefix of the name
+    ("backfill_confidence", "20240301_1200_backfill_confidence.py"),  # description
+    ("backfill_c", "20240301_1200_backfill_confidence.py"),  # prefix of a description
+    ("add_slugs", "20240105_0900_add_slugs.py"),  # exact beats add_slug_index's prefix
+])
+def test_resolve_finds_the_one_file_a_name_means(files, wanted, expected):
+    assert resolve(files, wanted).filename == expected
+
+
+@pytest.mark.parametrize("wanted", ["backfill", "20240105", "add_slug"])
+def test_an_ambiguous_name_lists_every_candidate(files, wanted):
+    with pytest.raises(MigrationNotFound, match="ambiguous") as info:
+        resolve(files, wanted)
+    candidates = [f.name for f in files if wanted in f.name]
+    assert len(candidates) == 2
+    for name in candidates:
+        assert name in info.value.message
+
+
+def test_an_unknown_name_suggests_and_lists_the_known_ones(files):
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(files, "backfil_confidense")
+    message = info.value.message
+    assert "did you mean" in message
+    assert "backfill_confidence" in message.split("did you mean", 1)[1]
+    for f in files:
+        assert f.name in message
+
+
+def test_an_unknown_name_without_close_matches_gives_no_hint(files):
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(files, "zzzzzzzz")
+    assert "did you mean" not in info.value.message
+    assert "20240105_0900_add_slugs" in info.value.message
+
+
+def test_resolve_in_an_empty_directory_says_none_are_known():
+    with pytest.raises(MigrationNotFound, match=r"\(none\)"):
+        resolve([], "anything")
+
+
+# --- load -------------------------------------------------------------------------------
+
+
+def test_load_returns_the_backfill_and_the_docstrings_first_line(mdir):
+    path = write(mdir, "20240101_0000_ok.py")
+    loaded = load(MigrationFile(path))
+    assert isinstance(loaded.backfill, Backfill)
+    assert loaded.backfill.table == "public.users"
+    assert loaded.description == "Fill users.confidence."
+    assert loaded.name == "20240101_0000_ok"
+    assert len(loaded.checksum) == 64
+
+
+def test_the_checksum_follows_the_content(mdir):
+    path = write(mdir, "20240101_0000_ok.py")
+    before = load(MigrationFile(path)).checksum
+    path.write_text(VALID + "# changed\n")
+    assert load(MigrationFile(path)).checksum != before
+
+
+def test_a_syntax_error_names_the_file_and_line(mdir):
+    path = write(mdir, "20240101_0000_broken.py", """\
+        from cryptopi_batch import Backfill
+
+        migration = = Backfill(table="t", sql="UPDATE t SET x = 1 WHERE {range}")
+        """)
+    with pytest.raises(MigrationLoadError, match="syntax error") as info:
+        load(MigrationFile(path))
+    assert f"{path}:3: syntax error" in info.value.message
+
+
+def test_an_error_at_import_names_the_line_of_the_raise(mdir):
+    path = write(mdir, "20240101_0000_raises.py", """\
+        import os
+
+
+        def helper():
+            return {}["missing"]
+
+
+        VALUE = helper()
+        """)
+    with pytest.raises(MigrationLoadError) as info:
+        load(MigrationFile(path))
+    assert f"{path}:5: KeyError" in info.value.message
+
+
+def test_a_file_without_a_migration_object_is_refused(mdir):
+    path = write(mdir, "20240101_0000_empty.py", '"""Nothing here."""\nmigration = 42\n')
+    with pytest.raises(MigrationLoadError, match="migration = Backfill") as info:
+        load(MigrationFile(path))
+    assert str(path) in info.value.message
+
+
+def test_a_sql_file_does_not_load_as_a_backfill(mdir):
+    path = write(mdir, "20240101_0000_schema.sql", "SELECT 1;")
+    with pytest.raises(MigrationLoadError, match="migrate"):
+        load(MigrationFile(path))
+
+
+@pytest.mark.parametrize(("arguments", "complaint"), [
+    ('sql="UPDATE t SET x = 1 WHERE {range}", process=work', "exactly one"),
+    ("", "exactly one"),
+    ('sql="UPDATE t SET x = 1"', "{range}"),
+    ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=0', "batch_size"),
+    ('sql="UPDATE t SET x = 1 WHERE {range}", key=()', "key="),
+    ('sql="UPDATE t SET x = 1 WHERE {range}", down="DELETE FROM t"', "down="),
+])
+def test_definition_errors_name_the_file_and_line(mdir, arguments, complaint):
+    path = write(mdir, "20240101_0000_bad.py", f"""\
+        from cryptopi_batch import Backfill
+
+        async def work(batch):
+            return 0
+
+        migration = Backfill(table="t", {arguments})
+        """)
+    with pytest.raises(MigrationLoadError) as info:
+        load(MigrationFile(path))
+    assert f"{path}:6: " in info.value.message
+    assert complaint in info.value.message
+
+
+def test_a_multi_line_definition_error_names_the_line_of_the_call(mdir):
+    path = write(mdir, "20240101_0000_bad.py", """\
+        from cryptopi_batch import Backfill
+
+
+        migration = Backfill(
+            table="t",
+            sql="UPDATE t SET x = 1 WHERE {range}",
+            batch_size=0,
+        )
+        """)
+    with pytest.raises(MigrationLoadError, match="batch_size") as info:
+        load(MigrationFile(path))
+    assert f"{path}:4: " in info.value.message
+
+
+def test_a_failed_load_leaves_no_module_behind(mdir):
+    path = write(mdir, "20240101_0000_raises.py", "raise RuntimeError('boom')\n")
+    with pytest.raises(MigrationLoadError, match="RuntimeError: boom"):
+        load(MigrationFile(path))
+    assert not [m for m in sys.modules if m.startswith("cryptopi_batch_migrations.")]
+
+
+# --- migrations_dir ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.cryptopi_batch]\nmigrations = "db/backfills"\n')
+    return tmp_path
+
+
+def test_explicit_directory_wins(project, monkeypatch):
+    monkeypatch.setenv(ENV_DIR, "from_env")
+    assert migrations_dir("cli_dir", cwd=project) == project / "cli_dir"
+
+
+def test_environment_beats_pyproject(project, monkeypatch):
+    monkeypatch.setenv(ENV_DIR, "from_env")
+    assert migrations_dir(None, cwd=project) == project / "from_env"
+
+
+def test_pyproject_beats_the_default(project):
+    assert migrations_dir(None, cwd=project) == project / "db/backfills"
+
+
+def test_default_is_migrations(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    assert migrations_dir(None, cwd=tmp_path) == tmp_path / "migrations"
+    (tmp_path / "pyproject.toml").write_text('[tool.other]\nmigrations = "no"\n')
+    assert migrations_dir(None, cwd=tmp_path) == tmp_path / "migrations"
+
+
+def test_an_empty_environment_variable_is_not_a_directory(project, monkeypatch):
+    monkeypatch.setenv(ENV_DIR, "")
+    assert migrations_dir(None, cwd=project) == project / "db/backfills"
+
+
+def test_an_absolute_directory_is_taken_as_is(project, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    assert migrations_dir(str(elsewhere), cwd=project / "sub") == elsewhere
+
+
+def test_a_broken_pyproject_is_a_load_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    (tmp_path / "pyproject.toml").write_text("[tool.cryptopi_batch\n")
+    with pytest.raises(MigrationLoadError, match=r"pyproject\.toml"):
+        migrations_dir(None, cwd=tmp_path)

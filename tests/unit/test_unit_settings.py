@@ -1,0 +1,138 @@
+"""Durations and the precedence of run settings: command line > migration > default."""
+
+from __future__ import annotations
+
+import pytest
+
+from cryptopi_batch.errors import UsageError
+from cryptopi_batch.migration import Backfill
+from cryptopi_batch.settings import RunOptions, RunSettings, parse_duration, resolve_settings
+
+SQL = "UPDATE t SET x = 1 WHERE {range}"
+
+
+def backfill(**declared) -> Backfill:
+    return Backfill(table="t", sql=SQL, **declared)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("500ms", 0.5),
+    ("2s", 2.0),
+    ("2sec", 2.0),
+    ("1.5s", 1.5),
+    ("5min", 300.0),
+    ("5m", 300.0),
+    ("2h", 7200.0),
+    ("30", 30.0),
+    (" 10 s ", 10.0),
+    ("0", 0.0),
+])
+def test_parse_duration_reads_units(text, seconds):
+    assert parse_duration(text, "--x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("number", "seconds"), [(1.5, 1.5), (2, 2.0), (0, 0.0)])
+def test_parse_duration_takes_numbers_as_seconds(number, seconds):
+    result = parse_duration(number, "--x")
+    assert result == seconds
+    assert isinstance(result, float)
+
+
+def test_parse_duration_of_nothing_is_nothing():
+    assert parse_duration(None, "--x") is None
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5 minutes", "2d", "1e3", "-1s", "1,5s", "s",
+                                  "2S", "1h30m", "inf", "nan"])
+def test_parse_duration_refuses_what_is_not_a_duration(text):
+    with pytest.raises(UsageError, match="--sleep"):
+        parse_duration(text, "--sleep")
+
+
+def test_parse_duration_refuses_a_negative_number():
+    with pytest.raises(UsageError, match="negative"):
+        parse_duration(-0.5, "--sleep")
+
+
+# --- resolve_settings -------------------------------------------------------------------
+
+
+def test_without_options_or_declarations_the_defaults_apply():
+    settings = resolve_settings(RunOptions(), backfill())
+    defaults = RunSettings()
+    assert settings.batch_size == Backfill.batch_size  # the migration's own default
+    assert settings.workers == defaults.workers
+    assert settings.throttle.max_rows_per_second is None
+    assert settings.throttle.sleep == 0.0
+    assert settings.throttle.target_batch_seconds is None
+    assert settings.timeouts == defaults.timeouts
+    assert settings.max_duration is None
+    assert settings.lease_seconds == defaults.lease_seconds
+
+
+def test_the_migrations_declarations_beat_the_defaults():
+    settings = resolve_settings(RunOptions(), backfill(
+        batch_size=250, workers=3, max_rows_per_second=1000.0, sleep=0.25,
+        target_batch_seconds=2.0, lock_timeout=0.5, statement_timeout=60.0))
+    assert settings.batch_size == 250
+    assert settings.workers == 3
+    assert settings.throttle.max_rows_per_second == 1000.0
+    assert settings.throttle.sleep == 0.25
+    assert settings.throttle.target_batch_seconds == 2.0
+    assert settings.timeouts.lock_timeout == 0.5
+    assert settings.timeouts.statement_timeout == 60.0
+
+
+def test_the_command_line_beats_the_migration():
+    settings = resolve_settings(
+        RunOptions(batch_size=50, workers=2, max_rows_per_second=10.0, sleep="100ms",
+                   target_batch_seconds="3s", lock_timeout="1s", statement_timeout="5min",
+                   max_duration="2h", lease_seconds=5.0),
+        backfill(batch_size=250, workers=3, max_rows_per_second=1000.0, sleep=0.25,
+                 target_batch_seconds=2.0, lock_timeout=0.5, statement_timeout=60.0))
+    assert settings.batch_size == 50
+    assert settings.workers == 2
+    assert settings.throttle.max_rows_per_second == 10.0
+    assert settings.throttle.sleep == pytest.approx(0.1)
+    assert settings.throttle.target_batch_seconds == 3.0
+    assert settings.timeouts.lock_timeout == 1.0
+    assert settings.timeouts.statement_timeout == 300.0
+    assert settings.max_duration == 7200.0
+    assert settings.lease_seconds == 5.0
+
+
+def test_an_explicit_zero_on_the_command_line_beats_the_migration():
+    """0 is a value, not "not given": `--sleep 0` and `--lock-timeout 0` override."""
+    settings = resolve_settings(RunOptions(sleep="0", lock_timeout="0"),
+                                backfill(sleep=2.0, lock_timeout=5.0))
+    assert settings.throttle.sleep == 0.0
+    assert settings.timeouts.lock_timeout == 0.0
+
+
+def test_flags_pass_through():
+    settings = resolve_settings(
+        RunOptions(force=True, restart=True, catch_up=True, yes=True, progress=True),
+        backfill())
+    assert (settings.force, settings.restart, settings.catch_up, settings.yes,
+            settings.progress) == (True, True, True, True, True)
+
+
+@pytest.mark.parametrize(("options", "declared", "complaint"), [
+    (RunOptions(batch_size=0), {}, "--batch-size"),
+    (RunOptions(batch_size=-5), {}, "--batch-size"),
+    (RunOptions(workers=0), {}, "--workers"),
+    (RunOptions(workers=-1), {}, "--workers"),
+    (RunOptions(), {"workers": 0}, "--workers"),
+    (RunOptions(max_rows_per_second=0.0), {}, "--max-rows-per-second"),
+    (RunOptions(max_rows_per_second=-1.0), {}, "--max-rows-per-second"),
+    (RunOptions(), {"max_rows_per_second": 0.0}, "--max-rows-per-second"),
+    (RunOptions(sleep="soon"), {}, "--sleep"),
+    (RunOptions(), {"sleep": -1.0}, "--sleep"),
+    (RunOptions(target_batch_seconds="fast"), {}, "--target-batch-seconds"),
+    (RunOptions(lock_timeout="-1s"), {}, "--lock-timeout"),
+    (RunOptions(statement_timeout="1 hour"), {}, "--statement-timeout"),
+    (RunOptions(max_duration="forever"), {}, "--max-duration"),
+])
+def test_invalid_values_are_usage_errors(options, declared, complaint):
+    with pytest.raises(UsageError, match=complaint):
+        resolve_settings(options, backfill(**declared))

@@ -1,0 +1,104 @@
+"""The SQL text of the ops queries and of the range lookups, checked without a database."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+import cryptopi_batch
+from cryptopi_batch import store
+from cryptopi_batch.keys import KeyColumn, KeyRange, KeySpec
+from cryptopi_batch.store import RangeQueries, Target
+
+PACKAGE = Path(cryptopi_batch.__file__).parent
+QUERIES = resources.files("cryptopi_batch").joinpath("sql/queries.sql").read_text()
+BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
+# query("name") and store.fetch(conn, "name", …): every way the package names a block.
+USE = re.compile(r"""\bquery\(\s*"(\w+)"\s*\)|\bfetch\(\s*\w+,\s*"(\w+)\"""")
+
+
+def placeholders(sql: str) -> set[int]:
+    return {int(n) for n in re.findall(r"\$(\d+)", sql)}
+
+
+def used_names() -> set[str]:
+    names: set[str] = set()
+    for path in PACKAGE.glob("*.py"):
+        for m in USE.finditer(path.read_text()):
+            names.add(m.group(1) or m.group(2))
+    return names
+
+
+def test_block_names_are_unique():
+    """A second block of the same name would silently replace the first."""
+    names = BLOCK.findall(QUERIES)
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_every_block_has_sql():
+    for name in BLOCK.findall(QUERIES):
+        body = "\n".join(line for line in store.query(name).splitlines()
+                         if not line.lstrip().startswith("--"))
+        assert body.strip(), f"block {name} holds no SQL"
+
+
+def test_every_query_the_package_names_exists():
+    names = used_names()
+    assert len(names) > 10  # the scan finds the package's queries at all
+    missing = sorted(n for n in names if n not in BLOCK.findall(QUERIES))
+    assert not missing
+
+
+def test_a_block_is_loaded_without_its_header_or_the_next_block():
+    names = BLOCK.findall(QUERIES)
+    for name in names:
+        text = store.query(name)
+        assert not BLOCK.search(text)
+        assert text == text.strip()
+
+
+def test_an_unknown_query_name_is_a_key_error():
+    with pytest.raises(KeyError):
+        store.query("no_such_query")
+
+
+# --- RangeQueries -----------------------------------------------------------------------
+
+SINGLE = Target("public.users", KeySpec((KeyColumn("id", "bigint"),)), estimate=100)
+COMPOSITE = Target('app."Order Lines"', KeySpec((KeyColumn("order_id", "bigint"),
+                                                 KeyColumn('line"no', "integer"),
+                                                 KeyColumn("sku", "text"))), estimate=-1)
+
+
+@pytest.mark.parametrize("target", [SINGLE, COMPOSITE], ids=["single", "composite"])
+def test_range_queries_number_their_parameters_as_nth_and_count_bind_them(target):
+    """asyncpg refuses a statement whose $n do not match the arguments: each lookup's
+    placeholders are exactly $1…$len(args) of the call that runs it."""
+    q = RangeQueries(target)
+    w = target.key.width
+    after = KeyRange(tuple("a" * w), tuple("b" * w))
+    start = KeyRange(None, tuple("b" * w))
+    assert placeholders(q.nth_after) == set(range(1, len(after.params()) + 2))  # + offset
+    assert placeholders(q.nth_from_start) == set(range(1, len(start.params()) + 2))
+    assert placeholders(q.count_after) == set(range(1, len(after.params()) + 1))
+    assert placeholders(q.count_from_start) == set(range(1, len(start.params()) + 1))
+
+
+@pytest.mark.parametrize("target", [SINGLE, COMPOSITE], ids=["single", "composite"])
+def test_range_queries_read_the_quoted_table_in_key_order(target):
+    q = RangeQueries(target)
+    for sql in (q.nth_after, q.nth_from_start, q.count_after, q.count_from_start):
+        assert target.quoted in sql
+    for sql in (q.nth_after, q.nth_from_start):
+        assert "ORDER BY" in sql
+        assert "LIMIT 1" in sql
+        assert "DESC" not in sql
+
+
+def test_composite_identifiers_are_quoted():
+    q = RangeQueries(COMPOSITE)
+    assert '"app"."Order Lines"' in q.nth_after
+    assert '"line""no"' in q.nth_after

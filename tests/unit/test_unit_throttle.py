@@ -1,0 +1,175 @@
+"""Pacing and batch-size decisions, driven by explicit clock readings (no real time)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cryptopi_batch.settings import ThrottlePolicy
+from cryptopi_batch.throttle import Pacer, next_batch_size, shrink_after_timeout
+
+TARGET = ThrottlePolicy(target_batch_seconds=1.0, min_batch_size=10, max_batch_size=100_000)
+
+# --- Pacer ----------------------------------------------------------------------------
+
+
+def test_a_fresh_pacer_does_not_wait():
+    assert Pacer(ThrottlePolicy()).delay(now=1234.5) == 0.0
+
+
+def test_without_rate_or_sleep_the_next_batch_starts_at_once():
+    pacer = Pacer(ThrottlePolicy())
+    pacer.record(now=101.0, rows=1_000_000, started=100.0)
+    assert pacer.delay(now=101.0) == 0.0
+
+
+def test_rate_cap_spaces_batch_starts_by_rows_over_rate():
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=100.0))
+    # 500 rows at 100 rows/s cost 5 s from the batch's start at t=10; it took 1 s.
+    pacer.record(now=11.0, rows=500, started=10.0)
+    assert pacer.delay(now=11.0) == pytest.approx(4.0)
+    assert pacer.delay(now=14.0) == pytest.approx(1.0)
+    assert pacer.delay(now=15.0) == 0.0
+
+
+def test_a_batch_slower_than_its_budget_adds_no_wait():
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=100.0))
+    pacer.record(now=20.0, rows=500, started=10.0)  # 10 s for a 5 s budget
+    assert pacer.delay(now=20.0) == 0.0
+
+
+def test_sleep_pauses_after_each_batch():
+    pacer = Pacer(ThrottlePolicy(sleep=0.5))
+    pacer.record(now=3.0, rows=0, started=2.0)
+    assert pacer.delay(now=3.0) == pytest.approx(0.5)
+    assert pacer.delay(now=3.5) == 0.0
+
+
+def test_sleep_and_rate_together_take_the_later_start():
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=10.0, sleep=2.0))
+    pacer.record(now=1.0, rows=5, started=0.0)  # rate allows t=0.5, sleep says t=3
+    assert pacer.delay(now=1.0) == pytest.approx(2.0)
+    pacer.record(now=4.0, rows=100, started=3.0)  # rate says t=13, sleep t=6
+    assert pacer.delay(now=4.0) == pytest.approx(9.0)
+
+
+def test_an_earlier_finishing_worker_does_not_pull_the_next_start_forward():
+    """Workers share one pacer: a record that allows an earlier start must not override
+    one that demands a later start."""
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=100.0))
+    pacer.record(now=2.0, rows=1000, started=0.0)  # next start ≥ 10
+    pacer.record(now=3.0, rows=10, started=2.5)  # alone: ≥ 2.6
+    assert pacer.delay(now=3.0) == pytest.approx(7.0)
+
+
+@settings(max_examples=200)
+@given(
+    rate=st.floats(0.1, 1e6),
+    sleep=st.floats(0.0, 100.0),
+    started=st.floats(0.0, 1e6),
+    took=st.floats(0.0, 1e3),
+    rows=st.integers(0, 10**7),
+    asked_at=st.floats(0.0, 2e6),
+)
+def test_rate_cap_holds_and_delay_is_never_negative(rate, sleep, started, took, rows,
+                                                     asked_at):
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=rate, sleep=sleep))
+    now = started + took
+    pacer.record(now=now, rows=rows, started=started)
+    delay = pacer.delay(asked_at)
+    assert delay >= 0.0
+    if asked_at >= now:
+        next_start = asked_at + delay
+        assert next_start >= started + rows / rate - 1e-6 * max(1.0, next_start)
+        assert next_start >= now + sleep - 1e-6 * max(1.0, next_start)
+
+
+# --- next_batch_size ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0.001, 1.0, 100.0])
+def test_without_a_target_the_size_stays(seconds):
+    assert next_batch_size(ThrottlePolicy(), 1234, seconds, rows=1234) == 1234
+
+
+def test_a_fast_batch_grows_at_most_half_again():
+    # 0.01 s for a 1 s target would ask ×100.
+    assert next_batch_size(TARGET, 1000, 0.01, rows=1000) == 1500
+
+
+def test_a_batch_on_target_keeps_its_size():
+    assert next_batch_size(TARGET, 1000, 1.0, rows=1000) == 1000
+
+
+def test_a_slow_batch_shrinks_in_proportion():
+    assert next_batch_size(TARGET, 1000, 4.0, rows=1000) == 250
+
+
+def test_a_gross_overrun_cuts_to_a_tenth():
+    # 6 s is past 5× the 1 s target: a tenth, not the proportional sixth.
+    assert next_batch_size(TARGET, 1000, 6.0, rows=1000) == 100
+
+
+def test_size_is_clamped_to_the_policy_bounds():
+    assert next_batch_size(TARGET, 90_000, 0.1, rows=1) == 100_000
+    assert next_batch_size(TARGET, 30, 4.0, rows=30) == 10  # a quarter of 30, raised
+
+
+def test_a_size_below_the_minimum_is_not_raised_by_a_cut():
+    """`--batch-size 5` under the default minimum of 10: a cut must not grow the batch."""
+    assert next_batch_size(TARGET, 5, 60.0, rows=5) <= 5  # overrun
+    assert next_batch_size(TARGET, 5, 2.0, rows=5) <= 5  # proportional
+
+
+def test_a_size_below_the_minimum_grows_at_most_half_again():
+    assert next_batch_size(TARGET, 6, 0.01, rows=6) == 9
+
+
+@settings(max_examples=200)
+@given(
+    current=st.integers(1, 10**7),
+    seconds=st.floats(1e-6, 1e4),
+    target=st.floats(1e-3, 100.0),
+    lo=st.integers(1, 1000),
+    span=st.integers(0, 10**6),
+)
+def test_adaptive_size_moves_toward_the_target_within_bounds(current, seconds, target, lo,
+                                                              span):
+    policy = ThrottlePolicy(target_batch_seconds=target, min_batch_size=lo,
+                            max_batch_size=lo + span)
+    size = next_batch_size(policy, current, seconds, rows=current)
+    assert size >= 1
+    assert size <= policy.max_batch_size
+    assert size <= current * 1.5
+    if seconds > target:
+        # Over target: never grows.
+        assert size <= current
+    if seconds < target and current <= policy.max_batch_size:
+        # Under target: never shrinks.
+        assert size >= current
+
+
+# --- shrink_after_timeout -------------------------------------------------------------
+
+
+def test_shrink_after_timeout_is_a_tenth():
+    assert shrink_after_timeout(TARGET, 5000) == 500
+
+
+def test_shrink_after_timeout_stops_at_the_minimum():
+    assert shrink_after_timeout(TARGET, 50) == 10
+
+
+@pytest.mark.parametrize("current", [1, 5, 9, 10])
+def test_shrink_after_timeout_never_grows_a_batch(current):
+    assert shrink_after_timeout(TARGET, current) <= current
+
+
+@settings(max_examples=200)
+@given(current=st.integers(1, 10**8), lo=st.integers(1, 1000), span=st.integers(0, 10**6))
+def test_shrink_after_timeout_is_within_bounds_and_never_grows(current, lo, span):
+    policy = ThrottlePolicy(min_batch_size=lo, max_batch_size=lo + span)
+    size = shrink_after_timeout(policy, current)
+    assert 1 <= size <= current
+    assert size <= policy.max_batch_size
