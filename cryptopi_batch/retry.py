@@ -18,7 +18,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 
@@ -95,8 +96,10 @@ class RetryPolicy:
     ) -> AsyncRetrying:
         return AsyncRetrying(
             retry=retry_if_exception(retry_on),
-            wait=wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait,
-                                         jitter=self.initial_wait),
+            # Exponential backoff plus jitter, spelled the way every tenacity since 8 accepts
+            # (wait_exponential_jitter's `initial` is deprecated in 9.2, absent before).
+            wait=wait_exponential(multiplier=self.initial_wait, max=self.max_wait)
+            + wait_random(0, self.initial_wait),
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
             sleep=anyio.sleep,
             before_sleep=before_sleep,
