@@ -20,8 +20,8 @@ _UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "
 def parse_duration(value: str | float | None, what: str) -> float | None:
     """Seconds from ``2.5``, ``"500ms"``, ``"30s"``, ``"5min"`` or ``"2h"``."""
     if value is None or isinstance(value, (int, float)):
-        if value is not None and value < 0:
-            raise UsageError(f"{what} must not be negative")
+        if value is not None and not 0 <= value < float("inf"):
+            raise UsageError(f"{what} must be a finite duration, not negative")
         return None if value is None else float(value)
     m = _DURATION.match(value)
     if not m:
@@ -109,7 +109,9 @@ def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
     lock = parse_duration(_pick(options.lock_timeout, backfill.lock_timeout), "--lock-timeout")
     stmt = parse_duration(_pick(options.statement_timeout, backfill.statement_timeout),
                           "--statement-timeout")
-    lease = options.lease_seconds or defaults.lease_seconds
+    lease = _pick(options.lease_seconds, defaults.lease_seconds)
+    if not 1 <= lease < float("inf"):
+        raise UsageError("--lease-seconds must be at least 1")
     return RunSettings(
         batch_size=batch_size,
         workers=workers,
