@@ -100,6 +100,7 @@ class Runner:
         Raises :class:`BatchFailed` (exit 1) or :class:`Stopped` (exit 3).
         """
         started = time.monotonic()
+        self._control = control
         host = socket.gethostname()
         await control.execute(store.query("register_worker"), self.token, self.name, host,
                               os.getpid(), self.settings.workers)
@@ -125,18 +126,26 @@ class Runner:
                 self._finished.set()
         finally:
             with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
-                await control.execute(store.query("stop_worker"), self.token)
+                await self._on_control(
+                    lambda c: c.execute(store.query("stop_worker"), self.token))
         elapsed = time.monotonic() - started
-        if self.aborted:
-            raise Stopped("stopped by a second signal; the current batch was rolled back")
-        if self.failure is not None:
-            message = _describe(self.failure)
-            await control.execute(store.query("fail_backfill"), self.name, message)
-            log.error("run_failed", error=message)
-            raise BatchFailed(f"{self.name}: {message}")
-        if self.stop_reason is None:
-            await control.execute(store.query("finalize"), self.name, self.filename)
-        row = await control.fetchrow(store.query("get_backfill"), self.name)
+        try:
+            if self.aborted:
+                raise Stopped("stopped by a second signal; the current batch was rolled back")
+            if self.failure is not None:
+                message = _describe(self.failure)
+                await self._on_control(
+                    lambda c: c.execute(store.query("fail_backfill"), self.name, message))
+                log.error("run_failed", error=message)
+                raise BatchFailed(f"{self.name}: {message}")
+            if self.stop_reason is None:
+                await self._on_control(lambda c: c.execute(
+                    store.query("finalize"), self.name, self.filename))
+            row = await self._on_control(
+                lambda c: c.fetchrow(store.query("get_backfill"), self.name))
+        finally:
+            if self._control is not control:  # a replacement of ours; the caller's is lost
+                await close_quietly(self._control)
         if row is not None and row["status"] == "completed":
             log.info("run_completed", rows=self.progress.rows, batches=self.progress.batches,
                      seconds=round(elapsed, 3))
@@ -144,6 +153,12 @@ class Runner:
         reason = self.stop_reason or "stopped"
         log.info("run_stopped", reason=reason, rows=self.progress.rows)
         raise Stopped(f"{self.name}: {reason}; `run` resumes")
+
+    async def _on_control(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``op`` on the control connection, reconnecting it if it was lost (a
+        terminated backend, a server restart) and retrying what is transient."""
+        self._control, result = await self._with_conn(self._control, op)
+        return result
 
     def request_stop(self, reason: str) -> None:
         if not self.stop.is_set():
@@ -163,8 +178,11 @@ class Runner:
         interval = min(1.0, self.settings.lease_seconds / 3)
         while not self._finished.is_set():
             try:
-                status = await control.fetchval(store.query("heartbeat"), self.token, self.name,
-                                                self.settings.lease_seconds)
+                if self._control.is_closed():  # lost: reconnect, or try again next beat
+                    self._control = await self.connection.connect()
+                status = await self._control.fetchval(
+                    store.query("heartbeat"), self.token, self.name,
+                    self.settings.lease_seconds)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 # Losing the control connection must not stop the batches: leases lapse
                 # and fencing keeps a stale runner from committing.

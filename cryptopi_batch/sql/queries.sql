@@ -55,7 +55,13 @@ UPDATE ops.backfill_batches SET lease_until = now() - interval '1 microsecond'
  WHERE worker IN (SELECT token FROM gone) AND status = 'running';
 
 -- stop_worker --
-UPDATE ops.backfill_workers SET stopped_at = now() WHERE token = $1;
+-- Its workers have ended: a range it still holds (the batch that failed, or one claimed
+-- as it stopped) is handed back at once instead of waiting for the lease to lapse. A
+-- batch that did commit is 'done' and stays so; a late commit is fenced by `worker`.
+WITH w AS (
+    UPDATE ops.backfill_workers SET stopped_at = now() WHERE token = $1)
+UPDATE ops.backfill_batches SET status = 'pending', worker = NULL, lease_until = NULL
+ WHERE worker = $1 AND status = 'running';
 
 -- heartbeat --
 -- Extends this runner's leases and returns the control state the workers obey.
