@@ -1,0 +1,364 @@
+"""`run` on a real server, asserted on the database's own state: every row of the table
+touched exactly once (a ``touched = touched + 1`` counter), the run's ops.backfills row and
+its ops.backfill_batches rows, and the file name in ops.migrations once.
+
+Faults (crashes, lost connections, retried errors, a failing migration, timeouts) live in
+test_run_faults.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+from helpers import connect, seed_table
+from run_support import (
+    assert_batches_partition,
+    assert_completed,
+    backfill,
+    migrations_rows,
+    run,
+    sql_migration,
+    write_migration,
+)
+
+from cryptopi_batch import store
+
+pytestmark = pytest.mark.anyio
+
+TABLE = "matrices.dyn_values"
+BIGINT_KEY = [("id", "bigint")]
+
+
+@pytest.fixture
+async def conn(dsn: str) -> asyncpg.Connection:
+    c = await connect(dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+# --- 1. both forms -----------------------------------------------------------------------
+
+
+async def test_sql_form_touches_every_row_once(dsn: str, conn: asyncpg.Connection,
+                                               tmp_path: Path) -> None:
+    await seed_table(conn, rows=1_234)
+    name = write_migration(tmp_path, "touch_sql", sql_migration(TABLE, batch_size=100))
+
+    result = await run(dsn, tmp_path, name)
+
+    assert result.already_completed is False
+    assert result.outcome is not None
+    assert result.outcome.completed
+    assert result.outcome.progress.rows == 1_234
+    f = await assert_completed(conn, name, TABLE, 1_234)
+    assert f["batches_done"] == 13  # 12 full batches of 100 and one of 34
+    assert f["filename"] == f"{name}.py"
+    assert list(f["end_key"]) == ["1234"]
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+
+
+async def test_process_form_touches_every_row_once(dsn: str, conn: asyncpg.Connection,
+                                                   tmp_path: Path) -> None:
+    await seed_table(conn, rows=1_001)
+    # Only even ids are changed: rows_processed counts what process() returned.
+    name = write_migration(tmp_path, "touch_process", '''
+        """Touch every row, in Python; count the even ids as processed."""
+        from cryptopi_batch import Backfill, Batch
+
+        async def touch(batch: Batch) -> int:
+            rows = await batch.fetch("SELECT id FROM matrices.dyn_values WHERE {range}")
+            ids = [r["id"] for r in rows]
+            await batch.execute(
+                "UPDATE matrices.dyn_values d SET touched = d.touched + 1"
+                " FROM unnest($1::bigint[]) AS u(id) WHERE d.id = u.id", ids)
+            return sum(1 for i in ids if i % 2 == 0)
+
+        migration = Backfill(table="matrices.dyn_values", key="id", batch_size=64,
+                             process=touch)
+    ''')
+
+    result = await run(dsn, tmp_path, name)
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    f = await assert_completed(conn, name, TABLE, 1_001, rows_processed=500)
+    assert f["batches_done"] == 16  # ceil(1001 / 64)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+
+
+# --- 2. every key type -------------------------------------------------------------------
+
+
+async def _run_key_case(dsn: str, conn: asyncpg.Connection, tmp_path: Path, table: str,
+                        key: str | tuple[str, ...], columns: list[tuple[str, str]],
+                        batch_size: int) -> None:
+    await conn.execute(f"ANALYZE {table}")
+    n = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    assert n % batch_size != 0, "the batch size must not divide the row count"
+    name = write_migration(tmp_path, "touch_keys",
+                           sql_migration(table, key=key, batch_size=batch_size))
+    result = await run(dsn, tmp_path, name)
+    assert result.outcome is not None
+    assert result.outcome.completed
+    f = await assert_completed(conn, name, table, n)
+    assert f["batches_done"] == -(-n // batch_size)
+    await assert_batches_partition(conn, name, table, columns)
+
+
+async def test_bigint_key_sparse_and_negative(dsn: str, conn: asyncpg.Connection,
+                                              tmp_path: Path) -> None:
+    # Negative and positive ids of every digit count, with gaps of varying width: the
+    # text form's order ('-10' < '-9', '10' < '9') differs from the key's.
+    await conn.execute("CREATE TABLE sparse (id bigint PRIMARY KEY, touched int NOT NULL"
+                       " DEFAULT 0)")
+    await conn.execute(
+        "INSERT INTO sparse (id) SELECT i * i * sign(i)::int FROM generate_series(-700, 700) i"
+        " UNION SELECT v FROM unnest(ARRAY[-9223372036854775808, 9223372036854775807,"
+        " 3, -3, 1000001]::bigint[]) v ON CONFLICT DO NOTHING")
+    await _run_key_case(dsn, conn, tmp_path, "sparse", "id", [("id", "bigint")], 97)
+
+
+async def test_integer_key(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await conn.execute("CREATE TABLE ints (id integer PRIMARY KEY, touched int NOT NULL"
+                       " DEFAULT 0)")
+    await conn.execute("INSERT INTO ints (id) SELECT i * 3 FROM generate_series(-500, 500) i")
+    await _run_key_case(dsn, conn, tmp_path, "ints", "id", [("id", "integer")], 100)
+
+
+async def test_uuid_key(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await conn.execute("CREATE TABLE uuids (id uuid PRIMARY KEY, touched int NOT NULL"
+                       " DEFAULT 0)")
+    await conn.execute("INSERT INTO uuids (id) SELECT gen_random_uuid()"
+                       " FROM generate_series(1, 1037)")
+    await _run_key_case(dsn, conn, tmp_path, "uuids", "id", [("id", "uuid")], 100)
+
+
+# Mixed case, digits, punctuation and accents: byte order (C) and a linguistic order differ.
+_TEXT_VALUES = ("SELECT w FROM (SELECT (ARRAY['a','B','c','D','é','E','_','z','Z','1'])"
+                "[1 + i % 10] || (ARRAY['x','Y','ä','-'])[1 + (i / 10) % 4] || i::text AS w"
+                " FROM generate_series(1, 1111) i) s")
+
+
+async def test_text_key_default_collation(dsn: str, conn: asyncpg.Connection,
+                                          tmp_path: Path) -> None:
+    await conn.execute("CREATE TABLE words (k text PRIMARY KEY, touched int NOT NULL"
+                       " DEFAULT 0)")
+    await conn.execute(f"INSERT INTO words (k) {_TEXT_VALUES}")
+    await _run_key_case(dsn, conn, tmp_path, "words", "k", [("k", "text")], 100)
+
+
+async def _non_c_collation(conn: asyncpg.Connection) -> str | None:
+    """A collation under which 'a' < 'B' (false in byte order), created if need be."""
+    async def orders_linguistically(name: str) -> bool:
+        try:
+            return bool(await conn.fetchval(f"SELECT 'a' < 'B' COLLATE \"{name}\""))
+        except asyncpg.PostgresError:
+            return False
+
+    for (name,) in await conn.fetch("SELECT collname FROM pg_collation"
+                                    " WHERE collisdeterministic ORDER BY collname"):
+        if await orders_linguistically(name):
+            return str(name)
+    attempts = [
+        "CREATE COLLATION test_linguistic (provider = icu, locale = 'und')",
+        *(f"CREATE COLLATION test_linguistic (provider = libc, locale = '{loc}')"
+          for loc in ("en_US.utf8", "en_US.UTF-8", "de_DE.utf8", "en_GB.utf8")),
+    ]
+    for ddl in attempts:
+        try:
+            await conn.execute(ddl)
+        except asyncpg.PostgresError:
+            continue
+        if await orders_linguistically("test_linguistic"):
+            return "test_linguistic"
+        await conn.execute("DROP COLLATION test_linguistic")
+    return None
+
+
+async def test_text_key_non_c_collation(dsn: str, conn: asyncpg.Connection,
+                                        tmp_path: Path) -> None:
+    collation = await _non_c_collation(conn)
+    if collation is None:
+        pytest.skip("this server has no collation that orders text other than by bytes"
+                    " (built without ICU, no libc locales)")
+    await conn.execute(f'CREATE TABLE words (k text COLLATE "{collation}" PRIMARY KEY,'
+                       " touched int NOT NULL DEFAULT 0)")
+    await conn.execute(f"INSERT INTO words (k) {_TEXT_VALUES}")
+    # The data set really orders differently from bytes under this collation.
+    assert not await conn.fetchval(
+        'SELECT array_agg(k ORDER BY k) = array_agg(k ORDER BY k COLLATE "C") FROM words')
+    await _run_key_case(dsn, conn, tmp_path, "words", "k", [("k", "text")], 100)
+
+
+@pytest.mark.parametrize("type_", ["timestamp", "timestamptz"])
+async def test_timestamp_keys(dsn: str, conn: asyncpg.Connection, tmp_path: Path,
+                              type_: str) -> None:
+    await conn.execute(f"CREATE TABLE events (at {type_} PRIMARY KEY, touched int NOT NULL"
+                       " DEFAULT 0)")
+    # Microsecond precision, irregular gaps, across a daylight saving change in Berlin,
+    # and far in the past and the future.
+    await conn.execute(
+        "INSERT INTO events (at) SELECT DISTINCT ('2026-03-29 00:30:00+01'::timestamptz"
+        " + make_interval(secs => i * 7.123457 + (i % 13) * 0.000001))"
+        f"::{type_} FROM generate_series(1, 1200) i"
+        f" UNION SELECT '1901-12-14 00:00:00.000001'::{type_}"
+        f" UNION SELECT '2999-01-01 23:59:59.999999'::{type_}")
+    await conn.execute("SET TimeZone = 'Europe/Berlin'")
+    await _run_key_case(dsn, conn, tmp_path, "events", "at", [("at", type_)], 100)
+
+
+async def test_composite_key(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    # Many rows share the first column: batch bounds fall inside a group and the second
+    # column must decide.
+    await conn.execute("CREATE TABLE pairs (a bigint NOT NULL, b text NOT NULL,"
+                       " touched int NOT NULL DEFAULT 0, PRIMARY KEY (a, b))")
+    await conn.execute("INSERT INTO pairs (a, b) SELECT (i % 7) - 3, 'k' || i"
+                       " FROM generate_series(1, 1049) i")
+    await _run_key_case(dsn, conn, tmp_path, "pairs", ("a", "b"),
+                        [("a", "bigint"), ("b", "text")], 100)
+
+
+# --- 3, 4. empty table; a rerun is a no-op -----------------------------------------------
+
+
+async def test_empty_table_completes_with_nothing_but_the_ops_rows(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=0)
+    name = write_migration(tmp_path, "touch_empty", sql_migration(TABLE))
+
+    result = await run(dsn, tmp_path, name)
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    assert result.outcome.progress.batches == 0
+    f = await assert_completed(conn, name, TABLE, 0)
+    assert f["end_key"] is None
+    assert f["batches_done"] == 0
+    assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == 0
+    assert await conn.fetchval("SELECT count(*) FROM ops.migrations") == 1
+    assert await conn.fetchval("SELECT count(*) FROM matrices.dyn_values") == 0
+
+
+async def test_rerun_of_a_completed_migration_is_a_no_op(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=450)
+    name = write_migration(tmp_path, "touch_twice", sql_migration(TABLE, batch_size=100))
+    await run(dsn, tmp_path, name)
+    before = dict(await backfill(conn, name))
+    batches_before = await conn.fetchval("SELECT count(*) FROM ops.backfill_batches")
+
+    again = await run(dsn, tmp_path, name)
+
+    assert again.already_completed is True
+    assert again.outcome is None
+    await assert_completed(conn, name, TABLE, 450)
+    assert dict(await backfill(conn, name)) == before
+    assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == batches_before
+    assert await migrations_rows(conn, f"{name}.py") == 1
+
+
+# --- 10. workers -------------------------------------------------------------------------
+
+
+async def test_three_workers_share_the_work_exactly_once(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=3_001)
+    name = write_migration(tmp_path, "touch_workers", sql_migration(TABLE, batch_size=50))
+
+    result = await run(dsn, tmp_path, name, workers=3)
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 3_001)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    workers = await conn.fetchval(
+        "SELECT workers FROM ops.backfill_workers WHERE backfill = $1", name)
+    assert workers == 3
+
+
+# --- 11. the range lookup uses the index -------------------------------------------------
+
+
+def _plan_text(rows: list[asyncpg.Record]) -> str:
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize("kind", ["bigint", "text"])
+async def test_the_range_lookup_is_an_index_range_scan(
+        conn: asyncpg.Connection, kind: str) -> None:
+    if kind == "bigint":
+        await seed_table(conn, rows=50_000)
+        table, key = TABLE, ("id",)
+        lower, upper = ("20000",), ("50000",)
+    else:
+        await conn.execute("CREATE TABLE words (k text PRIMARY KEY, v int)")
+        await conn.execute("INSERT INTO words SELECT md5(i::text), i"
+                           " FROM generate_series(1, 50000) i")
+        await conn.execute("ANALYZE words")
+        table, key = "words", ("k",)
+        lower, upper = ("4",), ("c",)
+    target = await store.inspect_target(conn, table, key)
+    queries = store.RangeQueries(target)
+
+    for sql, params in ((queries.nth_after, [*lower, *upper, 999]),
+                        (queries.nth_from_start, [*upper, 999])):
+        plan = _plan_text(await conn.fetch("EXPLAIN " + sql, *params))
+        assert "Index Only Scan" in plan or "Index Scan" in plan, plan
+        assert "Sort" not in plan, plan
+        assert "Seq Scan" not in plan, plan
+        # And it answers: the 1000th key after the lower bound exists.
+        assert await conn.fetchrow(sql, *params) is not None
+
+    # Reading the n-th key touches about n index entries, not the whole range.
+    analyzed = _plan_text(await conn.fetch(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT) " + queries.nth_after,
+        *lower, *upper, 999))
+    scanned = [float(m.group(1)) for m in re.finditer(
+        r"Index (?:Only )?Scan.*actual time=\S+ rows=([\d.]+)", analyzed)]
+    assert scanned == [1000.0], analyzed
+
+
+# --- 12. two runners at once -------------------------------------------------------------
+
+
+async def test_two_runners_at_once_complete_exactly_once(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=2_017)
+    name = write_migration(tmp_path, "touch_two_runners", '''
+        """Touch every row, slowly enough that both runners get batches."""
+        from cryptopi_batch import Backfill, Batch
+
+        async def touch(batch: Batch) -> int:
+            await batch.conn.execute("SELECT pg_sleep(0.01)")
+            return int((await batch.execute(
+                "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}"
+            )).split()[-1])
+
+        migration = Backfill(table="matrices.dyn_values", key="id", batch_size=40,
+                             process=touch)
+    ''')
+    results = []
+
+    async def one() -> None:
+        results.append(await run(dsn, tmp_path, name))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)
+        tg.start_soon(one)
+
+    assert len(results) == 2
+    await assert_completed(conn, name, TABLE, 2_017)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    assert await conn.fetchval("SELECT count(*) FROM ops.migrations") == 1
+    # Both joined the same run and both did some of it.
+    per_worker = await conn.fetch(
+        "SELECT worker, count(*) AS n FROM ops.backfill_batches WHERE backfill = $1"
+        " GROUP BY worker", name)
+    assert len(per_worker) == 2, [dict(r) for r in per_worker]
+    assert await conn.fetchval("SELECT count(*) FROM ops.backfill_workers") == 2

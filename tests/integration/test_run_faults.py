@@ -1,0 +1,325 @@
+"""`run` under faults, asserted on the database's own state: crashes at each point of a
+batch, lost connections, retried errors, a migration that raises, statement timeouts.
+After each, every row is touched exactly once and the ops tables tell the truth.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+from helpers import connect, run_cli, seed_table
+from run_support import (
+    assert_batches_partition,
+    assert_completed,
+    backfill,
+    migrations_rows,
+    run,
+    sql_migration,
+    write_migration,
+)
+
+from cryptopi_batch.errors import BatchFailed, SourceChanged
+
+pytestmark = pytest.mark.anyio
+
+TABLE = "matrices.dyn_values"
+BIGINT_KEY = [("id", "bigint")]
+
+
+@pytest.fixture
+async def conn(dsn: str) -> asyncpg.Connection:
+    c = await connect(dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def _done_batches(conn: asyncpg.Connection) -> int:
+    if not await conn.fetchval("SELECT to_regclass('ops.backfill_batches') IS NOT NULL"):
+        return 0
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM ops.backfill_batches WHERE status = 'done'"))
+
+
+# --- 5. a crash at each point of a batch, then resume -------------------------------------
+
+
+# (crash point, batches committed when the 3rd batch reaches it)
+CRASH_POINTS = [("before_work", 2), ("after_work", 2), ("before_commit", 2),
+                ("after_commit", 3)]
+
+
+@pytest.mark.parametrize(("point", "committed"), CRASH_POINTS)
+async def test_resume_after_a_kill_at_each_point_of_a_batch(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path, point: str,
+        committed: int) -> None:
+    await seed_table(conn, rows=1_050)
+    name = write_migration(tmp_path, "touch_crash", sql_migration(TABLE, batch_size=100))
+    argv = ("run", name, "--migrations-dir", str(tmp_path), "--no-progress")
+
+    crashed = await anyio.to_thread.run_sync(
+        lambda: run_cli(*argv, dsn=dsn, env={"CRYPTOPI_BATCH_CRASH_AT": f"{point}:3"}))
+
+    assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr)
+    # The checkpoint holds exactly the committed batches, and only their rows changed.
+    f = await backfill(conn, name)
+    assert f["status"] == "running"
+    assert f["batches_done"] == committed
+    assert f["keys_done"] == f["rows_processed"] == committed * 100
+    histogram = await conn.fetch(
+        f"SELECT touched, min(id) AS lo, max(id) AS hi, count(*) AS n FROM {TABLE}"
+        " GROUP BY touched ORDER BY touched")
+    assert [tuple(r) for r in histogram] == [
+        (0, committed * 100 + 1, 1_050, 1_050 - committed * 100),
+        (1, 1, committed * 100, committed * 100)]
+    assert await migrations_rows(conn, f"{name}.py") == 0
+
+    resumed = await anyio.to_thread.run_sync(lambda: run_cli(*argv, dsn=dsn))
+
+    assert resumed.returncode == 0, resumed.stderr
+    await assert_completed(conn, name, TABLE, 1_050)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+
+
+# --- 6. the batch connection terminated mid-run -------------------------------------------
+
+SLOW_TOUCH = '''
+    """Touch every row, slowly: 50 ms a batch."""
+    from cryptopi_batch import Backfill, Batch
+
+    async def touch(batch: Batch) -> int:
+        await batch.conn.execute("SELECT pg_sleep(0.05)")
+        status = await batch.execute(
+            "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+        return int(status.split()[-1])
+
+    migration = Backfill(table="matrices.dyn_values", key="id", batch_size=50,
+                         process=touch)
+'''
+
+_TERMINATE = """
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+ WHERE datname = current_database() AND application_name = 'cryptopi_batch'
+   AND pid <> pg_backend_pid() AND {which}
+"""
+
+
+async def _terminate_when(conn: asyncpg.Connection, done: int, which: str) -> int:
+    """Once ``done`` batches committed, terminate the runner's backends that match
+    ``which``; returns how many were terminated."""
+    # Polls the database: the run's progress is visible there, not as an event here.
+    while await _done_batches(conn) < done:  # noqa: ASYNC110
+        await anyio.sleep(0.005)
+    with anyio.fail_after(10):
+        while True:
+            n = int(await conn.fetchval(_TERMINATE.format(which=which)))
+            if n:
+                return n
+            await anyio.sleep(0.002)
+
+
+async def test_a_terminated_batch_connection_reconnects_and_completes(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=1_000)
+    name = write_migration(tmp_path, "touch_terminated", SLOW_TOUCH)
+    killed: list[int] = []
+
+    async def killer() -> None:
+        for done in (3, 8, 13):
+            killed.append(await _terminate_when(
+                conn, done, "state = 'active' AND query LIKE '%pg_sleep%'"))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(killer)
+            result = await run(dsn, tmp_path, name)
+
+    assert killed == [1, 1, 1]
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 1_000)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    # Each terminated batch ran again, once, on a new connection.
+    retried = await conn.fetchval(
+        "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1 AND attempts = 2",
+        name)
+    assert retried == 3
+    assert await conn.fetchval(
+        "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name) == 2
+
+
+async def test_every_runner_connection_terminated_mid_run_still_completes(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """The control connection (heartbeat, finalize) is lost too, not just a batch's."""
+    await seed_table(conn, rows=1_000)
+    name = write_migration(tmp_path, "touch_all_terminated", SLOW_TOUCH)
+    killed: list[int] = []
+
+    async def killer() -> None:
+        killed.append(await _terminate_when(conn, 5, "true"))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(killer)
+            result = await run(dsn, tmp_path, name)
+
+    assert killed
+    assert killed[0] >= 2
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 1_000)
+
+
+# --- 7. serialization failures and deadlocks are retried ---------------------------------
+
+_INJECT = """
+CREATE SEQUENCE fault_40001;
+CREATE SEQUENCE fault_40p01;
+-- nextval() is not rolled back with the failed batch: it decides which attempt fails.
+CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.id = 250 THEN
+        IF nextval('fault_40001') = 1 THEN
+            RAISE EXCEPTION 'injected serialization failure' USING ERRCODE = '40001';
+        END IF;
+    ELSIF NEW.id = 750 THEN
+        IF nextval('fault_40p01') <= 2 THEN
+            RAISE EXCEPTION 'injected deadlock' USING ERRCODE = '40P01';
+        END IF;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER inject_fault BEFORE UPDATE ON matrices.dyn_values
+    FOR EACH ROW EXECUTE FUNCTION inject_fault();
+"""
+
+
+async def test_serialization_failures_and_deadlocks_are_retried(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=1_030)
+    await conn.execute(_INJECT)
+    name = write_migration(tmp_path, "touch_retried", sql_migration(TABLE, batch_size=100))
+
+    result = await run(dsn, tmp_path, name)
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 1_030)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    attempts = {tuple(r["upper_key"]): r["attempts"] for r in await conn.fetch(
+        "SELECT upper_key, attempts FROM ops.backfill_batches WHERE backfill = $1", name)}
+    assert attempts.pop(("300",)) == 2  # 40001 once
+    assert attempts.pop(("800",)) == 3  # 40P01 twice
+    assert set(attempts.values()) == {1}
+    # The faults fired as planned (1 + 1 and 2 + 1 calls of nextval).
+    assert await conn.fetchval("SELECT last_value FROM fault_40001") == 2
+    assert await conn.fetchval("SELECT last_value FROM fault_40p01") == 3
+    assert await conn.fetchval(
+        "SELECT count(*) FROM ops.backfill_batches WHERE last_error IS NOT NULL") == 0
+
+
+# --- 8. the migration raises; a fixed file resumes with --force ---------------------------
+
+FAILING = '''
+    """Touch every row; the 3rd batch raises."""
+    from cryptopi_batch import Backfill, Batch
+
+    async def touch(batch: Batch) -> int:
+        status = await batch.execute(
+            "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+        if batch.lower == ("200",):
+            raise ValueError("bad row in the third batch")
+        return int(status.split()[-1])
+
+    migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100,
+                         process=touch)
+'''
+
+
+async def test_a_failing_migration_keeps_its_checkpoint_and_resumes_when_fixed(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=1_010)
+    name = write_migration(tmp_path, "touch_failing", FAILING)
+
+    with pytest.raises(BatchFailed) as failed:
+        await run(dsn, tmp_path, name)
+
+    assert failed.value.exit_code == 1
+    f = await backfill(conn, name)
+    assert f["status"] == "failed"
+    assert "ValueError" in f["last_error"]
+    assert "bad row in the third batch" in f["last_error"]
+    assert f["batches_done"] == 2
+    assert f["keys_done"] == f["rows_processed"] == 200
+    # The two committed batches stay; the failed one rolled back.
+    assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE touched = 1") == 200
+    assert await conn.fetchval(
+        f"SELECT count(*) FROM {TABLE} WHERE touched = 1 AND id > 200") == 0
+    assert await migrations_rows(conn, f"{name}.py") == 0
+
+    # Fixed: the same name, another source.
+    write_migration(tmp_path, "touch_failing", FAILING.replace(
+        'raise ValueError("bad row in the third batch")', "pass"))
+    with pytest.raises(SourceChanged) as changed:
+        await run(dsn, tmp_path, name)
+    assert changed.value.exit_code == 2
+    assert dict(await backfill(conn, name)) == dict(f)  # refused: nothing written
+    assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE touched = 1") == 200
+
+    # The failed batch's range is taken up again at once, not after its lease lapses.
+    with anyio.fail_after(20):
+        result = await run(dsn, tmp_path, name, force=True)
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 1_010)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    assert (await backfill(conn, name))["last_error"] is None
+
+
+# --- 9. a statement timeout shrinks the batch ---------------------------------------------
+
+SLOW_WHEN_BIG = '''
+    """Touch every row; a batch of more than 30 keys is slower than the timeout."""
+    from cryptopi_batch import Backfill, Batch
+
+    async def touch(batch: Batch) -> int:
+        keys = await batch.fetchval("SELECT count(*) FROM matrices.dyn_values WHERE {range}")
+        if keys > 30:
+            await batch.conn.execute("SELECT pg_sleep(0.3)")
+        status = await batch.execute(
+            "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+        return int(status.split()[-1])
+
+    migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100,
+                         process=touch)
+'''
+
+
+async def test_a_statement_timeout_retries_with_a_smaller_batch(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=230)
+    name = write_migration(tmp_path, "touch_timeout", SLOW_WHEN_BIG)
+
+    with anyio.fail_after(60):
+        result = await run(dsn, tmp_path, name, statement_timeout="200ms")
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    f = await assert_completed(conn, name, TABLE, 230)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    assert f["batch_size"] < 100
+    assert f["batches_done"] > 3  # more than ceil(230 / 100)
+    # No committed batch holds more keys than the work could do within the timeout.
+    assert await conn.fetchval(
+        "SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1", name) <= 30
+    # The first batch timed out at least once before it committed, smaller.
+    first = await conn.fetchrow(
+        "SELECT * FROM ops.backfill_batches WHERE backfill = $1 AND lower_key IS NULL", name)
+    assert first["attempts"] >= 2
+    assert first["keys"] < 100
