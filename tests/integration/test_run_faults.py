@@ -323,3 +323,80 @@ async def test_a_statement_timeout_retries_with_a_smaller_batch(
         "SELECT * FROM ops.backfill_batches WHERE backfill = $1 AND lower_key IS NULL", name)
     assert first["attempts"] >= 2
     assert first["keys"] < 100
+
+
+# --- more: repeated kills with several workers; a lock timeout -----------------------------
+
+
+async def test_repeated_kills_with_three_workers_then_resume(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=2_000)
+    name = write_migration(tmp_path, "touch_kills", sql_migration(TABLE, batch_size=50))
+    argv = ("run", name, "--migrations-dir", str(tmp_path), "--no-progress", "--workers", "3")
+
+    for crash_at in ("before_commit:4", "after_work:2", "after_commit:5", "before_work:3"):
+        crashed = await anyio.to_thread.run_sync(
+            lambda c=crash_at: run_cli(*argv, dsn=dsn, env={"CRYPTOPI_BATCH_CRASH_AT": c}))
+        assert crashed.returncode == -signal.SIGKILL, (crash_at, crashed.stderr)
+        # The checkpoint matches the table exactly: no row twice, none changed uncounted.
+        state = await conn.fetchrow(
+            f"SELECT max(touched) AS most, sum(touched) AS changed FROM {TABLE}")
+        f = await backfill(conn, name)
+        assert state["most"] <= 1, crash_at
+        assert state["changed"] == f["keys_done"] == f["rows_processed"], crash_at
+        done = await conn.fetchval(
+            "SELECT coalesce(sum(keys), 0) FROM ops.backfill_batches"
+            " WHERE backfill = $1 AND status = 'done'", name)
+        assert done == f["keys_done"], crash_at
+
+    resumed = await anyio.to_thread.run_sync(lambda: run_cli(*argv, dsn=dsn))
+
+    assert resumed.returncode == 0, resumed.stderr
+    await assert_completed(conn, name, TABLE, 2_000)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+
+
+LOCKS_SIDE = '''
+    """Touch every row; each batch also reads a side table another session may lock."""
+    from cryptopi_batch import Backfill, Batch
+
+    async def touch(batch: Batch) -> int:
+        await batch.conn.fetchval("SELECT count(*) FROM side")
+        status = await batch.execute(
+            "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+        return int(status.split()[-1])
+
+    migration = Backfill(table="matrices.dyn_values", key="id", batch_size=50,
+                         process=touch)
+'''
+
+
+async def test_a_lock_timeout_behind_an_exclusive_lock_is_retried(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    await seed_table(conn, rows=1_000)
+    await conn.execute("CREATE TABLE side (n int)")
+    name = write_migration(tmp_path, "touch_locked", LOCKS_SIDE)
+    holder = await connect(dsn)
+
+    async def hold_lock() -> None:
+        while await _done_batches(conn) < 3:  # noqa: ASYNC110 -- polls the database
+            await anyio.sleep(0.002)
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE side IN ACCESS EXCLUSIVE MODE")
+            await anyio.sleep(1.0)
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold_lock)
+                result = await run(dsn, tmp_path, name, lock_timeout="100ms")
+    finally:
+        await holder.close()
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 1_000)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    # The batch that met the lock gave up after 100 ms (not a second), and then ran again.
+    assert await conn.fetchval(
+        "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name) >= 2
