@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
@@ -39,9 +39,15 @@ CRASH_ENV = "CRYPTOPI_BATCH_CRASH_AT"
 """Testing hook: ``point:n`` kills the process (SIGKILL) the n-th time a batch reaches
 ``point`` (before_work, after_work, before_commit, after_commit)."""
 
-_SET_LOCAL = ("SELECT set_config('lock_timeout', $1, true),"
+# Also returns the session's pid and the transaction's start: together they name this
+# transaction in pg_stat_activity, behind PgBouncer too (see _end_aborted_batches).
+_SET_LOCAL = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
+              " set_config('lock_timeout', $1, true),"
               " set_config('statement_timeout', $2, true),"
               " set_config('idle_in_transaction_session_timeout', $3, true)")
+_END_SESSIONS = ("SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+                 " JOIN unnest($1::int[], $2::timestamptz[]) AS b(pid, xact_start)"
+                 " ON a.pid = b.pid AND a.xact_start = b.xact_start")
 _IDLE_POLL = 0.25
 
 
@@ -91,6 +97,8 @@ class Runner:
         self.progress = Progress()
         self._crash_at = _parse_crash(os.environ.get(CRASH_ENV))
         self._crash_count = 0
+        # Server pid -> start of the batch transaction it last began; one entry per session.
+        self._batch_sessions: dict[int, Any] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -178,12 +186,17 @@ class Runner:
         interval = min(1.0, self.settings.lease_seconds / 3)
         while not self._finished.is_set():
             try:
-                if self._control.is_closed():  # lost: reconnect, or try again next beat
-                    self._control = await self.connection.connect()
-                status = await self._control.fetchval(
-                    store.query("heartbeat"), self.token, self.name,
-                    self.settings.lease_seconds)
+                # Bounded: a black-holed socket must not hang the run (this task has to
+                # end by itself); a timed-out connection is dropped and made anew.
+                with anyio.fail_after(max(interval, 1.0) * 5):
+                    if self._control.is_closed():  # lost: reconnect, or try next beat
+                        self._control = await self.connection.connect()
+                    status = await self._control.fetchval(
+                        store.query("heartbeat"), self.token, self.name,
+                        self.settings.lease_seconds)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                if isinstance(exc, TimeoutError):
+                    self._control.terminate()
                 # Losing the control connection must not stop the batches: leases lapse
                 # and fencing keeps a stale runner from committing.
                 log.warning("heartbeat_failed", error=_describe(exc))
@@ -233,7 +246,8 @@ class Runner:
         finally:
             with anyio.CancelScope(shield=True):
                 if self.aborted and conn is not None:
-                    conn.terminate()  # the server rolls the open batch back
+                    conn.terminate()
+                    await self._end_aborted_batches()
                 else:
                     await close_quietly(conn)
 
@@ -267,7 +281,7 @@ class Runner:
 
     async def _claim(self, conn: asyncpg.Connection) -> Claim | None:
         c = await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
-                              self.ranges)
+                              self.ranges, timeouts=self.settings.timeouts)
         if c is not None and c.keys > 2 * self.batch_size:
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
@@ -321,9 +335,11 @@ class Runner:
         t = self.settings.timeouts
         started = time.monotonic()
         async with conn.transaction():
-            await conn.execute(_SET_LOCAL, pg_interval(t.lock_timeout),
-                               pg_interval(t.statement_timeout),
-                               pg_interval(self.settings.lease_seconds))
+            session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
+                                          pg_interval(t.statement_timeout),
+                                          pg_interval(self.settings.lease_seconds))
+            assert session is not None
+            self._batch_sessions[session["pid"]] = session["xact_start"]
             self._maybe_crash("before_work")
             work_started = time.monotonic()
             rows = await run_work(self.work, Batch(conn, self.target.key, c.range))
@@ -349,6 +365,25 @@ class Runner:
         if self.on_batch is not None:
             self.on_batch(self.progress, c.keys)
 
+    async def _end_aborted_batches(self) -> None:
+        """After a second signal: end the sessions whose batch transaction is still open, so
+        the server rolls them back now. Closing our socket is not enough: a backend notices
+        a vanished client only when it next talks to it, after its statement, which may run
+        (holding its row locks) until the statement timeout. Only a session still in the
+        very transaction we began is ended, never one reused since (PgBouncer)."""
+        sessions, self._batch_sessions = self._batch_sessions, {}
+        if not sessions:
+            return
+        with anyio.move_on_after(5):
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self.connection.connect()
+                await conn.execute(_END_SESSIONS, list(sessions), list(sessions.values()))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("abort_cleanup_failed", error=_describe(exc))
+            finally:
+                await close_quietly(conn)
+
     async def _already_settled(self, conn: asyncpg.Connection, c: Claim) -> bool:
         """After a lost connection: did the batch commit, or did another runner take it?"""
         row = await conn.fetchrow(store.query("batch_state"), c.id)
@@ -357,6 +392,7 @@ class Runner:
             return True
         if row["status"] == "done":
             log.info("batch_committed_before_disconnect", batch=c.id)
+            self.progress.rows += int(row["rows"] or 0)
             self.progress.batches += 1
             self.progress.keys += c.keys
             if self.on_batch is not None:

@@ -16,9 +16,11 @@ from typing import Any
 
 import asyncpg
 
+from .db import pg_interval
 from .errors import PermissionDenied, TargetInvalid
 from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
 from .planner import next_range, split_range
+from .settings import TimeoutPolicy
 
 SCHEMA_VERSION = 1
 _LOCK_KEY = "cryptopi_batch.schema"
@@ -220,18 +222,24 @@ class RangeQueries:
 
 # --- claims -------------------------------------------------------------------------
 
+_CLAIM_SETTINGS = ("SELECT set_config('synchronous_commit', 'off', true),"
+                   " set_config('lock_timeout', $1, true),"
+                   " set_config('statement_timeout', $2, true)")
+
 
 async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: float,
-                ranges: RangeQueries) -> Claim | None:
+                ranges: RangeQueries, *, timeouts: TimeoutPolicy) -> Claim | None:
     """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
     else a new one from the frontier. ``None`` when nothing is left to hand out.
 
     Runs its own transaction with ``synchronous_commit`` off: a claim lost in a crash is
     harmless (its range is simply claimed again), and WAL order guarantees no batch commit
-    survives without the claim before it.
+    survives without the claim before it. The batch's lock and statement timeouts apply:
+    the run's row is locked here, and batches' checkpoints wait on it.
     """
     async with conn.transaction():
-        await conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+        await conn.execute(_CLAIM_SETTINGS, pg_interval(timeouts.lock_timeout),
+                           pg_interval(timeouts.statement_timeout))
         row = await conn.fetchrow(query("claim_open"), name, token, lease)
         if row is not None:
             return Claim.from_row(row)

@@ -114,7 +114,7 @@ UPDATE ops.backfills f
 RETURNING f.status;
 
 -- batch_state --
-SELECT status, worker FROM ops.backfill_batches WHERE id = $1;
+SELECT status, worker, rows FROM ops.backfill_batches WHERE id = $1;
 
 -- split_batch --
 WITH s AS (
