@@ -1,0 +1,802 @@
+"""The command line as users run it: ``python -m cryptopi_batch`` in a subprocess.
+
+Every test asserts the exit code, the shape of what the CLI printed, and the database's
+real state afterwards: rows touched exactly once, checkpoints that match the rows, nothing
+written when a run could not start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from helpers import (
+    PgServer,
+    cli_argv,
+    cli_env,
+    connect,
+    run_cli,
+    run_in_thread,
+    seed_table,
+    with_database,
+    with_password,
+)
+
+TABLE = "matrices.dyn_values"
+
+# --- migration files ----------------------------------------------------------------
+
+SQL_MIGRATION = '''"""Count every visit to a row in touched."""
+from cryptopi_batch import Backfill
+
+migration = Backfill(
+    table="{table}",
+    key="{key}",
+    batch_size={batch_size},
+    sql="UPDATE {table} SET touched = touched + 1 WHERE {{range}}",
+)
+'''
+
+# Sleeps in every batch but the first, after touching its rows, when CB_TEST_SLOW says
+# so: the environment changes the pace without changing the file's checksum.
+SLOW_MIGRATION = '''"""Touch rows in Python, slowly when asked."""
+import os
+
+from cryptopi_batch import Backfill, Batch
+
+SLOW = float(os.environ.get("CB_TEST_SLOW", "0"))
+
+
+async def touch(batch: Batch) -> int:
+    status = await batch.execute(
+        "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+    if SLOW and batch.lower is not None:
+        await batch.conn.execute("SELECT pg_sleep($1)", SLOW)
+    return int(status.split()[-1])
+
+
+migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100, process=touch)
+'''
+
+FAILING_MIGRATION = '''"""Touch rows in Python; the third batch meets bad data."""
+from cryptopi_batch import Backfill, Batch
+
+calls = 0
+
+
+async def touch(batch: Batch) -> int:
+    global calls
+    calls += 1
+    status = await batch.execute(
+        "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+    if calls == 3:
+        raise ValueError("bad data in batch three")
+    return int(status.split()[-1])
+
+
+migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100, process=touch)
+'''
+
+FIXED_MIGRATION = FAILING_MIGRATION.replace("calls == 3", "calls == -1")
+
+
+def write_migration(directory: Path, filename: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    path.write_text(text)
+    return path
+
+
+def sql_migration(directory: Path, filename: str, *, table: str = TABLE, key: str = "id",
+                  batch_size: int = 100) -> Path:
+    return write_migration(directory, filename, SQL_MIGRATION.format(
+        table=table, key=key, batch_size=batch_size))
+
+
+# --- the database, from synchronous tests -------------------------------------------
+
+
+def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await connect(dsn)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return run_in_thread(go)
+
+
+def value(dsn: str, query: str, *args: Any) -> Any:
+    rows = fetch(dsn, query, *args)
+    return rows[0][0] if rows else None
+
+
+def execute(dsn: str, query: str) -> None:
+    async def go() -> None:
+        conn = await connect(dsn)
+        try:
+            await conn.execute(query)
+        finally:
+            await conn.close()
+
+    run_in_thread(go)
+
+
+def seed(dsn: str, rows: int, table: str = TABLE) -> None:
+    async def go() -> None:
+        conn = await connect(dsn)
+        try:
+            await seed_table(conn, table=table, rows=rows)
+        finally:
+            await conn.close()
+
+    run_in_thread(go)
+
+
+def has_ops_schema(dsn: str) -> bool:
+    return value(dsn, "SELECT to_regnamespace('ops') IS NOT NULL") is True
+
+
+def touched_sum(dsn: str, table: str = TABLE) -> int:
+    return int(value(dsn, f"SELECT coalesce(sum(touched), 0) FROM {table}"))
+
+
+def backfill(dsn: str, name: str) -> asyncpg.Record | None:
+    rows = fetch(dsn, "SELECT * FROM ops.backfills WHERE name = $1", name)
+    return rows[0] if rows else None
+
+
+def batches_done(dsn: str, name: str) -> int:
+    """Committed batches; 0 while the ops schema or the run's row does not exist yet."""
+    if not has_ops_schema(dsn):
+        return 0
+    row = backfill(dsn, name)
+    return 0 if row is None else int(row["batches_done"])
+
+
+def checkpoint_agreement(dsn: str, name: str) -> asyncpg.Record:
+    """Per row of the table: how often its work was applied (``touched``) against how many
+    'done' batch ranges hold it. Exactly once means both are 1, or both 0 for rows not
+    reached yet."""
+    rows = fetch(dsn, """
+        WITH hits AS (
+            SELECT g AS id, count(*) AS hits
+              FROM ops.backfill_batches b,
+                   generate_series(
+                       coalesce(b.lower_key[1]::bigint,
+                                (SELECT min(id) - 1 FROM matrices.dyn_values)) + 1,
+                       b.upper_key[1]::bigint) AS g
+             WHERE b.backfill = $1 AND b.status = 'done'
+             GROUP BY g),
+        per_row AS (
+            SELECT t.touched, coalesce(h.hits, 0) AS hits
+              FROM matrices.dyn_values t LEFT JOIN hits h USING (id))
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE touched <> hits) AS disagree,
+               count(*) FILTER (WHERE touched > 1) AS twice,
+               count(*) FILTER (WHERE hits > 1) AS overlapping,
+               count(*) FILTER (WHERE touched = 1) AS once
+          FROM per_row""", name)
+    return rows[0]
+
+
+def assert_exactly_once(dsn: str, name: str, filename: str, rows: int) -> None:
+    """The completed state: every row touched once, the run completed and recorded once,
+    and the done batches account for every row."""
+    assert value(dsn, "SELECT count(*) FILTER (WHERE touched <> 1) FROM matrices.dyn_values") == 0
+    assert value(dsn, "SELECT count(*) FROM matrices.dyn_values") == rows
+    row = backfill(dsn, name)
+    assert row is not None
+    assert row["status"] == "completed"
+    assert value(dsn, "SELECT count(*) FROM ops.migrations WHERE filename = $1", filename) == 1
+    assert value(dsn, "SELECT count(*) FROM ops.backfill_batches"
+                      " WHERE backfill = $1 AND status <> 'done'", name) == 0
+    assert value(dsn, "SELECT sum(rows) FROM ops.backfill_batches"
+                      " WHERE backfill = $1 AND status = 'done'", name) == rows
+    agreement = checkpoint_agreement(dsn, name)
+    assert (agreement["disagree"], agreement["overlapping"]) == (0, 0)
+
+
+# --- the CLI as a subprocess ----------------------------------------------------------
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The CLI's own message lines, as opposed to structured log events."""
+    return [line for line in stderr.splitlines() if line.startswith("cryptopi_batch:")]
+
+
+def json_log_shape(stderr: str) -> list[str]:
+    """With ``--log-format json``: every stderr line that is not a JSON log event."""
+    others = []
+    for line in stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            others.append(line)
+            continue
+        assert isinstance(event, dict), line
+        assert "event" in event, line
+    return others
+
+
+class Running:
+    """A CLI process in the background whose output is collected as it comes."""
+
+    def __init__(self, *args: str, dsn: str, cwd: Path,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            cli_argv(*args), env=cli_env(dsn, env), cwd=cwd, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr_lines),
+                             daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout_lines),
+                             daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _drain(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+
+
+def wait_until(what: str, condition: Callable[[], bool], *, timeout: float = 30,
+               running: Running | None = None) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` or as soon
+    as ``running`` exits early."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if running is not None and running.proc.poll() is not None:
+            pytest.fail(f"the CLI exited ({running.proc.returncode}) before {what}:\n"
+                        + running.stderr)
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def cli(*args: str, dsn: str | None, cwd: Path,
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, dsn=dsn, cwd=cwd, env=env, timeout=120)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A project directory: the CLI runs here and finds ``migrations/`` by default."""
+    (tmp_path / "migrations").mkdir()
+    return tmp_path
+
+
+# --- 1. kill -9, repeatedly, then resume ---------------------------------------------
+
+
+def test_kill_9_at_random_moments_then_resume_applies_every_row_exactly_once(
+        dsn: str, workdir: Path) -> None:
+    rows, batch_size = 80_000, 500
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(workdir / "migrations", filename, batch_size=batch_size)
+    name = filename.removesuffix(".py")
+
+    seed_value = random.randrange(2**32)
+    print(f"kill -9 schedule seed: {seed_value}")
+    rng = random.Random(seed_value)
+    killed_mid_run = 0
+    for _ in range(5):
+        # 160 batches at >= 40 ms each outlast five kills of at most 1.5 s each.
+        running = Running("run", "touch_all", "--sleep", "40ms", dsn=dsn, cwd=workdir)
+        time.sleep(rng.uniform(0.2, 1.5))
+        if running.proc.poll() is None:
+            killed_mid_run += 1
+        running.signal(signal.SIGKILL)
+        # Reap it: a zombie's pid still exists, and the next run judges by pid.
+        code = running.wait()
+        assert code == -signal.SIGKILL, running.stderr
+        agreement = checkpoint_agreement(dsn, name) if backfill_exists(dsn, name) else None
+        if agreement is not None:
+            assert (agreement["disagree"], agreement["twice"], agreement["overlapping"]) == (
+                0, 0, 0), dict(agreement)
+    assert killed_mid_run == 5
+    assert batches_done(dsn, name) < rows // batch_size, "the kills left nothing to resume"
+
+    started = time.monotonic()
+    final = cli("run", "touch_all", dsn=dsn, cwd=workdir)
+    print(f"final run: {time.monotonic() - started:.1f} s")
+    assert final.returncode == 0, final.stderr
+    no_traceback(final)
+    assert_exactly_once(dsn, name, filename, rows)
+
+
+def backfill_exists(dsn: str, name: str) -> bool:
+    return has_ops_schema(dsn) and backfill(dsn, name) is not None
+
+
+# --- 2. one signal: finish the batch, checkpoint, exit 3 ------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_after_the_current_batch_and_run_resumes(
+        dsn: str, workdir: Path, signum: signal.Signals) -> None:
+    rows = 20_000
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(workdir / "migrations", filename, batch_size=200)
+    name = filename.removesuffix(".py")
+
+    running = Running("run", name, "--sleep", "20ms", dsn=dsn, cwd=workdir)
+    try:
+        wait_until("two committed batches", lambda: batches_done(dsn, name) >= 2,
+                   running=running)
+        running.signal(signum)
+        code = running.wait(timeout=30)
+    finally:
+        running.kill()
+    assert code == 3, running.stderr
+    assert "Traceback" not in running.stderr
+    lines = error_lines(running.stderr)
+    assert len(lines) == 1, running.stderr
+    assert signum.name in lines[0]
+
+    agreement = checkpoint_agreement(dsn, name)
+    assert (agreement["disagree"], agreement["twice"], agreement["overlapping"]) == (
+        0, 0, 0), dict(agreement)
+    assert 0 < agreement["once"] < rows, "the signal should stop the run part-way"
+    assert value(dsn, "SELECT count(*) FROM ops.backfill_batches"
+                      " WHERE backfill = $1 AND status <> 'done'", name) == 0
+    assert value(dsn, "SELECT count(*) FROM ops.migrations") == 0
+
+    status = cli("status", name, "--json", dsn=dsn, cwd=workdir)
+    assert status.returncode == 0, status.stderr
+    [shown] = [json.loads(line) for line in status.stdout.splitlines()]
+    assert shown["name"] == name
+    assert (shown["status"], shown["interrupted"]) == ("pending", True), shown
+    assert shown["rows_processed"] == agreement["once"]
+
+    # Resuming does not wait for any lease: the stopped runner left no claim behind.
+    started = time.monotonic()
+    resumed = cli("run", name, dsn=dsn, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert time.monotonic() - started < 20
+    assert_exactly_once(dsn, name, filename, rows)
+
+
+# --- 3. a second signal: roll the batch back, exit at once ----------------------------
+
+
+def test_a_second_signal_rolls_the_batch_in_flight_back_and_exits_at_once(
+        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    rows, slow = 2_000, 5.0
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_slowly.py"
+    write_migration(workdir / "migrations", filename, SLOW_MIGRATION)
+    name = filename.removesuffix(".py")
+    database = value(dsn, "SELECT current_database()")
+
+    def sleeping_backends() -> list[int]:
+        return [r["pid"] for r in fetch(
+            pg_server.admin_dsn,
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active'"
+            " AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()", database)]
+
+    running = Running("run", name, dsn=dsn, cwd=workdir, env={"CB_TEST_SLOW": str(slow)})
+    try:
+        # The first batch is quick; the second sleeps `slow` seconds after its update.
+        wait_until("a batch in flight after a committed one",
+                   lambda: batches_done(dsn, name) >= 1 and bool(sleeping_backends()),
+                   running=running)
+        in_flight = sleeping_backends()
+        running.signal(signal.SIGTERM)
+        wait_until("the first signal to be seen",
+                   lambda: "stop_requested" in running.stderr, timeout=10, running=running)
+        assert running.proc.poll() is None, "a first signal must let the batch finish"
+        sent = time.monotonic()
+        running.signal(signal.SIGTERM)
+        code = running.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        running.kill()
+    assert code == 3, running.stderr
+    assert took < 2.0, f"the second signal took {took:.1f} s to stop the run"
+    assert "Traceback" not in running.stderr
+    lines = error_lines(running.stderr)
+    assert len(lines) == 1, running.stderr
+    assert "rolled back" in lines[0]
+
+    # The batch in flight is rolled back now, on the server too: its session ends rather
+    # than holding its row locks until its statement would have finished.
+    wait_until("the aborted batch's session to end",
+               lambda: not set(in_flight) & set(sleeping_backends()),
+               timeout=max(0.5, 2.0 - (time.monotonic() - sent)))
+    # And no row outside the one done range is touched.
+    assert batches_done(dsn, name) == 1
+    agreement = checkpoint_agreement(dsn, name)
+    assert (agreement["once"], agreement["disagree"], agreement["twice"]) == (100, 0, 0), dict(
+        agreement)
+
+    started = time.monotonic()
+    resumed = cli("run", name, dsn=dsn, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert time.monotonic() - started < 20, "resume waited for the aborted batch's lease"
+    assert_exactly_once(dsn, name, filename, rows)
+
+
+# --- 4. could not start: exit 2, one line, nothing written ---------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+BAD_INPUTS: dict[str, dict[str, Any]] = {
+    "unknown_name": {"name": "no_such_thing", "expect": ["no_such_thing", "Known:",
+                                                        "20240101_0000_touch_all"]},
+    "ambiguous_prefix": {"name": "20240101_00",
+                         "expect": ["ambiguous", "20240101_0000_touch_all",
+                                    "20240101_0001_touch_again"]},
+    "syntax_error": {"name": "broken_syntax",
+                     "expect": ["20240102_0000_broken_syntax.py:4", "syntax"]},
+    "raises_at_import": {"name": "raises_on_import",
+                         "expect": ["20240102_0001_raises_on_import.py:3", "RuntimeError",
+                                    "no settings for this migration"]},
+    "missing_table": {"name": "missing_table", "expect": ["matrices.nowhere", "does not exist"]},
+    "key_column_missing": {"name": "missing_key", "expect": ["no_such_column"]},
+    "key_not_unique": {"name": "not_unique", "expect": ["matrices.dupes", "unique"]},
+    "key_nullable": {"name": "nullable_key", "expect": ["matrices.nullable_ids", "nullable"]},
+    "unreachable_server": {"name": "touch_all", "dsn": "unreachable",
+                           "expect": ["cannot connect"]},
+    "unknown_database": {"name": "touch_all", "dsn": "unknown_database",
+                         "expect": ["cannot connect", "no_such_database_"]},
+}
+
+
+def _bad_input_dir(directory: Path) -> None:
+    sql_migration(directory, "20240101_0000_touch_all.py")
+    sql_migration(directory, "20240101_0001_touch_again.py")
+    write_migration(directory, "20240102_0000_broken_syntax.py",
+                    '"""Broken."""\nfrom cryptopi_batch import Backfill\n\nmigration = = 1\n')
+    write_migration(directory, "20240102_0001_raises_on_import.py",
+                    '"""Raises."""\nfrom cryptopi_batch import Backfill\n'
+                    'raise RuntimeError("no settings for this migration")\n')
+    sql_migration(directory, "20240102_0002_missing_table.py", table="matrices.nowhere")
+    sql_migration(directory, "20240102_0003_missing_key.py", key="no_such_column")
+    sql_migration(directory, "20240102_0004_not_unique.py", table="matrices.dupes")
+    sql_migration(directory, "20240102_0005_nullable_key.py", table="matrices.nullable_ids")
+
+
+def _seed_bad_tables(dsn: str) -> None:
+    seed(dsn, 300)
+    execute(dsn, "CREATE TABLE matrices.dupes (id bigint NOT NULL, touched int NOT NULL"
+                 " DEFAULT 0); CREATE INDEX ON matrices.dupes (id);"
+                 " INSERT INTO matrices.dupes (id) VALUES (1), (1), (2);"
+                 " CREATE TABLE matrices.nullable_ids (id bigint UNIQUE, touched int NOT NULL"
+                 " DEFAULT 0); INSERT INTO matrices.nullable_ids (id) VALUES (1), (NULL);")
+
+
+def _all_untouched(dsn: str) -> None:
+    assert not has_ops_schema(dsn)
+    for table in (TABLE, "matrices.dupes", "matrices.nullable_ids"):
+        assert touched_sum(dsn, table) == 0
+
+
+def _assert_could_not_start(result: subprocess.CompletedProcess[str],
+                            expect: list[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    no_traceback(result)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    [line] = lines
+    assert line.startswith("cryptopi_batch: ")
+    for text in expect:
+        assert text in line, (text, line)
+    return line
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+        dsn: str, workdir: Path, case: str) -> None:
+    _bad_input_dir(workdir / "migrations")
+    _seed_bad_tables(dsn)
+    spec = BAD_INPUTS[case]
+    target = dsn
+    if spec.get("dsn") == "unreachable":
+        target = f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres"
+    elif spec.get("dsn") == "unknown_database":
+        target = with_database(dsn, f"no_such_database_{uuid.uuid4().hex[:8]}")
+    result = cli("run", spec["name"], dsn=target, cwd=workdir)
+    _assert_could_not_start(result, spec["expect"])
+    assert result.stdout == ""
+    _all_untouched(dsn)
+
+
+def test_a_wrong_password_exits_2_and_never_shows_a_password(
+        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    seed(dsn, 300)
+    role = f"cb_user_{uuid.uuid4().hex[:8]}"
+    right = f"Right-{uuid.uuid4().hex}"
+    wrong = f"Wrong-{uuid.uuid4().hex}"
+    execute(pg_server.admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{right}'")
+    try:
+        good = with_user(dsn, role, right)
+        assert value(good, "SELECT current_user") == role  # the right password works
+        bad = with_user(dsn, role, wrong)
+        for args in (["run", "touch_all"], ["status"], ["list"]):
+            result = cli(*args, dsn=bad, cwd=workdir)
+            line = _assert_could_not_start(result, ["cannot connect", "password"])
+            for output in (result.stdout, result.stderr):
+                assert wrong not in output, line
+                assert right not in output, line
+        # The same through --dsn, with DATABASE_URL unset.
+        result = cli("run", "touch_all", "--dsn", bad, dsn=None, cwd=workdir,
+                     env={"DATABASE_URL": ""})
+        _assert_could_not_start(result, ["cannot connect"])
+        assert wrong not in result.stderr + result.stdout
+        _all_untouched_main(dsn)
+    finally:
+        execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+def with_user(dsn: str, user: str, password: str) -> str:
+    """`dsn` logging in as `user` with `password`."""
+    parts = urlsplit(with_password(dsn, password))
+    _, _, host = parts.netloc.rpartition("@")
+    secret = parts.netloc.rpartition("@")[0].partition(":")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
+
+
+def _all_untouched_main(dsn: str) -> None:
+    assert not has_ops_schema(dsn)
+    assert touched_sum(dsn) == 0
+
+
+def test_traceback_flag_shows_where_a_refusal_came_from(dsn: str, workdir: Path) -> None:
+    _bad_input_dir(workdir / "migrations")
+    _seed_bad_tables(dsn)
+    result = cli("run", "missing_table", "--traceback", dsn=dsn, cwd=workdir)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("cryptopi_batch: ")
+    assert "matrices.nowhere" in result.stderr.splitlines()[-1]
+    _all_untouched(dsn)
+
+
+# --- 5. a rerun of a completed migration is a no-op ------------------------------------
+
+
+def test_rerunning_a_completed_migration_changes_nothing(dsn: str, workdir: Path) -> None:
+    rows = 1_000
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(workdir / "migrations", filename, batch_size=100)
+    name = filename.removesuffix(".py")
+
+    first = cli("run", name, dsn=dsn, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    assert error_lines(first.stderr) == []
+    assert_exactly_once(dsn, name, filename, rows)
+    before = dict(backfill(dsn, name) or {})
+    batch_rows = value(dsn, "SELECT count(*) FROM ops.backfill_batches")
+
+    again = cli("run", name, dsn=dsn, cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    no_traceback(again)
+    assert "already completed" in again.stderr
+    assert_exactly_once(dsn, name, filename, rows)
+    after = dict(backfill(dsn, name) or {})
+    for column in ("rows_processed", "batches_done", "keys_done", "completed_at", "status"):
+        assert after[column] == before[column], column
+    assert value(dsn, "SELECT count(*) FROM ops.backfill_batches") == batch_rows
+
+
+# --- 6. status and list ------------------------------------------------------------------
+
+
+STATUS_FIELDS = {"name", "status", "rows_processed", "batches", "rows_per_second",
+                 "eta_seconds", "last_error", "waiting_reason"}
+
+
+def test_status_and_list_show_every_migration_with_its_state(dsn: str, workdir: Path) -> None:
+    seed(dsn, 1_000)
+    migrations = workdir / "migrations"
+    sql_migration(migrations, "20240101_0000_touch_all.py", batch_size=100)
+    sql_migration(migrations, "20240101_0001_touch_again.py", batch_size=250)
+    done, never = "20240101_0000_touch_all", "20240101_0001_touch_again"
+
+    # Before anything ran: no ops schema, and reading it must not create it.
+    for args in (["status"], ["status", "--json"], ["list"], ["list", "--json"],
+                 ["status", "touch_all", "--json"]):
+        result = cli(*args, dsn=dsn, cwd=workdir)
+        assert result.returncode == 0, (args, result.stderr)
+        no_traceback(result)
+    assert not has_ops_schema(dsn)
+
+    assert cli("run", done, dsn=dsn, cwd=workdir).returncode == 0
+
+    status = cli("status", "--json", dsn=dsn, cwd=workdir)
+    assert status.returncode == 0, status.stderr
+    objects = [json.loads(line) for line in status.stdout.splitlines()]
+    assert [o["name"] for o in objects] == [done]
+    [shown] = objects
+    assert shown.keys() >= STATUS_FIELDS
+    assert shown["status"] == "completed"
+    assert (shown["rows_processed"], shown["batches"]) == (1_000, 10)
+    assert shown["eta_seconds"] == 0
+    assert (shown["last_error"], shown["waiting_reason"]) == (None, None)
+
+    one = cli("status", never, "--json", dsn=dsn, cwd=workdir)
+    assert one.returncode == 0, one.stderr
+    [pending] = [json.loads(line) for line in one.stdout.splitlines()]
+    assert pending.keys() >= STATUS_FIELDS
+    assert (pending["name"], pending["status"], pending["rows_processed"]) == (never, "pending", 0)
+
+    table = cli("status", dsn=dsn, cwd=workdir, env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    for text in (done, "completed", "1,000"):
+        assert text in table.stdout, table.stdout
+
+    listing = cli("list", "--json", dsn=dsn, cwd=workdir)
+    assert listing.returncode == 0, listing.stderr
+    states = {o["name"]: o["status"] for o in map(json.loads, listing.stdout.splitlines())}
+    assert states == {done: "completed", never: "pending"}
+
+    text = cli("list", dsn=dsn, cwd=workdir, env={"COLUMNS": "200"})
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert any(done in line and "completed" in line for line in lines), text.stdout
+    assert any(never in line and "pending" in line for line in lines), text.stdout
+
+
+# --- 7. a migration that raises ----------------------------------------------------------
+
+
+def test_a_raising_migration_fails_with_exit_1_and_resumes_with_force(
+        dsn: str, workdir: Path) -> None:
+    rows = 1_000
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_in_python.py"
+    path = write_migration(workdir / "migrations", filename, FAILING_MIGRATION)
+    name = filename.removesuffix(".py")
+
+    failed = cli("run", name, "--log-format", "json", dsn=dsn, cwd=workdir)
+    assert failed.returncode == 1, failed.stderr
+    no_traceback(failed)
+    others = json_log_shape(failed.stderr)
+    assert len(others) == 1, failed.stderr
+    assert others[0].startswith("cryptopi_batch: ")
+    assert "ValueError" in others[0]
+    assert "bad data in batch three" in others[0]
+
+    # Two batches committed, the third rolled back with its error kept.
+    agreement = checkpoint_agreement(dsn, name)
+    assert (agreement["once"], agreement["disagree"], agreement["twice"]) == (200, 0, 0)
+    assert value(dsn, "SELECT count(*) FROM ops.migrations") == 0
+
+    status = cli("status", name, "--json", dsn=dsn, cwd=workdir)
+    assert status.returncode == 0, status.stderr
+    [shown] = [json.loads(line) for line in status.stdout.splitlines()]
+    assert shown["status"] == "failed"
+    assert "bad data in batch three" in (shown["last_error"] or "")
+
+    # `run` resumes a failed run: unchanged, this process's third batch fails in turn, after
+    # the range that failed before and one new range committed, still nothing twice.
+    started = time.monotonic()
+    again = cli("run", name, dsn=dsn, cwd=workdir)
+    assert again.returncode == 1, again.stderr
+    assert time.monotonic() - started < 20, "resume waited for the failed batch's lease"
+    lines = error_lines(again.stderr)
+    assert len(lines) == 1, again.stderr
+    assert "bad data in batch three" in lines[0]
+    agreement = checkpoint_agreement(dsn, name)
+    assert (agreement["once"], agreement["disagree"], agreement["twice"]) == (400, 0, 0)
+
+    # Fixed: the changed source is refused without --force, and writes nothing.
+    path.write_text(FIXED_MIGRATION)
+    refused = cli("run", name, dsn=dsn, cwd=workdir)
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "--force" in refused.stderr
+    assert checkpoint_agreement(dsn, name)["once"] == 400
+
+    fixed = cli("run", name, "--force", dsn=dsn, cwd=workdir)
+    assert fixed.returncode == 0, fixed.stderr
+    assert_exactly_once(dsn, name, filename, rows)
+    status = cli("status", name, "--json", dsn=dsn, cwd=workdir)
+    [shown] = [json.loads(line) for line in status.stdout.splitlines()]
+    assert (shown["status"], shown["last_error"]) == ("completed", None)
+
+
+# --- 8. name resolution ---------------------------------------------------------------
+
+
+def test_full_name_prefix_and_description_name_the_same_migration(
+        dsn: str, workdir: Path) -> None:
+    rows = 500
+    seed(dsn, rows)
+    migrations = workdir / "migrations"
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(migrations, filename)
+    sql_migration(migrations, "20240202_0000_other_work.py")
+    name = filename.removesuffix(".py")
+
+    first = cli("run", "20240101", dsn=dsn, cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    assert f"{name}: completed" in first.stderr
+    for typed in ("touch_all", name, filename, "touch_a"):
+        again = cli("run", typed, dsn=dsn, cwd=workdir)
+        assert again.returncode == 0, (typed, again.stderr)
+        assert f"{name}: already completed" in again.stderr, (typed, again.stderr)
+    assert value(dsn, "SELECT array_agg(name) FROM ops.backfills") == [name]
+    assert_exactly_once(dsn, name, filename, rows)
+
+    shown = cli("status", "touch_all", "--json", dsn=dsn, cwd=workdir)
+    assert json.loads(shown.stdout)["name"] == name
+
+
+# --- 9. where the connection comes from -------------------------------------------------
+
+
+def test_dsn_option_wins_over_database_url(dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    rows = 300
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(workdir / "migrations", filename)
+    name = filename.removesuffix(".py")
+    elsewhere = f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres"
+
+    result = cli("run", name, "--dsn", dsn, dsn=elsewhere, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert_exactly_once(dsn, name, filename, rows)
+
+    # And the other way round: DATABASE_URL alone is used, a bad --dsn is not overridden.
+    refused = cli("status", "--dsn", elsewhere, dsn=dsn, cwd=workdir)
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot connect" in refused.stderr
+    from_env = cli("status", "--json", dsn=dsn, cwd=workdir)
+    assert from_env.returncode == 0
+    assert json.loads(from_env.stdout)["status"] == "completed"
