@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         connection = ConnectionSettings.from_env(args.dsn)
         handler: Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]
         handler = _HANDLERS[args.command]
-        return anyio.run(handler, args, connection, backend="asyncio")
+        with _sigterm_as_sigint():
+            return anyio.run(handler, args, connection, backend="asyncio")
     except CryptopiBatchError as exc:
         if args is not None and args.traceback:
             traceback.print_exc()
@@ -98,6 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cryptopi_batch: unexpected error: {text} (--traceback shows where)",
               file=sys.stderr)
         return EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM stops a command as SIGINT does (exit 3; an open transaction rolls back), also
+    while a run is still connecting and setting up, before its own handler (finish the
+    batch, then stop) takes over. Python lets only the main thread set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _directory(args: argparse.Namespace) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -402,6 +403,28 @@ def test_a_signal_stops_after_the_current_batch_and_run_resumes(
     assert resumed.returncode == 0, resumed.stderr
     assert time.monotonic() - started < 20
     assert_exactly_once(dsn, name, filename, rows)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_still_connecting_exits_3(workdir: Path, signum: signal.Signals) -> None:
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    # A server that accepts the TCP connection and never answers: the run hangs in connect.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        running = Running("run", "touch_all", dsn=f"postgresql://postgres@127.0.0.1:{port}/x",
+                          cwd=workdir)
+        try:
+            readable, _, _ = select.select([silent], [], [], 30)
+            assert readable, "the CLI never connected"
+            running.signal(signum)
+            code = running.wait(timeout=10)
+        finally:
+            running.kill()
+    assert code == 3, (code, running.stderr)
+    assert "Traceback" not in running.stderr
+    assert running.stderr_lines == ["cryptopi_batch: interrupted"]
 
 
 # --- 3. a second signal: roll the batch back, exit at once ----------------------------
