@@ -6,6 +6,8 @@ the CLI exits with.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from . import store
 from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, discover, load, resolve
 from .errors import (
+    ConnectionFailed,
     MigrationLoadError,
     PermissionDenied,
     RunCancelled,
@@ -63,9 +66,10 @@ async def run(
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
     conn = await connection.connect_or_fail()
     try:
-        target = await _check_target(conn, migration)
-        await store.ensure_schema(conn)
-        row = await _start_or_resume(conn, migration, target, settings)
+        async with _setup_errors(connection):
+            target = await _check_target(conn, migration)
+            await store.ensure_schema(conn)
+            row = await _start_or_resume(conn, migration, target, settings)
         if row["status"] == "completed":
             return RunResult(migration.name, True, None)
         if on_start is not None:
@@ -78,6 +82,20 @@ async def run(
         return RunResult(migration.name, False, outcome)
     finally:
         await close_quietly(conn)
+
+
+@contextlib.asynccontextmanager
+async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
+    """Before the first batch, a lost connection or a refused privilege means the run could
+    not start (exit 2); the set-up's writes are each one transaction, so nothing is half
+    written."""
+    try:
+        yield
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(connection.redact(f"permission denied: {exc}")) from None
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        raise ConnectionFailed(connection.redact(
+            f"lost the connection while starting: {exc or type(exc).__name__}")) from None
 
 
 async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:

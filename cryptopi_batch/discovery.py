@@ -108,9 +108,9 @@ def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
             raise MigrationNotFound(f"migration name {wanted!r} is ambiguous: {both}")
     names = [f.name for f in files]
     close = difflib.get_close_matches(wanted, names + [f.description for f in files], n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    hint = f"; did you mean {', '.join(close)}" if close else ""
     listing = ", ".join(names) if names else "(none)"
-    raise MigrationNotFound(f"no migration named {wanted!r}{hint} Known: {listing}")
+    raise MigrationNotFound(f"no migration named {wanted!r}{hint}; known: {listing}")
 
 
 def load(file: MigrationFile) -> LoadedMigration:

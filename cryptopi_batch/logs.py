@@ -13,6 +13,10 @@ def configure(fmt: str = "console", *, level: int = logging.INFO,
               stream: TextIO | None = None) -> None:
     """Structured events to stderr: aligned console lines, or one JSON object per line."""
     out = stream or sys.stderr
+    # An interrupted connect leaves asyncpg futures whose errors asyncio reports when they
+    # are collected ("Future exception was never retrieved"): noise after a Ctrl-C, never
+    # an error of the run's. The command's own outcome is reported on its own line.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()

@@ -497,7 +497,7 @@ def _free_port() -> int:
 
 
 BAD_INPUTS: dict[str, dict[str, Any]] = {
-    "unknown_name": {"name": "no_such_thing", "expect": ["no_such_thing", "Known:",
+    "unknown_name": {"name": "no_such_thing", "expect": ["no_such_thing", "known:",
                                                         "20240101_0000_touch_all"]},
     "ambiguous_prefix": {"name": "20240101_00",
                          "expect": ["ambiguous", "20240101_0000_touch_all",
