@@ -32,15 +32,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+def _common_options() -> _Parser:
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--dsn", help="PostgreSQL URL (else $DATABASE_URL, else PG* variables)")
     common.add_argument("--migrations-dir", help="where migration files live")
-    common.add_argument("--log-format", choices=("console", "json"), default="console")
+    common.add_argument("--log-format", choices=("console", "json"))
     common.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
+    return common
 
-    parser = _Parser(prog="cryptopi_batch", parents=[common],
+
+def build_parser() -> argparse.ArgumentParser:
+    # The common options are accepted before or after the command's name. They default
+    # only at the top level, on actions of their own (set_defaults changes the actions it
+    # finds, and parents share theirs): a subcommand's default would overwrite what was
+    # said before the command.
+    common = _common_options()
+    parser = _Parser(prog="cryptopi_batch", parents=[_common_options()],
                      description="Batched, resumable, throttled data migrations for PostgreSQL.")
+    parser.set_defaults(dsn=None, migrations_dir=None, log_format="console", traceback=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", parents=[common], help="run a migration, or resume it")
@@ -67,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", parents=[common], help="every migration with its state")
     lst.add_argument("--json", action="store_true")
+
+    for command, text in (("pause", "running workers stop after their current batch"),
+                          ("resume", "lift a pause (a stopped run continues with `run`)"),
+                          ("cancel", "stop for good; `run` refuses it until --restart")):
+        sub.add_parser(command, parents=[common], help=text).add_argument("name")
 
     demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
     demo.add_argument("--rows", type=int, default=1_000_000)
@@ -174,6 +188,17 @@ async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int
     return EXIT_OK
 
 
+async def _control(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    result = await commands.control(args.command, args.name, directory=_directory(args),
+                                    connection=connection)
+    verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[args.command]
+    if result.changed:
+        print(f"{result.name}: {verb}", file=sys.stderr)
+    else:
+        print(f"{result.name}: {result.status}; not {verb}", file=sys.stderr)
+    return EXIT_OK
+
+
 async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     from . import demo  # noqa: PLC0415 -- the embedded server is only needed here
 
@@ -203,4 +228,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitabl
     "status": _status,
     "list": _list,
     "demo": _demo,
+    "pause": _control,
+    "resume": _control,
+    "cancel": _control,
 }

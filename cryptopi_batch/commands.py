@@ -15,10 +15,11 @@ from typing import Any
 import asyncpg
 
 from . import store
-from .db import ConnectionSettings, close_quietly
+from .db import ConnectionSettings, close_quietly, pg_interval
 from .discovery import LoadedMigration, discover, load, resolve
 from .errors import (
     ConnectionFailed,
+    CouldNotStart,
     MigrationLoadError,
     PermissionDenied,
     RunCancelled,
@@ -67,7 +68,12 @@ async def run(
     conn = await connection.connect_or_fail()
     try:
         async with _setup_errors(connection):
-            target = await _check_target(conn, migration)
+            async with conn.transaction():
+                # Checking takes the table's locks (preparing an UPDATE takes ROW
+                # EXCLUSIVE): never queue long behind DDL, as no batch does either.
+                await conn.execute("SELECT set_config('lock_timeout', $1, true)",
+                                   pg_interval(settings.timeouts.lock_timeout))
+                target = await _check_target(conn, migration)
             await store.ensure_schema(conn)
             row = await _start_or_resume(conn, migration, target, settings)
         if row["status"] == "completed":
@@ -93,6 +99,9 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
         yield
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(connection.redact(f"permission denied: {exc}")) from None
+    except asyncpg.LockNotAvailableError as exc:
+        raise CouldNotStart(f"the table is locked by another session ({exc});"
+                            " nothing was written, run again later") from None
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
         raise ConnectionFailed(connection.redact(
             f"lost the connection while starting: {exc or type(exc).__name__}")) from None
@@ -214,3 +223,43 @@ async def list_migrations(*, directory: Path,
         return result
     finally:
         await close_quietly(conn)
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    name: str
+    status: str
+    changed: bool
+
+
+_CONTROL: dict[str, tuple[str, tuple[str, ...]]] = {
+    # command: (new status, statuses it applies to)
+    "pause": ("paused", ("running", "failed")),
+    "resume": ("running", ("paused",)),
+    "cancel": ("cancelled", ("running", "paused", "failed")),
+}
+
+
+async def control(command: str, name: str, *, directory: Path,
+                  connection: ConnectionSettings) -> ControlResult:
+    """``pause``, ``resume`` or ``cancel`` a migration, from any host.
+
+    Running workers read the status in each batch's commit and stop after it (exit 3). A
+    migration that never started, or is already in the wanted state, is left as it is.
+    """
+    target, applies_to = _CONTROL[command]
+    resolved = resolve(discover(directory), name).name
+    conn = await connection.connect_or_fail()
+    try:
+        if await store.schema_version(conn) == 0:
+            raise UsageError(f"{resolved} has not started; nothing to {command}")
+        async with _setup_errors(connection):
+            changed = await conn.fetchval(store.query("set_status"), resolved, target,
+                                          list(applies_to))
+            row = await conn.fetchrow(store.query("get_backfill"), resolved)
+        if row is None:
+            raise UsageError(f"{resolved} has not started; nothing to {command}")
+        return ControlResult(resolved, row["status"], changed is not None)
+    finally:
+        await close_quietly(conn)
+

@@ -119,7 +119,8 @@ def load(file: MigrationFile) -> LoadedMigration:
     Any failure becomes one :class:`MigrationLoadError` naming the file and line.
     """
     if file.kind != "py":
-        raise MigrationLoadError(f"{file.filename}: a .sql migration runs with `migrate`")
+        raise MigrationLoadError(f"{file.filename}: plain .sql migrations are not run by `run`"
+                                 " (a batched migration is a .py file)")
     module_name = f"cryptopi_batch_migrations.{file.name}"
     spec = importlib.util.spec_from_file_location(module_name, file.path)
     if spec is None or spec.loader is None:

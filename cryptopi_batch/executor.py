@@ -351,6 +351,10 @@ class Runner:
                                             batch_size=next_size)
             if status is None:
                 raise LeaseLost
+            if status in ("paused", "cancelled"):
+                # Seen in the commit of the batch that was running when it was said: no
+                # worker starts another batch, without waiting for the next heartbeat.
+                self.request_stop(f"migration {status}")
             self._maybe_crash("before_commit")
         self._maybe_crash("after_commit")
         self.batch_size = next_size

@@ -70,7 +70,7 @@ def status_row(r: asyncpg.Record) -> StatusRow:
     keys_done = int(r["keys_done"])
     estimate = int(r["keys_estimate"]) if r["keys_estimate"] is not None else None
     elapsed = float(r["elapsed"] or 0)
-    rate = r["recent_rate"] if live else None
+    rate = r["recent_rate"]
     if rate is None and elapsed > 0:
         rate = keys_done / elapsed
     eta = None

@@ -178,11 +178,14 @@ SELECT f.*,
        (SELECT count(*) FROM ops.backfill_workers w
          WHERE w.backfill = f.name AND w.stopped_at IS NULL
            AND w.heartbeat_at > now() - make_interval(secs => $2)) AS live_workers,
+       -- keys per second over the last minute of work (of the last run, if stopped)
        (SELECT sum(b.keys)::float8
-               / GREATEST(extract(epoch FROM now() - min(b.claimed_at)), 0.001)
+               / GREATEST(extract(epoch FROM max(b.finished_at) - min(b.claimed_at)), 0.001)
           FROM ops.backfill_batches b
          WHERE b.backfill = f.name AND b.status = 'done'
-           AND b.finished_at > now() - interval '60 seconds') AS recent_rate,
+           AND b.finished_at > (SELECT max(l.finished_at) FROM ops.backfill_batches l
+                                 WHERE l.backfill = f.name) - interval '60 seconds'
+       ) AS recent_rate,
        extract(epoch FROM f.updated_at - f.started_at) AS elapsed
   FROM ops.backfills f
  WHERE $1::text IS NULL OR f.name = $1
