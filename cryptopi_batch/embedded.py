@@ -56,6 +56,7 @@ SYSTEM_USER = "cryptopi_pg"
 """The operating-system user the server runs as when this process is root."""
 
 HOST = "127.0.0.1"
+_PIDFILE_PORT = 3  # postmaster.pid: pid, data directory, start time, port, …
 
 # fsync stays on: benchmarks run on this cluster and must measure honest commits.
 _SETTINGS = {
@@ -182,6 +183,9 @@ class EmbeddedCluster:
         if not (self._datadir / "PG_VERSION").exists():
             self._initdb()
         if self.is_running():
+            if self._port is None:  # started by another process: adopt its port
+                self._port = int(self._pidfile_line(_PIDFILE_PORT))
+                self._port_fixed = True
             return
         if self._socket_dir is None:
             self._socket_dir = self._choose_socket_dir()
@@ -430,6 +434,9 @@ class EmbeddedCluster:
             f"(exit {result.returncode}):\n{result.stdout}{result.stderr}{self._log_tail()}"
         )
 
+    def _pidfile_line(self, index: int) -> str:
+        return (self._datadir / "postmaster.pid").read_text().splitlines()[index].strip()
+
     def _log_tail(self) -> str:
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
@@ -437,3 +444,27 @@ class EmbeddedCluster:
             return ""
         tail = "\n".join(lines[-_LOG_TAIL_LINES:])
         return f"\n--- tail of {self.log_path} ---\n{tail}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cryptopi_batch.embedded start|stop DATADIR [--bin-dir BIN]``: a throw-away
+    server to play or test with; ``start`` prints its superuser URL."""
+    import argparse  # noqa: PLC0415 -- only this entry point parses arguments
+
+    parser = argparse.ArgumentParser(prog="python -m cryptopi_batch.embedded",
+                                     description=main.__doc__)
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("datadir", type=Path)
+    parser.add_argument("--bin-dir", type=Path, help="another PostgreSQL's bin directory")
+    args = parser.parse_args(argv)
+    cluster = EmbeddedCluster(args.datadir.absolute(), bin_dir=args.bin_dir)
+    if args.action == "start":
+        cluster.start()
+        print(cluster.dsn())
+    else:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
+
