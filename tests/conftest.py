@@ -13,12 +13,12 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import PgServer, run_in_thread
+from helpers import PgServer, connect, run_in_thread
 
 from cryptopi_batch.embedded import EmbeddedCluster
 
@@ -94,3 +94,14 @@ def dsn(pg_server: PgServer) -> Iterator[str]:
         run_in_thread(
             lambda: _admin(pg_server.admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         )
+
+
+@pytest.fixture
+async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database, closed afterwards."""
+    c = await connect(dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
-from helpers import connect, seed_table
+from helpers import seed_table
 from run_support import (
     assert_batches_partition,
     assert_completed,
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.anyio
 
 TABLE = "matrices.dyn_values"
 BIGINT_KEY = [("id", "bigint")]
-
-
-@pytest.fixture
-async def conn(dsn: str) -> asyncpg.Connection:
-    c = await connect(dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 # --- 1. both forms -----------------------------------------------------------------------

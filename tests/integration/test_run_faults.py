@@ -30,15 +30,6 @@ TABLE = "matrices.dyn_values"
 BIGINT_KEY = [("id", "bigint")]
 
 
-@pytest.fixture
-async def conn(dsn: str) -> asyncpg.Connection:
-    c = await connect(dsn)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
 async def _done_batches(conn: asyncpg.Connection) -> int:
     if not await conn.fetchval("SELECT to_regclass('ops.backfill_batches') IS NOT NULL"):
         return 0
