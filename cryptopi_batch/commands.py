@@ -33,6 +33,10 @@ from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, resolve_settings
 from .store import Target
 
+LIVE_WITHIN = 10.0
+"""A runner whose heartbeat (each second) is older than this many seconds is not counted as
+live by ``status``: a killed run shows as interrupted within seconds, not after its lease."""
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -191,7 +195,7 @@ async def status(name: str | None, *, directory: Path | None,
         if await store.schema_version(conn) == 0:
             rows: list[asyncpg.Record] = []
         else:
-            rows = await conn.fetch(store.query("status_rows"), wanted, 60.0)
+            rows = await conn.fetch(store.query("status_rows"), wanted, LIVE_WITHIN)
         found = [status_row(r) for r in rows]
         if wanted is not None and not found:
             found = [StatusRow.pending(wanted)]
@@ -210,7 +214,7 @@ async def list_migrations(*, directory: Path,
         applied: set[str] = set()
         if await store.schema_version(conn) > 0:
             by_name = {r["name"]: status_row(r)
-                       for r in await conn.fetch(store.query("status_rows"), None, 60.0)}
+                       for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)}
             applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
         elif await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
             applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
