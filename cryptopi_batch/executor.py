@@ -13,7 +13,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,6 +50,9 @@ _END_SESSIONS = ("SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
                  " JOIN unnest($1::int[], $2::timestamptz[]) AS b(pid, xact_start)"
                  " ON a.pid = b.pid AND a.xact_start = b.xact_start")
 _IDLE_POLL = 0.25
+# A request on a runner's connection that gets no reply within the statement timeout plus
+# this much (or twice the statement timeout, if longer) has lost its connection: see _bounded.
+_REPLY_MARGIN = 5.0
 
 
 @dataclass
@@ -99,6 +103,10 @@ class Runner:
         self._crash_count = 0
         # Server pid -> start of the batch transaction it last began; one entry per session.
         self._batch_sessions: dict[int, Any] = {}
+        # Connection -> (server pid, start) of the transaction last begun on it (a claim's or
+        # a batch's): the server session to end if the connection goes silent.
+        self._xacts: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, Any]] = (
+            weakref.WeakKeyDictionary())
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -271,17 +279,21 @@ class Runner:
                 try:
                     if live is None or live.is_closed():
                         live = await self.connection.connect()
-                    return live, await op(live)
+                    async with self._bounded(live):
+                        result = await op(live)
                 except Exception as exc:
                     if _tag(exc, live) is Fault.RECONNECT and live is not None:
                         live.terminate()
                         live = None
                     raise
+                return live, result
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _claim(self, conn: asyncpg.Connection) -> Claim | None:
         c = await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
-                              self.ranges, timeouts=self.settings.timeouts)
+                              self.ranges, timeouts=self.settings.timeouts,
+                              on_begin=lambda pid, xact_start: self._xacts.__setitem__(
+                                  conn, (pid, xact_start)))
         if c is not None and c.keys > 2 * self.batch_size:
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
@@ -307,11 +319,15 @@ class Runner:
                     attempts += 1
                     if live is None or live.is_closed():
                         live = await self.connection.connect()
-                    if recheck and await self._already_settled(live, c):
-                        return live
+                    if recheck:
+                        async with self._bounded(live):
+                            settled = await self._already_settled(live, c)
+                        if settled:
+                            return live
                     recheck = False
                     try:
-                        await self._transaction(live, c, attempts)
+                        async with self._bounded(live):
+                            await self._transaction(live, c, attempts)
                     except LeaseLost:
                         raise
                     except Exception as exc:
@@ -324,8 +340,11 @@ class Runner:
                         elif fault is Fault.SHRINK:
                             smaller = shrink_after_timeout(self.settings.throttle, c.keys)
                             self.batch_size = min(self.batch_size, smaller)
-                            c = await store.split(live, c, self.token, smaller, self.ranges)
-                            log.warning("batch_shrunk", batch=c.id, keys=c.keys)
+                            if not live.is_closed():  # lost recording the error: retried whole
+                                async with self._bounded(live):
+                                    c = await store.split(live, c, self.token, smaller,
+                                                          self.ranges)
+                                log.warning("batch_shrunk", batch=c.id, keys=c.keys)
                         raise
         except LeaseLost:
             log.warning("batch_lease_lost", batch=c.id)
@@ -340,6 +359,7 @@ class Runner:
                                           pg_interval(self.settings.lease_seconds))
             assert session is not None
             self._batch_sessions[session["pid"]] = session["xact_start"]
+            self._xacts[conn] = (session["pid"], session["xact_start"])
             self._maybe_crash("before_work")
             work_started = time.monotonic()
             rows = await run_work(self.work, Batch(conn, self.target.key, c.range))
@@ -376,6 +396,11 @@ class Runner:
         (holding its row locks) until the statement timeout. Only a session still in the
         very transaction we began is ended, never one reused since (PgBouncer)."""
         sessions, self._batch_sessions = self._batch_sessions, {}
+        await self._end_sessions(sessions)
+
+    async def _end_sessions(self, sessions: dict[int, Any]) -> None:
+        """End the server sessions still in the transactions ``sessions`` names (server pid
+        -> transaction start), from a new connection; best effort, bounded."""
         if not sessions:
             return
         with anyio.move_on_after(5):
@@ -387,6 +412,40 @@ class Runner:
                 log.warning("abort_cleanup_failed", error=_describe(exc))
             finally:
                 await close_quietly(conn)
+
+    def _reply_bound(self) -> float | None:
+        """How long a request may wait for its reply before its connection counts as lost;
+        ``None`` (forever) when the statement timeout is off."""
+        t = self.settings.timeouts.statement_timeout
+        return t + max(t, _REPLY_MARGIN) if t > 0 else None
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
+        """Give up on ``conn`` when what runs inside gets no reply within the reply bound.
+
+        The server enforces the statement timeout, but over a silent connection (a
+        black-holed socket, a lost NAT entry) its verdict never arrives and asyncpg would
+        wait forever. Then ``conn`` is terminated, never reused; the server session of a
+        transaction begun inside (a claim's or a batch's) is ended, so it does not sit idle
+        in transaction holding its locks; and :class:`TimeoutError` (RECONNECT: the commit's
+        outcome is unknown) is raised.
+        """
+        bound = self._reply_bound()
+        self._xacts.pop(conn, None)
+        try:
+            with anyio.fail_after(bound) as scope:
+                yield
+        except Exception as exc:
+            if not scope.cancel_called:
+                raise
+            # Whatever escaped the cancelled scope (asyncpg's rollback of an interrupted
+            # transaction may raise its own error), the connection is silent.
+            conn.terminate()
+            xact = self._xacts.pop(conn, None)
+            log.warning("connection_silent", seconds=bound, session=xact[0] if xact else None)
+            if xact is not None:
+                await self._end_sessions({xact[0]: xact[1]})
+            raise TimeoutError(f"no reply from the server within {bound:g} s") from exc
 
     async def _already_settled(self, conn: asyncpg.Connection, c: Claim) -> bool:
         """After a lost connection: did the batch commit, or did another runner take it?"""
@@ -410,8 +469,9 @@ class Runner:
             return
         # Best effort: the error is also logged and raised.
         with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            await conn.execute(store.query("batch_failed"), c.id, self.token, attempts,
-                               _describe(exc), self.name)
+            async with self._bounded(conn):  # a silent connection: TimeoutError, terminated
+                await conn.execute(store.query("batch_failed"), c.id, self.token, attempts,
+                                   _describe(exc), self.name)
 
     def _log_retry(self, c: Claim | None) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -222,13 +223,15 @@ class RangeQueries:
 
 # --- claims -------------------------------------------------------------------------
 
-_CLAIM_SETTINGS = ("SELECT set_config('synchronous_commit', 'off', true),"
+_CLAIM_SETTINGS = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
+                   " set_config('synchronous_commit', 'off', true),"
                    " set_config('lock_timeout', $1, true),"
                    " set_config('statement_timeout', $2, true)")
 
 
 async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: float,
-                ranges: RangeQueries, *, timeouts: TimeoutPolicy) -> Claim | None:
+                ranges: RangeQueries, *, timeouts: TimeoutPolicy,
+                on_begin: Callable[[int, Any], None] | None = None) -> Claim | None:
     """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
     else a new one from the frontier. ``None`` when nothing is left to hand out.
 
@@ -236,10 +239,13 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
     harmless (its range is simply claimed again), and WAL order guarantees no batch commit
     survives without the claim before it. The batch's lock and statement timeouts apply:
     the run's row is locked here, and batches' checkpoints wait on it.
+    ``on_begin(pid, xact_start)`` learns the server transaction the claim runs in.
     """
     async with conn.transaction():
-        await conn.execute(_CLAIM_SETTINGS, pg_interval(timeouts.lock_timeout),
-                           pg_interval(timeouts.statement_timeout))
+        session = await conn.fetchrow(_CLAIM_SETTINGS, pg_interval(timeouts.lock_timeout),
+                                      pg_interval(timeouts.statement_timeout))
+        if on_begin is not None and session is not None:
+            on_begin(session["pid"], session["xact_start"])
         row = await conn.fetchrow(query("claim_open"), name, token, lease)
         if row is not None:
             return Claim.from_row(row)
