@@ -101,10 +101,9 @@ class Runner:
         self.progress = Progress()
         self._crash_at = _parse_crash(os.environ.get(CRASH_ENV))
         self._crash_count = 0
-        # Server pid -> start of the batch transaction it last began; one entry per session.
-        self._batch_sessions: dict[int, Any] = {}
         # Connection -> (server pid, start) of the transaction last begun on it (a claim's or
-        # a batch's): the server session to end if the connection goes silent.
+        # a batch's): the server session to end if the connection goes silent or the run is
+        # aborted by a second signal.
         self._xacts: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, Any]] = (
             weakref.WeakKeyDictionary())
 
@@ -358,7 +357,6 @@ class Runner:
                                           pg_interval(t.statement_timeout),
                                           pg_interval(self.settings.lease_seconds))
             assert session is not None
-            self._batch_sessions[session["pid"]] = session["xact_start"]
             self._xacts[conn] = (session["pid"], session["xact_start"])
             self._maybe_crash("before_work")
             work_started = time.monotonic()
@@ -395,7 +393,8 @@ class Runner:
         a vanished client only when it next talks to it, after its statement, which may run
         (holding its row locks) until the statement timeout. Only a session still in the
         very transaction we began is ended, never one reused since (PgBouncer)."""
-        sessions, self._batch_sessions = self._batch_sessions, {}
+        sessions = dict(self._xacts.values())
+        self._xacts.clear()
         await self._end_sessions(sessions)
 
     async def _end_sessions(self, sessions: dict[int, Any]) -> None:
