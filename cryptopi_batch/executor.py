@@ -233,12 +233,14 @@ class Runner:
 
     async def _worker(self, index: int) -> None:
         conn: asyncpg.Connection | None = None
+        c: Claim | None = None  # the next range, when the last batch's commit claimed it
         structlog.contextvars.bind_contextvars(worker=index)
         try:
             while not self.stop.is_set():
                 if not await self._pace():
                     break
-                conn, c = await self._with_conn(conn, self._claim)
+                if c is None:
+                    conn, c = await self._with_conn(conn, self._claim)
                 if c is None:
                     conn, finished = await self._with_conn(conn, self._nothing_open)
                     if finished:
@@ -246,7 +248,7 @@ class Runner:
                     with anyio.move_on_after(_IDLE_POLL):
                         await self.stop.wait()
                     continue
-                conn = await self._run_batch(conn, c)
+                conn, c = await self._run_batch(conn, c)
         except Exception as exc:
             self.failure = self.failure or exc
             self.request_stop("a batch failed")
@@ -304,9 +306,12 @@ class Runner:
         row = await conn.fetchrow(store.query("open_batches"), self.name)
         return row is None or int(row["open"]) == 0
 
-    async def _run_batch(self, conn: asyncpg.Connection, c: Claim) -> asyncpg.Connection | None:
+    async def _run_batch(
+        self, conn: asyncpg.Connection | None, c: Claim,
+    ) -> tuple[asyncpg.Connection | None, Claim | None]:
         """Run claim ``c`` to its commit, retrying transient errors; returns the connection
-        to go on with (``None`` if it was lost)."""
+        to go on with (``None`` if it was lost) and the next range if the commit claimed it
+        (a claim still held when the run stops goes back with the runner's others)."""
         attempts = c.attempts
         recheck = False
         live: asyncpg.Connection | None = conn
@@ -322,11 +327,11 @@ class Runner:
                         async with self._bounded(live):
                             settled = await self._already_settled(live, c)
                         if settled:
-                            return live
+                            return live, None
                     recheck = False
                     try:
                         async with self._bounded(live):
-                            await self._transaction(live, c, attempts)
+                            nxt = await self._transaction(live, c, attempts)
                     except LeaseLost:
                         raise
                     except Exception as exc:
@@ -345,11 +350,14 @@ class Runner:
                                                           self.ranges)
                                 log.warning("batch_shrunk", batch=c.id, keys=c.keys)
                         raise
+                    else:
+                        return live, nxt
         except LeaseLost:
             log.warning("batch_lease_lost", batch=c.id)
-        return live
+        return live, None
 
-    async def _transaction(self, conn: asyncpg.Connection, c: Claim, attempts: int) -> None:
+    async def _transaction(self, conn: asyncpg.Connection, c: Claim,
+                           attempts: int) -> Claim | None:
         t = self.settings.timeouts
         started = time.monotonic()
         async with conn.transaction():
@@ -364,15 +372,24 @@ class Runner:
             seconds = time.monotonic() - work_started
             self._maybe_crash("after_work")
             next_size = next_batch_size(self.settings.throttle, self.batch_size, seconds, rows)
-            status = await store.checkpoint(conn, c, self.token, name=self.name, rows=rows,
-                                            seconds=seconds, attempts=attempts,
-                                            batch_size=next_size)
-            if status is None:
+            run = await store.checkpoint(conn, c, self.token, name=self.name, rows=rows,
+                                         seconds=seconds, attempts=attempts,
+                                         batch_size=next_size)
+            if run is None:
                 raise LeaseLost
-            if status in ("paused", "cancelled"):
+            if run["status"] in ("paused", "cancelled"):
                 # Seen in the commit of the batch that was running when it was said: no
                 # worker starts another batch, without waiting for the next heartbeat.
-                self.request_stop(f"migration {status}")
+                self.request_stop(f"migration {run['status']}")
+            # The next range is claimed in this same transaction (the checkpoint locked the
+            # run's row already): a claim costs no transaction of its own, and it commits or
+            # vanishes with this batch. Open ranges (a split's remainder, a lapsed lease)
+            # are taken by the claim of its own when the frontier has reached the end.
+            nxt = None
+            if not self.stop.is_set():
+                nxt = await store.claim_from_frontier(
+                    conn, run, name=self.name, token=self.token,
+                    lease=self.settings.lease_seconds, ranges=self.ranges)
             self._maybe_crash("before_commit")
         self._maybe_crash("after_commit")
         self.batch_size = next_size
@@ -386,6 +403,7 @@ class Runner:
                  ms=round(seconds * 1000, 1), attempts=attempts, next_size=next_size)
         if self.on_batch is not None:
             self.on_batch(self.progress, c.keys)
+        return nxt
 
     async def _end_aborted_batches(self) -> None:
         """After a second signal: end the sessions whose batch transaction is still open, so

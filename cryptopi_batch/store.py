@@ -250,19 +250,31 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
         if row is not None:
             return Claim.from_row(row)
         f = await conn.fetchrow(query("lock_frontier"), name)
-        if f is None or f["exhausted"] or f["status"] != "running":
+        if f is None:
             return None
-        end: Bound = tuple(f["end_key"])
-        rest = KeyRange(as_bound(f["frontier"]), end)
-        size = int(f["batch_size"])
-        nth = await ranges.nth(conn, rest, size)
-        planned = next_range(rest.lower, end, nth)
-        keys = size if nth is not None else await ranges.count(conn, rest)
-        lower = None if rest.lower is None else list(rest.lower)
-        row = await conn.fetchrow(query("advance_frontier"), name, lower,
-                                  list(planned.range.upper), planned.last, keys, token, lease)
-        assert row is not None  # INSERT … RETURNING always returns the row
-        return Claim.from_row(row)
+        return await claim_from_frontier(conn, f, name=name, token=token, lease=lease,
+                                         ranges=ranges)
+
+
+async def claim_from_frontier(conn: asyncpg.Connection, f: asyncpg.Record, *, name: str,
+                              token: uuid.UUID, lease: float,
+                              ranges: RangeQueries) -> Claim | None:
+    """Hand out the range after the frontier of the run's row ``f`` (``frontier``,
+    ``end_key``, ``exhausted``, ``batch_size``, ``status``), which the caller's transaction
+    holds locked; ``None`` when the frontier reached the end or the run is not running."""
+    if f["exhausted"] or f["status"] != "running":
+        return None
+    end: Bound = tuple(f["end_key"])
+    rest = KeyRange(as_bound(f["frontier"]), end)
+    size = int(f["batch_size"])
+    nth = await ranges.nth(conn, rest, size)
+    planned = next_range(rest.lower, end, nth)
+    keys = size if nth is not None else await ranges.count(conn, rest)
+    lower = None if rest.lower is None else list(rest.lower)
+    row = await conn.fetchrow(query("advance_frontier"), name, lower,
+                              list(planned.range.upper), planned.last, keys, token, lease)
+    assert row is not None  # INSERT … RETURNING always returns the row
+    return Claim.from_row(row)
 
 
 async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
@@ -281,14 +293,15 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
 
 
 async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, name: str,
-                     rows: int, seconds: float, attempts: int, batch_size: int) -> str | None:
+                     rows: int, seconds: float, attempts: int,
+                     batch_size: int) -> asyncpg.Record | None:
     """Mark ``c`` done and count it, in the caller's (the batch's) transaction.
 
-    Returns the run's status, or ``None`` when this runner no longer owns the range.
+    Returns the run's row as :func:`claim_from_frontier` takes it (now locked by this
+    transaction), or ``None`` when this runner no longer owns the range.
     """
-    status: str | None = await conn.fetchval(
+    return await conn.fetchrow(
         query("checkpoint"), c.id, token, rows, seconds * 1000.0, attempts, name, batch_size)
-    return status
 
 
 async def fetch(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:

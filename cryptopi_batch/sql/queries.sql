@@ -97,7 +97,8 @@ VALUES ($1, $2, $3, $5, 'running', $6, now(), now() + make_interval(secs => $7))
 RETURNING id, lower_key, upper_key, keys, attempts;
 
 -- checkpoint --
--- In the batch's own transaction, last, so the row locks are held only for the commit.
+-- In the batch's own transaction, last, so the row locks are held only for the commit (and
+-- the next range's claim, made in the same transaction from the frontier returned here).
 -- No row back means the lease was lost: the caller rolls the batch back.
 WITH b AS (
     UPDATE ops.backfill_batches
@@ -111,7 +112,7 @@ UPDATE ops.backfills f
        last_error = NULL, waiting_reason = NULL
   FROM b
  WHERE f.name = $6
-RETURNING f.status;
+RETURNING f.status, f.frontier, f.end_key, f.exhausted, f.batch_size;
 
 -- batch_state --
 SELECT status, worker, rows FROM ops.backfill_batches WHERE id = $1;

@@ -237,14 +237,14 @@ async def _hold_table_lock(dsn: str, release: anyio.Event) -> None:
         await locker.close()
 
 
-@pytest.mark.parametrize("moment", ["batch", "claim", "split"])
+@pytest.mark.parametrize("moment", ["batch", "split"])
 async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
         dsn: str, conn: asyncpg.Connection, tmp_path: Path, moment: str) -> None:
     """The proxy goes silent just as the server lets a statement of the runner through
     that was waiting for a lock held here: the batch's UPDATE (its transaction then holds
-    the batch's rows); the claim's ``FOR UPDATE`` of the run's row (which every later
-    claim and checkpoint needs); or, after the batch hit its statement timeout, the lookup
-    that splits it. The server finishes the statement; its reply is lost."""
+    the batch's rows, and will claim the next range too); or, after the batch hit its
+    statement timeout, the lookup that splits it. The server finishes the statement; its
+    reply is lost."""
     rows, batch = 1_000, 50
     await seed_table(conn, rows=rows)
     name = write_migration(tmp_path, "touch_black_hole", _slow_migration(0.05, batch))
@@ -252,24 +252,19 @@ async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
     holder = await connect(dsn)
     held = holder.transaction()
     await held.start()
-    if moment != "claim":  # the 4th batch (ids 151..200) waits for this row
-        await holder.execute(f"SELECT 1 FROM {TABLE} WHERE id = 175 FOR UPDATE")
+    # the 4th batch (ids 151..200) waits for this row
+    await holder.execute(f"SELECT 1 FROM {TABLE} WHERE id = 175 FOR UPDATE")
     release = anyio.Event()
 
     async def black_hole(proxy: BlackHoleProxy, tg: TaskGroup) -> None:
         if moment == "batch":
             waiting = "%pg_sleep%"
-        elif moment == "split":
+        else:
             # The batch waits for the row until its statement timeout; a table lock queued
             # meanwhile makes the split's range lookup wait after it.
             await _wait_until_runner_waits(conn, "%pg_sleep%")
             tg.start_soon(_hold_table_lock, dsn, release)
             waiting = "%OFFSET%"
-        else:  # a checkpoint's UPDATE of the row goes by; a claim's FOR UPDATE waits
-            await _wait_for_batches(conn, name, 2)
-            await holder.execute(
-                "SELECT 1 FROM ops.backfills WHERE name = $1 FOR KEY SHARE", name)
-            waiting = "%SELECT frontier%FOR UPDATE%"
         await _wait_until_runner_waits(conn, waiting)
         seen["accepted"] = proxy.accepted
         seen["silenced"] = proxy.black_hole()
@@ -310,9 +305,8 @@ async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
         "SELECT upper_key, attempts FROM ops.backfill_batches WHERE backfill = $1"
         " AND attempts <> 1", name)
     # The batch caught in the silence (or timed out before it) ran again on a new
-    # connection, and only once (above); a claim caught in it left no batch behind.
-    expected = [] if moment == "claim" else [(["200"], 2)]
-    assert [(list(r["upper_key"]), r["attempts"]) for r in retried] == expected
+    # connection, and only once (above).
+    assert [(list(r["upper_key"]), r["attempts"]) for r in retried] == [(["200"], 2)]
     if moment == "split":  # the timeout shrank the batches, though the split was lost
         assert f["batch_size"] < batch
 
