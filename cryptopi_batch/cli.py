@@ -20,7 +20,7 @@ from . import commands, logs
 from .db import ConnectionSettings
 from .discovery import migrations_dir
 from .errors import CryptopiBatchError, UsageError
-from .report import ProgressBar, print_json, print_table, table_console
+from .report import ProgressBar, StatusRow, print_json, print_table, table_console
 from .settings import RunOptions
 
 T = TypeVar("T")
@@ -171,16 +171,16 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
 
 async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     directory = _directory(args) if args.name else None
-    rows = await commands.status(args.name, directory=directory, connection=connection)
-    if args.json:
-        print_json(rows, sys.stdout)
-    else:
-        print_table(rows, table_console())
-    return EXIT_OK
+    return _show(args, await commands.status(args.name, directory=directory,
+                                             connection=connection))
 
 
 async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int:
-    rows = await commands.list_migrations(directory=_directory(args), connection=connection)
+    return _show(args, await commands.list_migrations(directory=_directory(args),
+                                                      connection=connection))
+
+
+def _show(args: argparse.Namespace, rows: list[StatusRow]) -> int:
     if args.json:
         print_json(rows, sys.stdout)
     else:
