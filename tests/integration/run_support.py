@@ -46,6 +46,24 @@ def sql_migration(table: str, key: str | tuple[str, ...] = "id", batch_size: int
     '''
 
 
+def touching_process(doc: str, before: str, batch_size: int = 50) -> str:
+    """The source of a ``process=`` migration over matrices.dyn_values that runs the SQL
+    ``before`` in each batch's transaction, then bumps ``touched`` once per row."""
+    return f'''
+    """{doc}"""
+    from cryptopi_batch import Backfill, Batch
+
+    async def touch(batch: Batch) -> int:
+        await batch.conn.execute({before!r})
+        status = await batch.execute(
+            "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {{range}}")
+        return int(status.split()[-1])
+
+    migration = Backfill(table="matrices.dyn_values", key="id", batch_size={batch_size},
+                         process=touch)
+'''
+
+
 async def run(dsn: str, directory: Path, name: str, **options: Any) -> commands.RunResult:
     return await commands.run(name, directory=directory,
                               connection=ConnectionSettings(dsn=dsn),

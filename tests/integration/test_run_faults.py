@@ -19,6 +19,7 @@ from run_support import (
     migrations_rows,
     run,
     sql_migration,
+    touching_process,
     write_migration,
 )
 
@@ -79,19 +80,7 @@ async def test_resume_after_a_kill_at_each_point_of_a_batch(
 
 # --- 6. the batch connection terminated mid-run -------------------------------------------
 
-SLOW_TOUCH = '''
-    """Touch every row, slowly: 50 ms a batch."""
-    from cryptopi_batch import Backfill, Batch
-
-    async def touch(batch: Batch) -> int:
-        await batch.conn.execute("SELECT pg_sleep(0.05)")
-        status = await batch.execute(
-            "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
-        return int(status.split()[-1])
-
-    migration = Backfill(table="matrices.dyn_values", key="id", batch_size=50,
-                         process=touch)
-'''
+SLOW_TOUCH = touching_process("Touch every row, slowly: 50 ms a batch.", "SELECT pg_sleep(0.05)")
 
 _TERMINATE = """
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -347,19 +336,9 @@ async def test_repeated_kills_with_three_workers_then_resume(
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
 
-LOCKS_SIDE = '''
-    """Touch every row; each batch also reads a side table another session may lock."""
-    from cryptopi_batch import Backfill, Batch
-
-    async def touch(batch: Batch) -> int:
-        await batch.conn.fetchval("SELECT count(*) FROM side")
-        status = await batch.execute(
-            "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
-        return int(status.split()[-1])
-
-    migration = Backfill(table="matrices.dyn_values", key="id", batch_size=50,
-                         process=touch)
-'''
+LOCKS_SIDE = touching_process(
+    "Touch every row; each batch also reads a side table another session may lock.",
+    "SELECT count(*) FROM side")
 
 
 async def test_a_lock_timeout_behind_an_exclusive_lock_is_retried(
