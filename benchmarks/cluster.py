@@ -17,28 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from cryptopi_batch.demo import LOAD, SCHEMA
 from cryptopi_batch.embedded import EmbeddedCluster
 
 TABLE = "matrices.dyn_values"
-
-# The same shape and content as `cryptopi_batch demo` seeds; setseed makes value random()
-# repeatable from one benchmark run to the next.
-_SCHEMA = """
-CREATE SCHEMA matrices;
-CREATE TABLE matrices.dyn_values (
-    id bigint PRIMARY KEY,
-    matrix_id integer NOT NULL,
-    value double precision NOT NULL,
-    confidence numeric,
-    note text
-);
-"""
-_LOAD = """
-INSERT INTO matrices.dyn_values (id, matrix_id, value, note)
-SELECT g, g % 1000, random(), CASE WHEN g % 7 = 0 THEN ' Mixed Case ' END
-  FROM generate_series(1, $1::bigint) AS g
-"""
-
 
 def database_dsn(dsn: str, database: str) -> str:
     """``dsn`` pointing at another database (a URL; its path is the database)."""
@@ -157,9 +139,11 @@ class Server:
             await conn.close()
         conn = await asyncpg.connect(self.dsn(database))
         try:
-            await conn.execute(_SCHEMA)
+            # `cryptopi_batch demo`'s table and content; setseed makes random() repeatable
+            # from one benchmark run to the next.
+            await conn.execute(SCHEMA)
             await conn.execute("SELECT setseed(0.42)")
-            await conn.execute(_LOAD, rows)
+            await conn.execute(LOAD, rows)
             await conn.execute(f"VACUUM (FREEZE, ANALYZE) {TABLE}")
             if not self.autovacuum:
                 # Whether and when autovacuum picks a table up during a 3 s phase is luck;
