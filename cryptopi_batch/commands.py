@@ -176,11 +176,9 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
         if row["source_checksum"] != migration.checksum and not settings.force:
             raise SourceChanged(f"{migration.file.path} changed since its run started;"
                                 " rerun with --force to resume with the new source")
-        await conn.execute(store.query("reopen_backfill"), name, migration.checksum)
-        await conn.execute("UPDATE ops.backfills SET batch_size = $2 WHERE name = $1",
-                           name, settings.batch_size)
-        fresh = await conn.fetchrow(store.query("get_backfill"), name)
-        assert fresh is not None
+        fresh = await conn.fetchrow(store.query("reopen_backfill"), name, migration.checksum,
+                                    settings.batch_size)
+        assert fresh is not None  # the row is locked by this transaction
         return fresh
 
 
@@ -215,16 +213,13 @@ async def list_migrations(*, directory: Path,
         if await store.schema_version(conn) > 0:
             by_name = {r["name"]: status_row(r)
                        for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)}
+        if await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
             applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
-        elif await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
-            applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
-        result = []
-        for f in files:
-            row = by_name.get(f.name) or StatusRow.pending(f.name)
-            if row.status == "pending" and f.filename in applied:
-                row = StatusRow.applied(f.name)
-            result.append(row)
-        return result
+        # A batched run's own row speaks for it (also after --restart of a completed run);
+        # ops.migrations only for files without one (applied by other tooling, .sql files).
+        return [by_name.get(f.name)
+                or (StatusRow.applied if f.filename in applied else StatusRow.pending)(f.name)
+                for f in files]
     finally:
         await close_quietly(conn)
 

@@ -26,8 +26,9 @@ DELETE FROM ops.backfills WHERE name = $1;
 -- reopen_backfill --
 UPDATE ops.backfills
    SET status = 'running', last_error = NULL, waiting_reason = NULL, updated_at = now(),
-       source_checksum = $2
- WHERE name = $1;
+       source_checksum = $2, batch_size = $3
+ WHERE name = $1
+RETURNING *;
 
 -- catch_up_backfill --
 UPDATE ops.backfills
@@ -136,23 +137,14 @@ WITH b AS (
 UPDATE ops.backfills SET last_error = $4, last_error_at = now(), updated_at = now()
  WHERE name = $5;
 
--- release_batch --
--- A stopping runner hands its unstarted claim back at once.
-UPDATE ops.backfill_batches SET status = 'pending', worker = NULL, lease_until = NULL
- WHERE id = $1 AND worker = $2 AND status = 'running';
 
 -- fail_backfill --
 UPDATE ops.backfills SET status = 'failed', last_error = $2, last_error_at = now(),
        updated_at = now()
  WHERE name = $1 AND status = 'running';
 
--- set_waiting --
-UPDATE ops.backfills SET waiting_reason = $2 WHERE name = $1;
-
 -- open_batches --
-SELECT count(*) FILTER (WHERE status = 'pending' OR lease_until < now()) AS claimable,
-       count(*) AS open
-  FROM ops.backfill_batches WHERE backfill = $1 AND status <> 'done';
+SELECT count(*) AS open FROM ops.backfill_batches WHERE backfill = $1 AND status <> 'done';
 
 -- finalize --
 -- Completes the run and records it in ops.migrations in one transaction, once.

@@ -25,7 +25,9 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import store
+from cryptopi_batch import commands, store
+from cryptopi_batch.db import ConnectionSettings
+from cryptopi_batch.errors import Stopped
 
 pytestmark = pytest.mark.anyio
 
@@ -251,6 +253,30 @@ async def test_rerun_of_a_completed_migration_is_a_no_op(
     await assert_completed(conn, name, TABLE, 450)
     assert dict(await backfill(conn, name)) == before
     assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == batches_before
+    assert await migrations_rows(conn, f"{name}.py") == 1
+
+
+async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """ops.migrations keeps the file (it completed once), but the run's own row, started
+    over and stopped part-way, is what both commands report."""
+    await seed_table(conn, rows=450)
+    name = write_migration(tmp_path, "touch_again", sql_migration(TABLE, batch_size=100))
+    await run(dsn, tmp_path, name)
+    await conn.execute(f"UPDATE {TABLE} SET touched = 0")
+    await conn.execute("""
+        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+        CREATE TRIGGER slow AFTER UPDATE ON matrices.dyn_values
+        FOR EACH STATEMENT EXECUTE FUNCTION slow()""")
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, restart=True, max_duration="0.1s")
+    connection = ConnectionSettings(dsn=dsn)
+    listed = {r.name: r.status for r in await commands.list_migrations(
+        directory=tmp_path, connection=connection)}
+    [status] = await commands.status(name, directory=tmp_path, connection=connection)
+    assert listed[name] == status.status == "pending"
+    assert status.interrupted
     assert await migrations_rows(conn, f"{name}.py") == 1
 
 
