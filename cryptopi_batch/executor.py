@@ -292,7 +292,8 @@ class Runner:
 
     async def _claim(self, conn: asyncpg.Connection) -> Claim | None:
         c = await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
-                              self.ranges, timeouts=self.settings.timeouts,
+                              self.ranges, size=self.batch_size,
+                              timeouts=self.settings.timeouts,
                               on_begin=lambda pid, xact_start: self._xacts.__setitem__(
                                   conn, (pid, xact_start)))
         if c is not None and c.keys > 2 * self.batch_size:
@@ -372,24 +373,20 @@ class Runner:
             seconds = time.monotonic() - work_started
             self._maybe_crash("after_work")
             next_size = next_batch_size(self.settings.throttle, self.batch_size, seconds, rows)
-            run = await store.checkpoint(conn, c, self.token, name=self.name, rows=rows,
-                                         seconds=seconds, attempts=attempts,
-                                         batch_size=next_size)
-            if run is None:
-                raise LeaseLost
-            if run["status"] in ("paused", "cancelled"):
-                # Seen in the commit of the batch that was running when it was said: no
-                # worker starts another batch, without waiting for the next heartbeat.
-                self.request_stop(f"migration {run['status']}")
-            # The next range is claimed in this same transaction (the checkpoint locked the
-            # run's row already): a claim costs no transaction of its own, and it commits or
+            # The next range is claimed by the checkpoint's own statement, so it commits or
             # vanishes with this batch. Open ranges (a split's remainder, a lapsed lease)
             # are taken by the claim of its own when the frontier has reached the end.
-            nxt = None
-            if not self.stop.is_set():
-                nxt = await store.claim_from_frontier(
-                    conn, run, name=self.name, token=self.token,
-                    lease=self.settings.lease_seconds, ranges=self.ranges)
+            settled = await store.checkpoint(
+                conn, c, self.token, name=self.name, rows=rows, seconds=seconds,
+                attempts=attempts, batch_size=next_size, claim_next=not self.stop.is_set(),
+                lease=self.settings.lease_seconds, ranges=self.ranges)
+            if settled is None:
+                raise LeaseLost
+            status, nxt = settled
+            if status in ("paused", "cancelled"):
+                # Seen in the commit of the batch that was running when it was said: no
+                # worker starts another batch, without waiting for the next heartbeat.
+                self.request_stop(f"migration {status}")
             self._maybe_crash("before_commit")
         self._maybe_crash("after_commit")
         self.batch_size = next_size

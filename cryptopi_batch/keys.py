@@ -60,8 +60,17 @@ class KeySpec:
 
     def params(self, first: int) -> str:
         """Placeholders ``$first…`` cast from text to each column's type."""
-        cols = [f"${first + i}::text::{c.type}" for i, c in enumerate(self.columns)]
+        return self.cast([f"${first + i}::text" for i in range(self.width)])
+
+    def cast(self, texts: Sequence[str]) -> str:
+        """A key value from SQL expressions of its columns' text forms (bound parameters,
+        or the elements of a ``text[]`` bound in the ops tables)."""
+        cols = [f"{t}::{c.type}" for t, c in zip(texts, self.columns, strict=True)]
         return cols[0] if len(cols) == 1 else "(" + ", ".join(cols) + ")"
+
+    def elements(self, array: str) -> list[str]:
+        """The text forms of a bound held in the ``text[]`` expression ``array``."""
+        return [f"{array}[{i + 1}]" for i in range(self.width)]
 
     def text_values(self, alias: str, *, raw: bool = False) -> str:
         """The key of a row as ``ARRAY[col::text, …]`` (``raw``: of ``select_list``'s
@@ -76,12 +85,18 @@ class KeySpec:
                          for i, c in enumerate(self.columns))
 
     def predicate(self, *, lower: bool, first: int, alias: str | None = None) -> str:
-        """``key > lower AND key <= upper`` (or only the upper bound when ``lower`` is false)."""
+        """``key > lower AND key <= upper`` over parameters ``$first…`` (or only the upper
+        bound when ``lower`` is false)."""
+        upper = self.params(first + (self.width if lower else 0))
+        return self.between(self.params(first) if lower else None, upper, alias)
+
+    def between(self, lower: str | None, upper: str, alias: str | None = None) -> str:
+        """``key > lower AND key <= upper`` for key values ``lower`` (``None``: from the
+        start) and ``upper`` as :meth:`cast` renders them."""
         row = self.row(alias)
-        upper = f"{row} <= {self.params(first + (self.width if lower else 0))}"
-        if not lower:
-            return upper
-        return f"{row} > {self.params(first)} AND {upper}"
+        if lower is None:
+            return f"{row} <= {upper}"
+        return f"{row} > {lower} AND {row} <= {upper}"
 
     def order_by(self, alias: str, *, descending: bool = False) -> str:
         way = " DESC" if descending else ""

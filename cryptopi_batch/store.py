@@ -20,7 +20,7 @@ import asyncpg
 from .db import pg_interval
 from .errors import PermissionDenied, TargetInvalid
 from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
-from .planner import next_range, split_range
+from .planner import split_range
 from .settings import TimeoutPolicy
 
 SCHEMA_VERSION = 1
@@ -188,27 +188,109 @@ class Claim:
 
 
 class RangeQueries:
-    """The queries over the user's table that find range bounds, built once per run."""
+    """The queries over the user's table, built once per run: range bounds, and the claim
+    and checkpoint statements that find the next range's bound as they hand it out."""
 
     def __init__(self, target: Target) -> None:
+        self.target = target
         k = target.key
         w = k.width
+        lower, upper = k.params(1), k.params(1 + w)
+        self.nth_after = self._nth(lower, upper, f"${2 * w + 1}::bigint")
+        self.nth_from_start = self._nth(None, k.params(1), f"${w + 1}::bigint")
+        self.count_after = self._count(lower, upper)
+        self.count_from_start = self._count(None, k.params(1))
+        self.claim_next = self._handing_out(checkpoint=False)
+        self.checkpoint = self._handing_out(checkpoint=True)
 
-        def nth(lower: bool) -> str:
-            # The n-th key after `lower`, no further than `upper`: an index range scan of n
-            # entries, never an OFFSET from the table's start. The key is turned into text
-            # outside the scan, once, not for each of the n entries it skips (3x faster).
-            offset = 2 * w + 1 if lower else w + 1
-            return (f"SELECT {k.text_values('s', raw=True)} FROM (SELECT {k.select_list('t')}"
-                    f" FROM {target.quoted} t WHERE {k.predicate(lower=lower, first=1, alias='t')}"
-                    f" ORDER BY {k.order_by('t')} OFFSET ${offset}::bigint LIMIT 1) s")
+    def _nth(self, lower: str | None, upper: str, offset: str) -> str:
+        """The key ``offset`` keys after ``lower``, no further than ``upper``: an index range
+        scan of that many entries, never an OFFSET from the table's start. The key is turned
+        into text outside the scan, once, not for each entry it skips (3x faster)."""
+        k, t = self.target.key, self.target.quoted
+        return (f"SELECT {k.text_values('s', raw=True)} FROM (SELECT {k.select_list('t')}"
+                f" FROM {t} t WHERE {k.between(lower, upper, 't')}"
+                f" ORDER BY {k.order_by('t')} OFFSET {offset} LIMIT 1) s")
 
-        self.nth_after = nth(lower=True)
-        self.nth_from_start = nth(lower=False)
-        self.count_after = (f"SELECT count(*) FROM {target.quoted} t WHERE "
-                            + k.predicate(lower=True, first=1, alias="t"))
-        self.count_from_start = (f"SELECT count(*) FROM {target.quoted} t WHERE "
-                                 + k.predicate(lower=False, first=1, alias="t"))
+    def _count(self, lower: str | None, upper: str) -> str:
+        k = self.target.key
+        return f"SELECT count(*) FROM {self.target.quoted} t WHERE {k.between(lower, upper, 't')}"
+
+    def _handing_out(self, *, checkpoint: bool) -> str:
+        """One statement that hands out the range after the run's frontier, to the end or
+        to the batch size's n-th key: it locks the run's row, finds the bound through the
+        index, moves the frontier and inserts the claimed range. With ``checkpoint`` it
+        first marks the caller's batch done and counts it (in the batch's own transaction),
+        and claims only when asked to (``$8``) and the run is still running.
+
+        Parameters without ``checkpoint``: $1 name, $2 token, $3 batch size, $4 lease
+        seconds. With it: $1 batch id, $2 token, $3 rows, $4 duration ms, $5 attempts,
+        $6 name, $7 next batch size, $8 claim the next range, $9 lease seconds. Returns the
+        run's status and the claimed range (NULLs when none was claimed); no row at all
+        means nothing was claimed (without ``checkpoint``) or that the caller no longer
+        owns its batch (with it).
+        """
+        k = self.target.key
+        if checkpoint:
+            name, token, size, lease = "$6", "$2", "$7::integer", "$9"
+        else:
+            name, token, size, lease = "$1", "$2", "$3::integer", "$4"
+
+        def bound(array: str) -> str:
+            return k.cast(k.elements(array))
+
+        def either(when_null: str, otherwise: str, lower: str) -> str:
+            return f"CASE WHEN {lower} IS NULL THEN ({when_null}) ELSE ({otherwise}) END"
+
+        end = bound("c.end_key")
+        nth = either(self._nth(None, end, f"{size} - 1"),
+                     self._nth(bound("c.frontier"), end, f"{size} - 1"), "c.frontier")
+        # Counted only for the last range (fewer keys left than the batch size).
+        count = either(self._count(None, bound("l.end_key")),
+                       self._count(bound("l.lower"), bound("l.end_key")), "l.lower")
+        done = counters = ""
+        joined = "nxt n"
+        if checkpoint:
+            done = """b AS (
+    UPDATE ops.backfill_batches
+       SET status = 'done', rows = $3, duration_ms = $4, attempts = $5, finished_at = now(),
+           lease_until = NULL, last_error = NULL
+     WHERE id = $1 AND worker = $2 AND status = 'running'
+    RETURNING keys),
+"""
+            counters = """rows_processed = f.rows_processed + $3, keys_done = f.keys_done + b.keys,
+           batches_done = f.batches_done + 1, batch_size = $7, updated_at = now(),
+           last_error = NULL, waiting_reason = NULL,
+           """
+            joined = "b LEFT JOIN nxt n ON true"  # the counters move, claim or not
+        return f"""WITH {done}cur AS (
+    SELECT frontier, end_key, exhausted, status FROM ops.backfills
+     WHERE name = {name}{" AND EXISTS (SELECT FROM b)" if checkpoint else ""} FOR UPDATE),
+look AS MATERIALIZED (
+    SELECT c.frontier AS lower, c.end_key, {nth} AS nth
+      FROM cur c
+     WHERE {"$8 AND " if checkpoint else ""}c.status = 'running' AND NOT c.exhausted),
+nxt AS (
+    SELECT l.lower, COALESCE(l.nth, l.end_key) AS upper,
+           l.nth IS NULL OR l.nth = l.end_key AS last,
+           CASE WHEN l.nth IS NULL THEN {count} ELSE {size} END AS keys
+      FROM look l),
+f AS (
+    UPDATE ops.backfills f
+       SET {counters}frontier = COALESCE(n.upper, f.frontier),
+           exhausted = f.exhausted OR COALESCE(n.last, false)
+      FROM {joined}
+     WHERE f.name = {name}
+    RETURNING f.status),
+ins AS (
+    INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status, worker,
+                                      claimed_at, lease_until)
+    SELECT {name}, lower, upper, keys, 'running', {token}, now(),
+           now() + make_interval(secs => {lease})
+      FROM nxt
+    RETURNING id, lower_key, upper_key, keys, attempts)
+SELECT f.status, i.id, i.lower_key, i.upper_key, i.keys, i.attempts
+  FROM f LEFT JOIN ins i ON true"""
 
     async def nth(self, conn: asyncpg.Connection, rng: KeyRange, n: int) -> Bound | None:
         """The ``n``-th key in ``rng`` (1-based), or ``None`` if it holds fewer keys."""
@@ -230,10 +312,11 @@ _CLAIM_SETTINGS = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
 
 
 async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: float,
-                ranges: RangeQueries, *, timeouts: TimeoutPolicy,
+                ranges: RangeQueries, *, size: int, timeouts: TimeoutPolicy,
                 on_begin: Callable[[int, Any], None] | None = None) -> Claim | None:
     """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
-    else a new one from the frontier. ``None`` when nothing is left to hand out.
+    else a new one of ``size`` keys from the frontier. ``None`` when nothing is left to
+    hand out.
 
     Runs its own transaction with ``synchronous_commit`` off: a claim lost in a crash is
     harmless (its range is simply claimed again), and WAL order guarantees no batch commit
@@ -247,34 +330,9 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
         if on_begin is not None and session is not None:
             on_begin(session["pid"], session["xact_start"])
         row = await conn.fetchrow(query("claim_open"), name, token, lease)
-        if row is not None:
-            return Claim.from_row(row)
-        f = await conn.fetchrow(query("lock_frontier"), name)
-        if f is None:
-            return None
-        return await claim_from_frontier(conn, f, name=name, token=token, lease=lease,
-                                         ranges=ranges)
-
-
-async def claim_from_frontier(conn: asyncpg.Connection, f: asyncpg.Record, *, name: str,
-                              token: uuid.UUID, lease: float,
-                              ranges: RangeQueries) -> Claim | None:
-    """Hand out the range after the frontier of the run's row ``f`` (``frontier``,
-    ``end_key``, ``exhausted``, ``batch_size``, ``status``), which the caller's transaction
-    holds locked; ``None`` when the frontier reached the end or the run is not running."""
-    if f["exhausted"] or f["status"] != "running":
-        return None
-    end: Bound = tuple(f["end_key"])
-    rest = KeyRange(as_bound(f["frontier"]), end)
-    size = int(f["batch_size"])
-    nth = await ranges.nth(conn, rest, size)
-    planned = next_range(rest.lower, end, nth)
-    keys = size if nth is not None else await ranges.count(conn, rest)
-    lower = None if rest.lower is None else list(rest.lower)
-    row = await conn.fetchrow(query("advance_frontier"), name, lower,
-                              list(planned.range.upper), planned.last, keys, token, lease)
-    assert row is not None  # INSERT … RETURNING always returns the row
-    return Claim.from_row(row)
+        if row is None:
+            row = await conn.fetchrow(ranges.claim_next, name, token, size, lease)
+        return None if row is None else Claim.from_row(row)
 
 
 async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
@@ -293,15 +351,21 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
 
 
 async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, name: str,
-                     rows: int, seconds: float, attempts: int,
-                     batch_size: int) -> asyncpg.Record | None:
-    """Mark ``c`` done and count it, in the caller's (the batch's) transaction.
-
-    Returns the run's row as :func:`claim_from_frontier` takes it (now locked by this
-    transaction), or ``None`` when this runner no longer owns the range.
+                     rows: int, seconds: float, attempts: int, batch_size: int,
+                     claim_next: bool, lease: float,
+                     ranges: RangeQueries) -> tuple[str, Claim | None] | None:
+    """Mark ``c`` done and count it, in the caller's (the batch's) transaction, and, if
+    ``claim_next``, claim the next ``batch_size`` keys from the frontier in the same
+    statement: the claim costs no transaction of its own and commits or vanishes with the
+    batch. Returns the run's status and the new claim (``None`` when the run is not
+    running or the frontier reached the end), or ``None`` when this runner no longer owns
+    ``c`` (the caller rolls the batch back).
     """
-    return await conn.fetchrow(
-        query("checkpoint"), c.id, token, rows, seconds * 1000.0, attempts, name, batch_size)
+    row = await conn.fetchrow(ranges.checkpoint, c.id, token, rows, seconds * 1000.0,
+                              attempts, name, batch_size, claim_next, lease)
+    if row is None:
+        return None
+    return row["status"], None if row["id"] is None else Claim.from_row(row)
 
 
 async def fetch(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:

@@ -85,36 +85,6 @@ UPDATE ops.backfill_batches b
                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
 RETURNING id, lower_key, upper_key, keys, attempts;
 
--- lock_frontier --
-SELECT frontier, end_key, exhausted, batch_size, status FROM ops.backfills
- WHERE name = $1 FOR UPDATE;
-
--- advance_frontier --
-WITH f AS (
-    UPDATE ops.backfills SET frontier = $3, exhausted = $4 WHERE name = $1)
-INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status, worker,
-                                  claimed_at, lease_until)
-VALUES ($1, $2, $3, $5, 'running', $6, now(), now() + make_interval(secs => $7))
-RETURNING id, lower_key, upper_key, keys, attempts;
-
--- checkpoint --
--- In the batch's own transaction, last, so the row locks are held only for the commit (and
--- the next range's claim, made in the same transaction from the frontier returned here).
--- No row back means the lease was lost: the caller rolls the batch back.
-WITH b AS (
-    UPDATE ops.backfill_batches
-       SET status = 'done', rows = $3, duration_ms = $4, attempts = $5, finished_at = now(),
-           lease_until = NULL, last_error = NULL
-     WHERE id = $1 AND worker = $2 AND status = 'running'
-    RETURNING keys)
-UPDATE ops.backfills f
-   SET rows_processed = f.rows_processed + $3, keys_done = f.keys_done + b.keys,
-       batches_done = f.batches_done + 1, batch_size = $7, updated_at = now(),
-       last_error = NULL, waiting_reason = NULL
-  FROM b
- WHERE f.name = $6
-RETURNING f.status, f.frontier, f.end_key, f.exhausted, f.batch_size;
-
 -- batch_state --
 SELECT status, worker, rows FROM ops.backfill_batches WHERE id = $1;
 
