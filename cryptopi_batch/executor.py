@@ -45,7 +45,8 @@ CRASH_ENV = "CRYPTOPI_BATCH_CRASH_AT"
 _SET_LOCAL = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
               " set_config('lock_timeout', $1, true),"
               " set_config('statement_timeout', $2, true),"
-              " set_config('idle_in_transaction_session_timeout', $3, true)")
+              " set_config('idle_in_transaction_session_timeout', $3, true),"
+              " set_config('synchronous_commit', $4, true)")
 _END_SESSIONS = ("SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
                  " JOIN unnest($1::int[], $2::timestamptz[]) AS b(pid, xact_start)"
                  " ON a.pid = b.pid AND a.xact_start = b.xact_start")
@@ -364,7 +365,8 @@ class Runner:
         async with conn.transaction():
             session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
                                           pg_interval(t.statement_timeout),
-                                          pg_interval(self.settings.lease_seconds))
+                                          pg_interval(self.settings.lease_seconds),
+                                          "on" if t.synchronous_commit else "off")
             assert session is not None
             self._xacts[conn] = (session["pid"], session["xact_start"])
             self._maybe_crash("before_work")

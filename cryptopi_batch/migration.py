@@ -42,6 +42,7 @@ class Backfill:
     target_batch_seconds: float | None = None
     lock_timeout: float | None = None
     statement_timeout: float | None = None
+    synchronous_commit: bool | None = None
     window: str | None = None
     timezone: str | None = None
     description: str = field(default="", compare=False)

@@ -46,6 +46,11 @@ class TimeoutPolicy:
 
     lock_timeout: float = 2.0
     statement_timeout: float = 30.0
+    # Off: a batch's commit does not wait for its WAL to reach disk. A server crash can
+    # lose the last batches' commits, but each with its own checkpoint, so `run` redoes
+    # them; the run's own completion (and a stop) commits synchronously, making every
+    # batch before it durable. See docs/design.md.
+    synchronous_commit: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class RunOptions:
     target_batch_seconds: str | float | None = None
     lock_timeout: str | float | None = None
     statement_timeout: str | float | None = None
+    synchronous_commit: bool | None = None
     max_duration: str | float | None = None
     lease_seconds: float | None = None
     force: bool = False
@@ -119,7 +125,10 @@ def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
                                 target_batch_seconds=target or None),
         timeouts=TimeoutPolicy(
             lock_timeout=defaults.timeouts.lock_timeout if lock is None else lock,
-            statement_timeout=defaults.timeouts.statement_timeout if stmt is None else stmt),
+            statement_timeout=defaults.timeouts.statement_timeout if stmt is None else stmt,
+            synchronous_commit=bool(_pick(_pick(options.synchronous_commit,
+                                                backfill.synchronous_commit),
+                                          defaults.timeouts.synchronous_commit))),
         max_duration=parse_duration(options.max_duration, "--max-duration"),
         lease_seconds=lease,
         force=options.force,

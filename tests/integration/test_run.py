@@ -238,6 +238,38 @@ async def test_empty_table_completes_with_nothing_but_the_ops_rows(
     assert await conn.fetchval("SELECT count(*) FROM matrices.dyn_values") == 0
 
 
+@pytest.mark.parametrize(("declared", "option", "expected"), [
+    (None, None, "off"), (True, None, "on"), (True, False, "off"), (None, True, "on")])
+async def test_each_batch_transaction_sets_its_own_timeouts_and_commit_mode(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path, declared: bool | None,
+        option: bool | None, expected: str) -> None:
+    """What a batch's transaction runs under, read inside it: the lock and statement
+    timeouts, and synchronous_commit (off unless the migration or the option says on)."""
+    await seed_table(conn, rows=250)
+    await conn.execute("CREATE TABLE seen (lock text, stmt text, sync text)")
+    name = write_migration(tmp_path, "settings_seen", f'''
+        """Record each batch transaction's settings."""
+        from cryptopi_batch import Backfill, Batch
+
+        async def look(batch: Batch) -> int:
+            await batch.conn.execute(
+                "INSERT INTO seen SELECT current_setting('lock_timeout'),"
+                " current_setting('statement_timeout'), current_setting('synchronous_commit')")
+            return 0
+
+        migration = Backfill(table="matrices.dyn_values", batch_size=100, process=look,
+                             synchronous_commit={declared!r})
+    ''')
+
+    await run(dsn, tmp_path, name, lock_timeout="1500ms", synchronous_commit=option)
+
+    seen = await conn.fetch("SELECT DISTINCT lock, stmt, sync FROM seen")
+    assert [tuple(r) for r in seen] == [("1500ms", "30s", expected)]
+    assert await conn.fetchval("SELECT count(*) FROM seen") == 3
+    # Set for the transaction only: a new transaction on any session has the server's.
+    assert await conn.fetchval("SHOW synchronous_commit") == "on"
+
+
 async def test_rerun_of_a_completed_migration_is_a_no_op(
         dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     await seed_table(conn, rows=450)
