@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-from rich.console import Console
 
 from . import commands, logs
 from .db import ConnectionSettings
@@ -138,9 +138,8 @@ def _directory(args: argparse.Namespace) -> Path:
 
 
 async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
-    console = Console(stderr=True)
-    show_bar = not args.no_progress and console.is_terminal and args.log_format == "console"
-    bar = ProgressBar(console) if show_bar else None
+    bar = _progress_bar() if not args.no_progress and args.log_format == "console" else None
+    show_bar = bar is not None
     if bar is not None:
         # The bar carries the per-batch numbers; the log keeps warnings and the summary.
         logs.configure(args.log_format, level=logging.WARNING)
@@ -167,6 +166,22 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
         print(f"{result.name}: completed: {o.progress.rows:,} rows changed in"
               f" {o.progress.batches:,} batches, {o.seconds:.1f} s", file=sys.stderr)
     return EXIT_OK
+
+
+def _progress_bar() -> ProgressBar | None:
+    """A bar on stderr if rich takes stderr for a terminal. rich costs ~25 ms of imports, so
+    it is not asked when it cannot say yes: it does only for TTY_COMPATIBLE=1, a non-empty
+    FORCE_COLOR, or a stderr that is a tty."""
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one: rich says no too
+        tty = False
+    if not (tty or os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR")):
+        return None
+    from rich.console import Console  # noqa: PLC0415 -- only a bar on a terminal needs rich
+
+    console = Console(stderr=True)
+    return ProgressBar(console) if console.is_terminal else None
 
 
 async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
@@ -200,6 +215,8 @@ async def _control(args: argparse.Namespace, connection: ConnectionSettings) -> 
 
 
 async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from rich.console import Console  # noqa: PLC0415 -- rich costs ~25 ms; demo output only
+
     from . import demo  # noqa: PLC0415 -- the embedded server is only needed here
 
     console = Console(stderr=True)

@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import asyncpg
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 
 @dataclass(frozen=True)
@@ -105,11 +98,15 @@ def print_json(rows: list[StatusRow], out: IO[str]) -> None:
 
 def table_console() -> Console:
     """stdout; wide enough off a terminal that names are not cut when piped."""
+    from rich.console import Console  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
+
     probe = Console()
     return probe if probe.is_terminal else Console(width=200)
 
 
 def print_table(rows: list[StatusRow], console: Console) -> None:
+    from rich.table import Table  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
+
     table = Table(box=None, header_style="bold")
     for column in ("migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"):
         table.add_column(column, no_wrap=column != "note",
@@ -141,6 +138,15 @@ class ProgressBar:
     """A rich progress bar over the run's keys; shows rows changed, rate and ETA."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import (  # noqa: PLC0415 -- rich costs ~25 ms; only the bar uses it
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("keys"), TextColumn("{task.fields[rows]:,} rows changed"),
