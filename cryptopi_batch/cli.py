@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target-batch-seconds", help="adapt the batch size toward this")
     run.add_argument("--lock-timeout", help="per batch transaction (default 2s)")
     run.add_argument("--statement-timeout", help="per batch transaction (default 30s)")
+    run.add_argument("--synchronous-commit", choices=("on", "off"),
+                     help="per batch transaction (default off: see docs/running.md)")
     run.add_argument("--max-duration", help="stop (exit 3) after this long")
     run.add_argument("--lease-seconds", type=float, help=argparse.SUPPRESS)
     run.add_argument("--no-progress", action="store_true")
@@ -137,19 +139,27 @@ def _directory(args: argparse.Namespace) -> Path:
     return migrations_dir(args.migrations_dir)
 
 
+def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
+    """``run``'s command-line options (``None``: not given, the migration's say applies)."""
+    return RunOptions(
+        batch_size=args.batch_size, workers=args.workers,
+        max_rows_per_second=args.max_rows_per_second, sleep=args.sleep,
+        target_batch_seconds=args.target_batch_seconds, lock_timeout=args.lock_timeout,
+        statement_timeout=args.statement_timeout,
+        synchronous_commit=(None if args.synchronous_commit is None
+                            else args.synchronous_commit == "on"),
+        max_duration=args.max_duration,
+        lease_seconds=args.lease_seconds, force=args.force, restart=args.restart,
+        catch_up=args.catch_up, yes=args.yes, progress=progress)
+
+
 async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     bar = _progress_bar() if not args.no_progress and args.log_format == "console" else None
     show_bar = bar is not None
     if bar is not None:
         # The bar carries the per-batch numbers; the log keeps warnings and the summary.
         logs.configure(args.log_format, level=logging.WARNING)
-    options = RunOptions(
-        batch_size=args.batch_size, workers=args.workers,
-        max_rows_per_second=args.max_rows_per_second, sleep=args.sleep,
-        target_batch_seconds=args.target_batch_seconds, lock_timeout=args.lock_timeout,
-        statement_timeout=args.statement_timeout, max_duration=args.max_duration,
-        lease_seconds=args.lease_seconds, force=args.force, restart=args.restart,
-        catch_up=args.catch_up, yes=args.yes, progress=show_bar)
+    options = run_options(args, progress=show_bar)
     try:
         result = await commands.run(
             args.name, directory=_directory(args), connection=connection, options=options,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cryptopi_batch.cli import build_parser, run_options
 from cryptopi_batch.errors import UsageError
 from cryptopi_batch.migration import Backfill
 from cryptopi_batch.settings import RunOptions, RunSettings, parse_duration, resolve_settings
@@ -136,3 +137,20 @@ def test_flags_pass_through():
 def test_invalid_values_are_usage_errors(options, declared, complaint):
     with pytest.raises(UsageError, match=complaint):
         resolve_settings(options, backfill(**declared))
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], None), (["--synchronous-commit", "on"], True), (["--synchronous-commit", "off"], False)])
+def test_synchronous_commit_on_the_command_line(argv: list[str], expected: bool | None) -> None:
+    """Not given leaves the migration's declaration in force; on/off override it."""
+    args = build_parser().parse_args(["run", "x", *argv])
+    options = run_options(args, progress=False)
+    assert options.synchronous_commit is expected
+    resolved = resolve_settings(options, backfill(synchronous_commit=True)
+                                ).timeouts.synchronous_commit
+    assert resolved is (True if expected is None else expected)
+
+
+def test_synchronous_commit_is_one_of_on_and_off() -> None:
+    with pytest.raises(UsageError, match="synchronous-commit"):
+        build_parser().parse_args(["run", "x", "--synchronous-commit", "maybe"])
