@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -574,7 +573,7 @@ def _machine(server: Server) -> dict[str, object]:
         "product": _product_version(),
         "cores": os.cpu_count(),
         "cpu": cpu,
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "postgres": server.version,
         "embedded": server.cluster is not None,

@@ -67,7 +67,7 @@ async def run(
     key, a changed source, a cancelled run) is checked before anything is written.
     ``on_start(keys_done, keys_total)`` is called once the run is about to start batches.
     """
-    from .executor import Runner  # noqa: PLC0415 -- with psutil, ~12 ms only `run` needs
+    from .executor import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
     migration = find_migration(directory, name)
     settings = resolve_settings(options or RunOptions(), migration.backfill)
