@@ -1,20 +1,20 @@
-"""Property tests of the planner against a simulated index.
+"""Property tests of ``split_range`` against a simulated index.
 
-The database's only answer to the planner is "the n-th key after this bound, no further than
-the end". Here that answer comes from a sorted list of unique keys (the index), ordered by
-the keys' real values (ints numerically, composite keys as (int, str) rows, uuids as uuids)
-while bounds travel as tuples of their text forms, as in the product. The planner never
-compares bounds except for equality, so any order the index has must work.
+The next range from the frontier is planned in SQL now (``store.RangeQueries``); its
+properties are tested on a real server in tests/integration/test_range_planning.py. What is
+left in Python is cutting a claimed range after its n-th key, a key the database finds. Here
+that key comes from a sorted list of unique keys (the index), ordered by the keys' real
+values (ints numerically, composite keys as (int, str) rows, uuids as uuids) while bounds
+travel as tuples of their text forms, as in the product. ``split_range`` never compares
+bounds except for equality, so any order the index has must work.
 
-The loop mirrors the executor: claims come from the frontier (with a batch size that may
-change at every step, as adaptive sizing does) or from pending remainders of earlier splits,
-in any order; a claimed range may be split any number of times before it is handed out.
+A range is cut as ``store.split`` cuts a claim: the head is kept, the remainder becomes a
+pending range, and either may be cut again, in any order.
 """
 
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptopi_batch.keys import Bound, KeyRange
-from cryptopi_batch.planner import next_range, split_range
+from cryptopi_batch.planner import split_range
 
 
 @dataclass(frozen=True)
@@ -75,27 +75,14 @@ texts = st.sets(st.text(max_size=6), **SIZES).map(
 any_index = st.one_of(sparse_ints, negative_ints, uuids, composite, texts)
 
 
-def run_plan(index: Index, checkpoint: Bound | None, end: Bound, data: st.DataObject,
-             ) -> list[KeyRange]:
-    """Hand out ranges from ``checkpoint`` to ``end`` until nothing is left; returns them."""
-    handed: list[KeyRange] = []
-    pending: list[KeyRange] = []
-    frontier = checkpoint
-    exhausted = False
-    # Each step hands out one range; every range holds at least one key except possibly
-    # the frontier's last, so more steps than keys (+1) means the loop does not terminate.
-    for _ in range(len(index.bounds) + 2):
-        if exhausted and not pending:
-            return handed
-        from_pending = pending and (exhausted or data.draw(st.booleans(), label="pending"))
-        if from_pending:
-            claim = pending.pop(data.draw(st.integers(0, len(pending) - 1), label="which"))
-        else:
-            size = data.draw(st.integers(1, 12), label="batch_size")
-            planned = next_range(frontier, end, index.nth(frontier, end, size))
-            claim = planned.range
-            assert claim.lower == frontier
-            frontier, exhausted = claim.upper, planned.last
+def cut_up(index: Index, rng: KeyRange, data: st.DataObject) -> list[KeyRange]:
+    """``rng`` cut again and again until drawn to stop; returns the pieces."""
+    pieces: list[KeyRange] = []
+    todo = [rng]
+    while todo:
+        # Each cut leaves at least one key on either side: at most one piece per key.
+        assert len(pieces) <= max(len(index.keys_in(rng)), 1), f"{len(pieces)} pieces"
+        claim = todo.pop(data.draw(st.integers(0, len(todo) - 1), label="which"))
         while data.draw(st.booleans(), label="split"):
             size = data.draw(st.integers(1, 12), label="split_size")
             halves = split_range(claim, index.nth(claim.lower, claim.upper, size))
@@ -108,63 +95,46 @@ def run_plan(index: Index, checkpoint: Bound | None, end: Bound, data: st.DataOb
             assert tail.upper == claim.upper
             assert head.upper == tail.lower
             assert len(index.keys_in(head)) == size
-            pending.append(tail)
+            todo.append(tail)
             claim = head
-        handed.append(claim)
-    raise AssertionError(f"no termination after {len(handed)} ranges")
+        pieces.append(claim)
+    return pieces
 
 
 @st.composite
-def runs(draw: st.DrawFn) -> tuple[Index, Bound | None, Bound]:
+def ranges(draw: st.DrawFn) -> tuple[Index, KeyRange]:
+    """An index and a range over it: from the start or after any key, up to any key from
+    there (the lower bound itself included: an empty range)."""
     index = draw(any_index)
     n = len(index.bounds)
-    # The run's end is fixed when it starts; the checkpoint is None (a fresh run) or any key
-    # up to the end (a resumed one, possibly with nothing left).
-    end_at = draw(st.integers(0, n - 1))
-    checkpoint_at = draw(st.one_of(st.none(), st.integers(0, end_at)))
-    checkpoint = None if checkpoint_at is None else index.bounds[checkpoint_at]
-    return index, checkpoint, index.bounds[end_at]
+    lower_at = draw(st.one_of(st.none(), st.integers(0, n - 1)))
+    upper_at = draw(st.integers(0 if lower_at is None else lower_at, n - 1))
+    lower = None if lower_at is None else index.bounds[lower_at]
+    return index, KeyRange(lower, index.bounds[upper_at])
 
 
 @settings(max_examples=200, deadline=None)
-@given(run=runs(), data=st.data())
-def test_ranges_cover_every_key_after_the_checkpoint_exactly_once(run, data):
-    index, checkpoint, end = run
-    handed = run_plan(index, checkpoint, end, data)
+@given(drawn=ranges(), data=st.data())
+def test_pieces_of_a_range_cover_each_of_its_keys_exactly_once(drawn, data):
+    index, rng = drawn
+    pieces = cut_up(index, rng, data)
 
-    covered = [key for rng in handed for key in index.keys_in(rng)]
-    expected = index.keys_in(KeyRange(checkpoint, end))
-    assert len(covered) == len(set(covered)), "a key was handed out twice"
-    assert sorted(covered, key=index.position) == expected, "a key was never handed out"
-    # No batch is wasted on an empty range, unless the checkpoint already is the end: then
-    # the one range handed out is empty and the last.
-    if checkpoint == end:
-        assert handed == [KeyRange(end, end)]
+    covered = [key for piece in pieces for key in index.keys_in(piece)]
+    assert len(covered) == len(set(covered)), "a key lies in two pieces"
+    assert sorted(covered, key=index.position) == index.keys_in(rng), "a key was lost"
+    if index.keys_in(rng):
+        assert all(index.keys_in(p) for p in pieces), "an empty piece was cut off"
     else:
-        assert all(index.keys_in(r) for r in handed), "an empty range was handed out"
+        assert pieces == [rng], "an empty range was cut"
 
 
 def test_interleaved_texts_order_is_the_index_order_not_python_string_order():
-    """Negative and multi-digit ints sort differently as text: the planner must not care."""
+    """Negative and multi-digit ints sort differently as text: the cut must not care."""
     index = _index({-10, -9, -1, 2, 10}, lambda v: v, lambda v: (str(v),))
-    end = ("10",)
-    planned = next_range(("-9",), end, index.nth(("-9",), end, 2))
-    assert planned.range == KeyRange(("-9",), ("2",))
-    assert not planned.last
-    last = next_range(planned.range.upper, end, index.nth(planned.range.upper, end, 2))
-    assert last.range == KeyRange(("2",), ("10",))
-    assert last.last
-
-
-def test_fewer_keys_than_the_batch_size_runs_to_the_end_and_is_last():
-    planned = next_range(None, ("7",), None)
-    assert planned.range == KeyRange(None, ("7",))
-    assert planned.last
-
-
-def test_nth_key_equal_to_the_end_is_the_last_range():
-    planned = next_range(("1",), ("7",), ("7",))
-    assert planned.last
+    rng = KeyRange(("-9",), ("10",))
+    assert split_range(rng, index.nth(rng.lower, rng.upper, 2)) == (
+        KeyRange(("-9",), ("2",)), KeyRange(("2",), ("10",)))
+    assert split_range(rng, index.nth(rng.lower, rng.upper, 3)) is None
 
 
 def test_a_split_at_the_upper_bound_or_without_a_key_cuts_nothing():
@@ -174,18 +144,6 @@ def test_a_split_at_the_upper_bound_or_without_a_key_cuts_nothing():
     assert split_range(rng, ("b",)) == (KeyRange(("a",), ("b",)), KeyRange(("b",), ("c",)))
 
 
-@settings(max_examples=50, deadline=None)
-@given(run=runs(), data=st.data())
-def test_a_fresh_run_starts_before_the_first_key(run, data):
-    index, _, end = run
-    handed = run_plan(index, None, end, data)
-    assert handed[0].lower is None
-    assert index.bounds[0] in index.keys_in(handed[0])
-
-
-def test_a_single_uuid_key_is_one_last_range():
-    key = (str(uuid.UUID(int=1)),)
-    planned = next_range(None, key, None)
-    assert planned == next_range(None, key, key)
-    assert planned.range == KeyRange(None, key)
-    assert planned.last
+def test_a_range_from_the_start_keeps_its_open_lower_bound():
+    assert split_range(KeyRange(None, ("9",)), ("3",)) == (
+        KeyRange(None, ("3",)), KeyRange(("3",), ("9",)))
