@@ -27,7 +27,7 @@ from .errors import (
     Stopped,
     UsageError,
 )
-from .keys import KeyRange, render_range
+from .keys import KeyRange, as_bound, render_range
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, resolve_settings
 from .store import Target
@@ -91,7 +91,8 @@ async def run(
         runner = Runner(
             name=migration.name, filename=migration.file.filename,
             work=migration.backfill.work, target=target, settings=settings,
-            connection=connection, handle_signals=handle_signals, on_batch=on_batch)
+            connection=connection, handle_signals=handle_signals, on_batch=on_batch,
+            end_key=as_bound(row["end_key"]))
         outcome = await runner.execute(conn)
         return RunResult(migration.name, False, outcome)
     finally:

@@ -26,6 +26,7 @@ from tenacity import RetryCallState
 from . import store
 from .db import ConnectionSettings, close_quietly, pg_interval
 from .errors import BatchFailed, LeaseLost, Stopped
+from .keys import Bound, KeyRange
 from .migration import Batch, Work, run_work
 from .retry import Fault, classify
 from .settings import RunSettings
@@ -53,6 +54,8 @@ _IDLE_POLL = 0.25
 # A request on a runner's connection that gets no reply within the statement timeout plus
 # this much (or twice the statement timeout, if longer) has lost its connection: see _bounded.
 _REPLY_MARGIN = 5.0
+# How long a look-ahead may hold the control connection (the heartbeat waits for it).
+_AHEAD_BOUND = 2.0
 
 
 @dataclass
@@ -76,6 +79,19 @@ ProgressHook = Callable[[Progress, int], None]
 
 
 @dataclass
+class _Ahead:
+    """The bound of the range after ``after``, for ``size`` keys, looked up on the control
+    connection while a batch works; ``bound`` stays ``None`` until (and unless) found."""
+
+    after: Bound
+    size: int
+    bound: Bound | None = None
+
+    def hint(self, size: int) -> tuple[Bound, Bound] | None:
+        return None if self.bound is None or size != self.size else (self.after, self.bound)
+
+
+@dataclass
 class Runner:
     """One runner process's share of a migration run."""
 
@@ -87,6 +103,7 @@ class Runner:
     connection: ConnectionSettings
     handle_signals: bool = False
     on_batch: ProgressHook | None = None
+    end_key: Bound | None = None  # the run's end as it started: enables looking ahead
     token: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def __post_init__(self) -> None:
@@ -99,6 +116,12 @@ class Runner:
         self.pacer = Pacer(self.settings.throttle)
         self.batch_size = self.settings.batch_size
         self.progress = Progress()
+        # The heartbeat and the look-ahead share the control connection, one at a time.
+        self._control_lock = anyio.Lock()
+        # Ids of the ranges this runner's workers hold: claimed (added before the claim
+        # commits) and not yet committed done or given up. Only these leases are extended;
+        # other ranges under this runner's token are orphans (see release_orphans).
+        self._held: set[int] = set()
         self._crash_at = _parse_crash(os.environ.get(CRASH_ENV))
         self._crash_count = 0
         # Connection -> (server pid, start) of the transaction last begun on it (a claim's or
@@ -133,6 +156,7 @@ class Runner:
                     if self.settings.max_duration is not None:
                         side.start_soon(self._deadline, self.settings.max_duration)
                     async with anyio.create_task_group() as workers:
+                        self._background = workers  # look-aheads: waited for, never raise
                         for i in range(self.settings.workers):
                             workers.start_soon(self._worker, i)
                     side.cancel_scope.cancel()  # neither touches a connection
@@ -196,11 +220,13 @@ class Runner:
                 # Bounded: a black-holed socket must not hang the run (this task has to
                 # end by itself); a timed-out connection is dropped and made anew.
                 with anyio.fail_after(max(interval, 1.0) * 5):
-                    if self._control.is_closed():  # lost: reconnect, or try next beat
-                        self._control = await self.connection.connect()
-                    status = await self._control.fetchval(
-                        store.query("heartbeat"), self.token, self.name,
-                        self.settings.lease_seconds)
+                    async with self._control_lock:
+                        if self._control.is_closed():  # lost: reconnect, or try next beat
+                            self._control = await self.connection.connect()
+                            await self._release_orphans(self._control)
+                        status = await self._control.fetchval(
+                            store.query("heartbeat"), self.token, self.name,
+                            self.settings.lease_seconds, list(self._held))
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 if isinstance(exc, TimeoutError):
                     self._control.terminate()
@@ -212,6 +238,17 @@ class Runner:
                 self.request_stop(f"migration {status}")
             with anyio.move_on_after(interval):
                 await self._finished.wait()
+
+    async def _release_orphans(self, control: asyncpg.Connection) -> None:
+        """The connection to the server was lost: a commit this runner saw succeed may have
+        been lost with it (batches commit asynchronously), leaving a range it no longer
+        holds claimed under its token. Such ranges go back to pending now rather than when
+        their lease lapses."""
+        status = await control.execute(store.query("release_orphans"), self.token,
+                                       self.name, list(self._held))
+        released = int(status.split()[-1])
+        if released:
+            log.warning("orphans_released", ranges=released)
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -268,6 +305,39 @@ class Runner:
                 await self.stop.wait()
         return not self.stop.is_set()
 
+    def _look_ahead(self, c: Claim) -> _Ahead | None:
+        """Start looking up the bound of the range after ``c`` on the control connection,
+        while ``c`` works: the checkpoint then claims it without an index scan of its own
+        (one worker: the frontier is where ``c`` ends; with several it often is not, and
+        the checkpoint finds the bound itself). Never waits: skipped while the heartbeat
+        has the connection."""
+        if self.end_key is None or c.range.upper == self.end_key or self._control_lock.locked():
+            return None
+        ahead = _Ahead(c.range.upper, self.batch_size)
+        self._background.start_soon(self._find_ahead, ahead)
+        return ahead
+
+    async def _find_ahead(self, ahead: _Ahead) -> None:
+        assert self.end_key is not None
+        try:
+            self._control_lock.acquire_nowait()
+        except anyio.WouldBlock:
+            return
+        try:
+            # Shielded: a query cancelled half way would leave the control connection,
+            # which the heartbeat and the run's end still need, in an unknown state.
+            with anyio.fail_after(_AHEAD_BOUND, shield=True):
+                if not self._control.is_closed():
+                    ahead.bound = await store.look_ahead(
+                        self._control, self.ranges, KeyRange(ahead.after, self.end_key),
+                        ahead.size, self.settings.timeouts)
+        except TimeoutError:
+            self._control.terminate()  # silent: the heartbeat makes a new one
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            pass  # only a shortcut: the checkpoint finds the bound itself
+        finally:
+            self._control_lock.release()
+
     async def _with_conn(
         self, conn: asyncpg.Connection | None,
         op: Callable[[asyncpg.Connection], Awaitable[T]],
@@ -291,11 +361,22 @@ class Runner:
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _claim(self, conn: asyncpg.Connection) -> Claim | None:
-        c = await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
-                              self.ranges, size=self.batch_size,
-                              timeouts=self.settings.timeouts,
-                              on_begin=lambda pid, xact_start: self._xacts.__setitem__(
-                                  conn, (pid, xact_start)))
+        claimed: list[int] = []
+
+        def hold(range_id: int) -> None:
+            claimed.append(range_id)
+            self._held.add(range_id)
+
+        try:
+            c = await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
+                                  self.ranges, size=self.batch_size,
+                                  timeouts=self.settings.timeouts,
+                                  on_begin=lambda pid, xact_start: self._xacts.__setitem__(
+                                      conn, (pid, xact_start)),
+                                  on_claim=hold)
+        except BaseException:
+            self._held.difference_update(claimed)  # not committed, or not known to be
+            raise
         if c is not None and c.keys > 2 * self.batch_size:
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
@@ -328,6 +409,7 @@ class Runner:
                         async with self._bounded(live):
                             settled = await self._already_settled(live, c)
                         if settled:
+                            self._held.discard(c.id)
                             return live, None
                     recheck = False
                     try:
@@ -354,41 +436,24 @@ class Runner:
                     else:
                         return live, nxt
         except LeaseLost:
+            self._held.discard(c.id)
             log.warning("batch_lease_lost", batch=c.id)
         return live, None
 
     async def _transaction(self, conn: asyncpg.Connection, c: Claim,
                            attempts: int) -> Claim | None:
-        t = self.settings.timeouts
         started = time.monotonic()
-        async with conn.transaction():
-            session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
-                                          pg_interval(t.statement_timeout),
-                                          pg_interval(self.settings.lease_seconds),
-                                          "on" if t.synchronous_commit else "off")
-            assert session is not None
-            self._xacts[conn] = (session["pid"], session["xact_start"])
-            self._maybe_crash("before_work")
-            work_started = time.monotonic()
-            rows = await run_work(self.work, Batch(conn, self.target.key, c.range))
-            seconds = time.monotonic() - work_started
-            self._maybe_crash("after_work")
-            next_size = next_batch_size(self.settings.throttle, self.batch_size, seconds, rows)
-            # The next range is claimed by the checkpoint's own statement, so it commits or
-            # vanishes with this batch. Open ranges (a split's remainder, a lapsed lease)
-            # are taken by the claim of its own when the frontier has reached the end.
-            settled = await store.checkpoint(
-                conn, c, self.token, name=self.name, rows=rows, seconds=seconds,
-                attempts=attempts, batch_size=next_size, claim_next=not self.stop.is_set(),
-                lease=self.settings.lease_seconds, ranges=self.ranges)
-            if settled is None:
-                raise LeaseLost
-            status, nxt = settled
-            if status in ("paused", "cancelled"):
-                # Seen in the commit of the batch that was running when it was said: no
-                # worker starts another batch, without waiting for the next heartbeat.
-                self.request_stop(f"migration {status}")
-            self._maybe_crash("before_commit")
+        nxt: Claim | None = None
+        try:
+            async with conn.transaction():
+                rows, seconds, next_size, nxt = await self._work_and_checkpoint(
+                    conn, c, attempts)
+                self._maybe_crash("before_commit")
+        except BaseException:
+            if nxt is not None:  # not committed, or not known to be
+                self._held.discard(nxt.id)
+            raise
+        self._held.discard(c.id)
         self._maybe_crash("after_commit")
         self.batch_size = next_size
         now = time.monotonic()
@@ -402,6 +467,44 @@ class Runner:
         if self.on_batch is not None:
             self.on_batch(self.progress, c.keys)
         return nxt
+
+    async def _work_and_checkpoint(self, conn: asyncpg.Connection, c: Claim, attempts: int,
+                                   ) -> tuple[int, float, int, Claim | None]:
+        """Inside the batch's transaction: its settings, the work, the checkpoint that also
+        claims the next range. Returns the rows changed, the work's seconds, the next batch
+        size and the next range (already in ``self._held``)."""
+        t = self.settings.timeouts
+        session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
+                                      pg_interval(t.statement_timeout),
+                                      pg_interval(self.settings.lease_seconds),
+                                      "on" if t.synchronous_commit else "off")
+        assert session is not None
+        self._xacts[conn] = (session["pid"], session["xact_start"])
+        self._maybe_crash("before_work")
+        ahead = self._look_ahead(c)
+        work_started = time.monotonic()
+        rows = await run_work(self.work, Batch(conn, self.target.key, c.range))
+        seconds = time.monotonic() - work_started
+        self._maybe_crash("after_work")
+        next_size = next_batch_size(self.settings.throttle, self.batch_size, seconds, rows)
+        # The next range is claimed by the checkpoint's own statement, so it commits or
+        # vanishes with this batch. Open ranges (a split's remainder, a lapsed lease) are
+        # taken by the claim of its own when the frontier has reached the end.
+        settled = await store.checkpoint(
+            conn, c, self.token, name=self.name, rows=rows, seconds=seconds,
+            attempts=attempts, batch_size=next_size, claim_next=not self.stop.is_set(),
+            lease=self.settings.lease_seconds, ranges=self.ranges,
+            hint=None if ahead is None else ahead.hint(next_size))
+        if settled is None:
+            raise LeaseLost
+        status, nxt = settled
+        if nxt is not None:  # held from before the commit: see self._held
+            self._held.add(nxt.id)
+        if status in ("paused", "cancelled"):
+            # Seen in the commit of the batch that was running when it was said: no worker
+            # starts another batch, without waiting for the next heartbeat.
+            self.request_stop(f"migration {status}")
+        return rows, seconds, next_size, nxt
 
     async def _end_aborted_batches(self) -> None:
         """After a second signal: end the sessions whose batch transaction is still open, so

@@ -225,7 +225,9 @@ class RangeQueries:
 
         Parameters without ``checkpoint``: $1 name, $2 token, $3 batch size, $4 lease
         seconds. With it: $1 batch id, $2 token, $3 rows, $4 duration ms, $5 attempts,
-        $6 name, $7 next batch size, $8 claim the next range, $9 lease seconds. Returns the
+        $6 name, $7 next batch size, $8 claim the next range, $9 lease seconds, and a hint:
+        $10 a frontier and $11 the n-th key after it for that size, found beforehand
+        (NULLs: none; see :func:`look_ahead`). Returns the
         run's status and the claimed range (NULLs when none was claimed); no row at all
         means nothing was claimed (without ``checkpoint``) or that the caller no longer
         owns its batch (with it).
@@ -245,6 +247,10 @@ class RangeQueries:
         end = bound("c.end_key")
         nth = either(self._nth(None, end, f"{size} - 1"),
                      self._nth(bound("c.frontier"), end, f"{size} - 1"), "c.frontier")
+        if checkpoint:
+            # A bound looked up ahead, while the batch worked, from where the frontier was
+            # expected to be ($10) for this very size: used only if the frontier is there.
+            nth = f"CASE WHEN c.frontier = $10::text[] THEN $11::text[] ELSE {nth} END"
         # Counted only for the last range (fewer keys left than the batch size).
         count = either(self._count(None, bound("l.end_key")),
                        self._count(bound("l.lower"), bound("l.end_key")), "l.lower")
@@ -313,7 +319,8 @@ _CLAIM_SETTINGS = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
 
 async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: float,
                 ranges: RangeQueries, *, size: int, timeouts: TimeoutPolicy,
-                on_begin: Callable[[int, Any], None] | None = None) -> Claim | None:
+                on_begin: Callable[[int, Any], None] | None = None,
+                on_claim: Callable[[int], None] | None = None) -> Claim | None:
     """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
     else a new one of ``size`` keys from the frontier. ``None`` when nothing is left to
     hand out.
@@ -322,7 +329,8 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
     harmless (its range is simply claimed again), and WAL order guarantees no batch commit
     survives without the claim before it. The batch's lock and statement timeouts apply:
     the run's row is locked here, and batches' checkpoints wait on it.
-    ``on_begin(pid, xact_start)`` learns the server transaction the claim runs in.
+    ``on_begin(pid, xact_start)`` learns the server transaction the claim runs in, and
+    ``on_claim(id)`` the claimed range's id before the claim commits.
     """
     async with conn.transaction():
         session = await conn.fetchrow(_CLAIM_SETTINGS, pg_interval(timeouts.lock_timeout),
@@ -332,7 +340,11 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
         row = await conn.fetchrow(query("claim_open"), name, token, lease)
         if row is None:
             row = await conn.fetchrow(ranges.claim_next, name, token, size, lease)
-        return None if row is None else Claim.from_row(row)
+        if row is None:
+            return None
+        if on_claim is not None:
+            on_claim(row["id"])
+        return Claim.from_row(row)
 
 
 async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
@@ -350,19 +362,40 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
     return Claim(c.id, head, size, c.attempts)
 
 
+_LOOK_SETTINGS = ("SELECT set_config('lock_timeout', $1, true),"
+                  " set_config('statement_timeout', $2, true)")
+
+
+async def look_ahead(conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRange, n: int,
+                     timeouts: TimeoutPolicy) -> Bound | None:
+    """The ``n``-th key in ``rng``, read in a short transaction of its own under the batch's
+    lock and statement timeouts (it must never queue behind DDL): a worker asks for the
+    next range's bound on another connection while its batch works, and hands it to
+    :func:`checkpoint`, which then skips the index scan if the frontier is where it was
+    expected. The run's row is not read or locked here."""
+    async with conn.transaction():
+        await conn.execute(_LOOK_SETTINGS, pg_interval(timeouts.lock_timeout),
+                           pg_interval(timeouts.statement_timeout))
+        return await ranges.nth(conn, rng, n)
+
+
+
 async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, name: str,
                      rows: int, seconds: float, attempts: int, batch_size: int,
-                     claim_next: bool, lease: float,
-                     ranges: RangeQueries) -> tuple[str, Claim | None] | None:
+                     claim_next: bool, lease: float, ranges: RangeQueries,
+                     hint: tuple[Bound, Bound] | None = None,
+                     ) -> tuple[str, Claim | None] | None:
     """Mark ``c`` done and count it, in the caller's (the batch's) transaction, and, if
     ``claim_next``, claim the next ``batch_size`` keys from the frontier in the same
     statement: the claim costs no transaction of its own and commits or vanishes with the
     batch. Returns the run's status and the new claim (``None`` when the run is not
     running or the frontier reached the end), or ``None`` when this runner no longer owns
-    ``c`` (the caller rolls the batch back).
+    ``c`` (the caller rolls the batch back). ``hint``: a frontier and the ``batch_size``-th
+    key after it, from :func:`look_ahead`.
     """
+    after, nth = (None, None) if hint is None else (list(hint[0]), list(hint[1]))
     row = await conn.fetchrow(ranges.checkpoint, c.id, token, rows, seconds * 1000.0,
-                              attempts, name, batch_size, claim_next, lease)
+                              attempts, name, batch_size, claim_next, lease, after, nth)
     if row is None:
         return None
     return row["status"], None if row["id"] is None else Claim.from_row(row)

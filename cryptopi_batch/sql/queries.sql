@@ -65,13 +65,23 @@ UPDATE ops.backfill_batches SET status = 'pending', worker = NULL, lease_until =
  WHERE worker = $1 AND status = 'running';
 
 -- heartbeat --
--- Extends this runner's leases and returns the control state the workers obey.
+-- Extends the leases of the ranges this runner's workers hold ($4: not every range under its
+-- token: see release_orphans) and returns the control state the workers obey.
 WITH w AS (
     UPDATE ops.backfill_workers SET heartbeat_at = now() WHERE token = $1),
 l AS (
     UPDATE ops.backfill_batches SET lease_until = now() + make_interval(secs => $3)
-     WHERE worker = $1 AND status = 'running')
+     WHERE worker = $1 AND status = 'running' AND id = ANY($4::bigint[]))
 SELECT status FROM ops.backfills WHERE name = $2;
+
+-- release_orphans --
+-- After the runner lost its connection to the server (a restart, a failover): ranges under
+-- its token that none of its workers holds go back to pending at once. They exist when a
+-- batch's asynchronous commit, seen to succeed, was lost with the server while the claim
+-- of its range, an earlier commit, survived. A worker that does hold a range released here
+-- by a race fails the fencing check at its checkpoint and rolls back.
+UPDATE ops.backfill_batches SET status = 'pending', worker = NULL, lease_until = NULL
+ WHERE backfill = $2 AND worker = $1 AND status = 'running' AND NOT (id = ANY($3::bigint[]));
 
 -- claim_open --
 -- A pending remainder, or a range whose owner's lease lapsed. SKIP LOCKED: ranges, not

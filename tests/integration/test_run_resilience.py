@@ -29,7 +29,9 @@ from run_support import (
     write_migration,
 )
 
+from cryptopi_batch import store
 from cryptopi_batch.embedded import EmbeddedCluster
+from cryptopi_batch.settings import TimeoutPolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -137,6 +139,58 @@ async def test_a_server_restart_mid_run_completes_every_row_exactly_once(
             " AND stopped_at IS NULL", name) == 0
     finally:
         await conn.close()
+
+
+async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_released(
+        dsn: str, tmp_path: Path) -> None:
+    """What a lost asynchronous commit leaves behind after a server crash: the runner saw a
+    batch commit, the server lost the commit but kept the claim before it, so a range sits
+    'running' under the runner's token and no worker of it will run it. The heartbeat no
+    longer extends such a range's lease, and once the runner's connection was lost (here
+    its control connection is ended) it is handed back at once. Without that the run would
+    wait for the range forever (the heartbeat kept its lease alive)."""
+    rows, batch = 1_000, 50
+    watcher = await connect(dsn)
+    try:
+        await seed_table(watcher, rows=rows)
+        name = write_migration(tmp_path, "touch_orphan", _slow_migration(0.05, batch))
+        orphan: dict[str, object] = {}
+
+        async def orphan_a_range() -> None:
+            await _wait_for_batches(watcher, name, 2)
+            token = await watcher.fetchval(
+                "SELECT token FROM ops.backfill_workers WHERE backfill = $1"
+                " AND stopped_at IS NULL", name)
+            target = await store.inspect_target(watcher, TABLE, ("id",))
+            # A real claim from the frontier under the runner's token, with an hour's
+            # lease: the runner never learns of it.
+            c = await store.claim(watcher, name, token, 3600, store.RangeQueries(target),
+                                  size=batch, timeouts=TimeoutPolicy())
+            assert c is not None
+            orphan["id"] = c.id
+            # The control connection: the runner's first (its workers connect later).
+            ended = await watcher.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM"
+                " pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'cryptopi_batch' ORDER BY backend_start LIMIT 1) a")
+            orphan["ended"] = ended
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(orphan_a_range)
+                result = await run(dsn, tmp_path, name)
+
+        assert orphan.get("ended") == 1, orphan
+        assert result.outcome is not None
+        assert result.outcome.completed
+        await assert_completed(watcher, name, TABLE, rows)
+        await assert_batches_partition(watcher, name, TABLE, BIGINT_KEY)
+        # The orphaned range was run like any other, once.
+        row = await watcher.fetchrow("SELECT status, rows FROM ops.backfill_batches"
+                                     " WHERE id = $1", orphan["id"])
+        assert (row["status"], row["rows"]) == ("done", batch)
+    finally:
+        await watcher.close()
 
 
 # --- 2. a black-holed connection ---------------------------------------------------------
