@@ -4,6 +4,7 @@ where each batch's time went."""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import cProfile
 import io
@@ -24,6 +25,7 @@ from typing import Any
 import anyio
 import asyncpg
 
+import cryptopi_batch
 from cryptopi_batch import commands, logs
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.settings import RunOptions
@@ -190,6 +192,13 @@ async def cryptopi_in_process(dsn: str, migrations_dir: Path,
                   if line.startswith("{"))
         if e.get("event") == "batch_committed"}
     return run
+
+
+def compile_package() -> None:
+    """Write the package's bytecode, as installing it does (pip compiles a wheel's modules;
+    an editable install, or PYTHONDONTWRITEBYTECODE, leaves a checkout without any, and
+    every process then compiles each module it imports)."""
+    compileall.compile_dir(Path(cryptopi_batch.__file__).parent, quiet=1)
 
 
 def startup_cost(repeat: int = 3) -> tuple[float, float]:

@@ -24,7 +24,7 @@ import structlog
 from tenacity import RetryCallState
 
 from . import store
-from .db import ConnectionSettings, close_quietly, pg_interval
+from .db import Connection, ConnectionSettings, close_quietly, pg_interval
 from .errors import BatchFailed, LeaseLost, Stopped
 from .keys import Bound, KeyRange
 from .migration import Batch, Work, run_work
@@ -40,16 +40,23 @@ CRASH_ENV = "CRYPTOPI_BATCH_CRASH_AT"
 """Testing hook: ``point:n`` kills the process (SIGKILL) the n-th time a batch reaches
 ``point`` (before_work, after_work, before_commit, after_commit)."""
 
-# Also returns the session's pid and the transaction's start: together they name this
-# transaction in pg_stat_activity, behind PgBouncer too (see _end_aborted_batches).
+# A batch transaction's settings, on a connection whose server session may change from one
+# transaction to the next (a pooler): sent as a statement of their own, which also returns
+# the session's pid and the transaction's start, together naming this transaction in
+# pg_stat_activity (see _end_aborted_batches).
 _SET_LOCAL = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
               " set_config('lock_timeout', $1, true),"
               " set_config('statement_timeout', $2, true),"
               " set_config('idle_in_transaction_session_timeout', $3, true),"
               " set_config('synchronous_commit', $4, true)")
+# A connection straight to the server keeps its session: named once by pid and start.
+_SESSION = ("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+# Sessions to end, each named by its pid and either its start (the whole session) or its
+# transaction's start (only while still in that transaction).
 _END_SESSIONS = ("SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
-                 " JOIN unnest($1::int[], $2::timestamptz[]) AS b(pid, xact_start)"
-                 " ON a.pid = b.pid AND a.xact_start = b.xact_start")
+                 " JOIN unnest($1::int[], $2::timestamptz[], $3::bool[]) AS b(pid, at, whole)"
+                 " ON a.pid = b.pid"
+                 " AND CASE WHEN b.whole THEN a.backend_start ELSE a.xact_start END = b.at")
 _IDLE_POLL = 0.25
 # A request on a runner's connection that gets no reply within the statement timeout plus
 # this much (or twice the statement timeout, if longer) has lost its connection: see _bounded.
@@ -76,6 +83,10 @@ class Outcome:
 
 
 ProgressHook = Callable[[Progress, int], None]
+
+_Session = tuple[int, Any, bool]
+"""A server session to end if need be: pid, a start time, and whether that is the session's
+start (a direct connection) or its transaction's (behind a pooler)."""
 
 
 @dataclass
@@ -127,8 +138,19 @@ class Runner:
         # Connection -> (server pid, start) of the transaction last begun on it (a claim's or
         # a batch's): the server session to end if the connection goes silent or the run is
         # aborted by a second signal.
-        self._xacts: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, Any]] = (
+        self._xacts: weakref.WeakKeyDictionary[asyncpg.Connection, _Session] = (
             weakref.WeakKeyDictionary())
+        # Connection -> its server session (pid, start) when it talks to the server
+        # directly, None behind a pooler: see _identify.
+        self._sessions: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, Any] | None] = (
+            weakref.WeakKeyDictionary())
+        t = self.settings.timeouts
+        self._set_local = (
+            f"SET LOCAL lock_timeout = '{pg_interval(t.lock_timeout)}';"
+            f" SET LOCAL statement_timeout = '{pg_interval(t.statement_timeout)}';"
+            " SET LOCAL idle_in_transaction_session_timeout ="
+            f" '{pg_interval(self.settings.lease_seconds)}';"
+            f" SET LOCAL synchronous_commit = {'on' if t.synchronous_commit else 'off'};")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -372,7 +394,7 @@ class Runner:
                                   self.ranges, size=self.batch_size,
                                   timeouts=self.settings.timeouts,
                                   on_begin=lambda pid, xact_start: self._xacts.__setitem__(
-                                      conn, (pid, xact_start)),
+                                      conn, (pid, xact_start, False)),
                                   on_claim=hold)
         except BaseException:
             self._held.difference_update(claimed)  # not committed, or not known to be
@@ -444,10 +466,14 @@ class Runner:
                            attempts: int) -> Claim | None:
         started = time.monotonic()
         nxt: Claim | None = None
+        session = await self._identify(conn)
+        if session is not None and isinstance(conn, Connection):
+            conn.begin_with(self._set_local)  # the settings travel with BEGIN
+            self._xacts[conn] = (*session, True)
         try:
             async with conn.transaction():
                 rows, seconds, next_size, nxt = await self._work_and_checkpoint(
-                    conn, c, attempts)
+                    conn, c, attempts, direct=session is not None)
                 self._maybe_crash("before_commit")
         except BaseException:
             if nxt is not None:  # not committed, or not known to be
@@ -469,17 +495,22 @@ class Runner:
         return nxt
 
     async def _work_and_checkpoint(self, conn: asyncpg.Connection, c: Claim, attempts: int,
-                                   ) -> tuple[int, float, int, Claim | None]:
-        """Inside the batch's transaction: its settings, the work, the checkpoint that also
-        claims the next range. Returns the rows changed, the work's seconds, the next batch
-        size and the next range (already in ``self._held``)."""
+                                   *, direct: bool) -> tuple[int, float, int, Claim | None]:
+        """Inside the batch's transaction: its settings (sent with BEGIN on a ``direct``
+        connection), the work, the checkpoint that also claims the next range. Returns the
+        rows changed, the work's seconds, the next batch size and the next range (already
+        in ``self._held``)."""
         t = self.settings.timeouts
-        session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
-                                      pg_interval(t.statement_timeout),
-                                      pg_interval(self.settings.lease_seconds),
-                                      "on" if t.synchronous_commit else "off")
-        assert session is not None
-        self._xacts[conn] = (session["pid"], session["xact_start"])
+        if direct:
+            if isinstance(conn, Connection) and (pending := conn.begun_without()):
+                await conn.execute(pending)  # asyncpg began otherwise: send them now
+        else:
+            session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
+                                          pg_interval(t.statement_timeout),
+                                          pg_interval(self.settings.lease_seconds),
+                                          "on" if t.synchronous_commit else "off")
+            assert session is not None
+            self._xacts[conn] = (session["pid"], session["xact_start"], False)
         self._maybe_crash("before_work")
         ahead = self._look_ahead(c)
         work_started = time.monotonic()
@@ -512,20 +543,32 @@ class Runner:
         a vanished client only when it next talks to it, after its statement, which may run
         (holding its row locks) until the statement timeout. Only a session still in the
         very transaction we began is ended, never one reused since (PgBouncer)."""
-        sessions = dict(self._xacts.values())
+        sessions = list(self._xacts.values())
         self._xacts.clear()
         await self._end_sessions(sessions)
 
-    async def _end_sessions(self, sessions: dict[int, Any]) -> None:
-        """End the server sessions still in the transactions ``sessions`` names (server pid
-        -> transaction start), from a new connection; best effort, bounded."""
+    async def _identify(self, conn: asyncpg.Connection) -> tuple[int, Any] | None:
+        """The server session of ``conn`` (pid, start), asked once per connection, if it
+        talks to the server directly: then the pid the server announced at connect is its
+        own. Behind a pooler (another pid) ``None``: its session may change with every
+        transaction, which must then name itself (``_SET_LOCAL``)."""
+        if conn not in self._sessions:
+            row = await conn.fetchrow(_SESSION)
+            self._sessions[conn] = (
+                (row["pid"], row["backend_start"])
+                if row is not None and row["pid"] == conn.get_server_pid() else None)
+        return self._sessions[conn]
+
+    async def _end_sessions(self, sessions: list[_Session]) -> None:
+        """End the server sessions ``sessions`` names (a whole session, or one only while
+        still in the transaction it names), from a new connection; best effort, bounded."""
         if not sessions:
             return
         with anyio.move_on_after(5):
             conn: asyncpg.Connection | None = None
             try:
                 conn = await self.connection.connect()
-                await conn.execute(_END_SESSIONS, list(sessions), list(sessions.values()))
+                await conn.execute(_END_SESSIONS, *(list(x) for x in zip(*sessions, strict=True)))
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("abort_cleanup_failed", error=_describe(exc))
             finally:
@@ -562,7 +605,7 @@ class Runner:
             xact = self._xacts.pop(conn, None)
             log.warning("connection_silent", seconds=bound, session=xact[0] if xact else None)
             if xact is not None:
-                await self._end_sessions({xact[0]: xact[1]})
+                await self._end_sessions([xact])
             raise TimeoutError(f"no reply from the server within {bound:g} s") from exc
 
     async def _already_settled(self, conn: asyncpg.Connection, c: Claim) -> bool:

@@ -28,6 +28,7 @@ from run_support import (
 from cryptopi_batch import commands, store
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.errors import Stopped
+from cryptopi_batch.executor import Runner
 
 pytestmark = pytest.mark.anyio
 
@@ -238,13 +239,21 @@ async def test_empty_table_completes_with_nothing_but_the_ops_rows(
     assert await conn.fetchval("SELECT count(*) FROM matrices.dyn_values") == 0
 
 
-@pytest.mark.parametrize(("declared", "option", "expected"), [
-    (None, None, "off"), (True, None, "on"), (True, False, "off"), (None, True, "on")])
+@pytest.mark.parametrize(("declared", "option", "expected", "pooled"), [
+    (None, None, "off", False), (True, None, "on", False), (True, False, "off", False),
+    (None, True, "on", False), (None, None, "off", True), (True, None, "on", True)])
 async def test_each_batch_transaction_sets_its_own_timeouts_and_commit_mode(
         dsn: str, conn: asyncpg.Connection, tmp_path: Path, declared: bool | None,
-        option: bool | None, expected: str) -> None:
+        option: bool | None, expected: str, pooled: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """What a batch's transaction runs under, read inside it: the lock and statement
-    timeouts, and synchronous_commit (off unless the migration or the option says on)."""
+    timeouts, and synchronous_commit (off unless the migration or the option says on).
+    On a direct connection they travel with BEGIN; behind a pooler (``pooled``: the
+    session cannot be named once for all) in a statement of their own."""
+    if pooled:
+        async def behind_a_pooler(self: Runner, conn: asyncpg.Connection) -> None:
+            return None
+        monkeypatch.setattr(Runner, "_identify", behind_a_pooler)
     await seed_table(conn, rows=250)
     await conn.execute("CREATE TABLE seen (lock text, stmt text, sync text)")
     name = write_migration(tmp_path, "settings_seen", f'''
