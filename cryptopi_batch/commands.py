@@ -6,6 +6,7 @@ the CLI exits with.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from . import store
-from .db import ConnectionSettings, close_quietly, pg_interval
+from .db import Connection, ConnectionSettings, close_quietly, pg_interval
 from .discovery import LoadedMigration, discover, load, resolve
 from .errors import (
     ConnectionFailed,
@@ -74,6 +75,9 @@ async def run(
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
     conn = await connection.connect_or_fail()
+    # The workers' connections are opened while the checks run, not after them.
+    opening: list[asyncio.Future[Connection]] = [
+        asyncio.ensure_future(connection.connect()) for _ in range(settings.workers)]
     try:
         async with _setup_errors(connection):
             async with conn.transaction():
@@ -92,11 +96,28 @@ async def run(
             name=migration.name, filename=migration.file.filename,
             work=migration.backfill.work, target=target, settings=settings,
             connection=connection, handle_signals=handle_signals, on_batch=on_batch,
-            end_key=as_bound(row["end_key"]))
+            end_key=as_bound(row["end_key"]), connections=await _opened(opening))
         outcome = await runner.execute(conn)
         return RunResult(migration.name, False, outcome)
     finally:
         await close_quietly(conn)
+        for spare in await _opened(opening, cancel=True):  # not handed to a runner
+            await close_quietly(spare)
+
+
+async def _opened(opening: list[asyncio.Future[Connection]], *,
+                  cancel: bool = False) -> list[asyncpg.Connection]:
+    """The connections among ``opening`` that opened (each once: the list is emptied),
+    waiting for those still opening unless ``cancel``; one that failed is left to its
+    worker, which connects (and retries) by itself."""
+    done: list[asyncpg.Connection] = []
+    pending, opening[:] = list(opening), []
+    for future in pending:
+        if cancel:
+            future.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            done.append(await future)
+    return done
 
 
 @contextlib.asynccontextmanager

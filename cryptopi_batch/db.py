@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -107,6 +108,26 @@ class Connection(asyncpg.Connection):
             self._cryptopi_begin = None
             query = f"{query} {pending}"
         return await super().execute(query, *args, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: asyncpg.Connection, settings: str) -> AsyncIterator[None]:
+    """``conn.transaction()`` whose first statements are ``settings`` (``SET LOCAL …``),
+    sent with its ``BEGIN`` when ``conn`` is a :class:`Connection`."""
+    # Not isinstance(): asyncpg's metaclass answers True for any asyncpg connection.
+    ours = cast("Connection", conn) if Connection in type(conn).__mro__ else None
+    if ours is not None:
+        ours.begin_with(settings)
+    async with conn.transaction():
+        pending = settings if ours is None else ours.begun_without()
+        if pending:
+            await conn.execute(pending)
+        yield
+
+
+def set_local(**settings: str) -> str:
+    """``SET LOCAL name = 'value';`` for each setting (our own values, never user input)."""
+    return " ".join(f"SET LOCAL {name} = '{value}';" for name, value in settings.items())
 
 
 async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -> None:

@@ -24,7 +24,7 @@ import structlog
 from tenacity import RetryCallState
 
 from . import store
-from .db import Connection, ConnectionSettings, close_quietly, pg_interval
+from .db import ConnectionSettings, close_quietly, pg_interval, set_local, transaction
 from .errors import BatchFailed, LeaseLost, Stopped
 from .keys import Bound, KeyRange
 from .migration import Batch, Work, run_work
@@ -115,6 +115,9 @@ class Runner:
     handle_signals: bool = False
     on_batch: ProgressHook | None = None
     end_key: Bound | None = None  # the run's end as it started: enables looking ahead
+    # Connections already open for the workers (opened while the run's checks ran); the
+    # runner owns them from here.
+    connections: list[asyncpg.Connection] = field(default_factory=list)
     token: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def __post_init__(self) -> None:
@@ -145,12 +148,11 @@ class Runner:
         self._sessions: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, Any] | None] = (
             weakref.WeakKeyDictionary())
         t = self.settings.timeouts
-        self._set_local = (
-            f"SET LOCAL lock_timeout = '{pg_interval(t.lock_timeout)}';"
-            f" SET LOCAL statement_timeout = '{pg_interval(t.statement_timeout)}';"
-            " SET LOCAL idle_in_transaction_session_timeout ="
-            f" '{pg_interval(self.settings.lease_seconds)}';"
-            f" SET LOCAL synchronous_commit = {'on' if t.synchronous_commit else 'off'};")
+        self._set_local = set_local(
+            lock_timeout=pg_interval(t.lock_timeout),
+            statement_timeout=pg_interval(t.statement_timeout),
+            idle_in_transaction_session_timeout=pg_interval(self.settings.lease_seconds),
+            synchronous_commit="on" if t.synchronous_commit else "off")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -291,7 +293,7 @@ class Runner:
     # --- workers --------------------------------------------------------------------
 
     async def _worker(self, index: int) -> None:
-        conn: asyncpg.Connection | None = None
+        conn = self.connections[index] if index < len(self.connections) else None
         c: Claim | None = None  # the next range, when the last batch's commit claimed it
         structlog.contextvars.bind_contextvars(worker=index)
         try:
@@ -467,11 +469,12 @@ class Runner:
         started = time.monotonic()
         nxt: Claim | None = None
         session = await self._identify(conn)
-        if session is not None and isinstance(conn, Connection):
-            conn.begin_with(self._set_local)  # the settings travel with BEGIN
+        if session is not None:
             self._xacts[conn] = (*session, True)
         try:
-            async with conn.transaction():
+            # Direct: the settings travel with BEGIN. Else see _work_and_checkpoint.
+            async with (conn.transaction() if session is None
+                        else transaction(conn, self._set_local)):
                 rows, seconds, next_size, nxt = await self._work_and_checkpoint(
                     conn, c, attempts, direct=session is not None)
                 self._maybe_crash("before_commit")
@@ -496,15 +499,12 @@ class Runner:
 
     async def _work_and_checkpoint(self, conn: asyncpg.Connection, c: Claim, attempts: int,
                                    *, direct: bool) -> tuple[int, float, int, Claim | None]:
-        """Inside the batch's transaction: its settings (sent with BEGIN on a ``direct``
-        connection), the work, the checkpoint that also claims the next range. Returns the
+        """Inside the batch's transaction: its settings (unless a ``direct`` connection sent
+        them with BEGIN), the work, the checkpoint that also claims the next range. Returns the
         rows changed, the work's seconds, the next batch size and the next range (already
         in ``self._held``)."""
         t = self.settings.timeouts
-        if direct:
-            if isinstance(conn, Connection) and (pending := conn.begun_without()):
-                await conn.execute(pending)  # asyncpg began otherwise: send them now
-        else:
+        if not direct:
             session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
                                           pg_interval(t.statement_timeout),
                                           pg_interval(self.settings.lease_seconds),

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from .db import pg_interval
+from .db import pg_interval, set_local, transaction
 from .errors import PermissionDenied, TargetInvalid
 from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
 from .planner import split_range
@@ -362,10 +362,6 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
     return Claim(c.id, head, size, c.attempts)
 
 
-_LOOK_SETTINGS = ("SELECT set_config('lock_timeout', $1, true),"
-                  " set_config('statement_timeout', $2, true)")
-
-
 async def look_ahead(conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRange, n: int,
                      timeouts: TimeoutPolicy) -> Bound | None:
     """The ``n``-th key in ``rng``, read in a short transaction of its own under the batch's
@@ -373,9 +369,9 @@ async def look_ahead(conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRan
     next range's bound on another connection while its batch works, and hands it to
     :func:`checkpoint`, which then skips the index scan if the frontier is where it was
     expected. The run's row is not read or locked here."""
-    async with conn.transaction():
-        await conn.execute(_LOOK_SETTINGS, pg_interval(timeouts.lock_timeout),
-                           pg_interval(timeouts.statement_timeout))
+    async with transaction(conn, set_local(lock_timeout=pg_interval(timeouts.lock_timeout),
+                                           statement_timeout=pg_interval(
+                                               timeouts.statement_timeout))):
         return await ranges.nth(conn, rng, n)
 
 
