@@ -455,42 +455,20 @@ PROPERTY = settings(max_examples=40, deadline=None,
                                            HealthCheck.too_slow])
 
 
-@PROPERTY
-@given(run=runs(KINDS["sparse_bigint"]))
-async def test_sparse_bigint_keys(conn: asyncpg.Connection, run: Run) -> None:
-    await _check(conn, "sparse_bigint", run)
+def _property_of(kind: str) -> Callable[..., Any]:
+    @PROPERTY
+    @given(run=runs(KINDS[kind]))
+    async def test(conn: asyncpg.Connection, run: Run) -> None:
+        await _check(conn, kind, run)
+    return test
 
 
-@PROPERTY
-@given(run=runs(KINDS["dense_negative"]))
-async def test_dense_negative_integer_keys(conn: asyncpg.Connection, run: Run) -> None:
-    await _check(conn, "dense_negative", run)
-
-
-@PROPERTY
-@given(run=runs(KINDS["uuid"]))
-async def test_uuid_keys(conn: asyncpg.Connection, run: Run) -> None:
-    await _check(conn, "uuid", run)
-
-
-@PROPERTY
-@given(run=runs(KINDS["composite"]))
-async def test_composite_int_text_keys(conn: asyncpg.Connection, run: Run) -> None:
-    await _check(conn, "composite", run)
-
-
-@PROPERTY
-@given(run=runs(KINDS["text"]))
-async def test_text_keys_in_the_database_collation(conn: asyncpg.Connection,
-                                                   run: Run) -> None:
-    await _check(conn, "text", run)
-
-
-@PROPERTY
-@given(run=runs(KINDS["text_linguistic"]))
-async def test_text_keys_in_a_linguistic_collation(conn: asyncpg.Connection,
-                                                   run: Run) -> None:
-    await _check(conn, "text_linguistic", run)
+test_sparse_bigint_keys = _property_of("sparse_bigint")
+test_dense_negative_integer_keys = _property_of("dense_negative")
+test_uuid_keys = _property_of("uuid")
+test_composite_int_text_keys = _property_of("composite")
+test_text_keys_in_the_database_collation = _property_of("text")
+test_text_keys_in_a_linguistic_collation = _property_of("text_linguistic")
 
 
 async def test_an_empty_table_hands_out_nothing(conn: asyncpg.Connection) -> None:
