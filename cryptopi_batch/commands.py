@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from . import store
-from .db import Connection, ConnectionSettings, close_quietly, pg_interval
+from .db import (
+    Connection,
+    ConnectionSettings,
+    close_quietly,
+    pg_interval,
+    set_local,
+    transaction,
+)
 from .discovery import LoadedMigration, discover, load, resolve
 from .errors import (
     ConnectionFailed,
@@ -80,11 +87,10 @@ async def run(
         asyncio.ensure_future(connection.connect()) for _ in range(settings.workers)]
     try:
         async with _setup_errors(connection):
-            async with conn.transaction():
-                # Checking takes the table's locks (preparing an UPDATE takes ROW
-                # EXCLUSIVE): never queue long behind DDL, as no batch does either.
-                await conn.execute("SELECT set_config('lock_timeout', $1, true)",
-                                   pg_interval(settings.timeouts.lock_timeout))
+            # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE):
+            # never queue long behind DDL, as no batch does either.
+            lock_timeout = set_local(lock_timeout=pg_interval(settings.timeouts.lock_timeout))
+            async with transaction(conn, lock_timeout):
                 target = await _check_target(conn, migration)
             await store.ensure_schema(conn)
             row = await _start_or_resume(conn, migration, target, settings)
@@ -139,15 +145,11 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
 
 async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:
     backfill = migration.backfill
-    target = await store.inspect_target(conn, backfill.table, backfill.key_columns)
     needed = ["SELECT"]
     if isinstance(backfill.work, str):
         verb = backfill.work.lstrip().split(None, 1)[0].upper()
         needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
-    for privilege in needed:
-        if not await conn.fetchval("SELECT has_table_privilege($1, $2)", target.table,
-                                   privilege):
-            raise PermissionDenied(f"permission denied: {privilege} on {target.table}")
+    target = await store.inspect_target(conn, backfill.table, backfill.key_columns, needed)
     if isinstance(backfill.work, str):
         await _check_statement(conn, migration, target, backfill.work)
     return target

@@ -112,8 +112,9 @@ class Connection(asyncpg.Connection):
 
 @contextlib.asynccontextmanager
 async def transaction(conn: asyncpg.Connection, settings: str) -> AsyncIterator[None]:
-    """``conn.transaction()`` whose first statements are ``settings`` (``SET LOCAL …``),
-    sent with its ``BEGIN`` when ``conn`` is a :class:`Connection`."""
+    """``conn.transaction()`` whose first statements are ``settings`` (``SET LOCAL …``, or
+    any statements of ours without parameters; never user input), sent with its ``BEGIN``
+    when ``conn`` is a :class:`Connection`."""
     # Not isinstance(): asyncpg's metaclass answers True for any asyncpg connection.
     ours = cast("Connection", conn) if Connection in type(conn).__mro__ else None
     if ours is not None:

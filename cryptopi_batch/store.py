@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -47,6 +47,18 @@ def _version_files() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+_LOCKED_VERSION_TABLE = (
+    f"SELECT pg_advisory_xact_lock(hashtext('{_LOCK_KEY}'));"
+    " CREATE SCHEMA IF NOT EXISTS ops;"
+    " CREATE TABLE IF NOT EXISTS ops.batch_schema_version ("
+    " component text PRIMARY KEY, version integer NOT NULL,"
+    " upgraded_at timestamptz NOT NULL DEFAULT now());")
+_SET_VERSION = (
+    "INSERT INTO ops.batch_schema_version (component, version) VALUES"
+    f" ('cryptopi_batch', {SCHEMA_VERSION}) ON CONFLICT (component) DO UPDATE"
+    " SET version = EXCLUDED.version, upgraded_at = now();")
+
+
 async def schema_version(conn: asyncpg.Connection) -> int:
     """The installed ops schema version; 0 when none is installed. Writes nothing."""
     if not await conn.fetchval(query("schema_version")):
@@ -63,55 +75,46 @@ async def ensure_schema(conn: asyncpg.Connection) -> None:
     if await schema_version(conn) >= SCHEMA_VERSION:
         return
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK_KEY)
-            await conn.execute("CREATE SCHEMA IF NOT EXISTS ops")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS ops.batch_schema_version ("
-                " component text PRIMARY KEY, version integer NOT NULL,"
-                " upgraded_at timestamptz NOT NULL DEFAULT now())")
-            current = await schema_version(conn)
-            for version, sql in _version_files():
-                if version > current:
-                    await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO ops.batch_schema_version (component, version) VALUES"
-                " ('cryptopi_batch', $1) ON CONFLICT (component) DO UPDATE"
-                " SET version = EXCLUDED.version, upgraded_at = now()", SCHEMA_VERSION)
+        # The lock and the version table come with BEGIN; the upgrade and its version
+        # with one message: a first run's set-up costs four round trips, not ten.
+        async with transaction(conn, _LOCKED_VERSION_TABLE):
+            current = int(await conn.fetchval(query("schema_version_read")) or 0)
+            upgrade = [sql for version, sql in _version_files() if version > current]
+            await conn.execute("\n".join([*upgrade, _SET_VERSION]))
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(f"cannot create the ops schema: {exc}") from None
 
 
 # --- the user's table ---------------------------------------------------------------
 
-_INTROSPECT = """
-SELECT c.oid::regclass::text AS table_name,
-       (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
-         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
-       c.reltuples::bigint AS estimate
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relname = $2 AND n.nspname = COALESCE($1, current_schema())
+# The table, its key columns (in the key's order; a NULL type: no such column), whether a
+# unique index covers exactly the key (its columns, in order, with no predicate and no
+# expressions: only then is "key > cursor" a total order over the rows), and the privileges
+# of $4 it lacks: one round trip.
+_INSPECT = """
+SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
+       k.types, k.notnull,
+       EXISTS (
+           SELECT FROM pg_index i
+            WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+              AND i.indnkeyatts = cardinality($3::text[])
+              AND (SELECT array_agg(a.attname::text ORDER BY x.n)
+                     FROM unnest(i.indkey) WITH ORDINALITY AS x(attnum, n)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = x.attnum
+                    WHERE x.n <= i.indnkeyatts) = $3::text[]) AS unique_index,
+       ARRAY(SELECT p FROM unnest($4::text[]) WITH ORDINALITY AS q(p, n)
+              WHERE NOT has_table_privilege(c.oid, p) ORDER BY q.n) AS missing_privileges
+  FROM pg_class c
+  JOIN pg_namespace ns ON ns.oid = c.relnamespace
+ CROSS JOIN LATERAL (
+       SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY w.n) AS types,
+              array_agg(a.attnotnull ORDER BY w.n) AS notnull
+         FROM unnest($3::text[]) WITH ORDINALITY AS w(name, n)
+         LEFT JOIN pg_attribute a
+           ON a.attrelid = c.oid AND a.attname = w.name AND a.attnum > 0
+          AND NOT a.attisdropped) k
+ WHERE c.relname = $2 AND ns.nspname = COALESCE($1, current_schema())
    AND c.relkind IN ('r', 'p')
-"""
-
-_KEY_COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull
-  FROM pg_attribute a
- WHERE a.attrelid = $1::regclass AND a.attname = ANY($2::text[]) AND NOT a.attisdropped
-"""
-
-# A unique index (or primary key) whose columns are exactly the key's, in order, with no
-# predicate and no expressions: only then is "key > cursor" a total order over the rows.
-_UNIQUE_INDEX = """
-SELECT i.indexrelid::regclass::text
-  FROM pg_index i
- WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-   AND i.indnkeyatts = cardinality($2::text[])
-   AND (SELECT array_agg(a.attname::text ORDER BY k.n)
-          FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
-          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE k.n <= i.indnkeyatts) = $2::text[]
- LIMIT 1
 """
 
 
@@ -128,32 +131,35 @@ class Target:
         return quote_qualified(self.table)
 
 
-async def inspect_target(conn: asyncpg.Connection, table: str,
-                         key: tuple[str, ...]) -> Target:
-    """Check that ``table`` exists and ``key`` is NOT NULL and covered by a unique index.
+async def inspect_target(conn: asyncpg.Connection, table: str, key: tuple[str, ...],
+                         privileges: Sequence[str] = ("SELECT",)) -> Target:
+    """Check that ``table`` exists, ``key`` is NOT NULL and covered by a unique index, and
+    the session has ``privileges`` on the table.
 
-    Reads the catalog only. Raises :class:`TargetInvalid` with one line that says what is
-    wrong.
+    Reads the catalog only, in one query. Raises :class:`TargetInvalid` (or
+    :class:`PermissionDenied`) with one line that says what is wrong.
     """
     parts = split_qualified(table)
     schema, name = (None, parts[0]) if len(parts) == 1 else parts
-    row = await conn.fetchrow(_INTROSPECT, schema, name)
+    row = await conn.fetchrow(_INSPECT, schema, name, list(key), list(privileges))
     if row is None:
         raise TargetInvalid(f"table {table} does not exist")
-    regclass = row["table_name"]
-    cols = {r["attname"]: r for r in await conn.fetch(_KEY_COLUMNS, regclass, list(key))}
-    missing = [k for k in key if k not in cols]
+    types = dict(zip(key, row["types"], strict=True))
+    missing = [k for k in key if types[k] is None]
     if missing:
         raise TargetInvalid(f"table {table} has no column {', '.join(missing)}")
-    nullable = [k for k in key if not cols[k]["attnotnull"]]
+    nullable = [k for k, notnull in zip(key, row["notnull"], strict=True) if not notnull]
     if nullable:
         raise TargetInvalid(f"key column {', '.join(nullable)} of {table} is nullable;"
                             " a key must be NOT NULL")
-    if not await conn.fetchval(_UNIQUE_INDEX, regclass, list(key)):
+    if not row["unique_index"]:
         raise TargetInvalid(f"key ({', '.join(key)}) of {table} is not covered by a unique"
                             " index or primary key on exactly those columns")
-    spec = KeySpec(tuple(KeyColumn(k, cols[k]["type"]) for k in key))
-    return Target(regclass, spec, int(row["estimate"]))
+    if row["missing_privileges"]:
+        raise PermissionDenied(f"permission denied: {row['missing_privileges'][0]} on"
+                               f" {row['table_name']}")
+    spec = KeySpec(tuple(KeyColumn(k, types[k]) for k in key))
+    return Target(row["table_name"], spec, int(row["estimate"]))
 
 
 async def estimate_rows(conn: asyncpg.Connection, target: Target) -> int:
