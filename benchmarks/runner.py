@@ -46,7 +46,12 @@ APPROACHES = [
     Approach("cryptopi", "cryptopi_batch run"),
     Approach("cryptopi-inproc", "cryptopi_batch in-process"),
     Approach("cryptopi-w2", "cryptopi_batch run --workers 2"),
+    Approach("cryptopi-sync", "cryptopi_batch run --synchronous-commit on"),
 ]
+# The extra arguments of the subprocess approaches.
+_RUN_ARGS: dict[str, tuple[str, ...]] = {
+    "cryptopi": (), "cryptopi-w2": ("--workers", "2"),
+    "cryptopi-sync": ("--synchronous-commit", "on")}
 LEGEND = """\
 Approaches:
   single UPDATE: UPDATE matrices.dyn_values SET confidence = 1.0 WHERE confidence IS NULL.
@@ -61,7 +66,9 @@ Approaches:
   cryptopi_batch in-process: cryptopi_batch.commands.run in the benchmark's process (the
     same work without interpreter start and imports).
   cryptopi_batch run --workers 2: the same command with two worker connections (not the
-    migration's default; shows the headroom of parallel batches on this machine)."""
+    migration's default; shows the headroom of parallel batches on this machine).
+  cryptopi_batch run --synchronous-commit on: each batch's commit waits for the disk, as
+    the keyset loop's does (the default, off, does not: see docs/design.md)."""
 BY_KEY = {a.key: a for a in APPROACHES}
 
 
@@ -254,7 +261,7 @@ async def _phase(server: Server, args: argparse.Namespace, approach: Approach,
     result.runs.append(run)
     if approach.key in ("keyset", "naive"):
         result.cycles += loop_cycles(run.batches)
-    elif approach.key in ("cryptopi", "cryptopi-inproc"):  # one worker: batches in order
+    elif approach.key in ("cryptopi", "cryptopi-inproc", "cryptopi-sync"):  # one worker
         phases = await product.batch_phases(dsn, run.extra["commits"])  # type: ignore[arg-type]
         result.phases += phases
         result.cycles += [p.cycle for p in phases]
@@ -269,10 +276,9 @@ async def _run_approach(key: str, dsn: str, args: argparse.Namespace,
         await anyio.sleep(args.idle_seconds)
         end = time.monotonic()
         return PhaseRun(end - start, 0, start=start, end=end)
-    if key in ("cryptopi", "cryptopi-w2"):
-        extra = ("--workers", "2") if key == "cryptopi-w2" else ()
+    if key in _RUN_ARGS:
         run, _ = await anyio.to_thread.run_sync(
-            lambda: product.cryptopi_subprocess(dsn, args.migrations_dir, *extra))
+            lambda: product.cryptopi_subprocess(dsn, args.migrations_dir, *_RUN_ARGS[key]))
         return run
     if key == "cryptopi-inproc":
         return await product.cryptopi_in_process(dsn, args.migrations_dir, profile, timer)
