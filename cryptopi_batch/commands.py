@@ -113,17 +113,18 @@ async def run(
 
 async def _opened(opening: list[asyncio.Future[Connection]], *,
                   cancel: bool = False) -> list[asyncpg.Connection]:
-    """The connections among ``opening`` that opened (each once: the list is emptied),
-    waiting for those still opening unless ``cancel``; one that failed is left to its
-    worker, which connects (and retries) by itself."""
-    done: list[asyncpg.Connection] = []
-    pending, opening[:] = list(opening), []
-    for future in pending:
-        if cancel:
+    """The connections among ``opening`` that opened (each handed out once: the list is
+    emptied), waiting for those still opening unless ``cancel``; one that failed is left
+    to its worker, which connects (and retries) by itself. A cancellation of the caller
+    is not swallowed."""
+    if cancel:
+        for future in opening:
             future.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            done.append(await future)
-    return done
+    if opening:
+        await asyncio.wait(opening)
+    done = [f.result() for f in opening if not f.cancelled() and f.exception() is None]
+    opening.clear()
+    return list(done)
 
 
 @contextlib.asynccontextmanager

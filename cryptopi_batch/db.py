@@ -119,11 +119,23 @@ async def transaction(conn: asyncpg.Connection, settings: str) -> AsyncIterator[
     ours = cast("Connection", conn) if Connection in type(conn).__mro__ else None
     if ours is not None:
         ours.begin_with(settings)
-    async with conn.transaction():
-        pending = settings if ours is None else ours.begun_without()
-        if pending:
-            await conn.execute(pending)
-        yield
+    began = False
+    try:
+        async with conn.transaction():
+            began = True
+            pending = settings if ours is None else ours.begun_without()
+            if pending:
+                await conn.execute(pending)
+            yield
+    except BaseException:
+        if not began:
+            # Never left armed for another BEGIN; and a BEGIN that failed half way (its
+            # settings refused, the reply lost) leaves asyncpg's and the server's state
+            # unknown: the connection is not used again.
+            if ours is not None:
+                ours.begun_without()
+            conn.terminate()
+        raise
 
 
 def set_local(**settings: str) -> str:

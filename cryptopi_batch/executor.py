@@ -26,10 +26,10 @@ from tenacity import RetryCallState
 from . import store
 from .db import ConnectionSettings, close_quietly, pg_interval, set_local, transaction
 from .errors import BatchFailed, LeaseLost, Stopped
-from .keys import Bound, KeyRange
+from .keys import Bound, KeyRange, as_bound
 from .migration import Batch, Work, run_work
 from .retry import Fault, classify
-from .settings import RunSettings
+from .settings import RunSettings, TimeoutPolicy
 from .store import Claim, RangeQueries, Target
 from .throttle import Pacer, next_batch_size, shrink_after_timeout
 
@@ -121,6 +121,7 @@ class Runner:
     token: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def __post_init__(self) -> None:
+        self._spare = list(self.connections)  # taken by the workers as they start
         self.ranges = RangeQueries(self.target)
         self.stop = anyio.Event()
         self._finished = anyio.Event()
@@ -148,6 +149,9 @@ class Runner:
         self._sessions: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, Any] | None] = (
             weakref.WeakKeyDictionary())
         t = self.settings.timeouts
+        self._ahead_timeouts = TimeoutPolicy(
+            lock_timeout=_within(t.lock_timeout, _AHEAD_BOUND / 4),
+            statement_timeout=_within(t.statement_timeout, _AHEAD_BOUND / 2))
         self._set_local = set_local(
             lock_timeout=pg_interval(t.lock_timeout),
             statement_timeout=pg_interval(t.statement_timeout),
@@ -164,9 +168,13 @@ class Runner:
         started = time.monotonic()
         self._control = control
         host = socket.gethostname()
-        await control.execute(store.query("register_worker"), self.token, self.name, host,
-                              os.getpid(), self.settings.workers)
-        await self._retire_dead_workers(control, host)
+        try:
+            await control.execute(store.query("register_worker"), self.token, self.name,
+                                  host, os.getpid(), self.settings.workers)
+            await self._retire_dead_workers(control, host)
+        except BaseException:
+            self._drop_spares()
+            raise
         structlog.contextvars.bind_contextvars(migration=self.name)
         log.info("run_started", workers=self.settings.workers, batch_size=self.batch_size,
                  table=self.target.table)
@@ -188,6 +196,7 @@ class Runner:
                 # control connection, still needed below, in an unknown state.
                 self._finished.set()
         finally:
+            self._drop_spares()
             with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
                 await self._on_control(
                     lambda c: c.execute(store.query("stop_worker"), self.token))
@@ -216,6 +225,12 @@ class Runner:
         reason = self.stop_reason or "stopped"
         log.info("run_stopped", reason=reason, rows=self.progress.rows)
         raise Stopped(f"{self.name}: {reason}; `run` resumes")
+
+    def _drop_spares(self) -> None:
+        """Close the connections opened for workers that no worker took."""
+        for spare in self._spare:
+            spare.terminate()
+        self._spare.clear()
 
     async def _on_control(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``op`` on the control connection, reconnecting it if it was lost (a
@@ -293,7 +308,7 @@ class Runner:
     # --- workers --------------------------------------------------------------------
 
     async def _worker(self, index: int) -> None:
-        conn = self.connections[index] if index < len(self.connections) else None
+        conn = self._spare.pop() if self._spare else None
         c: Claim | None = None  # the next range, when the last batch's commit claimed it
         structlog.contextvars.bind_contextvars(worker=index)
         try:
@@ -342,23 +357,26 @@ class Runner:
         return ahead
 
     async def _find_ahead(self, ahead: _Ahead) -> None:
+        """Never raises (it runs in the workers' task group): it is only a shortcut, and
+        the checkpoint finds the bound itself when none was found."""
         assert self.end_key is not None
         try:
             self._control_lock.acquire_nowait()
         except anyio.WouldBlock:
             return
+        control = self._control
         try:
             # Shielded: a query cancelled half way would leave the control connection,
-            # which the heartbeat and the run's end still need, in an unknown state.
-            with anyio.fail_after(_AHEAD_BOUND, shield=True):
-                if not self._control.is_closed():
+            # which the heartbeat and the run's end still need, in an unknown state. The
+            # server's own timeouts, shorter than the bound, end a slow look-ahead first.
+            with anyio.fail_after(_AHEAD_BOUND, shield=True) as scope:
+                if not control.is_closed():
                     ahead.bound = await store.look_ahead(
-                        self._control, self.ranges, KeyRange(ahead.after, self.end_key),
-                        ahead.size, self.settings.timeouts)
-        except TimeoutError:
-            self._control.terminate()  # silent: the heartbeat makes a new one
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            pass  # only a shortcut: the checkpoint finds the bound itself
+                        control, self.ranges, KeyRange(ahead.after, self.end_key),
+                        ahead.size, self._ahead_timeouts)
+        except Exception:
+            if scope.cancel_called:  # silent, whatever escaped: the heartbeat reconnects
+                control.terminate()
         finally:
             self._control_lock.release()
 
@@ -404,7 +422,13 @@ class Runner:
         if c is not None and c.keys > 2 * self.batch_size:
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
-            c = await store.split(conn, c, self.token, self.batch_size, self.ranges)
+            try:
+                c = await store.split(conn, c, self.token, self.batch_size, self.ranges)
+            except BaseException:
+                # A retry claims afresh: this range, claimed but no longer held, must not
+                # keep its lease alive (it lapses, or is handed back on reconnecting).
+                self._held.discard(c.id)
+                raise
         return c
 
     async def _nothing_open(self, conn: asyncpg.Connection) -> bool:
@@ -611,7 +635,10 @@ class Runner:
     async def _already_settled(self, conn: asyncpg.Connection, c: Claim) -> bool:
         """After a lost connection: did the batch commit, or did another runner take it?"""
         row = await conn.fetchrow(store.query("batch_state"), c.id)
-        if row is None or row["worker"] != self.token:
+        # The range too: after a crash that lost the claim, its id may name another range.
+        if (row is None or row["worker"] != self.token
+                or as_bound(row["lower_key"]) != c.range.lower
+                or tuple(row["upper_key"]) != c.range.upper):
             log.warning("batch_lease_lost", batch=c.id)
             return True
         if row["status"] == "done":
@@ -665,6 +692,11 @@ def _retryable(exc: BaseException) -> bool:
         return False
     fault = exc.__dict__.get("_cryptopi_fault") if hasattr(exc, "__dict__") else None
     return (fault if isinstance(fault, Fault) else classify(exc)) is not Fault.FATAL
+
+
+def _within(timeout: float, most: float) -> float:
+    """``timeout`` (0: none), but never more than ``most``."""
+    return most if timeout <= 0 else min(timeout, most)
 
 
 def _process_exists(pid: int) -> bool:

@@ -56,6 +56,8 @@ class Backfill:
             raise MigrationDefinitionError("Backfill down= SQL must contain {range}")
         if self.process is not None and not callable(self.process):
             raise MigrationDefinitionError("Backfill process= must be an async function")
+        if self.synchronous_commit is not None and not isinstance(self.synchronous_commit, bool):
+            raise MigrationDefinitionError("Backfill synchronous_commit= must be True or False")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise MigrationDefinitionError("Backfill batch_size= must be a positive integer")
         try:

@@ -56,7 +56,8 @@ _LOCKED_VERSION_TABLE = (
 _SET_VERSION = (
     "INSERT INTO ops.batch_schema_version (component, version) VALUES"
     f" ('cryptopi_batch', {SCHEMA_VERSION}) ON CONFLICT (component) DO UPDATE"
-    " SET version = EXCLUDED.version, upgraded_at = now();")
+    " SET version = EXCLUDED.version, upgraded_at = now()"
+    " WHERE ops.batch_schema_version.version < EXCLUDED.version;")
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:
@@ -233,7 +234,9 @@ class RangeQueries:
         seconds. With it: $1 batch id, $2 token, $3 rows, $4 duration ms, $5 attempts,
         $6 name, $7 next batch size, $8 claim the next range, $9 lease seconds, and a hint:
         $10 a frontier and $11 the n-th key after it for that size, found beforehand
-        (NULLs: none; see :func:`look_ahead`). Returns the
+        (NULLs: none; see :func:`look_ahead`); $12 and $13 the batch's upper and lower
+        bounds (fencing on the range too: a claim lost with an asynchronous commit may see
+        its id issued again, after a crash, to another range). Returns the
         run's status and the claimed range (NULLs when none was claimed); no row at all
         means nothing was claimed (without ``checkpoint``) or that the caller no longer
         owns its batch (with it).
@@ -268,6 +271,7 @@ class RangeQueries:
        SET status = 'done', rows = $3, duration_ms = $4, attempts = $5, finished_at = now(),
            lease_until = NULL, last_error = NULL
      WHERE id = $1 AND worker = $2 AND status = 'running'
+       AND upper_key = $12::text[] AND lower_key IS NOT DISTINCT FROM $13::text[]
     RETURNING keys),
 """
             counters = """rows_processed = f.rows_processed + $3, keys_done = f.keys_done + b.keys,
@@ -364,7 +368,7 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
         return c
     head, tail = halves
     await conn.fetchval(query("split_batch"), c.id, token, list(head.upper), size,
-                        list(tail.upper), c.keys)
+                        list(tail.upper), c.keys)  # tail.upper: c's own, checked (fencing)
     return Claim(c.id, head, size, c.attempts)
 
 
@@ -396,8 +400,10 @@ async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, na
     key after it, from :func:`look_ahead`.
     """
     after, nth = (None, None) if hint is None else (list(hint[0]), list(hint[1]))
+    lower = None if c.range.lower is None else list(c.range.lower)
     row = await conn.fetchrow(ranges.checkpoint, c.id, token, rows, seconds * 1000.0,
-                              attempts, name, batch_size, claim_next, lease, after, nth)
+                              attempts, name, batch_size, claim_next, lease, after, nth,
+                              list(c.range.upper), lower)
     if row is None:
         return None
     return row["status"], None if row["id"] is None else Claim.from_row(row)

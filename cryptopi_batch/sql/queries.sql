@@ -96,12 +96,12 @@ UPDATE ops.backfill_batches b
 RETURNING id, lower_key, upper_key, keys, attempts;
 
 -- batch_state --
-SELECT status, worker, rows FROM ops.backfill_batches WHERE id = $1;
+SELECT status, worker, rows, lower_key, upper_key FROM ops.backfill_batches WHERE id = $1;
 
 -- split_batch --
 WITH s AS (
     UPDATE ops.backfill_batches SET upper_key = $3, keys = $4
-     WHERE id = $1 AND worker = $2 AND status = 'running'
+     WHERE id = $1 AND worker = $2 AND status = 'running' AND upper_key = $5::text[]
     RETURNING backfill, keys),
 f AS (
     UPDATE ops.backfills SET batch_size = LEAST(batch_size, $4)

@@ -514,3 +514,26 @@ async def test_the_checkpoint_takes_a_bound_found_ahead_only_for_the_frontier_it
     third = await checkpoint(second, (("10",), ("17",)))
     assert (third.range.lower, third.range.upper) == (("13",), ("23",))
     assert list(await conn.fetchval("SELECT frontier FROM ops.backfills")) == ["23"]
+
+
+async def test_the_checkpoint_fences_on_the_range_as_well_as_the_id(
+        conn: asyncpg.Connection) -> None:
+    """After a crash that lost a claim's asynchronous commit, its id may be issued again to
+    another range claimed under the same token (two workers of one runner). A checkpoint
+    for the old claim must not mark that range done."""
+    kind = KINDS["sparse_bigint"]
+    ctx, _ = await _setup(conn, kind, set(range(1, 101)), end_at=99, checkpoint_at=None)
+    lost = await store.claim(conn, NAME, ctx.token, LEASE, ctx.ranges, size=10,
+                             timeouts=TimeoutPolicy())
+    assert lost is not None
+    # The same id, owned by the same token, now names keys 40..50.
+    await conn.execute("UPDATE ops.backfill_batches SET lower_key = '{40}', upper_key = '{50}'"
+                       " WHERE id = $1", lost.id)
+    async with conn.transaction():
+        settled = await store.checkpoint(
+            conn, lost, ctx.token, name=NAME, rows=10, seconds=0.001, attempts=1,
+            batch_size=10, claim_next=True, lease=LEASE, ranges=ctx.ranges)
+    assert settled is None
+    row = await conn.fetchrow("SELECT status, rows FROM ops.backfill_batches WHERE id = $1",
+                              lost.id)
+    assert (row["status"], row["rows"]) == ("running", None)

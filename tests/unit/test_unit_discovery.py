@@ -198,6 +198,7 @@ def test_a_sql_file_does_not_load_as_a_backfill(mdir):
     ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=0', "batch_size"),
     ('sql="UPDATE t SET x = 1 WHERE {range}", key=()', "key="),
     ('sql="UPDATE t SET x = 1 WHERE {range}", down="DELETE FROM t"', "down="),
+    ('sql="UPDATE t SET x = 1 WHERE {range}", synchronous_commit="off"', "synchronous_commit"),
 ])
 def test_definition_errors_name_the_file_and_line(mdir, arguments, complaint):
     path = write(mdir, "20240101_0000_bad.py", f"""\
