@@ -265,7 +265,7 @@ class Runner:
                             await self._release_orphans(self._control)
                         status = await self._control.fetchval(
                             store.query("heartbeat"), self.token, self.name,
-                            self.settings.lease_seconds, list(self._held))
+                            self.settings.lease_seconds, [str(i) for i in self._held])
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 if isinstance(exc, TimeoutError):
                     self._control.terminate()
@@ -284,7 +284,7 @@ class Runner:
         holds claimed under its token. Such ranges go back to pending now rather than when
         their lease lapses."""
         status = await control.execute(store.query("release_orphans"), self.token,
-                                       self.name, list(self._held))
+                                       self.name, [str(i) for i in self._held])
         released = int(status.split()[-1])
         if released:
             log.warning("orphans_released", ranges=released)

@@ -88,13 +88,15 @@ async def ensure_schema(conn: asyncpg.Connection) -> None:
 
 # --- the user's table ---------------------------------------------------------------
 
+# Only text[] among the arrays: asyncpg knows it without asking the server (a bool[] or an
+# int8[] costs each new connection a type introspection query, ~5 ms on a cold one).
 # The table, its key columns (in the key's order; a NULL type: no such column), whether a
 # unique index covers exactly the key (its columns, in order, with no predicate and no
 # expressions: only then is "key > cursor" a total order over the rows), and the privileges
 # of $4 it lacks: one round trip.
 _INSPECT = """
 SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
-       k.types, k.notnull,
+       k.types, k.nullable,
        EXISTS (
            SELECT FROM pg_index i
             WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
@@ -109,7 +111,8 @@ SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
   JOIN pg_namespace ns ON ns.oid = c.relnamespace
  CROSS JOIN LATERAL (
        SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY w.n) AS types,
-              array_agg(a.attnotnull ORDER BY w.n) AS notnull
+              COALESCE(array_agg(w.name ORDER BY w.n) FILTER (WHERE NOT a.attnotnull),
+                       '{}') AS nullable
          FROM unnest($3::text[]) WITH ORDINALITY AS w(name, n)
          LEFT JOIN pg_attribute a
            ON a.attrelid = c.oid AND a.attname = w.name AND a.attnum > 0
@@ -149,7 +152,7 @@ async def inspect_target(conn: asyncpg.Connection, table: str, key: tuple[str, .
     missing = [k for k in key if types[k] is None]
     if missing:
         raise TargetInvalid(f"table {table} has no column {', '.join(missing)}")
-    nullable = [k for k, notnull in zip(key, row["notnull"], strict=True) if not notnull]
+    nullable = list(row["nullable"])
     if nullable:
         raise TargetInvalid(f"key column {', '.join(nullable)} of {table} is nullable;"
                             " a key must be NOT NULL")

@@ -65,13 +65,14 @@ UPDATE ops.backfill_batches SET status = 'pending', worker = NULL, lease_until =
  WHERE worker = $1 AND status = 'running';
 
 -- heartbeat --
+-- (Ids travel as text[]: asyncpg knows that array type without asking the server.)
 -- Extends the leases of the ranges this runner's workers hold ($4: not every range under its
 -- token: see release_orphans) and returns the control state the workers obey.
 WITH w AS (
     UPDATE ops.backfill_workers SET heartbeat_at = now() WHERE token = $1),
 l AS (
     UPDATE ops.backfill_batches SET lease_until = now() + make_interval(secs => $3)
-     WHERE worker = $1 AND status = 'running' AND id = ANY($4::bigint[]))
+     WHERE worker = $1 AND status = 'running' AND id = ANY($4::text[]::bigint[]))
 SELECT status FROM ops.backfills WHERE name = $2;
 
 -- release_orphans --
@@ -81,7 +82,8 @@ SELECT status FROM ops.backfills WHERE name = $2;
 -- of its range, an earlier commit, survived. A worker that does hold a range released here
 -- by a race fails the fencing check at its checkpoint and rolls back.
 UPDATE ops.backfill_batches SET status = 'pending', worker = NULL, lease_until = NULL
- WHERE backfill = $2 AND worker = $1 AND status = 'running' AND NOT (id = ANY($3::bigint[]));
+ WHERE backfill = $2 AND worker = $1 AND status = 'running'
+   AND NOT (id = ANY($3::text[]::bigint[]));
 
 -- claim_open --
 -- A pending remainder, or a range whose owner's lease lapsed. SKIP LOCKED: ranges, not
