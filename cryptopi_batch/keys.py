@@ -8,6 +8,7 @@ predicate, so the ops tables hold any key type and bounds are always bound param
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,11 +27,33 @@ def quote_qualified(name: str) -> str:
     return ".".join(quote_ident(part) for part in split_qualified(name))
 
 
+# One identifier: quoted ("" inside stands for "), or a bare word up to a dot.
+_IDENT = re.compile(r'\s*(?:"((?:[^"]|"")+)"|([^".\s]+))\s*')
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def split_qualified(name: str) -> tuple[str, ...]:
-    parts = tuple(p.strip().strip('"') for p in name.split("."))
-    if not 1 <= len(parts) <= 2 or not all(parts):
+    """``schema.table`` or ``table`` as PostgreSQL reads it: a quoted part is taken as
+    written (dots and all), a bare one is folded to lower case (ASCII letters only, as
+    PostgreSQL folds identifiers)."""
+    parts: list[str] = []
+    pos = 0
+    while True:
+        m = _IDENT.match(name, pos)
+        if m is None:
+            raise ValueError(f"not a table name: {name!r}")
+        quoted, bare = m.groups()
+        parts.append(quoted.replace('""', '"') if quoted is not None
+                     else bare.translate(_ASCII_LOWER))
+        pos = m.end()
+        if pos == len(name):
+            break
+        if name[pos] != ".":
+            raise ValueError(f"not a table name: {name!r}")
+        pos += 1
+    if not 1 <= len(parts) <= 2:
         raise ValueError(f"not a table name: {name!r}")
-    return parts
+    return tuple(parts)
 
 
 @dataclass(frozen=True)

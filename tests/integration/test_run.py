@@ -218,6 +218,29 @@ async def test_composite_key(dsn: str, conn: asyncpg.Connection, tmp_path: Path)
                         [("a", "bigint"), ("b", "text")], 100)
 
 
+async def test_a_quoted_table_name_with_dots_and_capitals(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """``table=`` is read as SQL reads it: quoted parts as written, dots included."""
+    await conn.execute('CREATE SCHEMA "Odd.Schema"')
+    await conn.execute('CREATE TABLE "Odd.Schema"."Dyn.Values" (id bigint PRIMARY KEY,'
+                       " touched int NOT NULL DEFAULT 0)")
+    await conn.execute('INSERT INTO "Odd.Schema"."Dyn.Values" (id)'
+                       " SELECT generate_series(1, 333)")
+    table = '"Odd.Schema"."Dyn.Values"'
+    sql = f"UPDATE {table} SET touched = touched + 1 WHERE {{range}}"
+    name = write_migration(tmp_path, "touch_odd", f'''
+        """Touch every row of an oddly named table once."""
+        from cryptopi_batch import Backfill
+
+        migration = Backfill(table={table!r}, key="id", batch_size=50, sql={sql!r})
+    ''')
+    result = await run(dsn, tmp_path, name)
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, table, 333)
+    await assert_batches_partition(conn, name, table, BIGINT_KEY)
+
+
 # --- 3, 4. empty table; a rerun is a no-op -----------------------------------------------
 
 

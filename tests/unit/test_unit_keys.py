@@ -97,12 +97,16 @@ def test_two_ranges_in_one_query_reuse_the_same_parameters():
     ('"Mixed Case"', '"Mixed Case"'),
     ('app."Orders"', '"app"."Orders"'),
     ("select", '"select"'),
+    ("Public.Users", '"public"."users"'),  # bare names fold to lower case, as in SQL
+    ('"my.schema"."t.x"', '"my.schema"."t.x"'),  # quoted dots are part of the name
+    ('"a""b".c', '"a""b"."c"'),
 ])
 def test_quote_qualified(name, quoted):
     assert quote_qualified(name) == quoted
 
 
-@pytest.mark.parametrize("name", ["", " ", "a.b.c", "a.", ".b", '""', "a..b"])
+@pytest.mark.parametrize("name", ["", " ", "a.b.c", "a.", ".b", '""', "a..b", '"open',
+                                  '"a".b.c', 'a"b', '"a"b'])
 def test_split_qualified_refuses_what_is_not_a_table_name(name):
     with pytest.raises(ValueError, match="not a table name"):
         split_qualified(name)
@@ -111,3 +115,5 @@ def test_split_qualified_refuses_what_is_not_a_table_name(name):
 def test_split_qualified_returns_schema_and_table():
     assert split_qualified("s.t") == ("s", "t")
     assert split_qualified("t") == ("t",)
+    assert split_qualified('"my.schema"."T"') == ("my.schema", "T")
+    assert split_qualified("ÄBC.Tab") == ("Äbc", "tab")  # only ASCII letters fold
