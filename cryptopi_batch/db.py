@@ -19,6 +19,42 @@ CONNECT_TIMEOUT = 10.0
 APPLICATION_NAME = "cryptopi_batch"
 
 
+# libpq's key=value form: key = value pairs, a value bare or single-quoted ('' and \'
+# inside quotes, \\ for a backslash).
+_KEY_VALUE = re.compile(r"\s*(\w+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^\s']*))")
+# The keys asyncpg takes as connect() arguments, by their libpq names.
+_LIBPQ_KEYS = {"host": "host", "hostaddr": "host", "port": "port", "dbname": "database",
+               "user": "user", "password": "password", "passfile": "passfile",
+               "sslmode": "ssl", "connect_timeout": None, "application_name": None}
+
+
+def parse_dsn(dsn: str | None) -> tuple[str | None, dict[str, Any]]:
+    """``(url, connect() arguments)`` for a URL (as is), libpq's ``key=value`` form (as
+    arguments; asyncpg reads URLs only), or ``None`` (libpq's ``PG*`` variables). Raises
+    :class:`ValueError` for a key asyncpg cannot take. ``connect_timeout`` and
+    ``application_name`` are ours to set and are ignored."""
+    if dsn is None or "://" in dsn or not dsn.strip():
+        return dsn, {}
+    options: dict[str, Any] = {}
+    pos = 0
+    while pos < len(dsn) and dsn[pos:].strip():
+        m = _KEY_VALUE.match(dsn, pos)
+        if m is None:
+            at = len(dsn) - len(dsn[pos:].lstrip()) + 1
+            raise ValueError(f"invalid DSN: not key=value pairs at character {at}")
+        key, quoted, bare = m.groups()
+        if key not in _LIBPQ_KEYS:
+            raise ValueError(f"invalid DSN: unsupported key {key!r}")
+        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        name = _LIBPQ_KEYS[key]
+        if name == "port" and not value.isdigit():
+            raise ValueError(f"invalid DSN: port {value!r} is not a number")
+        if name is not None:
+            options[name] = int(value) if name == "port" else value
+        pos = m.end()
+    return None, options
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """How to reach PostgreSQL. ``dsn`` ``None`` means libpq's ``PG*`` variables."""
@@ -45,6 +81,8 @@ class ConnectionSettings:
             with contextlib.suppress(ValueError):  # not a URL: key=value form below
                 found.append(urlsplit(self.dsn).password or "")
             found += re.findall(r"password=([^\s&]+)", self.dsn)
+            with contextlib.suppress(ValueError):  # key=value, quoted: the whole value
+                found.append(parse_dsn(self.dsn)[1].get("password", ""))
         # A URL carries a password percent-encoded and a message may show either form;
         # longest first, so no form is left half-replaced by a shorter one inside it.
         return sorted({s for s in (*found, *map(unquote, found)) if s}, key=len, reverse=True)
@@ -60,12 +98,14 @@ class ConnectionSettings:
     async def connect(self, *, timeout: float = CONNECT_TIMEOUT) -> Connection:
         """Open a connection; raises the driver's errors untranslated (the retry layer
         classifies them)."""
+        url, options = parse_dsn(self.dsn)
         conn: Connection = await asyncpg.connect(
-            self.dsn,
+            url,
             timeout=timeout,
             statement_cache_size=self.statement_cache_size,
             server_settings={"application_name": self.application_name},
             connection_class=Connection,
+            **options,
         )
         return conn
 

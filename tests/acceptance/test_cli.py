@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -826,3 +826,28 @@ def test_dsn_option_wins_over_database_url(dsn: str, workdir: Path, pg_server: P
     from_env = cli("status", "--json", dsn=dsn, cwd=workdir)
     assert from_env.returncode == 0
     assert json.loads(from_env.stdout)["status"] == "completed"
+
+
+def test_a_libpq_key_value_dsn_runs_like_its_url(dsn: str, workdir: Path) -> None:
+    """``--dsn "host=… port=… dbname=… user=… password=…"`` (libpq's form, which asyncpg
+    does not read itself): the run connects all its connections with it, and a bad one is
+    exit 2 with one line that names no password."""
+    rows = 250
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(workdir / "migrations", filename)
+    name = filename.removesuffix(".py")
+    url = urlsplit(dsn)
+    key_value = (f"host={url.hostname} port={url.port} dbname='{url.path.lstrip('/')}'"
+                 f" user={url.username} password='{unquote(url.password or '')}'")
+
+    result = cli("run", name, "--dsn", key_value, "--workers", "2", dsn=None, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert_exactly_once(dsn, name, filename, rows)
+
+    bad = cli("status", "--dsn", key_value + " options=-cwork_mem=1MB", dsn=None, cwd=workdir)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "unsupported key 'options'" in bad.stderr
+    if url.password:
+        assert unquote(url.password) not in bad.stderr + bad.stdout

@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 import pytest
 
-from cryptopi_batch.db import ConnectionSettings
+from cryptopi_batch.db import ConnectionSettings, parse_dsn
 
 SECRET = "s3cr3t-Pa55"
 
@@ -117,3 +117,43 @@ def test_an_encoded_password_is_replaced_whole_not_around_its_decoded_form():
     nothing of either is left behind."""
     dsn = "postgresql://alice:ab%25@db/app"
     assert ConnectionSettings(dsn=dsn).redact("tried ab%25 and ab%") == "tried *** and ***"
+
+
+def test_a_quoted_key_value_password_is_redacted_whole():
+    dsn = "host=db user=alice password='two words \\' and more' dbname=app"
+    settings = ConnectionSettings(dsn=dsn)
+    assert settings.redact("rejected: two words ' and more") == "rejected: ***"
+
+
+# --- libpq's key=value DSNs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("dsn", "options"), [
+    ("host=db.internal port=5433 dbname=app user=alice password=pw sslmode=require",
+     {"host": "db.internal", "port": 5433, "database": "app", "user": "alice",
+      "password": "pw", "ssl": "require"}),
+    ("  host = /var/run/postgresql   dbname='my app' ",
+     {"host": "/var/run/postgresql", "database": "my app"}),
+    ("password='it\\'s \\\\ fine'", {"password": "it's \\ fine"}),
+    ("hostaddr=10.0.0.5 connect_timeout=3 application_name=x", {"host": "10.0.0.5"}),
+])
+def test_a_key_value_dsn_becomes_connect_arguments(dsn: str, options: dict[str, object]):
+    assert parse_dsn(dsn) == (None, options)
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://a:b@h:1/d", "postgres://h/d", None])
+def test_a_url_or_no_dsn_passes_as_it_is(dsn: str | None):
+    assert parse_dsn(dsn) == (dsn, {})
+
+
+@pytest.mark.parametrize(("dsn", "complaint"), [
+    ("host=db options=-cfoo=bar", "unsupported key 'options'"),
+    ("host=db port=five", "port 'five' is not a number"),
+    ("host=db 'stray'", "not key=value pairs at character 9"),
+    ("password=secret host", "not key=value pairs"),
+])
+def test_a_key_value_dsn_it_cannot_take_is_one_clear_error(dsn: str, complaint: str):
+    with pytest.raises(ValueError, match="invalid DSN") as info:
+        parse_dsn(dsn)
+    assert complaint in str(info.value)
+    assert "secret" not in str(info.value)
