@@ -122,9 +122,10 @@ async def _opened(opening: list[asyncio.Future[Connection]], *,
             future.cancel()
     if opening:
         await asyncio.wait(opening)
-    done = [f.result() for f in opening if not f.cancelled() and f.exception() is None]
+    done: list[asyncpg.Connection] = [
+        f.result() for f in opening if not f.cancelled() and f.exception() is None]
     opening.clear()
-    return list(done)
+    return done
 
 
 @contextlib.asynccontextmanager

@@ -208,8 +208,6 @@ class RangeQueries:
         lower, upper = k.params(1), k.params(1 + w)
         self.nth_after = self._nth(lower, upper, f"${2 * w + 1}::bigint")
         self.nth_from_start = self._nth(None, k.params(1), f"${w + 1}::bigint")
-        self.count_after = self._count(lower, upper)
-        self.count_from_start = self._count(None, k.params(1))
         self.claim_next = self._handing_out(checkpoint=False)
         self.checkpoint = self._handing_out(checkpoint=True)
 
@@ -317,9 +315,6 @@ SELECT f.status, i.id, i.lower_key, i.upper_key, i.keys, i.attempts
         row = await conn.fetchrow(sql, *rng.params(), n - 1)
         return None if row is None else tuple(row[0])
 
-    async def count(self, conn: asyncpg.Connection, rng: KeyRange) -> int:
-        sql = self.count_after if rng.lower is not None else self.count_from_start
-        return int(await conn.fetchval(sql, *rng.params()))
 
 
 # --- claims -------------------------------------------------------------------------
