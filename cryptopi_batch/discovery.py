@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import os
 import re
 import sys
-import tomllib
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +69,8 @@ def migrations_dir(explicit: str | None = None, cwd: Path | None = None) -> Path
         return base / os.environ[ENV_DIR]
     pyproject = base / "pyproject.toml"
     if pyproject.is_file():
+        import tomllib  # noqa: PLC0415 -- ~1.5 ms of imports, only where there is a pyproject
+
         try:
             tool = tomllib.loads(pyproject.read_text()).get("tool", {})
         except tomllib.TOMLDecodeError as exc:
@@ -106,6 +106,8 @@ def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
         if len(found) > 1:
             both = ", ".join(f.name for f in found)
             raise MigrationNotFound(f"migration name {wanted!r} is ambiguous: {both}")
+    import difflib  # noqa: PLC0415 -- only a name that matched nothing needs it
+
     names = [f.name for f in files]
     close = difflib.get_close_matches(wanted, names + [f.description for f in files], n=3)
     hint = f"; did you mean {', '.join(close)}" if close else ""
