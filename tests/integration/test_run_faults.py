@@ -23,6 +23,7 @@ from run_support import (
     write_migration,
 )
 
+from cryptopi_batch import commands, store
 from cryptopi_batch.errors import BatchFailed, SourceChanged
 
 pytestmark = pytest.mark.anyio
@@ -303,6 +304,62 @@ async def test_a_statement_timeout_retries_with_a_smaller_batch(
         "SELECT * FROM ops.backfill_batches WHERE backfill = $1 AND lower_key IS NULL", name)
     assert first["attempts"] >= 2
     assert first["keys"] < 100
+
+
+_FAIL_ONE_SPLIT = """
+CREATE SEQUENCE fault_split;
+CREATE FUNCTION fail_one_split() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('fault_split') = 1 THEN
+        RAISE EXCEPTION 'injected serialization failure' USING ERRCODE = '40001';
+    END IF;
+    RETURN NEW;
+END $$;
+-- A split cuts a running range's upper bound (a checkpoint sets 'done'; a claim takes a
+-- pending range): only split_batch matches.
+CREATE TRIGGER fail_one_split BEFORE UPDATE ON ops.backfill_batches FOR EACH ROW
+    WHEN (OLD.status = 'running' AND NEW.status = 'running'
+          AND OLD.upper_key IS DISTINCT FROM NEW.upper_key)
+    EXECUTE FUNCTION fail_one_split();
+"""
+
+
+async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_lapse(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """A range claimed whole and then cut to the batch size, whose cut fails transiently:
+    the claim committed, the cut did not. The retry claims afresh, so the runner no longer
+    holds that range: its heartbeat must stop extending the range's lease, which then
+    lapses and the range is claimed (and cut) again. Were its lease kept alive, the run
+    would wait for it forever."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_split", sql_migration(TABLE, batch_size=50))
+    migration = commands.find_migration(tmp_path, name)
+    await store.ensure_schema(conn)
+    # What a run stopped after shrinking its batches leaves: the key space handed out, and
+    # one pending remainder six times the batch size.
+    await conn.execute(
+        "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
+        " end_key, frontier, exhausted, batch_size, source_checksum) VALUES ($1, $2, $3,"
+        " '{id}', '{bigint}', '{300}', '{300}', true, 50, $4)",
+        name, migration.file.filename, TABLE, migration.checksum)
+    await conn.execute(
+        "INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status)"
+        " VALUES ($1, NULL, '{300}', 300, 'pending')", name)
+    await conn.execute(_FAIL_ONE_SPLIT)
+
+    with anyio.fail_after(30):
+        result = await run(dsn, tmp_path, name, lease_seconds=1.5)
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 300)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    # The first cut failed, the range was claimed again once its lease lapsed, and that
+    # cut held; its work ran once.
+    assert await conn.fetchval("SELECT last_value FROM fault_split") >= 2
+    first = await conn.fetchrow("SELECT keys, attempts FROM ops.backfill_batches"
+                                " WHERE backfill = $1 AND lower_key IS NULL", name)
+    assert (first["keys"], first["attempts"]) == (50, 1)
 
 
 # --- more: repeated kills with several workers; a lock timeout -----------------------------

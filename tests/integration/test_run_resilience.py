@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,9 +30,12 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import store
+from cryptopi_batch import commands, store
+from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.embedded import EmbeddedCluster
-from cryptopi_batch.settings import TimeoutPolicy
+from cryptopi_batch.executor import Runner
+from cryptopi_batch.keys import KeyRange
+from cryptopi_batch.settings import RunOptions, TimeoutPolicy, resolve_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -191,6 +195,61 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
         assert (row["status"], row["rows"]) == ("done", batch)
     finally:
         await watcher.close()
+
+
+_STATES = {
+    # how the batch's row looks after the lost connection: (worker is ours, its range,
+    # status), and what the runner must conclude: settled (not to be run again), counted
+    "committed": (True, ("100", "150"), "done", True, True),
+    "not committed": (True, ("100", "150"), "running", False, False),
+    "id reissued to another range": (True, ("150", "200"), "running", True, False),
+    "id reissued, done": (True, ("150", "200"), "done", True, False),
+    "taken by another runner": (False, ("100", "150"), "running", True, False),
+}
+
+
+@pytest.mark.parametrize("state", list(_STATES))
+async def test_after_a_lost_connection_a_batch_is_judged_by_its_id_token_and_range(
+        dsn: str, tmp_path: Path, state: str) -> None:
+    """A batch whose connection was lost has an unknown outcome: the runner reads its row
+    back before deciding. Done under its token and range: committed, counted, not run
+    again. Still running under them: run again. Under another token, or naming another
+    range (after a crash lost its claim, the id was issued again): no longer this runner's
+    batch, given up and not counted."""
+    ours, (lower, upper), status, settled, counted = _STATES[state]
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, rows=300)
+        name = write_migration(tmp_path, "touch_judged", _slow_migration(0, 50))
+        await store.ensure_schema(conn)
+        await conn.execute(
+            "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
+            " end_key, batch_size, source_checksum) VALUES ($1, $1 || '.py', $2, '{id}',"
+            " '{bigint}', '{300}', 50, 'x')", name, TABLE)
+        token, other = uuid.uuid4(), uuid.uuid4()
+        batch_id = await conn.fetchval(
+            "INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status,"
+            " worker, rows, claimed_at) VALUES ($1, $2::text[], $3::text[], 50, $4, $5, 50,"
+            " now()) RETURNING id", name, [lower], [upper], status,
+            token if ours else other)
+        migration = commands.find_migration(tmp_path, name)
+        target = await store.inspect_target(conn, TABLE, ("id",))
+        runner = Runner(name=name, filename=migration.file.filename,
+                        work=migration.backfill.work, target=target,
+                        settings=resolve_settings(RunOptions(), migration.backfill),
+                        connection=ConnectionSettings(dsn=dsn), token=token)
+        claim = store.Claim(batch_id, KeyRange(("100",), ("150",)), 50, 0)
+
+        assert await runner._already_settled(conn, claim) is settled
+        assert (runner.progress.batches, runner.progress.rows) == (
+            (1, 50) if counted else (0, 0))
+        # Judging writes nothing: the row is as the crash left it.
+        row = await conn.fetchrow("SELECT status, worker, lower_key, upper_key"
+                                  " FROM ops.backfill_batches WHERE id = $1", batch_id)
+        assert (row["status"], row["worker"], list(row["lower_key"]),
+                list(row["upper_key"])) == (status, token if ours else other, [lower], [upper])
+    finally:
+        await conn.close()
 
 
 # --- 2. a black-holed connection ---------------------------------------------------------
