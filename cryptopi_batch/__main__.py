@@ -2,10 +2,17 @@
 shortcuts below belong to that process only, never to library code (cli.main included)."""
 
 import atexit
+import gc
 import os
 import sys
 import threading
 from typing import NoReturn
+
+# The imports below create ~25,000 objects and next to no garbage, yet allocating them
+# runs ~60 cyclic garbage collections (~6 ms). Collection is off while they load; then what they
+# built is frozen (gc.freeze: never scanned again, so later collections during the run
+# only look at the run's own objects) and collection is back on.
+gc.disable()
 
 # structlog imports rich at its own import (structlog.dev and structlog.tracebacks: `try:
 # import rich`), ~25-30 ms of the ~150 ms this process spent importing, only to render
@@ -21,7 +28,10 @@ if "structlog" not in sys.modules and "rich" not in sys.modules:
     finally:
         del sys.modules["rich"]
 
-from .cli import main
+from .cli import main  # noqa: E402 -- after the set-up above, on purpose
+
+gc.freeze()
+gc.enable()
 
 
 def _exit(code: int) -> NoReturn:
