@@ -1,5 +1,6 @@
-"""``python -m cryptopi_batch``: the command line's own process. The two start-up and exit
-shortcuts below belong to that process only, never to library code (cli.main included)."""
+"""``python -m cryptopi_batch`` and the ``cryptopi-batch`` script: the command line's own
+process. The start-up and exit shortcuts below belong to that process only, never to
+library code (cli.main included)."""
 
 import atexit
 import gc
@@ -57,4 +58,11 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-_exit(main())
+def start() -> NoReturn:
+    """The installed ``cryptopi-batch`` script's entry point: the same process as
+    ``python -m cryptopi_batch``."""
+    _exit(main())
+
+
+if __name__ == "__main__":
+    start()

@@ -14,6 +14,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -658,6 +659,31 @@ def test_rerunning_a_completed_migration_changes_nothing(dsn: str, workdir: Path
     for column in ("rows_processed", "batches_done", "keys_done", "completed_at", "status"):
         assert after[column] == before[column], column
     assert value(dsn, "SELECT count(*) FROM ops.backfill_batches") == batch_rows
+
+
+def test_the_installed_script_is_the_same_command(dsn: str, workdir: Path) -> None:
+    """``cryptopi-batch``, the script the package installs, runs a migration and refuses bad
+    input as ``python -m cryptopi_batch`` does (both enter through ``__main__``)."""
+    script = Path(sys.executable).with_name("cryptopi-batch")
+    if not script.exists():
+        pytest.skip("the package is not installed in this interpreter's environment")
+    rows = 300
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(workdir / "migrations", filename, batch_size=100)
+    name = filename.removesuffix(".py")
+    env = cli_env(dsn)
+
+    done = subprocess.run([str(script), "run", name, "--no-progress"], env=env, cwd=workdir,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert_exactly_once(dsn, name, filename, rows)
+
+    unknown = subprocess.run([str(script), "run", "no_such_migration"], env=env, cwd=workdir,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert unknown.returncode == 2
+    assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+    assert "no migration named 'no_such_migration'" in unknown.stderr
 
 
 # --- 6. status and list ------------------------------------------------------------------
