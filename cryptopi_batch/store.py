@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -23,17 +23,30 @@ from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified
 from .planner import split_range
 from .settings import TimeoutPolicy
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 SCHEMA_VERSION = 1
 _LOCK_KEY = "cryptopi_batch.schema"
 _BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
-# The package's SQL files, read from beside this module: importlib.resources would find
-# them too (also in a zip), for ~3 ms of imports on every start.
-_SQL = Path(__file__).with_name("sql")
+
+
+@functools.cache
+def _sql_dir() -> Traversable:
+    """The package's SQL files: beside this module when installed as files (the usual
+    case, without the ~3 ms of imports importlib.resources costs), else (a zip) through
+    importlib.resources."""
+    beside = Path(__file__).with_name("sql")
+    if beside.is_dir():
+        return beside
+    from importlib import resources  # noqa: PLC0415 -- see above
+
+    return resources.files("cryptopi_batch").joinpath("sql")
 
 
 @functools.cache
 def _queries() -> dict[str, str]:
-    text = (_SQL / "queries.sql").read_text()
+    text = _sql_dir().joinpath("queries.sql").read_text(encoding="utf-8")
     parts = _BLOCK.split(text)
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
@@ -44,8 +57,8 @@ def query(name: str) -> str:
 
 
 def _version_files() -> list[tuple[int, str]]:
-    folder = _SQL / "versions"
-    found = [(int(f.name.split("_", 1)[0]), f.read_text())
+    folder = _sql_dir().joinpath("versions")
+    found = [(int(f.name.split("_", 1)[0]), f.read_text(encoding="utf-8"))
              for f in folder.iterdir() if f.name.endswith(".sql")]
     return sorted(found)
 

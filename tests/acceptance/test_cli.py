@@ -7,6 +7,7 @@ written when a run could not start.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import random
@@ -667,6 +668,10 @@ def test_the_installed_script_is_the_same_command(dsn: str, workdir: Path) -> No
     script = Path(sys.executable).with_name("cryptopi-batch")
     if not script.exists():
         pytest.skip("the package is not installed in this interpreter's environment")
+    # What the installed metadata says the script runs (an install older than the current
+    # pyproject.toml would run something else).
+    (entry,) = importlib.metadata.entry_points(group="console_scripts", name="cryptopi-batch")
+    assert entry.value == "cryptopi_batch.__main__:start"
     rows = 300
     seed(dsn, rows)
     filename = "20240101_0000_touch_all.py"

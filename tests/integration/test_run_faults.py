@@ -6,6 +6,7 @@ After each, every row is touched exactly once and the ops tables tell the truth.
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import anyio
@@ -315,8 +316,9 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
--- A split cuts a running range's upper bound (a checkpoint sets 'done'; a claim takes a
--- pending range): only split_batch matches.
+-- A split cuts a running range's upper bound; a checkpoint sets 'done', and a claim
+-- leaves the bounds as they are (of a pending range, or of a running one whose lease
+-- lapsed): only split_batch matches.
 CREATE TRIGGER fail_one_split BEFORE UPDATE ON ops.backfill_batches FOR EACH ROW
     WHEN (OLD.status = 'running' AND NEW.status = 'running'
           AND OLD.upper_key IS DISTINCT FROM NEW.upper_key)
@@ -347,16 +349,21 @@ async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_laps
         " VALUES ($1, NULL, '{300}', 300, 'pending')", name)
     await conn.execute(_FAIL_ONE_SPLIT)
 
+    started = time.monotonic()
     with anyio.fail_after(30):
         result = await run(dsn, tmp_path, name, lease_seconds=1.5)
+    elapsed = time.monotonic() - started
 
     assert result.outcome is not None
     assert result.outcome.completed
     await assert_completed(conn, name, TABLE, 300)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
-    # The first cut failed, the range was claimed again once its lease lapsed, and that
-    # cut held; its work ran once.
-    assert await conn.fetchval("SELECT last_value FROM fault_split") >= 2
+    # The first cut failed; the range was claimed again once its lease lapsed (not
+    # before: nothing hands it back sooner) and cut, and so was each remainder while it held
+    # more than twice the batch size (300 -> 250 -> 200 -> 150 -> 100): five cuts in all.
+    # The first range's work ran once.
+    assert await conn.fetchval("SELECT last_value FROM fault_split") == 5
+    assert elapsed >= 1.5
     first = await conn.fetchrow("SELECT keys, attempts FROM ops.backfill_batches"
                                 " WHERE backfill = $1 AND lower_key IS NULL", name)
     assert (first["keys"], first["attempts"]) == (50, 1)

@@ -198,24 +198,29 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
 
 
 _STATES = {
-    # how the batch's row looks after the lost connection: (worker is ours, its range,
+    # how the batch's row reads after the connection was lost: (worker is ours, its range,
     # status), and what the runner must conclude: settled (not to be run again), counted
     "committed": (True, ("100", "150"), "done", True, True),
     "not committed": (True, ("100", "150"), "running", False, False),
-    "id reissued to another range": (True, ("150", "200"), "running", True, False),
-    "id reissued, done": (True, ("150", "200"), "done", True, False),
+    # The id issued again to another range (a claim lost in a crash): the same lower bound
+    # (the same frontier, another batch size), the same upper, neither, or from the start.
+    "reissued, other upper": (True, ("100", "180"), "running", True, False),
+    "reissued, other lower": (True, ("120", "150"), "running", True, False),
+    "reissued, other range, done": (True, ("150", "200"), "done", True, False),
+    "reissued, from the start": (True, (None, "150"), "running", True, False),
     "taken by another runner": (False, ("100", "150"), "running", True, False),
 }
 
 
 @pytest.mark.parametrize("state", list(_STATES))
-async def test_after_a_lost_connection_a_batch_is_judged_by_its_id_token_and_range(
+async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
         dsn: str, tmp_path: Path, state: str) -> None:
-    """A batch whose connection was lost has an unknown outcome: the runner reads its row
-    back before deciding. Done under its token and range: committed, counted, not run
-    again. Still running under them: run again. Under another token, or naming another
-    range (after a crash lost its claim, the id was issued again): no longer this runner's
-    batch, given up and not counted."""
+    """After a lost connection a batch's outcome is unknown: the runner reads its row back
+    (Runner._already_settled, called here directly on the row a crash could leave) before
+    deciding whether to run it again. Done under its token and range: committed, counted.
+    Still running under them: to be run again. Under another token, or its id naming
+    another range (after a crash lost its claim, the id was issued again): no longer this
+    runner's batch, given up and not counted."""
     ours, (lower, upper), status, settled, counted = _STATES[state]
     conn = await connect(dsn)
     try:
@@ -230,7 +235,7 @@ async def test_after_a_lost_connection_a_batch_is_judged_by_its_id_token_and_ran
         batch_id = await conn.fetchval(
             "INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status,"
             " worker, rows, claimed_at) VALUES ($1, $2::text[], $3::text[], 50, $4, $5, 50,"
-            " now()) RETURNING id", name, [lower], [upper], status,
+            " now()) RETURNING id", name, None if lower is None else [lower], [upper], status,
             token if ours else other)
         migration = commands.find_migration(tmp_path, name)
         target = await store.inspect_target(conn, TABLE, ("id",))
@@ -246,8 +251,8 @@ async def test_after_a_lost_connection_a_batch_is_judged_by_its_id_token_and_ran
         # Judging writes nothing: the row is as the crash left it.
         row = await conn.fetchrow("SELECT status, worker, lower_key, upper_key"
                                   " FROM ops.backfill_batches WHERE id = $1", batch_id)
-        assert (row["status"], row["worker"], list(row["lower_key"]),
-                list(row["upper_key"])) == (status, token if ours else other, [lower], [upper])
+        assert (row["status"], row["worker"], row["lower_key"], list(row["upper_key"])) == (
+            status, token if ours else other, None if lower is None else [lower], [upper])
     finally:
         await conn.close()
 
