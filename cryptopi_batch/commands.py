@@ -82,16 +82,27 @@ async def run(
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
     conn = await connection.connect_or_fail()
-    # The workers' connections are opened while the checks run, not after them.
+    # The workers' connections are opened while the checks run, not after them: with the
+    # statement cache of a direct connection, the common case (a pooler is found below).
+    direct = connection.behind_pooler(False)
     opening: list[asyncio.Future[Connection]] = [
-        asyncio.ensure_future(connection.connect()) for _ in range(settings.workers)]
+        asyncio.ensure_future(direct.connect()) for _ in range(settings.workers)]
     try:
         async with _setup_errors(connection):
             # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE):
             # never queue long behind DDL, as no batch does either.
             lock_timeout = set_local(lock_timeout=pg_interval(settings.timeouts.lock_timeout))
             async with transaction(conn, lock_timeout):
+                # The server session's own pid, against the one announced at connect: a
+                # pooler announces its own.
+                pooled = await conn.fetchval("SELECT pg_backend_pid()") != conn.get_server_pid()
                 target = await _check_target(conn, migration)
+            connection = connection.behind_pooler(pooled)
+            if connection.statement_cache_size != direct.statement_cache_size:
+                # Behind a pooler: the workers connect without a cache. Those opened with
+                # one have run nothing yet.
+                for spare in await _opened(opening, cancel=True):
+                    spare.terminate()
             await store.ensure_schema(conn)
             row = await _start_or_resume(conn, migration, target, settings)
         if row["status"] == "completed":

@@ -7,13 +7,13 @@ import contextlib
 import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from .errors import ConnectionFailed, PermissionDenied
+from .errors import ConnectionFailed, PermissionDenied, UsageError
 
 CONNECT_TIMEOUT = 10.0
 APPLICATION_NAME = "cryptopi_batch"
@@ -55,24 +55,45 @@ def parse_dsn(dsn: str | None) -> tuple[str | None, dict[str, Any]]:
     return None, options
 
 
+STATEMENT_CACHE_ENV = "CRYPTOPI_BATCH_STATEMENT_CACHE"
+DIRECT_STATEMENT_CACHE = 100
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """How to reach PostgreSQL. ``dsn`` ``None`` means libpq's ``PG*`` variables."""
+    """How to reach PostgreSQL. ``dsn`` ``None`` means libpq's ``PG*`` variables.
+
+    ``statement_cache_size`` is asyncpg's prepared-statement cache; ``None`` lets the
+    connection decide (:meth:`behind_pooler`): a cache on a direct connection, none behind
+    a pooler in transaction mode, where a statement prepared in one transaction is gone
+    (or another client's) in the next.
+    """
 
     dsn: str | None = None
-    statement_cache_size: int = 100
+    statement_cache_size: int | None = None
     application_name: str = APPLICATION_NAME
 
     @classmethod
     def from_env(cls, dsn: str | None = None) -> ConnectionSettings:
         """``--dsn``, else $DATABASE_URL, else libpq's ``PG*`` variables (asyncpg reads them).
 
-        $CRYPTOPI_BATCH_STATEMENT_CACHE=0 turns off asyncpg's prepared-statement cache, as
-        PgBouncer in transaction-pooling mode needs.
+        $CRYPTOPI_BATCH_STATEMENT_CACHE sets the cache size instead of letting each run
+        decide: ``0`` never prepares a statement for reuse; more than 0 also behind a pooler
+        (PgBouncer 1.21 and later can keep prepared statements in transaction mode).
         """
-        cache = os.environ.get("CRYPTOPI_BATCH_STATEMENT_CACHE")
+        cache = os.environ.get(STATEMENT_CACHE_ENV, "").strip()
+        if cache and not cache.isdigit():
+            raise UsageError(f"${STATEMENT_CACHE_ENV} must be a number of statements"
+                             f" (0 for none), not {cache!r}")
         return cls(dsn=dsn or os.environ.get("DATABASE_URL") or None,
-                   statement_cache_size=int(cache) if cache else 100)
+                   statement_cache_size=int(cache) if cache else None)
+
+    def behind_pooler(self, pooled: bool) -> ConnectionSettings:
+        """These settings with the cache decided, for a server reached through a pooler
+        (``pooled``) or directly; a size given explicitly stays."""
+        if self.statement_cache_size is not None:
+            return self
+        return replace(self, statement_cache_size=0 if pooled else DIRECT_STATEMENT_CACHE)
 
     def secrets(self) -> list[str]:
         """Every password this configuration could put in a message."""
@@ -99,10 +120,14 @@ class ConnectionSettings:
         """Open a connection; raises the driver's errors untranslated (the retry layer
         classifies them)."""
         url, options = parse_dsn(self.dsn)
+        # Undecided (see behind_pooler): no cache, which is safe either way. A connection
+        # opened before the decision runs its statements as unnamed ones, each prepared
+        # again where it is used (inside one transaction, behind a pooler).
+        cache = 0 if self.statement_cache_size is None else self.statement_cache_size
         conn: Connection = await asyncpg.connect(
             url,
             timeout=timeout,
-            statement_cache_size=self.statement_cache_size,
+            statement_cache_size=cache,
             server_settings={"application_name": self.application_name},
             connection_class=Connection,
             **options,

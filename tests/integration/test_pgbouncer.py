@@ -24,6 +24,7 @@ import pytest
 from helpers import connect, run_cli, seed_table
 from run_support import assert_batches_partition, assert_completed, write_migration
 
+from cryptopi_batch.db import STATEMENT_CACHE_ENV
 from cryptopi_batch.embedded import SYSTEM_USER
 
 pytestmark = pytest.mark.anyio
@@ -105,14 +106,16 @@ logfile = {home / "pgbouncer.log"}
         shutil.rmtree(home, ignore_errors=True)
 
 
-# Each batch bumps the counter of its rows once and records which server session ran it.
+# Each batch bumps the counter of its rows once and records which server session ran it and
+# how many prepared statements that session holds.
 _RECORDING = '''
     """Touch every row once, recording each batch's server session."""
     from cryptopi_batch import Backfill, Batch
 
     async def touch(batch: Batch) -> int:
         await batch.execute(
-            "INSERT INTO batch_sessions (lower_key, pid) VALUES ($1, pg_backend_pid())",
+            "INSERT INTO batch_sessions (lower_key, pid, prepared) SELECT $1,"
+            " pg_backend_pid(), (SELECT count(*) FROM pg_prepared_statements)",
             None if batch.lower is None else batch.lower[0])
         status = await batch.execute(
             "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
@@ -121,33 +124,78 @@ _RECORDING = '''
     migration = Backfill(table="matrices.dyn_values", key="id", batch_size=40,
                          process=touch)
 '''
+ROWS = 2_000
 
 
-async def test_a_run_through_pgbouncer_in_transaction_mode_applies_every_row_once(
-        dsn: str, pgbouncer: str, tmp_path: Path) -> None:
-    """As a user runs it: the command line, with the prepared-statement cache off as
-    docs/running.md says (PgBouncer 1.18 keeps no prepared statement across transactions;
-    with the cache on, the run fails at its first reuse of a statement)."""
-    rows = 2_000
+async def _seeded(dsn: str, tmp_path: Path) -> str:
     conn = await connect(dsn)
     try:
-        await seed_table(conn, rows=rows)
-        await conn.execute("CREATE TABLE batch_sessions (lower_key text, pid int NOT NULL)")
-        name = write_migration(tmp_path, "touch_pooled", _RECORDING)
+        await seed_table(conn, rows=ROWS)
+        await conn.execute(
+            "CREATE TABLE batch_sessions (lower_key text, pid int NOT NULL, prepared int)")
+    finally:
+        await conn.close()
+    return write_migration(tmp_path, "touch_pooled", _RECORDING)
 
-        done = await anyio.to_thread.run_sync(lambda: run_cli(
-            "run", name, "--migrations-dir", str(tmp_path), "--no-progress",
-            "--workers", str(WORKERS), dsn=pgbouncer,
-            env={"CRYPTOPI_BATCH_STATEMENT_CACHE": "0"}))
 
-        assert done.returncode == 0, done.stderr
-        await assert_completed(conn, name, TABLE, rows)
+async def _run_cli(name: str, directory: Path, dsn: str,
+                   env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return await anyio.to_thread.run_sync(lambda: run_cli(
+        "run", name, "--migrations-dir", str(directory), "--no-progress",
+        "--workers", str(WORKERS), dsn=dsn, env=env))
+
+
+@pytest.mark.parametrize("cache", [None, "0"], ids=["cache-decided", "cache-0"])
+async def test_a_run_through_pgbouncer_in_transaction_mode_applies_every_row_once(
+        dsn: str, pgbouncer: str, tmp_path: Path, cache: str | None) -> None:
+    """As a user runs it, from the command line: by default the runner finds the pooler
+    and prepares no statement for reuse (PgBouncer 1.18 keeps none across transactions);
+    $CRYPTOPI_BATCH_STATEMENT_CACHE=0 says so explicitly."""
+    name = await _seeded(dsn, tmp_path)
+    env = {} if cache is None else {STATEMENT_CACHE_ENV: cache}
+
+    done = await _run_cli(name, tmp_path, pgbouncer, env)
+
+    assert done.returncode == 0, done.stderr
+    conn = await connect(dsn)
+    try:
+        await assert_completed(conn, name, TABLE, ROWS)
         await assert_batches_partition(conn, name, TABLE, [("id", "bigint")])
         sessions = await conn.fetchrow(
             "SELECT count(*) AS batches, count(DISTINCT pid) AS pids FROM batch_sessions")
         # One row per committed batch (a rolled-back attempt leaves none), and the batches
         # of WORKERS workers ran on at most POOL_SIZE server sessions: the pool was shared.
-        assert sessions["batches"] == rows // 40
+        assert sessions["batches"] == ROWS // 40
         assert 1 <= sessions["pids"] <= POOL_SIZE < WORKERS
+    finally:
+        await conn.close()
+
+
+async def test_a_statement_cache_forced_on_behind_pgbouncer_fails_the_run(
+        dsn: str, pgbouncer: str, tmp_path: Path) -> None:
+    """What the decision above avoids: asyncpg's statement cache through PgBouncer 1.18 in
+    transaction mode (the run stops with exit 1, resumable)."""
+    name = await _seeded(dsn, tmp_path)
+
+    failed = await _run_cli(name, tmp_path, pgbouncer, {STATEMENT_CACHE_ENV: "100"})
+
+    assert failed.returncode == 1, failed.stderr
+    assert "prepared statement" in failed.stderr
+
+
+async def test_a_direct_run_keeps_its_prepared_statements(dsn: str, tmp_path: Path) -> None:
+    """On a direct connection the runner keeps asyncpg's statement cache: from its second
+    batch on, a worker's session holds prepared statements (behind a pooler it holds none
+    of the runner's: they would not survive the transaction)."""
+    name = await _seeded(dsn, tmp_path)
+
+    done = await _run_cli(name, tmp_path, dsn, {})
+
+    assert done.returncode == 0, done.stderr
+    conn = await connect(dsn)
+    try:
+        await assert_completed(conn, name, TABLE, ROWS)
+        prepared = await conn.fetchval("SELECT max(prepared) FROM batch_sessions")
+        assert prepared > 0
     finally:
         await conn.close()

@@ -1,4 +1,5 @@
-"""A DSN's password never survives into a message: ConnectionSettings.redact()."""
+"""ConnectionSettings: a DSN's password never survives into a message (redact()), and the
+statement cache the environment asks for."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from urllib.parse import quote
 
 import pytest
 
-from cryptopi_batch.db import ConnectionSettings, parse_dsn
+from cryptopi_batch.db import (
+    DIRECT_STATEMENT_CACHE,
+    STATEMENT_CACHE_ENV,
+    ConnectionSettings,
+    parse_dsn,
+)
+from cryptopi_batch.errors import UsageError
 
 SECRET = "s3cr3t-Pa55"
 
@@ -148,3 +155,29 @@ def test_a_key_value_dsn_it_cannot_take_is_one_clear_error(dsn: str, complaint: 
         parse_dsn(dsn)
     assert complaint in str(info.value)
     assert "secret" not in str(info.value)
+
+
+# --- the statement cache: decided per run unless the environment says ---------------------
+
+
+@pytest.mark.parametrize(("value", "size"), [(None, None), ("0", 0), ("50", 50), (" 7 ", 7)])
+def test_the_statement_cache_comes_from_the_environment_or_is_left_undecided(
+        monkeypatch: pytest.MonkeyPatch, value: str | None, size: int | None) -> None:
+    if value is None:
+        monkeypatch.delenv(STATEMENT_CACHE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(STATEMENT_CACHE_ENV, value)
+    settings = ConnectionSettings.from_env("postgresql://h/db")
+    assert settings.statement_cache_size == size
+    decided = (settings.behind_pooler(True).statement_cache_size,
+               settings.behind_pooler(False).statement_cache_size)
+    # Undecided: none behind a pooler, a cache on a direct connection; given: as given.
+    assert decided == ((0, DIRECT_STATEMENT_CACHE) if size is None else (size, size))
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
+def test_a_statement_cache_that_is_not_a_count_is_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(STATEMENT_CACHE_ENV, value)
+    with pytest.raises(UsageError, match=STATEMENT_CACHE_ENV):
+        ConnectionSettings.from_env(None)
