@@ -9,6 +9,7 @@ installs Debian's).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -169,6 +170,15 @@ async def test_a_run_through_pgbouncer_in_transaction_mode_applies_every_row_onc
         assert 1 <= sessions["pids"] <= POOL_SIZE < WORKERS
     finally:
         await conn.close()
+    # The other commands through the pooler too (a handful of statements each, no cache).
+    status = await anyio.to_thread.run_sync(lambda: run_cli(
+        "status", name, "--json", "--migrations-dir", str(tmp_path), dsn=pgbouncer, env=env))
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["status"] == "completed"
+    listed = await anyio.to_thread.run_sync(lambda: run_cli(
+        "list", "--migrations-dir", str(tmp_path), dsn=pgbouncer, env=env))
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout
 
 
 async def test_a_statement_cache_forced_on_behind_pgbouncer_fails_the_run(
