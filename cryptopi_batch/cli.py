@@ -12,6 +12,7 @@ import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import anyio
@@ -128,7 +129,18 @@ def _sigterm_as_sigint() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # SIGINT's handler, asyncio's (which cancels the command) or Python's; a process
+        # started in the background by a shell has SIGINT ignored, and SIGTERM must still
+        # stop it.
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if callable(on_sigint):
+            on_sigint(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:

@@ -245,9 +245,15 @@ class Running:
     """A CLI process in the background whose output is collected as it comes."""
 
     def __init__(self, *args: str, dsn: str, cwd: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, sigint_ignored: bool = False) -> None:
+        argv = cli_argv(*args)
+        if sigint_ignored:  # as a shell starts a job in the background (`cmd &` in a script)
+            argv = [sys.executable, "-c", "import runpy, signal, sys;"
+                    " signal.signal(signal.SIGINT, signal.SIG_IGN); sys.argv[0] = 'cryptopi_batch';"
+                    " runpy.run_module('cryptopi_batch', run_name='__main__', alter_sys=True)",
+                    *args]
         self.proc = subprocess.Popen(
-            cli_argv(*args), env=cli_env(dsn, env), cwd=cwd, text=True,
+            argv, env=cli_env(dsn, env), cwd=cwd, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
@@ -410,8 +416,13 @@ def test_a_signal_stops_after_the_current_batch_and_run_resumes(
     assert_exactly_once(dsn, name, filename, rows)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_while_still_connecting_exits_3(workdir: Path, signum: signal.Signals) -> None:
+@pytest.mark.parametrize(("signum", "background"), [
+    (signal.SIGTERM, False), (signal.SIGINT, False),
+    # Started in the background by a shell script: SIGINT ignored, SIGTERM still stops it.
+    (signal.SIGTERM, True),
+], ids=["SIGTERM", "SIGINT", "SIGTERM-in-background"])
+def test_a_signal_while_still_connecting_exits_3(workdir: Path, signum: signal.Signals,
+                                                 background: bool) -> None:
     sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
     # A server that accepts the TCP connection and never answers: the run hangs in connect.
     with socket.socket() as silent:
@@ -419,7 +430,7 @@ def test_a_signal_while_still_connecting_exits_3(workdir: Path, signum: signal.S
         silent.listen(1)
         port = silent.getsockname()[1]
         running = Running("run", "touch_all", dsn=f"postgresql://postgres@127.0.0.1:{port}/x",
-                          cwd=workdir)
+                          cwd=workdir, sigint_ignored=background)
         try:
             readable, _, _ = select.select([silent], [], [], 30)
             assert readable, "the CLI never connected"
