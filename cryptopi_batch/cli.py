@@ -20,7 +20,7 @@ import anyio
 from . import commands, logs
 from .db import ConnectionSettings
 from .discovery import migrations_dir
-from .errors import CryptopiBatchError, UsageError
+from .errors import CryptopiBatchError, UsageError, one_line
 from .report import ProgressBar, StatusRow, print_json, print_table, table_console
 from .settings import RunOptions
 
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CryptopiBatchError as exc:
         if args is not None and args.traceback:
             traceback.print_exc()
-        print(f"cryptopi_batch: {connection.redact(exc.message)}", file=sys.stderr)
+        print(f"cryptopi_batch: {one_line(connection.redact(exc.message))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("cryptopi_batch: interrupted", file=sys.stderr)
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args is not None and args.traceback:
             traceback.print_exc()
-        text = connection.redact(f"{type(exc).__name__}: {exc}")
+        text = one_line(connection.redact(f"{type(exc).__name__}: {exc}"))
         print(f"cryptopi_batch: unexpected error: {text} (--traceback shows where)",
               file=sys.stderr)
         return EXIT_FAILED

@@ -7,6 +7,12 @@ default message and ``exit_code`` is what the CLI exits with (see docs/cli.md).
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: PostgreSQL's errors carry their DETAIL and HINT on lines of
+    their own; here they follow the message after ``; ``."""
+    return "; ".join(part for part in (line.strip() for line in text.splitlines()) if part)
+
+
 class CryptopiBatchError(Exception):
     """cryptopi_batch failed."""
 

@@ -25,7 +25,7 @@ from tenacity import RetryCallState
 
 from . import store
 from .db import ConnectionSettings, close_quietly, pg_interval, set_local, transaction
-from .errors import BatchFailed, LeaseLost, Stopped
+from .errors import BatchFailed, LeaseLost, Stopped, one_line
 from .keys import Bound, KeyRange, as_bound
 from .migration import Batch, Work, run_work
 from .retry import Fault, classify
@@ -205,7 +205,7 @@ class Runner:
             if self.aborted:
                 raise Stopped("stopped by a second signal; the current batch was rolled back")
             if self.failure is not None:
-                message = _describe(self.failure)
+                message = self._describe(self.failure)
                 await self._on_control(
                     lambda c: c.execute(store.query("fail_backfill"), self.name, message))
                 log.error("run_failed", error=message)
@@ -271,7 +271,7 @@ class Runner:
                     self._control.terminate()
                 # Losing the control connection must not stop the batches: leases lapse
                 # and fencing keeps a stale runner from committing.
-                log.warning("heartbeat_failed", error=_describe(exc))
+                log.warning("heartbeat_failed", error=self._describe(exc))
                 status = "running"
             if status in ("paused", "cancelled"):
                 self.request_stop(f"migration {status}")
@@ -594,7 +594,7 @@ class Runner:
                 conn = await self.connection.connect()
                 await conn.execute(_END_SESSIONS, *(list(x) for x in zip(*sessions, strict=True)))
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                log.warning("abort_cleanup_failed", error=_describe(exc))
+                log.warning("abort_cleanup_failed", error=self._describe(exc))
             finally:
                 await close_quietly(conn)
 
@@ -659,14 +659,19 @@ class Runner:
         with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             async with self._bounded(conn):  # a silent connection: TimeoutError, terminated
                 await conn.execute(store.query("batch_failed"), c.id, self.token, attempts,
-                                   _describe(exc), self.name)
+                                   self._describe(exc), self.name)
+
+    def _describe(self, exc: BaseException) -> str:
+        """``exc`` as logged and as kept in the ops tables: one line, and no password of the
+        connection's (a migration's own error may quote its DSN)."""
+        return one_line(self.connection.redact(_describe(exc)))
 
     def _log_retry(self, c: Claim | None) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning("batch_retrying" if c else "claim_retrying",
                         batch=c.id if c else None, attempt=state.attempt_number,
-                        error=_describe(exc) if exc else None,
+                        error=self._describe(exc) if exc else None,
                         wait=round(state.upcoming_sleep, 3))
         return before_sleep
 

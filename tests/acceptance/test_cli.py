@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -618,6 +618,58 @@ def test_a_wrong_password_exits_2_and_never_shows_a_password(
         assert wrong not in result.stderr + result.stdout
         _all_untouched_main(dsn)
     finally:
+        execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+QUOTING_MIGRATION = '''"""Fail, quoting the connection string in the error."""
+import os
+
+from cryptopi_batch import Backfill, Batch
+
+
+async def fail(batch: Batch) -> int:
+    raise RuntimeError(f"cannot reach {os.environ['DATABASE_URL']}\\nDETAIL: a second line")
+
+migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100, process=fail)
+'''
+
+
+def test_an_error_that_quotes_the_dsn_never_shows_its_password(
+        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    """A migration's own error may quote the connection string: the log events, the error
+    kept in ops.backfills, `status` and the last line show it without the password, and
+    on one line."""
+    seed(dsn, 300)
+    filename = "20240101_0000_quote_dsn.py"
+    write_migration(workdir / "migrations", filename, QUOTING_MIGRATION)
+    role = f"cb_user_{uuid.uuid4().hex[:8]}"
+    secret = f"Secret-{uuid.uuid4().hex}/x:y%z"
+    execute(pg_server.admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+    database = value(dsn, "SELECT current_database()")
+    execute(dsn, f'GRANT CREATE ON DATABASE "{database}" TO {role};'
+                 f" GRANT USAGE ON SCHEMA matrices TO {role};"
+                 f" GRANT SELECT, UPDATE ON {TABLE} TO {role}")
+    try:
+        user_dsn = with_user(dsn, role, secret)
+        failed = cli("run", "quote_dsn", "--log-format", "json", dsn=user_dsn, cwd=workdir)
+        assert failed.returncode == 1, failed.stderr
+        console = cli("run", "quote_dsn", dsn=user_dsn, cwd=workdir)
+        status = cli("status", "quote_dsn", "--json", dsn=user_dsn, cwd=workdir)
+        kept = value(dsn, "SELECT last_error FROM ops.backfills")
+
+        assert (failed.returncode, console.returncode, status.returncode) == (1, 1, 0)
+        assert "RuntimeError: cannot reach postgresql://" in kept
+        for text in (failed.stdout, failed.stderr, console.stdout, console.stderr,
+                     status.stdout, kept):
+            assert secret not in text
+            assert quote(secret, safe="") not in text
+        assert "\n" not in kept
+        # The error's own second line joins the first: one line for the run's outcome.
+        [line] = error_lines(console.stderr)
+        assert line.endswith("; DETAIL: a second line"), console.stderr
+        assert console.stderr.rstrip("\n").splitlines()[-1] == line
+    finally:
+        execute(dsn, f"DROP OWNED BY {role}")
         execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
 
 
