@@ -78,6 +78,12 @@ async def run(
     from .executor import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
     migration = find_migration(directory, name)
+    if migration.backfill.window is not None or migration.backfill.timezone is not None:
+        # Running at any hour a migration that asks for off-peak hours would be worse than
+        # not running it.
+        raise UsageError(f"{migration.file.path}: declares window=/timezone=, and off-peak"
+                         " windows are not built yet: the run would not keep to it; remove"
+                         " them to run at any time")
     settings = resolve_settings(options or RunOptions(), migration.backfill)
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
@@ -141,9 +147,9 @@ async def _opened(opening: list[asyncio.Future[Connection]], *,
 
 @contextlib.asynccontextmanager
 async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
-    """Before the first batch, a lost connection or a refused privilege means the run could
-    not start (exit 2); the set-up's writes are each one transaction, so nothing is half
-    written."""
+    """Before a run's first batch, and in the other commands, a lost connection or a
+    refused privilege means the command could not start (exit 2); the set-up's writes are
+    each one transaction, so nothing is half written."""
     try:
         yield
     except asyncpg.InsufficientPrivilegeError as exc:
@@ -177,6 +183,8 @@ async def _check_statement(conn: asyncpg.Connection, migration: LoadedMigration,
         await conn.prepare(statement)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(f"{migration.file.path}: {exc}") from None
+    except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
+        raise  # the table is locked, or the server went away: see _setup_errors
     except asyncpg.PostgresError as exc:
         raise MigrationLoadError(f"{migration.file.path}: its SQL does not prepare: {exc}"
                                  ) from None
@@ -231,10 +239,11 @@ async def status(name: str | None, *, directory: Path | None,
         wanted = resolve(discover(directory), name).name if directory else name
     conn = await connection.connect_or_fail()
     try:
-        if await store.schema_version(conn) == 0:
-            rows: list[asyncpg.Record] = []
-        else:
-            rows = await conn.fetch(store.query("status_rows"), wanted, LIVE_WITHIN)
+        async with _setup_errors(connection):  # a refused privilege: exit 2, as for `run`
+            if await store.schema_version(conn) == 0:
+                rows: list[asyncpg.Record] = []
+            else:
+                rows = await conn.fetch(store.query("status_rows"), wanted, LIVE_WITHIN)
         found = [status_row(r) for r in rows]
         if wanted is not None and not found:
             found = [StatusRow.pending(wanted)]
@@ -251,11 +260,12 @@ async def list_migrations(*, directory: Path,
     try:
         by_name: dict[str, StatusRow] = {}
         applied: set[str] = set()
-        if await store.schema_version(conn) > 0:
-            by_name = {r["name"]: status_row(r)
-                       for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)}
-        if await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
-            applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
+        async with _setup_errors(connection):
+            if await store.schema_version(conn) > 0:
+                by_name = {r["name"]: status_row(r) for r in
+                           await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)}
+            if await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
+                applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
         # A batched run's own row speaks for it (also after --restart of a completed run);
         # ops.migrations only for files without one (applied by other tooling, .sql files).
         return [by_name.get(f.name)
@@ -291,9 +301,9 @@ async def control(command: str, name: str, *, directory: Path,
     resolved = resolve(discover(directory), name).name
     conn = await connection.connect_or_fail()
     try:
-        if await store.schema_version(conn) == 0:
-            raise UsageError(f"{resolved} has not started; nothing to {command}")
         async with _setup_errors(connection):
+            if await store.schema_version(conn) == 0:
+                raise UsageError(f"{resolved} has not started; nothing to {command}")
             changed = await conn.fetchval(store.query("set_status"), resolved, target,
                                           list(applies_to))
             row = await conn.fetchrow(store.query("get_backfill"), resolved)

@@ -141,8 +141,10 @@ class ConnectionSettings:
             return await self.connect()
         except asyncpg.InsufficientPrivilegeError as exc:
             raise PermissionDenied(self.redact(f"cannot connect: {exc}")) from None
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as exc:
-            # ValueError: asyncpg's verdict on a malformed DSN (a bad port, an unknown option)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError,
+                OverflowError) as exc:
+            # ValueError: asyncpg's verdict on a malformed DSN (a bad port, an unknown option);
+            # OverflowError: the socket's on a port past 65535
             reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"timed out after {CONNECT_TIMEOUT:g} s"

@@ -136,7 +136,7 @@ def load(file: MigrationFile) -> LoadedMigration:
             f"{file.path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except MigrationDefinitionError as exc:
         raise MigrationLoadError(f"{file.path}:{_line_in(exc, file.path)}: {exc}") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: a file that calls sys.exit()
         raise MigrationLoadError(
             f"{file.path}:{_line_in(exc, file.path)}: {type(exc).__name__}: {exc}") from None
     finally:

@@ -224,7 +224,10 @@ class Runner:
             return Outcome(True, self.progress, elapsed)
         reason = self.stop_reason or "stopped"
         log.info("run_stopped", reason=reason, rows=self.progress.rows)
-        raise Stopped(f"{self.name}: {reason}; `run` resumes")
+        status = "" if row is None else str(row["status"])
+        advice = {"paused": f"`resume {self.name}` lifts the pause, then `run` continues",
+                  "cancelled": "`run --restart` starts it again"}.get(status, "`run` resumes")
+        raise Stopped(f"{self.name}: {reason}; {advice}")
 
     def _drop_spares(self) -> None:
         """Close the connections opened for workers that no worker took."""

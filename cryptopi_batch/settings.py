@@ -17,16 +17,36 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
 _UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(value: str | float | None, what: str) -> float | None:
-    """Seconds from ``2.5``, ``"500ms"``, ``"30s"``, ``"5min"`` or ``"2h"``."""
-    if value is None or isinstance(value, (int, float)):
-        if value is not None and not 0 <= value < float("inf"):
-            raise UsageError(f"{what} must be a finite duration, not negative")
-        return None if value is None else float(value)
-    m = _DURATION.match(value)
-    if not m:
+# PostgreSQL takes a timeout in milliseconds as a 32-bit integer (~24.8 days).
+MAX_TIMEOUT = 2_147_483.647
+# ops.backfills.batch_size and ops.backfill_batches' counts are integers.
+MAX_BATCH_SIZE = 2_147_483_647
+
+
+def parse_duration(value: str | float | None, what: str,
+                   most: float = float("inf")) -> float | None:
+    """Seconds from ``2.5``, ``"500ms"``, ``"30s"``, ``"5min"`` or ``"2h"``; at most
+    ``most``."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    else:
         raise UsageError(f"{what}: not a duration: {value!r} (try 500ms, 30s, 5min, 2h)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
+    if not 0 <= seconds < float("inf"):
+        raise UsageError(f"{what} must be a finite duration, not negative")
+    if seconds > most:
+        raise UsageError(f"{what} must be at most {most:g} s, not {value!r}")
+    return seconds
+
+
+def _count(value: Any, what: str, most: int) -> int:
+    """A whole number from 1 to ``most``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise UsageError(f"{what} must be a whole number from 1 to {most:,}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -100,24 +120,26 @@ def _pick(cli: Any, declared: Any) -> Any:
 def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
     """Merge the command line over the migration's declarations over the defaults."""
     defaults = RunSettings()
-    batch_size: int = _pick(options.batch_size, backfill.batch_size)
-    workers: int = _pick(_pick(options.workers, backfill.workers), defaults.workers)
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
-    rate: float | None = _pick(options.max_rows_per_second, backfill.max_rows_per_second)
-    if rate is not None and rate <= 0:
-        raise UsageError("--max-rows-per-second must be positive")
-    sleep = parse_duration(_pick(options.sleep, backfill.sleep), "--sleep") or 0.0
+    # Each value comes from the command line or the migration: the message names both.
+    batch_size = _count(_pick(options.batch_size, backfill.batch_size),
+                        "--batch-size (or batch_size=)", MAX_BATCH_SIZE)
+    workers = _count(_pick(_pick(options.workers, backfill.workers), defaults.workers),
+                     "--workers (or workers=)", 1_000)
+    rate = _pick(options.max_rows_per_second, backfill.max_rows_per_second)
+    if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool)
+                             or not 0 < rate < float("inf")):
+        raise UsageError("--max-rows-per-second (or max_rows_per_second=) must be a positive"
+                         f" number, not {rate!r}")
+    sleep = parse_duration(_pick(options.sleep, backfill.sleep), "--sleep (or sleep=)") or 0.0
     target = parse_duration(_pick(options.target_batch_seconds, backfill.target_batch_seconds),
-                            "--target-batch-seconds")
-    lock = parse_duration(_pick(options.lock_timeout, backfill.lock_timeout), "--lock-timeout")
+                            "--target-batch-seconds (or target_batch_seconds=)")
+    lock = parse_duration(_pick(options.lock_timeout, backfill.lock_timeout),
+                          "--lock-timeout (or lock_timeout=)", MAX_TIMEOUT)
     stmt = parse_duration(_pick(options.statement_timeout, backfill.statement_timeout),
-                          "--statement-timeout")
+                          "--statement-timeout (or statement_timeout=)", MAX_TIMEOUT)
     lease = _pick(options.lease_seconds, defaults.lease_seconds)
-    if not 1 <= lease < float("inf"):
-        raise UsageError("--lease-seconds must be at least 1")
+    if not 1 <= lease <= MAX_TIMEOUT:  # also each batch's idle_in_transaction_session_timeout
+        raise UsageError(f"--lease-seconds must be from 1 to {MAX_TIMEOUT:g}")
     return RunSettings(
         batch_size=batch_size,
         workers=workers,

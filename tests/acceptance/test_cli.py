@@ -531,6 +531,18 @@ BAD_INPUTS: dict[str, dict[str, Any]] = {
                            "expect": ["cannot connect"]},
     "unknown_database": {"name": "touch_all", "dsn": "unknown_database",
                          "expect": ["cannot connect", "no_such_database_"]},
+    "port_out_of_range": {"name": "touch_all", "dsn": "port_out_of_range",
+                          "expect": ["cannot connect"]},
+    "exits_at_import": {"name": "exits_on_import",
+                        "expect": ["20240102_0006_exits_on_import.py:3", "SystemExit"]},
+    # PostgreSQL's HINT joins the message on its one line.
+    "sql_typo": {"name": "sql_typo", "expect": ["does not prepare", "lenght", "; HINT:"]},
+    "window_declared": {"name": "in_a_window", "expect": ["window=", "not built yet"]},
+    "batch_size_past_int4": {"name": "touch_all", "args": ["--batch-size", "2147483648"],
+                             "expect": ["--batch-size", "2,147,483,647"]},
+    "statement_timeout_past_int4": {"name": "touch_all",
+                                    "args": ["--statement-timeout", "100000000h"],
+                                    "expect": ["--statement-timeout", "at most"]},
 }
 
 
@@ -546,6 +558,18 @@ def _bad_input_dir(directory: Path) -> None:
     sql_migration(directory, "20240102_0003_missing_key.py", key="no_such_column")
     sql_migration(directory, "20240102_0004_not_unique.py", table="matrices.dupes")
     sql_migration(directory, "20240102_0005_nullable_key.py", table="matrices.nullable_ids")
+    write_migration(directory, "20240102_0006_exits_on_import.py",
+                    '"""Exits."""\nimport sys\nsys.exit(5)\n')
+    write_migration(directory, "20240102_0007_sql_typo.py",
+                    '"""A typo."""\nfrom cryptopi_batch import Backfill\n\n'
+                    f'migration = Backfill(table="{TABLE}", key="id",'
+                    ' sql="UPDATE matrices.dyn_values SET touched = lenght(\'x\')'
+                    ' WHERE {range}")\n')
+    write_migration(directory, "20240102_0008_in_a_window.py",
+                    '"""Off-peak only."""\nfrom cryptopi_batch import Backfill\n\n'
+                    f'migration = Backfill(table="{TABLE}", key="id", window="Sun 03:00-04:00",'
+                    ' sql="UPDATE matrices.dyn_values SET touched = touched + 1'
+                    ' WHERE {range}")\n')
 
 
 def _seed_bad_tables(dsn: str) -> None:
@@ -587,7 +611,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         target = f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres"
     elif spec.get("dsn") == "unknown_database":
         target = with_database(dsn, f"no_such_database_{uuid.uuid4().hex[:8]}")
-    result = cli("run", spec["name"], dsn=target, cwd=workdir)
+    elif spec.get("dsn") == "port_out_of_range":
+        target = "postgresql://postgres@127.0.0.1:99999/postgres"
+    result = cli("run", spec["name"], *spec.get("args", []), dsn=target, cwd=workdir)
     _assert_could_not_start(result, spec["expect"])
     assert result.stdout == ""
     _all_untouched(dsn)
@@ -670,6 +696,26 @@ def test_an_error_that_quotes_the_dsn_never_shows_its_password(
         assert console.stderr.rstrip("\n").splitlines()[-1] == line
     finally:
         execute(dsn, f"DROP OWNED BY {role}")
+        execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+def test_commands_without_privileges_on_the_ops_tables_exit_2(
+        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    """A role that may connect but not read the ops tables: each command says so on one
+    line and exits 2, as `run` does."""
+    seed(dsn, 100)
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    assert cli("run", "touch_all", dsn=dsn, cwd=workdir).returncode == 0
+    role = f"cb_user_{uuid.uuid4().hex[:8]}"
+    secret = f"Pw-{uuid.uuid4().hex}"
+    execute(pg_server.admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+    try:
+        user_dsn = with_user(dsn, role, secret)
+        for args in (["status"], ["status", "touch_all"], ["list"], ["pause", "touch_all"]):
+            result = cli(*args, dsn=user_dsn, cwd=workdir)
+            _assert_could_not_start(result, ["permission denied"])
+        assert value(dsn, "SELECT status FROM ops.backfills") == "completed"
+    finally:
         execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
 
 

@@ -25,7 +25,7 @@ from run_support import (
 )
 
 from cryptopi_batch import commands, store
-from cryptopi_batch.errors import BatchFailed, SourceChanged
+from cryptopi_batch.errors import BatchFailed, CouldNotStart, SourceChanged
 
 pytestmark = pytest.mark.anyio
 
@@ -434,3 +434,24 @@ async def test_a_lock_timeout_behind_an_exclusive_lock_is_retried(
     # The batch that met the lock gave up after 100 ms (not a second), and then ran again.
     assert await conn.fetchval(
         "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name) >= 2
+
+
+async def test_a_table_locked_while_the_run_checks_it_is_reported_as_locked(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """Preparing the migration's statement takes the table's lock: held by another session
+    past the lock timeout, the run could not start (exit 2), says the table is locked (not
+    that its SQL is wrong) and writes nothing."""
+    await seed_table(conn, rows=100)
+    name = write_migration(tmp_path, "touch_behind_lock", sql_migration(TABLE, batch_size=50))
+    holder = await connect(dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(CouldNotStart, match="locked by another session") as refused:
+                await run(dsn, tmp_path, name, lock_timeout="200ms")
+    finally:
+        await holder.close()
+
+    assert refused.value.exit_code == 2
+    assert not await conn.fetchval("SELECT to_regclass('ops.backfills') IS NOT NULL")
+    assert await conn.fetchval(f"SELECT sum(touched) FROM {TABLE}") == 0

@@ -133,6 +133,19 @@ def test_flags_pass_through():
     (RunOptions(lock_timeout="-1s"), {}, "--lock-timeout"),
     (RunOptions(statement_timeout="1 hour"), {}, "--statement-timeout"),
     (RunOptions(max_duration="forever"), {}, "--max-duration"),
+    # Past what PostgreSQL or the ops tables hold: refused before anything is written.
+    (RunOptions(batch_size=2**31), {}, "--batch-size"),
+    (RunOptions(statement_timeout="100000000h"), {}, "--statement-timeout"),
+    (RunOptions(lock_timeout=3e6), {}, "--lock-timeout"),
+    (RunOptions(lease_seconds=3e6), {}, "--lease-seconds"),
+    (RunOptions(lease_seconds=float("nan")), {}, "--lease-seconds"),
+    (RunOptions(max_rows_per_second=float("nan")), {}, "--max-rows-per-second"),
+    (RunOptions(max_rows_per_second=float("inf")), {}, "--max-rows-per-second"),
+    # Declared in the migration with the wrong type: named as its field too.
+    (RunOptions(), {"workers": "2"}, "workers="),
+    (RunOptions(), {"workers": True}, "workers="),
+    (RunOptions(), {"max_rows_per_second": "fast"}, "max_rows_per_second="),
+    (RunOptions(), {"statement_timeout": [1]}, "statement_timeout="),
 ])
 def test_invalid_values_are_usage_errors(options, declared, complaint):
     with pytest.raises(UsageError, match=complaint):
