@@ -41,8 +41,14 @@ async def _control(dsn: str, directory: Path, command: str, name: str) -> comman
                                   connection=ConnectionSettings(dsn=dsn))
 
 
+# What the runner's stop line tells the user to do next, after each command.
+_ADVICE = {"pause": "`resume {name}` lifts the pause, then `run` continues",
+           "cancel": "`run --restart` starts it again"}
+
+
 async def _run_until_stopped(dsn: str, directory: Path, name: str, command: str) -> int:
-    """Start a run, say ``command`` once two batches committed; returns batches done then."""
+    """Start a run, say ``command`` once two batches committed; returns batches done then.
+    The run stops saying what to do next."""
     conn = await connect(dsn)
     said_at = -1
     try:
@@ -62,8 +68,9 @@ async def _run_until_stopped(dsn: str, directory: Path, name: str, command: str)
                         await anyio.sleep(0.01)
 
                 tg.start_soon(say_when_running)
-                with pytest.raises(Stopped):
+                with pytest.raises(Stopped) as stopped:
                     await run(dsn, directory, name)
+        assert stopped.value.message.endswith(_ADVICE[command].format(name=name))
     finally:
         await conn.close()
     return said_at
