@@ -285,14 +285,15 @@ class RangeQueries:
         if checkpoint:
             done = """b AS (
     UPDATE ops.backfill_batches
-       SET status = 'done', rows = $3, duration_ms = $4, attempts = $5, finished_at = now(),
+       SET status = 'done', rows = $3, duration_ms = $4, attempts = $5,
+           finished_at = clock_timestamp(),
            lease_until = NULL, last_error = NULL
      WHERE id = $1 AND worker = $2 AND status = 'running'
        AND upper_key = $12::text[] AND lower_key IS NOT DISTINCT FROM $13::text[]
     RETURNING keys),
 """
             counters = """rows_processed = f.rows_processed + $3, keys_done = f.keys_done + b.keys,
-           batches_done = f.batches_done + 1, batch_size = $7, updated_at = now(),
+           batches_done = f.batches_done + 1, batch_size = $7, updated_at = clock_timestamp(),
            last_error = NULL, waiting_reason = NULL,
            """
             joined = "b LEFT JOIN nxt n ON true"  # the counters move, claim or not

@@ -344,6 +344,27 @@ async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
     assert await migrations_rows(conn, f"{name}.py") == 1
 
 
+async def test_status_rate_counts_each_batch_to_its_end(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """A batch's finish is when its checkpoint ran, not when its transaction began (now()):
+    batches of 100 keys that take 0.2 s each cannot show more than 500 keys/s."""
+    await seed_table(conn, rows=2_000)
+    name = write_migration(tmp_path, "touch_slowly", sql_migration(TABLE, batch_size=100))
+    await conn.execute("""
+        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+        CREATE TRIGGER slow AFTER UPDATE ON matrices.dyn_values
+        FOR EACH STATEMENT EXECUTE FUNCTION slow()""")
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_duration="0.5s")
+    [status] = await commands.status(name, directory=tmp_path,
+                                     connection=ConnectionSettings(dsn=dsn))
+
+    assert status.batches >= 1
+    assert status.rows_per_second is not None
+    assert 0 < status.rows_per_second <= 100 / 0.2
+
+
 # --- 10. workers -------------------------------------------------------------------------
 
 
