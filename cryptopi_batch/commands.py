@@ -111,7 +111,7 @@ async def run(
                     spare.terminate()
             await store.ensure_schema(conn)
             row = await _start_or_resume(conn, migration, target, settings)
-        if row["status"] == "completed":
+        if row is None or row["status"] == "completed":
             return RunResult(migration.name, True, None)
         if on_start is not None:
             on_start(int(row["keys_done"]), int(row["keys_estimate"] or 0))
@@ -191,14 +191,19 @@ async def _check_statement(conn: asyncpg.Connection, migration: LoadedMigration,
 
 
 async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
-                           target: Target, settings: RunSettings) -> asyncpg.Record:
-    """The run's row, created on first start; refuses what must not resume."""
+                           target: Target, settings: RunSettings) -> asyncpg.Record | None:
+    """The run's row, created on first start; refuses what must not resume. ``None``: the
+    file is recorded in ops.migrations without a run of its own (applied by other tooling,
+    or before its run's row was removed), so it is done, as `list` shows it."""
     name = migration.name
     async with conn.transaction():
         row = await conn.fetchrow(store.query("lock_backfill"), name)
         if row is not None and settings.restart:
             await conn.execute(store.query("delete_backfill"), name)
             row = None
+        if (row is None and not settings.restart
+                and await conn.fetchval(store.query("is_applied"), migration.file.filename)):
+            return None
         if row is None:
             end = await store.last_key(conn, target)
             await conn.execute(
@@ -234,19 +239,27 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
 async def status(name: str | None, *, directory: Path | None,
                  connection: ConnectionSettings) -> list[StatusRow]:
     """Progress, rate, ETA, state and why, for one migration or all of them."""
-    wanted = None
+    wanted = filename = None
     if name is not None:
-        wanted = resolve(discover(directory), name).name if directory else name
+        if directory:
+            file = resolve(discover(directory), name)
+            wanted, filename = file.name, file.filename
+        else:
+            wanted, filename = name, f"{name}.py"
     conn = await connection.connect_or_fail()
     try:
+        applied = False
         async with _setup_errors(connection):  # a refused privilege: exit 2, as for `run`
             if await store.schema_version(conn) == 0:
                 rows: list[asyncpg.Record] = []
             else:
                 rows = await conn.fetch(store.query("status_rows"), wanted, LIVE_WITHIN)
+                if wanted is not None and not rows:
+                    applied = bool(await conn.fetchval(store.query("is_applied"), filename))
         found = [status_row(r) for r in rows]
         if wanted is not None and not found:
-            found = [StatusRow.pending(wanted)]
+            # As `list` says: recorded in ops.migrations without a batched run, it is done.
+            found = [(StatusRow.applied if applied else StatusRow.pending)(wanted)]
         return found
     finally:
         await close_quietly(conn)

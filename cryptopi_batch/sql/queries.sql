@@ -166,5 +166,8 @@ SELECT f.*,
  WHERE $1::text IS NULL OR f.name = $1
  ORDER BY f.name;
 
+-- is_applied --
+SELECT EXISTS (SELECT FROM ops.migrations WHERE filename = $1);
+
 -- applied_filenames --
 SELECT DISTINCT filename FROM ops.migrations;

@@ -18,6 +18,7 @@ from helpers import seed_table
 from run_support import (
     assert_batches_partition,
     assert_completed,
+    assert_exactly_once,
     backfill,
     migrations_rows,
     run,
@@ -341,6 +342,35 @@ async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
     [status] = await commands.status(name, directory=tmp_path, connection=connection)
     assert listed[name] == status.status == "pending"
     assert status.interrupted
+    assert await migrations_rows(conn, f"{name}.py") == 1
+
+
+async def test_a_file_already_recorded_in_ops_migrations_is_not_run_again(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """Recorded in ops.migrations without a run of its own (applied by other tooling): `run`
+    is a no-op, as for a completed run, and `status` says completed as `list` does;
+    `--restart` runs it all the same."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_recorded", sql_migration(TABLE, batch_size=100))
+    await store.ensure_schema(conn)
+    await conn.execute("INSERT INTO ops.migrations (filename) VALUES ($1)", f"{name}.py")
+    connection = ConnectionSettings(dsn=dsn)
+
+    result = await run(dsn, tmp_path, name)
+
+    assert result.already_completed
+    assert await conn.fetchval(f"SELECT sum(touched) FROM {TABLE}") == 0
+    assert await conn.fetchval("SELECT count(*) FROM ops.backfills") == 0
+    [status] = await commands.status(name, directory=tmp_path, connection=connection)
+    listed = {r.name: r.status for r in await commands.list_migrations(
+        directory=tmp_path, connection=connection)}
+    assert status.status == listed[name] == "completed"
+
+    restarted = await run(dsn, tmp_path, name, restart=True)
+
+    assert restarted.outcome is not None
+    assert restarted.outcome.completed
+    await assert_exactly_once(conn, TABLE, 300)
     assert await migrations_rows(conn, f"{name}.py") == 1
 
 
