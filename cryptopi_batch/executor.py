@@ -63,6 +63,9 @@ _IDLE_POLL = 0.25
 _REPLY_MARGIN = 5.0
 # How long a look-ahead may hold the control connection (the heartbeat waits for it).
 _AHEAD_BOUND = 2.0
+# The run's states that stop its runners after their current batch: said by `pause` or
+# `cancel`, or another runner's failure (its error stays; `run` resumes the run).
+_STOPPING = ("paused", "cancelled", "failed")
 
 
 @dataclass
@@ -269,14 +272,14 @@ class Runner:
                         status = await self._control.fetchval(
                             store.query("heartbeat"), self.token, self.name,
                             self.settings.lease_seconds, [str(i) for i in self._held])
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except Exception as exc:  # also asyncpg's InternalClientError on a killed backend
                 if isinstance(exc, TimeoutError):
                     self._control.terminate()
                 # Losing the control connection must not stop the batches: leases lapse
                 # and fencing keeps a stale runner from committing.
                 log.warning("heartbeat_failed", error=self._describe(exc))
                 status = "running"
-            if status in ("paused", "cancelled"):
+            if status in _STOPPING:
                 self.request_stop(f"migration {status}")
             with anyio.move_on_after(interval):
                 await self._finished.wait()
@@ -457,8 +460,12 @@ class Runner:
                     if live is None or live.is_closed():
                         live = await self.connection.connect()
                     if recheck:
-                        async with self._bounded(live):
-                            settled = await self._already_settled(live, c)
+                        try:
+                            async with self._bounded(live):
+                                settled = await self._already_settled(live, c)
+                        except Exception as exc:
+                            live = _dropped_if_lost(exc, live)
+                            raise
                         if settled:
                             self._held.discard(c.id)
                             return live, None
@@ -479,9 +486,13 @@ class Runner:
                             smaller = shrink_after_timeout(self.settings.throttle, c.keys)
                             self.batch_size = min(self.batch_size, smaller)
                             if not live.is_closed():  # lost recording the error: retried whole
-                                async with self._bounded(live):
-                                    c = await store.split(live, c, self.token, smaller,
-                                                          self.ranges)
+                                try:
+                                    async with self._bounded(live):
+                                        c = await store.split(live, c, self.token, smaller,
+                                                              self.ranges)
+                                except Exception as split_failed:
+                                    live = _dropped_if_lost(split_failed, live)
+                                    raise
                                 log.warning("batch_shrunk", batch=c.id, keys=c.keys)
                         raise
                     else:
@@ -558,7 +569,7 @@ class Runner:
         status, nxt = settled
         if nxt is not None:  # held from before the commit: see self._held
             self._held.add(nxt.id)
-        if status in ("paused", "cancelled"):
+        if status in _STOPPING:
             # Seen in the commit of the batch that was running when it was said: no worker
             # starts another batch, without waiting for the next heartbeat.
             self.request_stop(f"migration {status}")
@@ -596,7 +607,7 @@ class Runner:
             try:
                 conn = await self.connection.connect()
                 await conn.execute(_END_SESSIONS, *(list(x) for x in zip(*sessions, strict=True)))
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except Exception as exc:  # best effort, whatever the connection raises
                 log.warning("abort_cleanup_failed", error=self._describe(exc))
             finally:
                 await close_quietly(conn)
@@ -659,7 +670,7 @@ class Runner:
         if conn.is_closed():
             return
         # Best effort: the error is also logged and raised.
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        with contextlib.suppress(Exception):
             async with self._bounded(conn):  # a silent connection: TimeoutError, terminated
                 await conn.execute(store.query("batch_failed"), c.id, self.token, attempts,
                                    self._describe(exc), self.name)
@@ -693,6 +704,15 @@ def _tag(exc: BaseException, conn: asyncpg.Connection | None) -> Fault:
     fault = classify(exc, conn_closed=conn is None or conn.is_closed())
     exc.__dict__["_cryptopi_fault"] = fault
     return fault
+
+
+def _dropped_if_lost(exc: BaseException, conn: asyncpg.Connection) -> asyncpg.Connection | None:
+    """Classify ``exc`` from ``conn`` (see _tag); ``None`` (``conn`` terminated) if it
+    means the connection is lost, else ``conn``."""
+    if _tag(exc, conn) is Fault.RECONNECT:
+        conn.terminate()
+        return None
+    return conn
 
 
 def _retryable(exc: BaseException) -> bool:

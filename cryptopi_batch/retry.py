@@ -64,15 +64,18 @@ def classify(exc: BaseException, *, conn_closed: bool = False) -> Fault:
             # request" is an operator's pg_cancel_backend: stop rather than spin.
             return Fault.SHRINK if "statement timeout" in str(exc) else Fault.FATAL
         return Fault.FATAL
-    if isinstance(exc, asyncpg.InterfaceError):
-        # asyncpg raises InterfaceError for both misuse (fatal) and a closed connection.
-        return Fault.RECONNECT if conn_closed else Fault.FATAL
     if isinstance(exc, TimeoutError):
         # Before the OSError rule: on 3.11 TimeoutError is an OSError, and a timeout of
         # ours (connect timeout, a black-holed socket) means the connection is unusable.
         return Fault.RECONNECT
     if isinstance(exc, (OSError, ConnectionError)):
         return Fault.RECONNECT
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError)):
+        # asyncpg raises InterfaceError for misuse (fatal) and for a closed connection, and
+        # now and then InternalClientError ("cannot switch to state …") on the next query
+        # after its backend was terminated: the connection tells which. A migration's own
+        # errors stay fatal either way.
+        return Fault.RECONNECT if conn_closed else Fault.FATAL
     return Fault.FATAL
 
 

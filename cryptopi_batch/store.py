@@ -294,7 +294,8 @@ class RangeQueries:
 """
             counters = """rows_processed = f.rows_processed + $3, keys_done = f.keys_done + b.keys,
            batches_done = f.batches_done + 1, batch_size = $7, updated_at = clock_timestamp(),
-           last_error = NULL, waiting_reason = NULL,
+           last_error = CASE WHEN f.status = 'running' THEN NULL ELSE f.last_error END,
+           waiting_reason = NULL,
            """
             joined = "b LEFT JOIN nxt n ON true"  # the counters move, claim or not
         return f"""WITH {done}cur AS (

@@ -95,6 +95,9 @@ UPDATE ops.backfill_batches b
                 WHERE backfill = $1
                   AND (status = 'pending' OR (status = 'running' AND lease_until < now()))
                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+   -- Only for a running run (the frontier's claims check the same): paused, cancelled or
+   -- failed, no new batch starts.
+   AND EXISTS (SELECT FROM ops.backfills f WHERE f.name = $1 AND f.status = 'running')
 RETURNING id, lower_key, upper_key, keys, attempts;
 
 -- batch_state --

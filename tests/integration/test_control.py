@@ -147,3 +147,39 @@ async def test_pausing_a_completed_migration_changes_nothing(dsn, tmp_path):
         assert (await backfill(conn, name))["status"] == "completed"
     finally:
         await conn.close()
+
+
+async def test_a_run_another_runner_failed_stops_and_keeps_that_error(dsn, tmp_path):
+    """Another runner's failure (its error in ops.backfills, the run 'failed') stops this
+    runner after its current batch, as a pause does, and its commits do not wipe the error:
+    `status` goes on showing why the run failed."""
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, TABLE, ROWS)
+        name = write_migration(tmp_path, "slow_touch", SLOW)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                async def fail_it_elsewhere() -> None:
+                    while not (await conn.fetchval(  # noqa: ASYNC110 -- polls the database
+                            "SELECT to_regclass('ops.backfills')")
+                               and await conn.fetchval(
+                                   "SELECT EXISTS (SELECT FROM ops.backfills"
+                                   " WHERE batches_done >= 2)")):
+                        await anyio.sleep(0.01)
+                    await conn.execute("UPDATE ops.backfills SET status = 'failed',"
+                                       " last_error = 'E1: from another runner'")
+
+                tg.start_soon(fail_it_elsewhere)
+                with pytest.raises(Stopped, match="migration failed"):
+                    await run(dsn, tmp_path, name)
+
+        row = await backfill(conn, name)
+        assert (row["status"], row["last_error"]) == ("failed", "E1: from another runner")
+        assert row["batches_done"] * 50 < ROWS
+        assert await conn.fetchval(
+            "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1"
+            " AND status = 'running'", name) == 0
+        await run(dsn, tmp_path, name)  # `run` resumes a failed run
+        await assert_completed(conn, name, TABLE, ROWS)
+    finally:
+        await conn.close()

@@ -146,3 +146,12 @@ async def test_retrying_uses_the_callers_predicate():
     with pytest.raises(ValueError, match="x"):
         await op.run(policy, retry_on=lambda e: isinstance(e, ValueError))
     assert op.calls == 3
+
+
+def test_asyncpgs_internal_error_from_a_closed_connection_reconnects():
+    """What asyncpg 0.32 raises now and then on the next query after its backend was
+    terminated."""
+    exc = asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is"
+                                      " in progress")
+    assert classify(exc, conn_closed=True) is Fault.RECONNECT
+    assert classify(exc, conn_closed=False) is Fault.FATAL
