@@ -470,13 +470,16 @@ class Runner:
                             self._held.discard(c.id)
                             return live, None
                     recheck = False
+                    began = time.monotonic()
                     try:
                         async with self._bounded(live):
                             nxt = await self._transaction(live, c, attempts)
                     except LeaseLost:
                         raise
                     except Exception as exc:
-                        fault = _tag(exc, live)
+                        timeout = self.settings.timeouts.statement_timeout
+                        fault = _tag(exc, live, ran_past_timeout=0 < timeout
+                                     <= time.monotonic() - began)
                         await self._record_error(live, c, attempts, exc)
                         if fault is Fault.RECONNECT:
                             live.terminate()
@@ -697,11 +700,13 @@ class Runner:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _tag(exc: BaseException, conn: asyncpg.Connection | None) -> Fault:
+def _tag(exc: BaseException, conn: asyncpg.Connection | None, *,
+         ran_past_timeout: bool = False) -> Fault:
     """Classify ``exc`` while the connection it came from is at hand, and remember it: the
     retry predicate sees only the exception (an InterfaceError is transient only if its
     connection closed)."""
-    fault = classify(exc, conn_closed=conn is None or conn.is_closed())
+    fault = classify(exc, conn_closed=conn is None or conn.is_closed(),
+                     ran_past_timeout=ran_past_timeout)
     exc.__dict__["_cryptopi_fault"] = fault
     return fault
 

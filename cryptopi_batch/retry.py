@@ -1,7 +1,8 @@
 """Which errors are worth another try, and the tenacity policy that tries again.
 
-Classification is by SQLSTATE, never by message text, except for 57014 where PostgreSQL
-uses one code for a statement timeout and for an operator's cancel request.
+Classification is by SQLSTATE, never by message text alone: PostgreSQL uses 57014 for a
+statement timeout and for an operator's cancel request, told apart by the message when it
+is in English and by how long the batch ran when it is not.
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ _RECONNECT_STATES = {
 }
 
 
-def classify(exc: BaseException, *, conn_closed: bool = False) -> Fault:
+def classify(exc: BaseException, *, conn_closed: bool = False,
+             ran_past_timeout: bool = False) -> Fault:
     """Map an exception from a batch to what the executor should do about it.
 
-    ``conn_closed`` tells whether the connection the error came from is closed.
+    ``conn_closed`` tells whether the connection the error came from is closed;
+    ``ran_past_timeout`` whether the batch ran at least its statement timeout (a 57014
+    whose message is not in English is a statement timeout only then).
     """
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
@@ -60,9 +64,15 @@ def classify(exc: BaseException, *, conn_closed: bool = False) -> Fault:
         if state in _RECONNECT_STATES or state.startswith("08"):
             return Fault.RECONNECT
         if state == "57014":
-            # statement timeout shrinks the batch; "canceling statement due to user
-            # request" is an operator's pg_cancel_backend: stop rather than spin.
-            return Fault.SHRINK if "statement timeout" in str(exc) else Fault.FATAL
+            # A statement timeout shrinks the batch; an operator's pg_cancel_backend
+            # ("canceling statement due to user request") stops rather than spins. The
+            # message may be in the server's language (lc_messages): then only a batch that
+            # ran as long as its statement timeout can have met it.
+            text = str(exc)
+            if "statement timeout" in text or ("user request" not in text
+                                               and ran_past_timeout):
+                return Fault.SHRINK
+            return Fault.FATAL
         return Fault.FATAL
     if isinstance(exc, TimeoutError):
         # Before the OSError rule: on 3.11 TimeoutError is an OSError, and a timeout of

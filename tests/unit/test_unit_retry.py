@@ -155,3 +155,13 @@ def test_asyncpgs_internal_error_from_a_closed_connection_reconnects():
                                       " in progress")
     assert classify(exc, conn_closed=True) is Fault.RECONNECT
     assert classify(exc, conn_closed=False) is Fault.FATAL
+
+
+def test_a_statement_timeout_in_another_language_shrinks_only_after_the_timeout():
+    """lc_messages may translate the message: a 57014 that does not say it in English is
+    a statement timeout only if the batch ran as long as its timeout."""
+    german = asyncpg.QueryCanceledError("storniere Anfrage wegen Zeitüberschreitung")
+    assert classify(german, ran_past_timeout=True) is Fault.SHRINK
+    assert classify(german, ran_past_timeout=False) is Fault.FATAL
+    operator = asyncpg.QueryCanceledError("canceling statement due to user request")
+    assert classify(operator, ran_past_timeout=True) is Fault.FATAL
