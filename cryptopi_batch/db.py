@@ -6,14 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from .errors import ConnectionFailed, PermissionDenied, UsageError
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT = 10.0
 APPLICATION_NAME = "cryptopi_batch"
@@ -153,9 +155,32 @@ class ConnectionSettings:
 
 class Connection(asyncpg.Connection):
     """An asyncpg connection that can send a transaction's own settings with its ``BEGIN``,
-    in the same round trip (a batch then costs one round trip less)."""
+    in the same round trip (a batch then costs one round trip less), and that calls
+    :attr:`on_reply` each time the server answers a request, with rows or with an error (a
+    silent connection is one that stopped answering: see executor's ``_bounded``)."""
 
     _cryptopi_begin: str | None = None
+    on_reply: Callable[[], None] | None = None
+
+    async def _answered(self, request: Awaitable[T]) -> T:
+        try:
+            result = await request
+        except asyncpg.PostgresError:
+            if self.on_reply is not None:
+                self.on_reply()
+            raise
+        if self.on_reply is not None:
+            self.on_reply()
+        return result
+
+    # Every query method but the simple-protocol execute (below) goes through these two
+    # private methods of asyncpg's (stable since 0.18): hooking them covers fetch,
+    # fetchrow, fetchval, execute with arguments and executemany.
+    async def _execute(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._answered(super()._execute(*args, **kwargs))  # type: ignore[misc]
+
+    async def _executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._answered(super()._executemany(*args, **kwargs))  # type: ignore[misc]
 
     def begin_with(self, statements: str) -> None:
         """Append ``statements`` (``SET LOCAL …``, our own text: never user input) to the
@@ -174,7 +199,15 @@ class Connection(asyncpg.Connection):
         if pending is not None and not args and query.startswith("BEGIN"):
             self._cryptopi_begin = None
             query = f"{query} {pending}"
-        return await super().execute(query, *args, timeout=timeout)
+        if args:  # through _execute
+            return await super().execute(query, *args, timeout=timeout)
+        return await self._answered(super().execute(query, timeout=timeout))
+
+
+def ours(conn: asyncpg.Connection) -> Connection | None:
+    """``conn`` as a :class:`Connection` if it is one (not isinstance(): asyncpg's metaclass
+    answers True for any asyncpg connection)."""
+    return cast("Connection", conn) if Connection in type(conn).__mro__ else None
 
 
 @contextlib.asynccontextmanager
@@ -182,15 +215,14 @@ async def transaction(conn: asyncpg.Connection, settings: str) -> AsyncIterator[
     """``conn.transaction()`` whose first statements are ``settings`` (``SET LOCAL …``, or
     any statements of ours without parameters; never user input), sent with its ``BEGIN``
     when ``conn`` is a :class:`Connection`."""
-    # Not isinstance(): asyncpg's metaclass answers True for any asyncpg connection.
-    ours = cast("Connection", conn) if Connection in type(conn).__mro__ else None
-    if ours is not None:
-        ours.begin_with(settings)
+    mine = ours(conn)
+    if mine is not None:
+        mine.begin_with(settings)
     began = False
     try:
         async with conn.transaction():
             began = True
-            pending = settings if ours is None else ours.begun_without()
+            pending = settings if mine is None else mine.begun_without()
             if pending:
                 await conn.execute(pending)
             yield
@@ -199,8 +231,8 @@ async def transaction(conn: asyncpg.Connection, settings: str) -> AsyncIterator[
             # Never left armed for another BEGIN; and a BEGIN that failed half way (its
             # settings refused, the reply lost) leaves asyncpg's and the server's state
             # unknown: the connection is not used again.
-            if ours is not None:
-                ours.begun_without()
+            if mine is not None:
+                mine.begun_without()
             conn.terminate()
         raise
 

@@ -24,7 +24,7 @@ import structlog
 from tenacity import RetryCallState
 
 from . import store
-from .db import ConnectionSettings, close_quietly, pg_interval, set_local, transaction
+from .db import ConnectionSettings, close_quietly, ours, pg_interval, set_local, transaction
 from .errors import BatchFailed, LeaseLost, Stopped, one_line
 from .keys import Bound, KeyRange, as_bound
 from .migration import Batch, Work, run_work
@@ -623,7 +623,9 @@ class Runner:
 
     @contextlib.asynccontextmanager
     async def _bounded(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
-        """Give up on ``conn`` when what runs inside gets no reply within the reply bound.
+        """Give up on ``conn`` when what runs inside waits longer than the reply bound for
+        an answer: from its start, then from each answer the server gave (a batch of many
+        statements may take longer in all; each one is bounded).
 
         The server enforces the statement timeout, but over a silent connection (a
         black-holed socket, a lost NAT entry) its verdict never arrives and asyncpg would
@@ -634,9 +636,17 @@ class Runner:
         """
         bound = self._reply_bound()
         self._xacts.pop(conn, None)
+        mine = ours(conn)
         try:
             with anyio.fail_after(bound) as scope:
-                yield
+                if mine is not None and bound is not None:
+                    mine.on_reply = lambda: setattr(
+                        scope, "deadline", anyio.current_time() + bound)
+                try:
+                    yield
+                finally:
+                    if mine is not None:
+                        mine.on_reply = None
         except Exception as exc:
             if not scope.cancel_called:
                 raise

@@ -30,7 +30,7 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import commands, store
+from cryptopi_batch import commands, executor, store
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.embedded import EmbeddedCluster
 from cryptopi_batch.executor import Runner
@@ -581,3 +581,42 @@ async def test_control_commands_and_options_before_the_command_on_the_cli(
     assert [(o["name"], o["status"], o["batches"]) for o in objects] == [
         (name, "cancelled", 2)]
     assert "secret" not in refused.stderr + shown.stderr + shown.stdout
+
+
+# A batch of four statements, each well within the statement timeout, longer in all than
+# one statement may wait for its answer.
+_MANY_STATEMENTS = f'''
+    """Touch every row once, in four slow statements a batch."""
+    from cryptopi_batch import Backfill, Batch
+
+    async def touch(batch: Batch) -> int:
+        for _ in range(3):
+            await batch.execute("SELECT pg_sleep(0.6)")
+        status = await batch.execute(
+            "UPDATE {TABLE} SET touched = touched + 1 WHERE {{range}}"
+            " AND (SELECT pg_sleep(0.6)) IS NOT NULL")
+        return int(status.split()[-1])
+
+    migration = Backfill(table="{TABLE}", key="id", batch_size=100, process=touch)
+'''
+
+
+async def test_a_batch_longer_than_one_reply_bound_is_not_taken_for_a_silent_connection(
+        dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reply bound (the statement timeout plus a margin) applies to each answer the
+    server owes, not to the whole batch: four statements of 0.6 s under a 1 s statement
+    timeout, a 2 s bound here, commit at their first attempt."""
+    monkeypatch.setattr(executor, "_REPLY_MARGIN", 0.2)
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, rows=200)
+        name = write_migration(tmp_path, "touch_many", _MANY_STATEMENTS)
+        with anyio.fail_after(60):
+            result = await run(dsn, tmp_path, name, statement_timeout="1s")
+        assert result.outcome is not None
+        assert result.outcome.completed
+        await assert_completed(conn, name, TABLE, 200)
+        assert await conn.fetchval(
+            "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name) == 1
+    finally:
+        await conn.close()
