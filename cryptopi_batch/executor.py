@@ -429,7 +429,8 @@ class Runner:
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
             try:
-                c = await store.split(conn, c, self.token, self.batch_size, self.ranges)
+                c = await store.split(conn, c, self.token, self.batch_size, self.ranges,
+                                      timeouts=self.settings.timeouts)
             except BaseException:
                 # A retry claims afresh: this range, claimed but no longer held, must not
                 # keep its lease alive (it lapses, or is handed back on reconnecting).
@@ -492,7 +493,8 @@ class Runner:
                                 try:
                                     async with self._bounded(live):
                                         c = await store.split(live, c, self.token, smaller,
-                                                              self.ranges)
+                                                              self.ranges,
+                                                              timeouts=self.settings.timeouts)
                                 except Exception as split_failed:
                                     live = _dropped_if_lost(split_failed, live)
                                     raise

@@ -374,17 +374,24 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
 
 
 async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
-                ranges: RangeQueries) -> Claim:
+                ranges: RangeQueries, *, timeouts: TimeoutPolicy) -> Claim:
     """Cut claim ``c`` to its first ``size`` keys; the rest becomes a pending range that
-    any worker may claim. Returns the smaller claim (``c`` itself if it cannot be cut)."""
+    any worker may claim. Returns the smaller claim (``c`` itself if it cannot be cut).
+
+    One short transaction under the batch's lock and statement timeouts: finding the cut
+    reads the user's table, which must never queue long behind DDL."""
     if size >= c.keys:
         return c
-    halves = split_range(c.range, await ranges.nth(conn, c.range, size))
-    if halves is None:
-        return c
-    head, tail = halves
-    await conn.fetchval(query("split_batch"), c.id, token, list(head.upper), size,
-                        list(tail.upper), c.keys)  # tail.upper: c's own, checked (fencing)
+    async with transaction(conn, set_local(
+            lock_timeout=pg_interval(timeouts.lock_timeout),
+            statement_timeout=pg_interval(timeouts.statement_timeout),
+            synchronous_commit="off")):  # as a claim: a cut lost in a crash is made again
+        halves = split_range(c.range, await ranges.nth(conn, c.range, size))
+        if halves is None:
+            return c
+        head, tail = halves
+        await conn.fetchval(query("split_batch"), c.id, token, list(head.upper), size,
+                            list(tail.upper), c.keys)  # tail.upper: c's own (fencing)
     return Claim(c.id, head, size, c.attempts)
 
 

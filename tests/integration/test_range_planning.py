@@ -236,7 +236,8 @@ async def _claim(ctx: Context, plan: Plan, size: int) -> store.Claim | None:
 
 
 async def _split(ctx: Context, plan: Plan, c: store.Claim, size: int) -> None:
-    head = await store.split(ctx.conn, c, ctx.token, size, ctx.ranges)
+    head = await store.split(ctx.conn, c, ctx.token, size, ctx.ranges,
+                            timeouts=TimeoutPolicy())
     keys = plan.index.keys_in(c.range.lower, c.range.upper)
     assert len(keys) == c.keys, (c, keys)
     new = await ctx.conn.fetch(

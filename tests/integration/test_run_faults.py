@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import anyio
@@ -26,6 +27,8 @@ from run_support import (
 
 from cryptopi_batch import commands, store
 from cryptopi_batch.errors import BatchFailed, CouldNotStart, SourceChanged
+from cryptopi_batch.keys import KeyRange
+from cryptopi_batch.settings import TimeoutPolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -455,3 +458,36 @@ async def test_a_table_locked_while_the_run_checks_it_is_reported_as_locked(
     assert refused.value.exit_code == 2
     assert not await conn.fetchval("SELECT to_regclass('ops.backfills') IS NOT NULL")
     assert await conn.fetchval(f"SELECT sum(touched) FROM {TABLE}") == 0
+
+
+async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """Cutting a range reads the user's table: behind DDL's lock it waits no longer than the
+    batch's lock timeout (then the caller retries), and changes nothing."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_cut", sql_migration(TABLE, batch_size=50))
+    await store.ensure_schema(conn)
+    await conn.execute(
+        "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
+        " end_key, frontier, exhausted, batch_size, source_checksum) VALUES ($1, $1 || '.py',"
+        " $2, '{id}', '{bigint}', '{300}', '{300}', true, 50, 'x')", name, TABLE)
+    token = uuid.uuid4()
+    batch_id = await conn.fetchval(
+        "INSERT INTO ops.backfill_batches (backfill, upper_key, keys, status, worker)"
+        " VALUES ($1, '{300}', 300, 'running', $2) RETURNING id", name, token)
+    ranges = store.RangeQueries(await store.inspect_target(conn, TABLE, ("id",)))
+    claim = store.Claim(batch_id, KeyRange(None, ("300",)), 300, 0)
+    holder, splitter = await connect(dsn), await connect(dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+            with anyio.fail_after(5), pytest.raises(asyncpg.LockNotAvailableError):
+                await store.split(splitter, claim, token, 50, ranges,
+                                  timeouts=TimeoutPolicy(lock_timeout=0.1))
+    finally:
+        await holder.close()
+        await splitter.close()
+    row = await conn.fetchrow("SELECT upper_key, keys FROM ops.backfill_batches WHERE id = $1",
+                              batch_id)
+    assert (list(row["upper_key"]), row["keys"]) == (["300"], 300)
+    assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == 1
