@@ -42,6 +42,25 @@ def _common_options() -> _Parser:
     return common
 
 
+class _Version(argparse.Action):
+    """``--version``, read from the installed metadata only when asked (importlib.metadata
+    costs several ms of imports every other start would pay)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        import importlib.metadata  # noqa: PLC0415 -- see above
+
+        print(f"{parser.prog} {importlib.metadata.version('cryptopi_batch')}")
+        parser.exit()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The common options are accepted before or after the command's name. They default
     # only at the top level, on actions of their own (set_defaults changes the actions it
@@ -51,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cryptopi_batch", parents=[_common_options()],
                      description="Batched, resumable, throttled data migrations for PostgreSQL.")
     parser.set_defaults(dsn=None, migrations_dir=None, log_format="console", traceback=False)
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", parents=[common], help="run a migration, or resume it")
@@ -86,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(command, parents=[common], help=text).add_argument("name")
 
     demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
-    demo.add_argument("--rows", type=int, default=1_000_000)
+    demo.add_argument("--rows", type=_positive_int, default=1_000_000)
     demo.add_argument("--data-dir", default=".pgdata/demo")
     demo.add_argument("--no-progress", action="store_true")
     return parser
@@ -185,8 +206,9 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
         print(f"{result.name}: already completed; nothing to do", file=sys.stderr)
     elif result.outcome is not None:
         o = result.outcome
+        batches = "batch" if o.progress.batches == 1 else "batches"
         print(f"{result.name}: completed: {o.progress.rows:,} rows changed in"
-              f" {o.progress.batches:,} batches, {o.seconds:.1f} s", file=sys.stderr)
+              f" {o.progress.batches:,} {batches}, {o.seconds:.1f} s", file=sys.stderr)
     return EXIT_OK
 
 

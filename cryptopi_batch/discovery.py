@@ -92,7 +92,8 @@ def discover(directory: Path) -> list[MigrationFile]:
 def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
     """The one file that ``wanted`` names: its full name, a unique prefix of it, or its
     description part (or a unique prefix of that)."""
-    wanted = wanted.removesuffix(".py").removesuffix(".sql")
+    # A path to the file (a shell's completion) names it too.
+    wanted = Path(wanted).name.removesuffix(".py").removesuffix(".sql")
     matchers: list[Callable[[MigrationFile], bool]] = [
         lambda f: f.name == wanted,
         lambda f: f.description == wanted,

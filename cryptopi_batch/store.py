@@ -138,6 +138,11 @@ SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
 """
 
 
+# What else a name in pg_class may be (relkind), for the message when it is not a table.
+_NOT_TABLES = {"v": "a view", "m": "a materialized view", "f": "a foreign table",
+               "S": "a sequence", "i": "an index", "I": "an index", "c": "a composite type"}
+
+
 @dataclass(frozen=True)
 class Target:
     """The table a migration batches over, checked against the catalog."""
@@ -163,6 +168,10 @@ async def inspect_target(conn: asyncpg.Connection, table: str, key: tuple[str, .
     schema, name = (None, parts[0]) if len(parts) == 1 else parts
     row = await conn.fetchrow(_INSPECT, schema, name, list(key), list(privileges))
     if row is None:
+        kind = await conn.fetchval(
+            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", table)
+        if kind in _NOT_TABLES:
+            raise TargetInvalid(f"{table} is {_NOT_TABLES[kind]}, not a table")
         raise TargetInvalid(f"table {table} does not exist")
     types = dict(zip(key, row["types"], strict=True))
     missing = [k for k in key if types[k] is None]

@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -540,6 +541,7 @@ BAD_INPUTS: dict[str, dict[str, Any]] = {
     "window_declared": {"name": "in_a_window", "expect": ["window=", "not built yet"]},
     "batch_size_past_int4": {"name": "touch_all", "args": ["--batch-size", "2147483648"],
                              "expect": ["--batch-size", "2,147,483,647"]},
+    "view_as_table": {"name": "a_view", "expect": ["matrices.dyn_view is a view", "not a table"]},
     "statement_timeout_past_int4": {"name": "touch_all",
                                     "args": ["--statement-timeout", "100000000h"],
                                     "expect": ["--statement-timeout", "at most"]},
@@ -565,6 +567,7 @@ def _bad_input_dir(directory: Path) -> None:
                     f'migration = Backfill(table="{TABLE}", key="id",'
                     ' sql="UPDATE matrices.dyn_values SET touched = lenght(\'x\')'
                     ' WHERE {range}")\n')
+    sql_migration(directory, "20240102_0009_a_view.py", table="matrices.dyn_view")
     write_migration(directory, "20240102_0008_in_a_window.py",
                     '"""Off-peak only."""\nfrom cryptopi_batch import Backfill\n\n'
                     f'migration = Backfill(table="{TABLE}", key="id", window="Sun 03:00-04:00",'
@@ -578,7 +581,8 @@ def _seed_bad_tables(dsn: str) -> None:
                  " DEFAULT 0); CREATE INDEX ON matrices.dupes (id);"
                  " INSERT INTO matrices.dupes (id) VALUES (1), (1), (2);"
                  " CREATE TABLE matrices.nullable_ids (id bigint UNIQUE, touched int NOT NULL"
-                 " DEFAULT 0); INSERT INTO matrices.nullable_ids (id) VALUES (1), (NULL);")
+                 " DEFAULT 0); INSERT INTO matrices.nullable_ids (id) VALUES (1), (NULL);"
+                 f" CREATE VIEW matrices.dyn_view AS SELECT * FROM {TABLE};")
 
 
 def _all_untouched(dsn: str) -> None:
@@ -717,6 +721,14 @@ def test_commands_without_privileges_on_the_ops_tables_exit_2(
         assert value(dsn, "SELECT status FROM ops.backfills") == "completed"
     finally:
         execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+def test_version_and_a_bad_demo_size(workdir: Path) -> None:
+    version = cli("--version", dsn=None, cwd=workdir)
+    assert version.returncode == 0, version.stderr
+    assert re.fullmatch(r"cryptopi_batch \d+\.\d+\.\d+\S*\n", version.stdout)
+    refused = cli("demo", "--rows", "-5", dsn=None, cwd=workdir)
+    _assert_could_not_start(refused, ["--rows", "at least 1"])
 
 
 def with_user(dsn: str, user: str, password: str) -> str:

@@ -94,6 +94,9 @@ def test_file_name_parts(files):
     ("backfill_confidence", "20240301_1200_backfill_confidence.py"),  # description
     ("backfill_c", "20240301_1200_backfill_confidence.py"),  # prefix of a description
     ("add_slugs", "20240105_0900_add_slugs.py"),  # exact beats add_slug_index's prefix
+    # a path to the file, as a shell completes it
+    ("migrations/20240301_1200_backfill_confidence.py", "20240301_1200_backfill_confidence.py"),
+    ("./migrations/backfill_confidence", "20240301_1200_backfill_confidence.py"),
 ])
 def test_resolve_finds_the_one_file_a_name_means(files, wanted, expected):
     assert resolve(files, wanted).filename == expected
@@ -199,6 +202,8 @@ def test_a_sql_file_does_not_load_as_a_backfill(mdir):
     ('sql="UPDATE t SET x = 1 WHERE {range}", key=()', "key="),
     ('sql="UPDATE t SET x = 1 WHERE {range}", down="DELETE FROM t"', "down="),
     ('sql="UPDATE t SET x = 1 WHERE {range}", synchronous_commit="off"', "synchronous_commit"),
+    ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=True', "batch_size"),
+    ('sql="UPDATE t SET x = 1 WHERE {range}", destructive="no"', "destructive="),
 ])
 def test_definition_errors_name_the_file_and_line(mdir, arguments, complaint):
     path = write(mdir, "20240101_0000_bad.py", f"""\
