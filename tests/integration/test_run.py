@@ -321,6 +321,15 @@ async def test_rerun_of_a_completed_migration_is_a_no_op(
     assert await migrations_rows(conn, f"{name}.py") == 1
 
 
+async def _slow_batches(conn: asyncpg.Connection) -> None:
+    """Every batch's UPDATE of the table takes at least 0.2 s (a statement trigger)."""
+    await conn.execute("""
+        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+        CREATE TRIGGER slow AFTER UPDATE ON matrices.dyn_values
+        FOR EACH STATEMENT EXECUTE FUNCTION slow()""")
+
+
 async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
         dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     """ops.migrations keeps the file (it completed once), but the run's own row, started
@@ -329,11 +338,7 @@ async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
     name = write_migration(tmp_path, "touch_again", sql_migration(TABLE, batch_size=100))
     await run(dsn, tmp_path, name)
     await conn.execute(f"UPDATE {TABLE} SET touched = 0")
-    await conn.execute("""
-        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
-        CREATE TRIGGER slow AFTER UPDATE ON matrices.dyn_values
-        FOR EACH STATEMENT EXECUTE FUNCTION slow()""")
+    await _slow_batches(conn)
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, restart=True, max_duration="0.1s")
     connection = ConnectionSettings(dsn=dsn)
@@ -380,11 +385,7 @@ async def test_status_rate_counts_each_batch_to_its_end(
     batches of 100 keys that take 0.2 s each cannot show more than 500 keys/s."""
     await seed_table(conn, rows=2_000)
     name = write_migration(tmp_path, "touch_slowly", sql_migration(TABLE, batch_size=100))
-    await conn.execute("""
-        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
-        CREATE TRIGGER slow AFTER UPDATE ON matrices.dyn_values
-        FOR EACH STATEMENT EXECUTE FUNCTION slow()""")
+    await _slow_batches(conn)
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0.5s")
     [status] = await commands.status(name, directory=tmp_path,
