@@ -19,7 +19,7 @@ import anyio
 
 from . import commands, logs
 from .db import ConnectionSettings
-from .discovery import migrations_dir
+from .discovery import migrations_dir, misnamed
 from .errors import CryptopiBatchError, UsageError, one_line
 from .report import ProgressBar, StatusRow, print_json, print_table, table_console
 from .settings import RunOptions
@@ -235,8 +235,14 @@ async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> i
 
 
 async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int:
-    return _show(args, await commands.list_migrations(directory=_directory(args),
+    directory = _directory(args)
+    code = _show(args, await commands.list_migrations(directory=directory,
                                                       connection=connection))
+    odd = misnamed(directory)
+    if odd:
+        print(f"cryptopi_batch: left out, not named YYYYMMDD_HHMM_description:"
+              f" {', '.join(odd)}", file=sys.stderr)
+    return code
 
 
 def _show(args: argparse.Namespace, rows: list[StatusRow]) -> int:

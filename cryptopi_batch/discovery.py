@@ -89,6 +89,17 @@ def discover(directory: Path) -> list[MigrationFile]:
                    if p.is_file() and FILE_NAME.match(p.name)), key=lambda f: f.filename)
 
 
+def misnamed(directory: Path) -> list[str]:
+    """The ``.py`` and ``.sql`` files in ``directory`` whose names are not migration names
+    (``YYYYMMDD_HHMM_description``), which every command leaves out; ``_*`` and dot files
+    (``__init__.py``, editors' files) are not counted."""
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir()
+                  if p.is_file() and p.suffix in (".py", ".sql")
+                  and not p.name.startswith(("_", ".")) and not FILE_NAME.match(p.name))
+
+
 def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
     """The one file that ``wanted`` names: its full name, a unique prefix of it, or its
     description part (or a unique prefix of that)."""
@@ -112,6 +123,12 @@ def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
     names = [f.name for f in files]
     close = difflib.get_close_matches(wanted, names + [f.description for f in files], n=3)
     hint = f"; did you mean {', '.join(close)}" if close else ""
+    directory = files[0].path.parent if files else None
+    odd = [n for n in (misnamed(directory) if directory else [])
+           if Path(n).stem == wanted or Path(n).stem.startswith(wanted)]
+    if odd:
+        hint = (f"; {', '.join(odd)} is not named YYYYMMDD_HHMM_description (letters,"
+                " digits and _ only), so it is not a migration")
     listing = ", ".join(names) if names else "(none)"
     raise MigrationNotFound(f"no migration named {wanted!r}{hint}; known: {listing}")
 

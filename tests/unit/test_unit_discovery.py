@@ -14,6 +14,7 @@ from cryptopi_batch.discovery import (
     discover,
     load,
     migrations_dir,
+    misnamed,
     resolve,
 )
 from cryptopi_batch.errors import MigrationLoadError, MigrationNotFound
@@ -290,3 +291,15 @@ def test_a_broken_pyproject_is_a_load_error(tmp_path, monkeypatch):
     (tmp_path / "pyproject.toml").write_text("[tool.cryptopi_batch\n")
     with pytest.raises(MigrationLoadError, match=r"pyproject\.toml"):
         migrations_dir(None, cwd=tmp_path)
+
+
+def test_files_not_named_as_migrations_are_listed_and_named_in_the_unknown_name_error(
+        mdir: Path) -> None:
+    write(mdir, "20240301_1200_backfill_confidence.py")
+    for odd in ("20250101_0060_fix-units.py", "backfill.sql", "__init__.py", ".swap.py",
+                "notes.txt"):
+        write(mdir, odd)
+    assert misnamed(mdir) == ["20250101_0060_fix-units.py", "backfill.sql"]
+    assert [f.filename for f in discover(mdir)] == ["20240301_1200_backfill_confidence.py"]
+    with pytest.raises(MigrationNotFound, match=r"fix-units\.py is not named YYYYMMDD_HHMM"):
+        resolve(discover(mdir), "20250101_0060_fix-units")
