@@ -196,7 +196,12 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
     file is recorded in ops.migrations without a run of its own (applied by other tooling,
     or before its run's row was removed), so it is done, as `list` shows it."""
     name = migration.name
-    async with conn.transaction():
+    # The run's row is locked here, and the user's table read: under the lock timeout, so
+    # a start never queues behind DDL (or a stuck session) while holding that row, which
+    # every other runner's checkpoint needs. No statement timeout: a first start on a
+    # table never analysed counts its rows.
+    async with transaction(conn, set_local(
+            lock_timeout=pg_interval(settings.timeouts.lock_timeout))):
         row = await conn.fetchrow(store.query("lock_backfill"), name)
         if row is not None and settings.restart:
             await conn.execute(store.query("delete_backfill"), name)

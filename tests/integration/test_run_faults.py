@@ -26,7 +26,7 @@ from run_support import (
 )
 
 from cryptopi_batch import commands, store
-from cryptopi_batch.errors import BatchFailed, CouldNotStart, SourceChanged
+from cryptopi_batch.errors import BatchFailed, CouldNotStart, SourceChanged, Stopped
 from cryptopi_batch.keys import KeyRange
 from cryptopi_batch.settings import TimeoutPolicy
 
@@ -491,3 +491,23 @@ async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
                               batch_id)
     assert (list(row["upper_key"]), row["keys"]) == (["300"], 300)
     assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == 1
+
+
+async def test_a_start_waits_for_the_runs_locked_row_no_longer_than_the_lock_timeout(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """Starting or resuming locks the run's row (and reads the table): behind a session
+    that holds that row, it gives up after the lock timeout (exit 2) instead of queueing."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_held", sql_migration(TABLE, batch_size=50))
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_duration="0s")
+    holder = await connect(dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM ops.backfills WHERE name = $1 FOR UPDATE", name)
+            with anyio.fail_after(10), pytest.raises(CouldNotStart) as refused:
+                await run(dsn, tmp_path, name, lock_timeout="200ms")
+    finally:
+        await holder.close()
+    assert refused.value.exit_code == 2
+    assert (await backfill(conn, name))["status"] == "running"
