@@ -155,8 +155,9 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(connection.redact(f"permission denied: {exc}")) from None
     except asyncpg.LockNotAvailableError as exc:
-        raise CouldNotStart(f"the table is locked by another session ({exc});"
-                            " nothing was written, run again later") from None
+        raise CouldNotStart(f"locked by another session (the table, or the run's own row in"
+                            f" ops.backfills): {exc}; nothing was written, run again later"
+                            ) from None
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
         raise ConnectionFailed(connection.redact(
             f"lost the connection while starting: {exc or type(exc).__name__}")) from None
