@@ -269,6 +269,8 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
 
     from . import demo  # noqa: PLC0415 -- the embedded server is only needed here
 
+    # The example migration first: without it, no server is started nor table seeded.
+    commands.find_migration(_directory(args), "backfill_confidence")
     console = Console(stderr=True)
     console.print(f"Starting an embedded PostgreSQL in {args.data_dir} …")
     cluster = await anyio.to_thread.run_sync(demo.start_cluster, Path(args.data_dir))

@@ -723,12 +723,16 @@ def test_commands_without_privileges_on_the_ops_tables_exit_2(
         execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
 
 
-def test_version_and_a_bad_demo_size(workdir: Path) -> None:
+def test_version_and_demo_refusals(workdir: Path) -> None:
     version = cli("--version", dsn=None, cwd=workdir)
     assert version.returncode == 0, version.stderr
     assert re.fullmatch(r"cryptopi_batch \d+\.\d+\.\d+\S*\n", version.stdout)
     refused = cli("demo", "--rows", "-5", dsn=None, cwd=workdir)
     _assert_could_not_start(refused, ["--rows", "at least 1"])
+    # Without the example migration, demo starts no server and seeds nothing.
+    missing = cli("demo", "--rows", "1000", dsn=None, cwd=workdir)
+    _assert_could_not_start(missing, ["backfill_confidence"])
+    assert not (workdir / ".pgdata").exists()
 
 
 def with_user(dsn: str, user: str, password: str) -> str:
