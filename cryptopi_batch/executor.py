@@ -401,9 +401,15 @@ class Runner:
                     async with self._bounded(live):
                         result = await op(live)
                 except Exception as exc:
-                    if _tag(exc, live) is Fault.RECONNECT and live is not None:
+                    fault = _tag(exc, live)
+                    if fault is Fault.RECONNECT and live is not None:
                         live.terminate()
                         live = None
+                    elif fault is Fault.SHRINK:
+                        # A claim's range lookup timed out: the next try claims fewer keys,
+                        # as a batch that timed out is cut.
+                        self.batch_size = shrink_after_timeout(self.settings.throttle,
+                                                               self.batch_size)
                     raise
                 return live, result
         raise AssertionError("unreachable: tenacity reraises")

@@ -511,3 +511,32 @@ async def test_a_start_waits_for_the_runs_locked_row_no_longer_than_the_lock_tim
         await holder.close()
     assert refused.value.exit_code == 2
     assert (await backfill(conn, name))["status"] == "running"
+
+
+async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """Claiming a range of the batch size times out (here: inserting any range of 100 keys
+    or more sleeps past the statement timeout): the next try claims a tenth as many keys,
+    as a batch that timed out is cut, instead of trying the same size until the run
+    fails."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_claims", sql_migration(TABLE, batch_size=100))
+    await store.ensure_schema(conn)
+    await conn.execute("""
+        CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.keys >= 100 THEN PERFORM pg_sleep(2); END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER slow_claim BEFORE INSERT ON ops.backfill_batches
+            FOR EACH ROW EXECUTE FUNCTION slow_claim()""")
+
+    with anyio.fail_after(60):
+        result = await run(dsn, tmp_path, name, statement_timeout="300ms")
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 300)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
+    assert await conn.fetchval(
+        "SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1", name) <= 10
