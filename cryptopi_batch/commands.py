@@ -20,8 +20,6 @@ from .db import (
     Connection,
     ConnectionSettings,
     close_quietly,
-    pg_interval,
-    set_local,
     transaction,
 )
 from .discovery import LoadedMigration, discover, load, resolve
@@ -97,8 +95,7 @@ async def run(
         async with _setup_errors(connection):
             # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE):
             # never queue long behind DDL, as no batch does either.
-            lock_timeout = set_local(lock_timeout=pg_interval(settings.timeouts.lock_timeout))
-            async with transaction(conn, lock_timeout):
+            async with transaction(conn, settings.timeouts.local(statement=False)):
                 # The server session's own pid, against the one announced at connect: a
                 # pooler announces its own.
                 pooled = await conn.fetchval("SELECT pg_backend_pid()") != conn.get_server_pid()
@@ -201,8 +198,7 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
     # a start never queues behind DDL (or a stuck session) while holding that row, which
     # every other runner's checkpoint needs. No statement timeout: a first start on a
     # table never analysed counts its rows.
-    async with transaction(conn, set_local(
-            lock_timeout=pg_interval(settings.timeouts.lock_timeout))):
+    async with transaction(conn, settings.timeouts.local(statement=False)):
         row = await conn.fetchrow(store.query("lock_backfill"), name)
         if row is not None and settings.restart:
             await conn.execute(store.query("delete_backfill"), name)

@@ -24,7 +24,7 @@ import structlog
 from tenacity import RetryCallState
 
 from . import store
-from .db import ConnectionSettings, close_quietly, ours, pg_interval, set_local, transaction
+from .db import ConnectionSettings, close_quietly, ours, pg_interval, transaction
 from .errors import BatchFailed, LeaseLost, Stopped, one_line
 from .keys import Bound, KeyRange, as_bound
 from .migration import Batch, Work, run_work
@@ -155,9 +155,7 @@ class Runner:
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, _AHEAD_BOUND / 4),
             statement_timeout=_within(t.statement_timeout, _AHEAD_BOUND / 2))
-        self._set_local = set_local(
-            lock_timeout=pg_interval(t.lock_timeout),
-            statement_timeout=pg_interval(t.statement_timeout),
+        self._set_local = t.local(
             idle_in_transaction_session_timeout=pg_interval(self.settings.lease_seconds),
             synchronous_commit="on" if t.synchronous_commit else "off")
 

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .db import pg_interval, set_local
 from .errors import UsageError
 from .migration import Backfill
 from .retry import RetryPolicy
@@ -71,6 +72,15 @@ class TimeoutPolicy:
     # them; the run's own completion (and a stop) commits synchronously, making every
     # batch before it durable. See docs/design.md.
     synchronous_commit: bool = False
+
+    def local(self, *, statement: bool = True, **more: str) -> str:
+        """``SET LOCAL`` statements for one transaction: the lock timeout, the statement
+        timeout unless ``statement`` is false (a first start may count a whole table), and
+        ``more`` settings."""
+        timeouts = {"lock_timeout": pg_interval(self.lock_timeout)}
+        if statement:
+            timeouts["statement_timeout"] = pg_interval(self.statement_timeout)
+        return set_local(**timeouts, **more)
 
 
 @dataclass(frozen=True)

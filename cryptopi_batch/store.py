@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from .db import pg_interval, set_local, transaction
+from .db import pg_interval, transaction
 from .errors import PermissionDenied, TargetInvalid
 from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
 from .planner import split_range
@@ -391,10 +391,8 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
     reads the user's table, which must never queue long behind DDL."""
     if size >= c.keys:
         return c
-    async with transaction(conn, set_local(
-            lock_timeout=pg_interval(timeouts.lock_timeout),
-            statement_timeout=pg_interval(timeouts.statement_timeout),
-            synchronous_commit="off")):  # as a claim: a cut lost in a crash is made again
+    # synchronous_commit off, as for a claim: a cut lost in a crash is made again.
+    async with transaction(conn, timeouts.local(synchronous_commit="off")):
         halves = split_range(c.range, await ranges.nth(conn, c.range, size))
         if halves is None:
             return c
@@ -411,9 +409,7 @@ async def look_ahead(conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRan
     next range's bound on another connection while its batch works, and hands it to
     :func:`checkpoint`, which then skips the index scan if the frontier is where it was
     expected. The run's row is not read or locked here."""
-    async with transaction(conn, set_local(lock_timeout=pg_interval(timeouts.lock_timeout),
-                                           statement_timeout=pg_interval(
-                                               timeouts.statement_timeout))):
+    async with transaction(conn, timeouts.local()):
         return await ranges.nth(conn, rng, n)
 
 
