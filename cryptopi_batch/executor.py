@@ -24,7 +24,13 @@ import structlog
 from tenacity import RetryCallState
 
 from . import store
-from .db import ConnectionSettings, close_quietly, ours, pg_interval, transaction
+from .db import (
+    ConnectionSettings,
+    chained_transaction,
+    close_quietly,
+    ours,
+    pg_interval,
+)
 from .errors import BatchFailed, LeaseLost, Stopped, one_line
 from .keys import Bound, KeyRange, as_bound
 from .migration import Batch, Work, run_work
@@ -155,9 +161,12 @@ class Runner:
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, _AHEAD_BOUND / 4),
             statement_timeout=_within(t.statement_timeout, _AHEAD_BOUND / 2))
-        self._set_local = t.local(
+        self._begin = "BEGIN; " + t.local(
             idle_in_transaction_session_timeout=pg_interval(self.settings.lease_seconds),
             synchronous_commit="on" if t.synchronous_commit else "off")
+        # Connection -> True while the COMMIT of its last batch has begun its next one.
+        self._begun: weakref.WeakKeyDictionary[asyncpg.Connection, bool] = (
+            weakref.WeakKeyDictionary())
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -340,6 +349,13 @@ class Runner:
                 else:
                     await close_quietly(conn)
 
+    def _starts_at_once(self) -> bool:
+        """Whether a worker goes from this batch's commit straight to its next batch:
+        nothing asked to stop, and nothing spaces the batches. Only then may the commit
+        begin the next batch's transaction (see chained_transaction): no transaction
+        waits open for a pause, a rate cap, or a stop."""
+        return not self.stop.is_set() and not self.pacer.paces
+
     async def _pace(self) -> bool:
         """Wait until the next batch may start; ``False`` if a stop came meanwhile."""
         delay = self.pacer.delay(time.monotonic())
@@ -516,15 +532,25 @@ class Runner:
         started = time.monotonic()
         nxt: Claim | None = None
         session = await self._identify(conn)
-        if session is not None:
-            self._xacts[conn] = (*session, True)
+        begun = self._begun.pop(conn, False)
         try:
-            # Direct: the settings travel with BEGIN. Else see _work_and_checkpoint.
-            async with (conn.transaction() if session is None
-                        else transaction(conn, self._set_local)):
-                rows, seconds, next_size, nxt = await self._work_and_checkpoint(
-                    conn, c, attempts, direct=session is not None)
-                self._maybe_crash("before_commit")
+            if session is None:  # behind a pooler: see _work_and_checkpoint
+                async with conn.transaction():
+                    rows, seconds, next_size, nxt = await self._work_and_checkpoint(
+                        conn, c, attempts, direct=False)
+                    self._maybe_crash("before_commit")
+            else:
+                # Direct: the settings travel with BEGIN, and BEGIN with the COMMIT of the
+                # batch before when this one was to start at once.
+                self._xacts[conn] = (*session, True)
+                async with chained_transaction(conn, self._begin, begun=begun) as ending:
+                    rows, seconds, next_size, nxt = await self._work_and_checkpoint(
+                        conn, c, attempts, direct=True)
+                    self._maybe_crash("before_commit")
+                    if nxt is not None and self._starts_at_once():
+                        ending.begin_next(self._begin)
+                if ending.began_next:
+                    self._begun[conn] = True
         except BaseException:
             if nxt is not None:  # not committed, or not known to be
                 self._held.discard(nxt.id)

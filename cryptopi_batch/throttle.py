@@ -25,6 +25,11 @@ class Pacer:
     policy: ThrottlePolicy
     next_start: float = 0.0
 
+    @property
+    def paces(self) -> bool:
+        """Whether it may ever ask a batch to wait."""
+        return bool(self.policy.sleep or self.policy.max_rows_per_second)
+
     def delay(self, now: float) -> float:
         """Seconds to wait before starting a batch at ``now``."""
         return max(0.0, self.next_start - now)

@@ -1,12 +1,18 @@
 """db.transaction: a transaction's own settings sent with its BEGIN, and what is left
-when that BEGIN fails."""
+when that BEGIN fails; db.chained_transaction: a COMMIT that begins the next one."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from cryptopi_batch.db import ConnectionSettings, set_local, transaction
+from cryptopi_batch.db import (
+    ConnectionSettings,
+    Ending,
+    chained_transaction,
+    set_local,
+    transaction,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -40,3 +46,85 @@ async def test_a_begin_whose_settings_fail_leaves_no_connection_to_reuse(
         assert conn.is_closed() is (not plain)
     finally:
         conn.terminate()
+
+
+_BEGIN = "BEGIN; " + set_local(lock_timeout="1234ms")
+
+
+async def _xact(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+
+
+async def test_a_commit_that_begins_the_next_transaction(dsn: str) -> None:
+    """The first COMMIT commits the work and opens the next transaction with the settings;
+    the next one runs in it without a BEGIN of its own, and its COMMIT alone leaves none
+    open."""
+    conn = await ConnectionSettings(dsn=dsn).connect()
+    other = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TEMP TABLE t (n int)")  # temp: this session's own
+        await other.execute("CREATE TABLE chained (n int)")
+        async with chained_transaction(conn, _BEGIN, begun=False) as first:
+            await conn.execute("INSERT INTO chained VALUES (1)")
+            first_xact = await _xact(conn)
+            first.begin_next(_BEGIN)
+        assert first.began_next
+        assert conn.is_in_transaction()
+        assert await other.fetchval("SELECT count(*) FROM chained") == 1  # committed
+        async with chained_transaction(conn, _BEGIN, begun=True) as second:
+            assert await conn.fetchval("SHOW lock_timeout") == "1234ms"  # its SET LOCAL
+            await conn.execute("INSERT INTO chained VALUES (2)")
+            assert await _xact(conn) != first_xact
+            assert await other.fetchval("SELECT count(*) FROM chained") == 1  # not yet
+        assert not second.began_next
+        assert not conn.is_in_transaction()
+        assert await other.fetchval("SELECT count(*) FROM chained") == 2
+        assert await conn.fetchval("SHOW lock_timeout") != "1234ms"
+    finally:
+        await other.execute("DROP TABLE IF EXISTS chained")
+        await other.close()
+        await conn.close()
+
+
+async def test_a_failed_body_rolls_back_what_the_commit_began(dsn: str) -> None:
+    conn = await ConnectionSettings(dsn=dsn).connect()
+    try:
+        await conn.execute("CREATE TEMP TABLE t (n int)")
+        async with chained_transaction(conn, _BEGIN, begun=False) as ending:
+            ending.begin_next(_BEGIN)
+
+        async def failing() -> None:
+            async with chained_transaction(conn, _BEGIN, begun=True):
+                await conn.execute("INSERT INTO t VALUES (1)")
+                raise ZeroDivisionError
+        with pytest.raises(ZeroDivisionError):
+            await failing()
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT count(*) FROM t") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_commit_that_fails_begins_nothing(dsn: str) -> None:
+    """A deferred constraint fails the COMMIT: the server skips the BEGIN after it, the
+    work is rolled back, and the connection is left with no transaction, ready for use."""
+    conn = await ConnectionSettings(dsn=dsn).connect()
+    try:
+        await conn.execute(
+            "CREATE TEMP TABLE u (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+        ending = Ending()
+
+        async def duplicate() -> None:
+            nonlocal ending
+            async with chained_transaction(conn, _BEGIN, begun=False) as ending:
+                await conn.execute("INSERT INTO u VALUES (1), (1)")
+                ending.begin_next(_BEGIN)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await duplicate()
+        assert ending.next_begin is not None
+        assert not ending.began_next
+        assert not conn.is_closed()
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT count(*) FROM u") == 0
+    finally:
+        await conn.close()

@@ -27,7 +27,7 @@ from run_support import (
 )
 
 from cryptopi_batch import commands, store
-from cryptopi_batch.db import ConnectionSettings
+from cryptopi_batch.db import Connection, ConnectionSettings
 from cryptopi_batch.errors import Stopped
 from cryptopi_batch.executor import Runner
 
@@ -301,6 +301,48 @@ async def test_each_batch_transaction_sets_its_own_timeouts_and_commit_mode(
     assert await conn.fetchval("SELECT count(*) FROM seen") == 3
     # Set for the transaction only: a new transaction on any session has the server's.
     assert await conn.fetchval("SHOW synchronous_commit") == "on"
+
+
+@pytest.mark.parametrize("sleep", [None, 0.3], ids=["at-once", "paced"])
+async def test_each_batch_is_a_transaction_of_its_own_begun_when_it_starts(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path, sleep: float | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches that follow one another at once have their BEGIN sent with the COMMIT of
+    the batch before (one round trip less each); still, every batch runs in a transaction
+    of its own, and none is left open while the run waits: with a pause between batches,
+    each begins only when its batch starts."""
+    sent: list[str] = []
+    execute = Connection.execute
+
+    async def spy(self: Connection, query: str, *args: object, **kw: object) -> str:
+        sent.append(query)
+        return await execute(self, query, *args, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(Connection, "execute", spy)
+    await seed_table(conn, rows=250)
+    await conn.execute("CREATE TABLE seen (xact bigint, waited interval)")
+    name = write_migration(tmp_path, "transactions_seen", '''
+        """Record each batch's transaction, and how long it was open before its work."""
+        from cryptopi_batch import Backfill, Batch
+
+        async def look(batch: Batch) -> int:
+            await batch.conn.execute(
+                "INSERT INTO seen SELECT pg_current_xact_id()::text::bigint,"
+                " clock_timestamp() - now()")
+            status = await batch.execute(
+                "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+            return int(status.split()[-1])
+
+        migration = Backfill(table="matrices.dyn_values", batch_size=100, process=look)
+    ''')
+
+    await run(dsn, tmp_path, name, sleep=sleep)
+
+    await assert_exactly_once(conn, TABLE, 250)
+    seen = await conn.fetch("SELECT xact, waited FROM seen")
+    assert len({r["xact"] for r in seen}) == len(seen) == 3
+    assert max(r["waited"] for r in seen).total_seconds() < 0.15
+    chained = [q for q in sent if q.startswith("COMMIT; BEGIN")]
+    assert len(chained) == (0 if sleep else 2)  # the last batch's COMMIT claims nothing
 
 
 async def test_rerun_of_a_completed_migration_is_a_no_op(

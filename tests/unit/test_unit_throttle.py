@@ -24,6 +24,24 @@ def test_without_rate_or_sleep_the_next_batch_starts_at_once():
     assert pacer.delay(now=101.0) == 0.0
 
 
+@given(sleep=st.sampled_from([0.0, 0.5]), rate=st.sampled_from([None, 0.0, 50.0]),
+       batches=st.lists(st.tuples(st.floats(0, 10), st.integers(0, 10_000)), max_size=5))
+def test_a_pacer_that_does_not_pace_never_asks_to_wait(
+        sleep: float, rate: float | None, batches: list[tuple[float, int]]) -> None:
+    """``paces`` is what lets a batch's COMMIT begin the next one (no transaction may wait
+    open): without it no batch ever waits, whatever ran before."""
+    pacer = Pacer(ThrottlePolicy(sleep=sleep, max_rows_per_second=rate))
+    now = 0.0
+    waited = False
+    for took, rows in batches:
+        pacer.record(now=now + took, rows=rows, started=now)
+        now += took
+        waited = waited or pacer.delay(now) > 0
+    assert pacer.paces is bool(sleep or rate)
+    if not pacer.paces:
+        assert not waited
+
+
 def test_rate_cap_spaces_batch_starts_by_rows_over_rate():
     pacer = Pacer(ThrottlePolicy(max_rows_per_second=100.0))
     # 500 rows at 100 rows/s cost 5 s from the batch's start at t=10; it took 1 s.
