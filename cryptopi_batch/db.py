@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.transaction import Transaction
 
 from .errors import ConnectionFailed, PermissionDenied, UsageError
 
@@ -161,6 +164,7 @@ class Connection(asyncpg.Connection):
 
     _cryptopi_begin: str | None = None
     on_reply: Callable[[], None] | None = None
+    _top_xact: Transaction | None  # asyncpg's, undeclared in its stubs: see begun_by_us
 
     async def _answered(self, request: Awaitable[T]) -> T:
         try:
@@ -181,6 +185,19 @@ class Connection(asyncpg.Connection):
 
     async def _executemany(self, *args: Any, **kwargs: Any) -> Any:
         return await self._answered(super()._executemany(*args, **kwargs))  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def begun_by_us(self) -> Iterator[None]:
+        """While a transaction that a statement of ours began is open, asyncpg takes it for
+        one of its own: ``transaction()`` inside it is then a savepoint, as in a
+        transaction asyncpg began, where it would otherwise refuse "a manually started
+        transaction". (``_top_xact``, asyncpg's own mark of that, is private but has
+        been there since its first release.)"""
+        self._top_xact = self.transaction()  # never started: it only stands for ours
+        try:
+            yield
+        finally:
+            self._top_xact = None
 
     def begin_with(self, statements: str) -> None:
         """Append ``statements`` (``SET LOCAL …``, our own text: never user input) to the
@@ -250,7 +267,7 @@ class Ending:
 
 
 @contextlib.asynccontextmanager
-async def chained_transaction(conn: asyncpg.Connection, begin: str, *,
+async def chained_transaction(conn: Connection, begin: str, *,
                               begun: bool) -> AsyncIterator[Ending]:
     """A transaction opened with ``begin`` (``BEGIN; SET LOCAL …``: our own text, never user
     input), or, if ``begun``, the one the previous chained transaction's COMMIT already
@@ -261,7 +278,9 @@ async def chained_transaction(conn: asyncpg.Connection, begin: str, *,
     starts at once: an open transaction takes no lock and no snapshot before its first
     statement, but it must not idle (the server ends it after its
     ``idle_in_transaction_session_timeout``). The server answers such a message in order
-    and stops at the first error: a failed COMMIT leaves no transaction open."""
+    and stops at the first error: a failed COMMIT leaves no transaction open.
+
+    Inside, ``conn.transaction()`` is a savepoint, as in asyncpg's own transaction."""
     if not begun:
         try:
             await conn.execute(begin)
@@ -272,7 +291,8 @@ async def chained_transaction(conn: asyncpg.Connection, begin: str, *,
             raise
     ending = Ending()
     try:
-        yield ending
+        with conn.begun_by_us():
+            yield ending
     except BaseException:
         # As asyncpg's own transaction does; a ROLLBACK that fails propagates instead.
         await conn.execute("ROLLBACK;")

@@ -534,7 +534,8 @@ class Runner:
         session = await self._identify(conn)
         begun = self._begun.pop(conn, False)
         try:
-            if session is None:  # behind a pooler: see _work_and_checkpoint
+            mine = ours(conn)
+            if session is None or mine is None:  # behind a pooler: see _work_and_checkpoint
                 async with conn.transaction():
                     rows, seconds, next_size, nxt = await self._work_and_checkpoint(
                         conn, c, attempts, direct=False)
@@ -543,7 +544,7 @@ class Runner:
                 # Direct: the settings travel with BEGIN, and BEGIN with the COMMIT of the
                 # batch before when this one was to start at once.
                 self._xacts[conn] = (*session, True)
-                async with chained_transaction(conn, self._begin, begun=begun) as ending:
+                async with chained_transaction(mine, self._begin, begun=begun) as ending:
                     rows, seconds, next_size, nxt = await self._work_and_checkpoint(
                         conn, c, attempts, direct=True)
                     self._maybe_crash("before_commit")

@@ -87,6 +87,43 @@ async def test_process_form_touches_every_row_once(dsn: str, conn: asyncpg.Conne
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
 
+async def test_a_process_batch_may_use_savepoints(dsn: str, conn: asyncpg.Connection,
+                                                 tmp_path: Path) -> None:
+    """``batch.conn.transaction()`` inside a batch is a savepoint (writing-migrations.md),
+    in the first batch and in those whose transaction the commit before began: what it
+    keeps commits with the batch, what it rolls back does not."""
+    await seed_table(conn, rows=250)
+    name = write_migration(tmp_path, "savepoints", '''
+        """Touch every row inside a savepoint; a second savepoint is rolled back."""
+        from cryptopi_batch import Backfill, Batch
+
+        class Undone(Exception):
+            pass
+
+        async def touch(batch: Batch) -> int:
+            async with batch.conn.transaction():
+                status = await batch.execute(
+                    "UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
+            try:
+                async with batch.conn.transaction():
+                    await batch.execute(
+                        "UPDATE matrices.dyn_values SET touched = touched + 10 WHERE {range}")
+                    raise Undone
+            except Undone:
+                pass
+            return int(status.split()[-1])
+
+        migration = Backfill(table="matrices.dyn_values", batch_size=100, process=touch)
+    ''')
+
+    result = await run(dsn, tmp_path, name)
+
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 250)
+    await assert_exactly_once(conn, TABLE, 250)
+
+
 # --- 2. every key type -------------------------------------------------------------------
 
 
