@@ -138,6 +138,8 @@ class Runner:
         self.failure: BaseException | None = None
         self.aborted = False
         self.pacer = Pacer(self.settings.throttle)
+        self._deadline_at = (None if self.settings.max_duration is None
+                             else time.monotonic() + self.settings.max_duration)
         self.batch_size = self.settings.batch_size
         self.progress = Progress()
         # The heartbeat and the look-ahead share the control connection, one at a time.
@@ -195,8 +197,8 @@ class Runner:
                 async with anyio.create_task_group() as side:
                     if self.handle_signals:
                         side.start_soon(self._signals)
-                    if self.settings.max_duration is not None:
-                        side.start_soon(self._deadline, self.settings.max_duration)
+                    if self._deadline_at is not None:
+                        side.start_soon(self._deadline)
                     async with anyio.create_task_group() as workers:
                         self._background = workers  # look-aheads: waited for, never raise
                         for i in range(self.settings.workers):
@@ -314,9 +316,15 @@ class Runner:
                     self.aborted = True
                     self._outer.cancel()
 
-    async def _deadline(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
-        self.request_stop(f"--max-duration {seconds:g}s reached")
+    async def _deadline(self) -> None:
+        """Stop the run at its --max-duration, also while workers wait between batches."""
+        assert self._deadline_at is not None
+        await anyio.sleep(max(0.0, self._deadline_at - time.monotonic()))
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
+        if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
+            self.request_stop(f"--max-duration {self.settings.max_duration:g}s reached")
 
     # --- workers --------------------------------------------------------------------
 
@@ -357,7 +365,9 @@ class Runner:
         return not self.stop.is_set() and not self.pacer.paces
 
     async def _pace(self) -> bool:
-        """Wait until the next batch may start; ``False`` if a stop came meanwhile."""
+        """Wait until the next batch may start; ``False`` if a stop came meanwhile or the
+        run's time is up (no batch starts past --max-duration, even a first one at 0)."""
+        self._check_deadline()
         delay = self.pacer.delay(time.monotonic())
         if delay > 0:
             with anyio.move_on_after(delay):

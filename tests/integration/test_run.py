@@ -23,6 +23,7 @@ from run_support import (
     migrations_rows,
     run,
     sql_migration,
+    touched_histogram,
     write_migration,
 )
 
@@ -473,6 +474,22 @@ async def test_status_rate_counts_each_batch_to_its_end(
     assert status.batches >= 1
     assert status.rows_per_second is not None
     assert 0 < status.rows_per_second <= 100 / 0.2
+
+
+async def test_a_max_duration_of_zero_stops_before_the_first_batch(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """No batch starts past --max-duration: at 0 none does (it ran one before, the
+    deadline's task not having run yet), and the stop is a resumable one."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_none", sql_migration(TABLE, batch_size=100))
+    with pytest.raises(Stopped, match="max-duration"):
+        await run(dsn, tmp_path, name, workers=2, max_duration="0s")
+    assert await touched_histogram(conn, TABLE) == {0: 300}
+    assert (await backfill(conn, name))["batches_done"] == 0
+    result = await run(dsn, tmp_path, name)
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_exactly_once(conn, TABLE, 300)
 
 
 # --- 10. workers -------------------------------------------------------------------------
