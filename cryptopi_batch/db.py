@@ -281,6 +281,9 @@ async def chained_transaction(conn: Connection, begin: str, *,
     and stops at the first error: a failed COMMIT leaves no transaction open.
 
     Inside, ``conn.transaction()`` is a savepoint, as in asyncpg's own transaction."""
+    if begun and not conn.is_in_transaction():
+        # Never work outside a transaction: the work and the checkpoint would commit apart.
+        raise RuntimeError("no transaction is open on a connection marked as begun")
     if not begun:
         try:
             await conn.execute(begin)
@@ -302,11 +305,28 @@ async def chained_transaction(conn: Connection, begin: str, *,
         return
     try:
         await conn.execute(f"COMMIT; {ending.next_begin}")
+    except asyncpg.PostgresError as exc:
+        if conn.is_closed() or (exc.sqlstate or "")[:2] in _COMMIT_FAILED:
+            raise  # the connection is gone, or the COMMIT itself failed: nothing committed
+        # Any other error (a cancel, a refused setting) may have hit the COMMIT or the
+        # BEGIN after it: whether the transaction committed is not known here.
+        conn.terminate()
+        raise CommitUnknown(f"the outcome of COMMIT is unknown: {exc}") from exc
     except BaseException:
         if not conn.is_closed() and conn.is_in_transaction():
-            conn.terminate()  # committed, then the next BEGIN failed: state unknown
+            conn.terminate()  # its state is unknown: not used again
         raise
     ending.began_next = True
+
+
+# What only a COMMIT raises, never the BEGIN and SET LOCALs after it: integrity constraint
+# violations (deferred constraints) and transaction rollbacks (serialization failures).
+_COMMIT_FAILED = ("23", "40")
+
+
+class CommitUnknown(ConnectionError):
+    """A COMMIT whose outcome is unknown; its connection was closed. A connection lost during
+    a COMMIT is the same case: the caller reads the outcome back from the database."""
 
 
 def set_local(**settings: str) -> str:

@@ -26,6 +26,7 @@ from tenacity import RetryCallState
 from . import store
 from .db import (
     ConnectionSettings,
+    Ending,
     chained_transaction,
     close_quietly,
     ours,
@@ -319,12 +320,16 @@ class Runner:
     async def _deadline(self) -> None:
         """Stop the run at its --max-duration, also while workers wait between batches."""
         assert self._deadline_at is not None
+        # Stops whatever the clock says on waking: the event loop may wake it a little early.
         await anyio.sleep(max(0.0, self._deadline_at - time.monotonic()))
-        self._check_deadline()
+        self.request_stop(self._deadline_reason())
 
     def _check_deadline(self) -> None:
         if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
-            self.request_stop(f"--max-duration {self.settings.max_duration:g}s reached")
+            self.request_stop(self._deadline_reason())
+
+    def _deadline_reason(self) -> str:
+        return f"--max-duration {self.settings.max_duration:g}s reached"
 
     # --- workers --------------------------------------------------------------------
 
@@ -543,6 +548,7 @@ class Runner:
         nxt: Claim | None = None
         session = await self._identify(conn)
         begun = self._begun.pop(conn, False)
+        ending: Ending | None = None
         try:
             mine = ours(conn)
             if session is None or mine is None:  # behind a pooler: see _work_and_checkpoint
@@ -560,25 +566,33 @@ class Runner:
                     self._maybe_crash("before_commit")
                     if nxt is not None and self._starts_at_once():
                         ending.begin_next(self._begin)
-                if ending.began_next:
-                    self._begun[conn] = True
         except BaseException:
             if nxt is not None:  # not committed, or not known to be
                 self._held.discard(nxt.id)
             raise
-        self._held.discard(c.id)
-        self._maybe_crash("after_commit")
-        self.batch_size = next_size
-        now = time.monotonic()
-        self.pacer.record(now, rows, started)
-        self.progress.rows += rows
-        self.progress.keys += c.keys
-        self.progress.batches += 1
-        log.info("batch_committed", batch=c.id, lower=_show(c.range.lower),
-                 upper=_show(c.range.upper), rows=rows, keys=c.keys,
-                 ms=round(seconds * 1000, 1), attempts=attempts, next_size=next_size)
-        if self.on_batch is not None:
-            self.on_batch(self.progress, c.keys)
+        # What follows the commit in this process. Should it fail, the next batch's
+        # transaction, if this commit began one, goes with its connection.
+        began_next = ending is not None and ending.began_next
+        try:
+            self._held.discard(c.id)
+            self._maybe_crash("after_commit")
+            self.batch_size = next_size
+            now = time.monotonic()
+            self.pacer.record(now, rows, started)
+            self.progress.rows += rows
+            self.progress.keys += c.keys
+            self.progress.batches += 1
+            log.info("batch_committed", batch=c.id, lower=_show(c.range.lower),
+                     upper=_show(c.range.upper), rows=rows, keys=c.keys,
+                     ms=round(seconds * 1000, 1), attempts=attempts, next_size=next_size)
+            if self.on_batch is not None:
+                self.on_batch(self.progress, c.keys)
+        except BaseException:
+            if began_next:
+                conn.terminate()
+            raise
+        if began_next:
+            self._begun[conn] = True
         return nxt
 
     async def _work_and_checkpoint(self, conn: asyncpg.Connection, c: Claim, attempts: int,

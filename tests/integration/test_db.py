@@ -7,6 +7,7 @@ import asyncpg
 import pytest
 
 from cryptopi_batch.db import (
+    CommitUnknown,
     ConnectionSettings,
     Ending,
     chained_transaction,
@@ -126,5 +127,43 @@ async def test_a_commit_that_fails_begins_nothing(dsn: str) -> None:
         assert not conn.is_closed()
         assert not conn.is_in_transaction()
         assert await conn.fetchval("SELECT count(*) FROM u") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_commit_whose_next_begin_fails_is_of_unknown_outcome(dsn: str) -> None:
+    """An error after the COMMIT of the message (here a refused setting of the next
+    transaction) cannot be told from one in the COMMIT: the connection is closed and the
+    caller told the outcome is unknown (it reads it back). Here the work did commit."""
+    conn = await ConnectionSettings(dsn=dsn).connect()
+    other = await asyncpg.connect(dsn)
+    try:
+        await other.execute("CREATE TABLE unknown_outcome (n int)")
+
+        async def bad_next() -> None:
+            async with chained_transaction(conn, _BEGIN, begun=False) as ending:
+                await conn.execute("INSERT INTO unknown_outcome VALUES (1)")
+                ending.begin_next("BEGIN; SET LOCAL lock_timeout = 'not a duration';")
+        with pytest.raises(CommitUnknown) as raised:
+            await bad_next()
+        assert isinstance(raised.value.__cause__, asyncpg.InvalidParameterValueError)
+        assert conn.is_closed()
+        assert await other.fetchval("SELECT count(*) FROM unknown_outcome") == 1
+    finally:
+        await other.execute("DROP TABLE IF EXISTS unknown_outcome")
+        await other.close()
+        conn.terminate()
+
+
+async def test_no_work_runs_outside_a_transaction_marked_as_begun(dsn: str) -> None:
+    """A connection marked begun that has no transaction open is refused before the body
+    runs: its work and checkpoint would otherwise each commit on their own."""
+    conn = await ConnectionSettings(dsn=dsn).connect()
+    try:
+        async def stale() -> None:
+            async with chained_transaction(conn, _BEGIN, begun=True):
+                pytest.fail("the body must not run")
+        with pytest.raises(RuntimeError, match="no transaction"):
+            await stale()
     finally:
         await conn.close()

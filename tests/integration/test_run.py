@@ -28,7 +28,7 @@ from run_support import (
 )
 
 from cryptopi_batch import commands, store
-from cryptopi_batch.db import Connection, ConnectionSettings
+from cryptopi_batch.db import Connection, ConnectionSettings, Ending
 from cryptopi_batch.errors import Stopped
 from cryptopi_batch.executor import Runner
 
@@ -381,6 +381,33 @@ async def test_each_batch_is_a_transaction_of_its_own_begun_when_it_starts(
     assert max(r["waited"] for r in seen).total_seconds() < 0.15
     chained = [q for q in sent if q.startswith("COMMIT; BEGIN")]
     assert len(chained) == (0 if sleep else 2)  # the last batch's COMMIT claims nothing
+
+
+async def test_a_commit_of_unknown_outcome_is_read_back_not_failed(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second batch's COMMIT succeeds but the BEGIN it carries fails: the worker cannot
+    tell, reconnects, finds its batch done in the ops tables, and the run completes with
+    every row once (the next range, claimed by that commit, comes back after its lease)."""
+    begin_next = Ending.begin_next
+    calls = 0
+
+    def fail_the_second(self: Ending, begin: str) -> None:
+        nonlocal calls
+        calls += 1
+        bad = " SET LOCAL lock_timeout = 'not a duration';" if calls == 2 else ""
+        begin_next(self, begin + bad)
+    monkeypatch.setattr(Ending, "begin_next", fail_the_second)
+    await seed_table(conn, rows=450)
+    name = write_migration(tmp_path, "touch_unknown", sql_migration(TABLE, batch_size=100))
+
+    result = await run(dsn, tmp_path, name, lease_seconds=1)
+
+    assert calls >= 3
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 450)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
 
 async def test_rerun_of_a_completed_migration_is_a_no_op(
