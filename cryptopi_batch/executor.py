@@ -294,13 +294,14 @@ class Runner:
             with anyio.move_on_after(interval):
                 await self._finished.wait()
 
-    async def _release_orphans(self, control: asyncpg.Connection) -> None:
-        """The connection to the server was lost: a commit this runner saw succeed may have
-        been lost with it (batches commit asynchronously), leaving a range it no longer
-        holds claimed under its token. Such ranges go back to pending now rather than when
-        their lease lapses."""
-        status = await control.execute(store.query("release_orphans"), self.token,
-                                       self.name, [str(i) for i in self._held])
+    async def _release_orphans(self, conn: asyncpg.Connection) -> None:
+        """A connection to the server was lost: a commit this runner saw succeed may have
+        been lost with it (batches commit asynchronously), or one whose outcome it did not
+        see may have claimed the next range; either leaves a range it no longer holds
+        claimed under its token. Such ranges go back to pending now rather than when their
+        lease lapses."""
+        status = await conn.execute(store.query("release_orphans"), self.token,
+                                    self.name, [str(i) for i in self._held])
         released = int(status.split()[-1])
         if released:
             log.warning("orphans_released", ranges=released)
@@ -499,6 +500,10 @@ class Runner:
                         try:
                             async with self._bounded(live):
                                 settled = await self._already_settled(live, c)
+                                # The next range, if the lost commit claimed one: under
+                                # this runner's token, held by none of its workers. Back
+                                # to pending now rather than after its lease.
+                                await self._release_orphans(live)
                         except Exception as exc:
                             live = _dropped_if_lost(exc, live)
                             raise
