@@ -31,6 +31,7 @@ from .db import (
     close_quietly,
     ours,
     pg_interval,
+    transaction,
 )
 from .errors import BatchFailed, LeaseLost, Stopped, one_line
 from .keys import Bound, KeyRange, as_bound
@@ -164,6 +165,7 @@ class Runner:
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, _AHEAD_BOUND / 4),
             statement_timeout=_within(t.statement_timeout, _AHEAD_BOUND / 2))
+        self._control_local = t.local()  # the control connection's ops-table steps
         self._begin = "BEGIN; " + t.local(
             idle_in_transaction_session_timeout=pg_interval(self.settings.lease_seconds),
             synchronous_commit="on" if t.synchronous_commit else "off")
@@ -182,12 +184,12 @@ class Runner:
         self._control = control
         host = socket.gethostname()
         try:
-            await control.execute(store.query("register_worker"), self.token, self.name,
-                                  host, os.getpid(), self.settings.workers)
-            await self._retire_dead_workers(control, host)
+            retired = await self._on_control(lambda c: self._register(c, host))
         except BaseException:
             self._drop_spares()
             raise
+        if retired:
+            log.info("workers_retired", count=retired)
         structlog.contextvars.bind_contextvars(migration=self.name)
         log.info("run_started", workers=self.settings.workers, batch_size=self.batch_size,
                  table=self.target.table)
@@ -250,8 +252,15 @@ class Runner:
 
     async def _on_control(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``op`` on the control connection, reconnecting it if it was lost (a
-        terminated backend, a server restart) and retrying what is transient."""
-        self._control, result = await self._with_conn(self._control, op)
+        terminated backend, a server restart) and retrying what is transient. ``op`` runs
+        in a transaction of its own under the batch's lock and statement timeouts: the ops
+        tables are never queued behind for long (DDL, a stuck session); a lock timeout is
+        retried."""
+        async def bounded(conn: asyncpg.Connection) -> T:
+            async with transaction(conn, self._control_local):
+                return await op(conn)
+
+        self._control, result = await self._with_conn(self._control, bounded)
         return result
 
     def request_stop(self, reason: str) -> None:
@@ -259,14 +268,18 @@ class Runner:
             self.stop_reason = reason
             self.stop.set()
 
-    async def _retire_dead_workers(self, control: asyncpg.Connection, host: str) -> None:
-        """Release at once the ranges of runners on this host whose process is gone."""
+    async def _register(self, control: asyncpg.Connection, host: str) -> int:
+        """This runner's row (again, if a retry finds it written); and the ranges of
+        runners on this host whose process is gone released at once. Returns how many such
+        runners were retired."""
+        await control.execute(store.query("register_worker"), self.token, self.name,
+                              host, os.getpid(), self.settings.workers)
         rows = await control.fetch(store.query("live_workers_on_host"), self.name, host,
                                    self.token)
         dead = [r["token"] for r in rows if not _process_exists(r["pid"])]
         if dead:
             await control.execute(store.query("retire_workers"), dead)
-            log.info("workers_retired", count=len(dead))
+        return len(dead)
 
     async def _heartbeat(self, control: asyncpg.Connection) -> None:
         interval = min(1.0, self.settings.lease_seconds / 3)
@@ -279,9 +292,10 @@ class Runner:
                         if self._control.is_closed():  # lost: reconnect, or try next beat
                             self._control = await self.connection.connect()
                             await self._release_orphans(self._control)
-                        status = await self._control.fetchval(
-                            store.query("heartbeat"), self.token, self.name,
-                            self.settings.lease_seconds, [str(i) for i in self._held])
+                        async with transaction(self._control, self._control_local):
+                            status = await self._control.fetchval(
+                                store.query("heartbeat"), self.token, self.name,
+                                self.settings.lease_seconds, [str(i) for i in self._held])
             except Exception as exc:  # also asyncpg's InternalClientError on a killed backend
                 if isinstance(exc, TimeoutError):
                     self._control.terminate()

@@ -38,8 +38,10 @@ UPDATE ops.backfills
  WHERE name = $1;
 
 -- register_worker --
+-- Retried after a lost connection: the row may be there already.
 INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers)
-VALUES ($1, $2, $3, $4, $5);
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (token) DO NOTHING;
 
 -- live_workers_on_host --
 SELECT token, pid FROM ops.backfill_workers

@@ -513,6 +513,58 @@ async def test_a_start_waits_for_the_runs_locked_row_no_longer_than_the_lock_tim
     assert (await backfill(conn, name))["status"] == "running"
 
 
+@pytest.mark.parametrize("table", ["ops.backfill_workers", "ops.migrations"],
+                         ids=["registering", "finalizing"])
+async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path, table: str) -> None:
+    """Registering the runner and completing the run wait on the ops tables under the
+    batch's lock timeout, retried, as batches do: a session holding the table (here for
+    1.5 s) is waited out in short waits, never one long queue that a stuck session would
+    make endless; the run then completes."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_behind", sql_migration(TABLE, batch_size=100))
+    await store.ensure_schema(conn)
+    holder, watcher = await connect(dsn), await connect(dsn)
+    longest = 0.0
+    try:
+        await holder.execute("BEGIN")
+        # SHARE: readers pass, writers wait (as behind CREATE INDEX without CONCURRENTLY).
+        await holder.execute(f"LOCK TABLE {table} IN SHARE MODE")
+
+        async def watch() -> None:
+            nonlocal longest
+            while True:
+                waited = await watcher.fetchval(
+                    "SELECT max(extract(epoch FROM clock_timestamp() - query_start))"
+                    " FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()")
+                longest = max(longest, float(waited or 0))
+                await anyio.sleep(0.05)
+
+        result: commands.RunResult | None = None
+
+        async def run_it() -> None:
+            nonlocal result
+            result = await run(dsn, tmp_path, name, lock_timeout="200ms")
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as watching:
+                watching.start_soon(watch)
+                async with anyio.create_task_group() as running:
+                    running.start_soon(run_it)
+                    await anyio.sleep(1.5)
+                    await holder.execute("COMMIT")
+                watching.cancel_scope.cancel()
+    finally:
+        await holder.close()
+        await watcher.close()
+    assert result is not None
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, 300)
+    assert 0.1 < longest < 1.0  # it did wait on the lock, in short waits
+
+
 async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
         dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     """Claiming a range of the batch size times out (here: inserting any range of 100 keys
