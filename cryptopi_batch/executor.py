@@ -66,6 +66,7 @@ _END_SESSIONS = ("SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
                  " ON a.pid = b.pid"
                  " AND CASE WHEN b.whole THEN a.backend_start ELSE a.xact_start END = b.at")
 _IDLE_POLL = 0.25
+_CONTROL_IDLE = 5.0  # seconds a control step's transaction may wait between its statements
 # A request on a runner's connection that gets no reply within the statement timeout plus
 # this much (or twice the statement timeout, if longer) has lost its connection: see _bounded.
 _REPLY_MARGIN = 5.0
@@ -165,7 +166,10 @@ class Runner:
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, _AHEAD_BOUND / 4),
             statement_timeout=_within(t.statement_timeout, _AHEAD_BOUND / 2))
-        self._control_local = t.local()  # the control connection's ops-table steps
+        # The control connection's steps on the ops tables: the lock timeout (a wait is
+        # retried), and no transaction left open by a connection lost before its COMMIT.
+        self._control_local = t.local(
+            statement=False, idle_in_transaction_session_timeout=pg_interval(_CONTROL_IDLE))
         self._begin = "BEGIN; " + t.local(
             idle_in_transaction_session_timeout=pg_interval(self.settings.lease_seconds),
             synchronous_commit="on" if t.synchronous_commit else "off")
@@ -185,6 +189,11 @@ class Runner:
         host = socket.gethostname()
         try:
             retired = await self._on_control(lambda c: self._register(c, host))
+        except Exception as exc:
+            self._drop_spares()
+            raise BatchFailed(f"{self.name}: could not register this runner in"
+                              f" ops.backfill_workers: {self._describe(exc)}; no batch ran,"
+                              " `run` resumes") from None
         except BaseException:
             self._drop_spares()
             raise
@@ -221,15 +230,23 @@ class Runner:
                 raise Stopped("stopped by a second signal; the current batch was rolled back")
             if self.failure is not None:
                 message = self._describe(self.failure)
-                await self._on_control(
-                    lambda c: c.execute(store.query("fail_backfill"), self.name, message))
+                try:
+                    await self._on_control(
+                        lambda c: c.execute(store.query("fail_backfill"), self.name, message))
+                except Exception as exc:
+                    message += f" (not recorded in ops.backfills: {self._describe(exc)})"
                 log.error("run_failed", error=message)
                 raise BatchFailed(f"{self.name}: {message}")
-            if self.stop_reason is None:
-                await self._on_control(lambda c: c.execute(
-                    store.query("finalize"), self.name, self.filename))
-            row = await self._on_control(
-                lambda c: c.fetchrow(store.query("get_backfill"), self.name))
+            try:
+                if self.stop_reason is None:
+                    await self._on_control(lambda c: c.execute(
+                        store.query("finalize"), self.name, self.filename))
+                row = await self._on_control(
+                    lambda c: c.fetchrow(store.query("get_backfill"), self.name))
+            except Exception as exc:
+                raise BatchFailed(f"{self.name}: its batches ended, but recording the run's"
+                                  f" end failed: {self._describe(exc)}; `run` records it"
+                                  ) from None
         finally:
             if self._control is not control:  # a replacement of ours; the caller's is lost
                 await close_quietly(self._control)
@@ -253,9 +270,8 @@ class Runner:
     async def _on_control(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``op`` on the control connection, reconnecting it if it was lost (a
         terminated backend, a server restart) and retrying what is transient. ``op`` runs
-        in a transaction of its own under the batch's lock and statement timeouts: the ops
-        tables are never queued behind for long (DDL, a stuck session); a lock timeout is
-        retried."""
+        in a transaction of its own under the batch's lock timeout: the ops tables are
+        never queued behind for long (DDL, a stuck session); a lock timeout is retried."""
         async def bounded(conn: asyncpg.Connection) -> T:
             async with transaction(conn, self._control_local):
                 return await op(conn)
@@ -292,10 +308,11 @@ class Runner:
                         if self._control.is_closed():  # lost: reconnect, or try next beat
                             self._control = await self.connection.connect()
                             await self._release_orphans(self._control)
-                        async with transaction(self._control, self._control_local):
-                            status = await self._control.fetchval(
-                                store.query("heartbeat"), self.token, self.name,
-                                self.settings.lease_seconds, [str(i) for i in self._held])
+                        # One statement, no transaction: a connection lost mid-beat
+                        # leaves no lock behind (it is bounded on this side).
+                        status = await self._control.fetchval(
+                            store.query("heartbeat"), self.token, self.name,
+                            self.settings.lease_seconds, [str(i) for i in self._held])
             except Exception as exc:  # also asyncpg's InternalClientError on a killed backend
                 if isinstance(exc, TimeoutError):
                     self._control.terminate()

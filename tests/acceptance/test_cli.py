@@ -728,6 +728,43 @@ def test_commands_without_privileges_on_the_ops_tables_exit_2(
         execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
 
 
+def test_a_runner_that_cannot_register_exits_1_on_one_line_and_run_resumes(
+        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    """A role that may run batches but not add its runner to ops.backfill_workers: the run
+    stops before any batch, on one line naming that step (exit 1), and runs once the
+    privilege is there."""
+    rows = 300
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(workdir / "migrations", filename)
+    name = filename.removesuffix(".py")
+    assert cli("run", name, "--max-duration", "0", dsn=dsn, cwd=workdir).returncode == 3
+    role = f"cb_user_{uuid.uuid4().hex[:8]}"
+    secret = f"Pw-{uuid.uuid4().hex}"
+    execute(pg_server.admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+    execute(dsn, f"GRANT USAGE ON SCHEMA matrices, ops TO {role};"
+                 f" GRANT SELECT, UPDATE ON {TABLE} TO {role};"
+                 f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ops TO {role};"
+                 f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA ops TO {role};"
+                 f" REVOKE INSERT ON ops.backfill_workers FROM {role}")
+    try:
+        user_dsn = with_user(dsn, role, secret)
+        refused = cli("run", name, dsn=user_dsn, cwd=workdir)
+        assert refused.returncode == 1, refused.stderr
+        no_traceback(refused)
+        [line] = error_lines(refused.stderr)
+        assert "could not register this runner" in line
+        assert "permission denied" in line
+        assert touched_sum(dsn) == 0
+        execute(dsn, f"GRANT INSERT ON ops.backfill_workers TO {role}")
+        resumed = cli("run", name, dsn=user_dsn, cwd=workdir)
+        assert resumed.returncode == 0, resumed.stderr
+        assert_exactly_once(dsn, name, filename, rows)
+    finally:
+        execute(dsn, f"DROP OWNED BY {role}")
+        execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
 def test_version_and_demo_refusals(workdir: Path) -> None:
     version = cli("--version", dsn=None, cwd=workdir)
     assert version.returncode == 0, version.stderr

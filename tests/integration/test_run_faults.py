@@ -26,6 +26,7 @@ from run_support import (
 )
 
 from cryptopi_batch import commands, store
+from cryptopi_batch.db import APPLICATION_NAME
 from cryptopi_batch.errors import BatchFailed, CouldNotStart, SourceChanged, Stopped
 from cryptopi_batch.keys import KeyRange
 from cryptopi_batch.settings import TimeoutPolicy
@@ -537,7 +538,8 @@ async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
                 waited = await watcher.fetchval(
                     "SELECT max(extract(epoch FROM clock_timestamp() - query_start))"
                     " FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()")
+                    " AND datname = current_database() AND application_name = $1",
+                    APPLICATION_NAME)
                 longest = max(longest, float(waited or 0))
                 await anyio.sleep(0.05)
 
