@@ -196,9 +196,9 @@ async def verify_backfilled(dsn: str, rows: int) -> None:
             f" FROM {TABLE}")
     finally:
         await conn.close()
-    if row["total"] != rows or row["missing"] != 0:
-        raise RuntimeError(f"backfill incomplete: {row['total']} rows, {row['missing']} still"
-                           f" NULL (expected {rows} rows, 0 NULL)")
+    if row is None or row["total"] != rows or row["missing"] != 0:
+        found = "no answer" if row is None else f"{row['total']} rows, {row['missing']} still NULL"
+        raise RuntimeError(f"backfill incomplete: {found} (expected {rows} rows, 0 NULL)")
 
 
 async def autovacuum_counts(dsn: str) -> tuple[int, int]:

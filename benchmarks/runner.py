@@ -331,10 +331,11 @@ def results_table(results: dict[str, Result], args: argparse.Namespace,
                         if keyset and keyset.runs else "—")
         worst = max(w.max_ms for w in r.writer)
         p99 = statistics.median(w.p99_ms for w in r.writer)
-        rss = [x.extra["rss_mb"] for x in r.runs if "rss_mb" in x.extra]
+        rss = [float(x.extra["rss_mb"]) for x in r.runs  # type: ignore[arg-type]
+               if "rss_mb" in x.extra]
         wal = statistics.median(r.wal_bytes) / 2**20
         t.add_row(r.approach.label, seconds, rate, x_single, x_keyset, f"{worst:,.0f}",
-                  f"{p99:.1f}", _fmt(max(rss), ".0f") if rss else "—",  # type: ignore[type-var]
+                  f"{p99:.1f}", _fmt(max(rss), ".0f") if rss else "—",
                   f"{wal:,.0f}", str(max(r.wal_segments)))
     return t
 
@@ -522,7 +523,7 @@ async def _memory(server: Server, args: argparse.Namespace, sizes: list[int],
         await server.checkpoint()
         wal = await server.wal_counters()
         run, _ = await anyio.to_thread.run_sync(
-            lambda dsn=dsn: product.cryptopi_subprocess(dsn, args.migrations_dir))
+            product.cryptopi_subprocess, dsn, args.migrations_dir)
         await anyio.sleep(1.0)
         _, segments = await server.wal_since(wal)
         await verify_backfilled(dsn, rows)
