@@ -286,12 +286,13 @@ class Runner:
 
     async def _register(self, control: asyncpg.Connection, host: str) -> int:
         """This runner's row (again, if a retry finds it written); and the ranges of
-        runners on this host whose process is gone released at once. Returns how many such
-        runners were retired."""
+        runners on this host, in this pid namespace, whose process is gone released at
+        once. Returns how many such runners were retired."""
+        namespace = _pid_namespace()
         await control.execute(store.query("register_worker"), self.token, self.name,
-                              host, os.getpid(), self.settings.workers)
+                              host, os.getpid(), self.settings.workers, namespace)
         rows = await control.fetch(store.query("live_workers_on_host"), self.name, host,
-                                   self.token)
+                                   self.token, namespace)
         dead = [r["token"] for r in rows if not _process_exists(r["pid"])]
         if dead:
             await control.execute(store.query("retire_workers"), dead)
@@ -833,6 +834,15 @@ def _retryable(exc: BaseException) -> bool:
 def _within(timeout: float, most: float) -> float:
     """``timeout`` (0: none), but never more than ``most``."""
     return most if timeout <= 0 else min(timeout, most)
+
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[4026531836]`` on Linux), or ``None`` where the
+    system has none to read: within one, pids name the same processes."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _process_exists(pid: int) -> bool:

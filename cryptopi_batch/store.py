@@ -26,7 +26,7 @@ from .settings import TimeoutPolicy
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LOCK_KEY = "cryptopi_batch.schema"
 _BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
 

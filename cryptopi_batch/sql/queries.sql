@@ -39,13 +39,16 @@ UPDATE ops.backfills
 
 -- register_worker --
 -- Retried after a lost connection: the row may be there already.
-INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers, pid_namespace)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (token) DO NOTHING;
 
 -- live_workers_on_host --
+-- Only those whose pid means a process here: the same host and the same pid namespace
+-- (both unknown counts as the same: a system without namespaces).
 SELECT token, pid FROM ops.backfill_workers
- WHERE backfill = $1 AND host = $2 AND stopped_at IS NULL AND token <> $3;
+ WHERE backfill = $1 AND host = $2 AND stopped_at IS NULL AND token <> $3
+   AND pid_namespace IS NOT DISTINCT FROM $4;
 
 -- retire_workers --
 -- Workers known dead (their process is gone): release their ranges at once instead of

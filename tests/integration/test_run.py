@@ -9,6 +9,8 @@ test_run_faults.py.
 from __future__ import annotations
 
 import re
+import socket
+import uuid
 from pathlib import Path
 
 import anyio
@@ -30,7 +32,8 @@ from run_support import (
 from cryptopi_batch import commands, store
 from cryptopi_batch.db import Connection, ConnectionSettings, Ending
 from cryptopi_batch.errors import Stopped
-from cryptopi_batch.executor import Runner
+from cryptopi_batch.executor import Runner, _pid_namespace
+from cryptopi_batch.settings import TimeoutPolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -538,6 +541,78 @@ async def test_three_workers_share_the_work_exactly_once(
     workers = await conn.fetchval(
         "SELECT workers FROM ops.backfill_workers WHERE backfill = $1", name)
     assert workers == 3
+
+
+@pytest.mark.parametrize("same_namespace", [True, False], ids=["same-pid-namespace",
+                                                             "other-pid-namespace"])
+async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_namespace(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path, same_namespace: bool) -> None:
+    """A runner starting finds another on its host whose pid is gone, holding a range with
+    an hour's lease. In this process's pid namespace that pid is its process, gone: it is
+    retired and its range handed back at once. From another pid namespace (a container
+    that took the host's name) the pid says nothing here: it is left to its lease."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_hosts", sql_migration(TABLE, batch_size=100))
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_duration="0s")  # the run's row and ops schema
+    async with await anyio.open_process(["true"]) as child:
+        await child.wait()  # its pid is gone
+    token = uuid.uuid4()
+    namespace = _pid_namespace() if same_namespace else "pid:[1]"
+    await conn.execute(
+        "INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers, pid_namespace)"
+        " VALUES ($1, $2, $3, $4, 1, $5)", token, name, socket.gethostname(), child.pid,
+        namespace)
+    target = await store.inspect_target(conn, TABLE, ("id",))
+    held = await store.claim(conn, name, token, 3600, store.RangeQueries(target), size=100,
+                             timeouts=TimeoutPolicy())
+    assert held is not None
+
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_duration="0s")  # registers, and looks around
+
+    stopped = await conn.fetchval(
+        "SELECT stopped_at FROM ops.backfill_workers WHERE token = $1", token)
+    lease_left = await conn.fetchval(
+        "SELECT extract(epoch FROM lease_until - now()) FROM ops.backfill_batches"
+        " WHERE id = $1", held.id)
+    if same_namespace:
+        assert stopped is not None
+        assert lease_left < 0
+    else:
+        assert stopped is None
+        assert lease_left > 3000
+
+
+async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """A run started under version 1 of the ops schema (without the runners' pid
+    namespaces), resumed by two runners at once: the schema is upgraded once, under its
+    lock, and the run completes with every row once."""
+    await seed_table(conn, rows=1_000)
+    name = write_migration(tmp_path, "touch_upgrade", sql_migration(TABLE, batch_size=50))
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_duration="0s")
+    # Version 1, as it was: the column version 2 adds is not there yet.
+    await conn.execute("ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
+                       " UPDATE ops.batch_schema_version SET version = 1")
+    assert await store.schema_version(conn) == 1
+
+    results = []
+
+    async def one() -> None:
+        results.append(await run(dsn, tmp_path, name))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)
+        tg.start_soon(one)
+
+    assert len(results) == 2
+    assert await store.schema_version(conn) == store.SCHEMA_VERSION == 2
+    assert await conn.fetchval(
+        "SELECT count(*) FROM ops.backfill_workers WHERE pid_namespace IS NOT NULL") == 2
+    await assert_completed(conn, name, TABLE, 1_000)
+    await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
 
 # --- 11. the range lookup uses the index -------------------------------------------------

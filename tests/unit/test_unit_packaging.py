@@ -14,6 +14,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+from cryptopi_batch import store
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "cryptopi_batch"
 
@@ -48,4 +50,4 @@ def test_the_sql_files_are_found_when_the_package_is_imported_from_a_zip(
     assert out.returncode == 0, out.stderr
     queries, versions = out.stdout.split(" ", 1)
     assert int(queries) > 10
-    assert versions.strip() == "[1]"
+    assert versions.strip() == str(list(range(1, store.SCHEMA_VERSION + 1)))
