@@ -106,7 +106,7 @@ async def run(
                 # one have run nothing yet.
                 for spare in await _opened(opening, cancel=True):
                     spare.terminate()
-            await store.ensure_schema(conn)
+            await store.ensure_schema(conn, settings.timeouts.local(statement=False))
             row = await _start_or_resume(conn, migration, target, settings)
         if row is None or row["status"] == "completed":
             return RunResult(migration.name, True, None)

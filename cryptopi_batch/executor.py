@@ -16,6 +16,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -837,11 +838,14 @@ def _within(timeout: float, most: float) -> float:
 
 
 def _pid_namespace() -> str | None:
-    """This process's pid namespace (``pid:[4026531836]`` on Linux), or ``None`` where the
-    system has none to read: within one, pids name the same processes."""
+    """Where this process's pid means this process: the kernel's boot and the pid namespace
+    (on Linux ``<boot id>/pid:[4026531836]``: machines that share a host name have
+    different boot ids, containers on one machine different namespaces), or ``None`` where
+    the system has none to read."""
     try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except (OSError, ValueError):
         return None
 
 

@@ -83,18 +83,20 @@ async def schema_version(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval(query("schema_version_read")) or 0)
 
 
-async def ensure_schema(conn: asyncpg.Connection) -> None:
+async def ensure_schema(conn: asyncpg.Connection, settings: str = "") -> None:
     """Create or upgrade the ops schema, once, however many runners start together.
 
     A transaction-scoped advisory lock serialises the upgrade (it works through PgBouncer's
     transaction pooling, unlike a session lock); the version is re-read under the lock.
+    ``settings`` (``SET LOCAL …``) apply to that transaction: `run` gives it its lock
+    timeout, so an upgrade that must alter a table in use never queues long for it.
     """
     if await schema_version(conn) >= SCHEMA_VERSION:
         return
     try:
         # The lock and the version table come with BEGIN; the upgrade and its version
         # with one message: a first run's set-up costs four round trips, not ten.
-        async with transaction(conn, _LOCKED_VERSION_TABLE):
+        async with transaction(conn, settings + _LOCKED_VERSION_TABLE):
             current = int(await conn.fetchval(query("schema_version_read")) or 0)
             upgrade = [sql for version, sql in _version_files() if version > current]
             await conn.execute("\n".join([*upgrade, _SET_VERSION]))

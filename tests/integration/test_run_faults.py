@@ -567,6 +567,34 @@ async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
     assert 0.1 < longest < 1.0  # it did wait on the lock, in short waits
 
 
+async def test_a_schema_upgrade_waits_for_a_table_in_use_no_longer_than_the_lock_timeout(
+        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    """Upgrading the ops schema alters a table other sessions read: behind one that keeps
+    it open (an operator's idle transaction), the start gives up after the lock timeout
+    (exit 2, the schema as it was) instead of queueing, with every other ops statement
+    queued behind it."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "touch_upgrade_held", sql_migration(TABLE, batch_size=100))
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_duration="0s")
+    await conn.execute("ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
+                       " UPDATE ops.batch_schema_version SET version = 1")
+    holder = await connect(dsn)
+    try:
+        async with holder.transaction():
+            await holder.fetchval("SELECT count(*) FROM ops.backfill_workers")
+            with anyio.fail_after(10), pytest.raises(CouldNotStart) as refused:
+                await run(dsn, tmp_path, name, lock_timeout="200ms")
+            assert refused.value.exit_code == 2
+            assert await store.schema_version(conn) == 1
+    finally:
+        await holder.close()
+    result = await run(dsn, tmp_path, name)
+    assert result.outcome is not None
+    assert result.outcome.completed
+    assert await store.schema_version(conn) == store.SCHEMA_VERSION
+
+
 async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
         dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     """Claiming a range of the batch size times out (here: inserting any range of 100 keys
