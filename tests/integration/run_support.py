@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 
 from cryptopi_batch import commands
@@ -68,6 +69,27 @@ async def run(dsn: str, directory: Path, name: str, **options: Any) -> commands.
     return await commands.run(name, directory=directory,
                               connection=ConnectionSettings(dsn=dsn),
                               options=RunOptions(**options))
+
+
+async def run_together(dsn: str, directory: Path, name: str,
+                       runners: int = 2) -> list[commands.RunResult]:
+    """``runners`` runs of ``name`` started at once in this process, as runners on several
+    hosts would be; their results."""
+    results: list[commands.RunResult] = []
+
+    async def one() -> None:
+        results.append(await run(dsn, directory, name))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(runners):
+            tg.start_soon(one)
+    return results
+
+
+async def back_to_schema_version_1(conn: asyncpg.Connection) -> None:
+    """The ops schema as version 1 left it: without the column version 2 adds."""
+    await conn.execute("ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
+                       " UPDATE ops.batch_schema_version SET version = 1")
 
 
 async def touched_histogram(conn: asyncpg.Connection, table: str) -> dict[int, int]:

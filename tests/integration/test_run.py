@@ -21,9 +21,11 @@ from run_support import (
     assert_batches_partition,
     assert_completed,
     assert_exactly_once,
+    back_to_schema_version_1,
     backfill,
     migrations_rows,
     run,
+    run_together,
     sql_migration,
     touched_histogram,
     write_migration,
@@ -593,19 +595,10 @@ async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
     name = write_migration(tmp_path, "touch_upgrade", sql_migration(TABLE, batch_size=50))
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0s")
-    # Version 1, as it was: the column version 2 adds is not there yet.
-    await conn.execute("ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
-                       " UPDATE ops.batch_schema_version SET version = 1")
+    await back_to_schema_version_1(conn)
     assert await store.schema_version(conn) == 1
 
-    results = []
-
-    async def one() -> None:
-        results.append(await run(dsn, tmp_path, name))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(one)
-        tg.start_soon(one)
+    results = await run_together(dsn, tmp_path, name)
 
     assert len(results) == 2
     assert await store.schema_version(conn) == store.SCHEMA_VERSION == 2
@@ -676,14 +669,7 @@ async def test_two_runners_at_once_complete_exactly_once(
         migration = Backfill(table="matrices.dyn_values", key="id", batch_size=40,
                              process=touch)
     ''')
-    results = []
-
-    async def one() -> None:
-        results.append(await run(dsn, tmp_path, name))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(one)
-        tg.start_soon(one)
+    results = await run_together(dsn, tmp_path, name)
 
     assert len(results) == 2
     await assert_completed(conn, name, TABLE, 2_017)

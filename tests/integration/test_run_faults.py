@@ -17,6 +17,7 @@ from helpers import connect, run_cli, seed_table
 from run_support import (
     assert_batches_partition,
     assert_completed,
+    back_to_schema_version_1,
     backfill,
     migrations_rows,
     run,
@@ -577,8 +578,7 @@ async def test_a_schema_upgrade_waits_for_a_table_in_use_no_longer_than_the_lock
     name = write_migration(tmp_path, "touch_upgrade_held", sql_migration(TABLE, batch_size=100))
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0s")
-    await conn.execute("ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
-                       " UPDATE ops.batch_schema_version SET version = 1")
+    await back_to_schema_version_1(conn)
     holder = await connect(dsn)
     try:
         async with holder.transaction():
