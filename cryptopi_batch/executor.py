@@ -589,7 +589,9 @@ class Runner:
         ending: Ending | None = None
         try:
             mine = ours(conn)
-            if session is None or mine is None:  # behind a pooler: see _work_and_checkpoint
+            # Behind a pooler (or on a plain asyncpg connection, which cannot carry a BEGIN
+            # with its COMMIT): the settings in a statement, see _work_and_checkpoint.
+            if session is None or mine is None:
                 async with conn.transaction():
                     rows, seconds, next_size, nxt = await self._work_and_checkpoint(
                         conn, c, attempts, direct=False)
