@@ -31,8 +31,15 @@ class Cycles:
         ordered = sorted(cycles)
         med = statistics.median(ordered)
         spikes = [c for c in ordered if c > SPIKE_FACTOR * med]
-        return cls(len(ordered), med, percentile(ordered, 0.95), ordered[-1], len(spikes),
-                   sum(c - med for c in spikes), sum(ordered))
+        return cls(
+            len(ordered),
+            med,
+            percentile(ordered, 0.95),
+            ordered[-1],
+            len(spikes),
+            sum(c - med for c in spikes),
+            sum(ordered),
+        )
 
 
 def loop_cycles(batches: list[BatchTiming]) -> list[float]:

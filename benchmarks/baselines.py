@@ -19,10 +19,8 @@ SINGLE = f"UPDATE {TABLE} SET confidence = 1.0 WHERE confidence IS NULL"
 
 # The n-th key after the cursor: an index range scan of n entries. Aliased so ORDER BY
 # sorts by the key column itself (REFERENCE: `id::text … ORDER BY id` sorts by the text).
-_NEXT_UPPER = (f"SELECT t.id AS upper FROM {TABLE} t WHERE t.id > $1"
-               " ORDER BY t.id OFFSET $2 LIMIT 1")
-_KEYSET = (f"UPDATE {TABLE} SET confidence = 1.0"
-           " WHERE id > $1 AND id <= $2 AND confidence IS NULL")
+_NEXT_UPPER = f"SELECT t.id AS upper FROM {TABLE} t WHERE t.id > $1 ORDER BY t.id OFFSET $2 LIMIT 1"
+_KEYSET = f"UPDATE {TABLE} SET confidence = 1.0 WHERE id > $1 AND id <= $2 AND confidence IS NULL"
 _CHECKPOINT_TABLE = """
 CREATE TABLE IF NOT EXISTS bench_checkpoint (
     name text PRIMARY KEY, last_id bigint NOT NULL, rows bigint NOT NULL,
@@ -30,12 +28,16 @@ CREATE TABLE IF NOT EXISTS bench_checkpoint (
 """
 # RETURNING the WAL insert position costs nothing extra (same round trip) and tells which
 # batches crossed into a new WAL segment.
-_CHECKPOINT = ("UPDATE bench_checkpoint SET last_id = $2, rows = rows + $3,"
-               " batches = batches + 1, updated_at = now() WHERE name = $1"
-               " RETURNING pg_current_wal_insert_lsn()::text")
+_CHECKPOINT = (
+    "UPDATE bench_checkpoint SET last_id = $2, rows = rows + $3,"
+    " batches = batches + 1, updated_at = now() WHERE name = $1"
+    " RETURNING pg_current_wal_insert_lsn()::text"
+)
 
-NAIVE = (f"UPDATE {TABLE} SET confidence = 1.0 WHERE id IN"
-         f" (SELECT id FROM {TABLE} WHERE confidence IS NULL LIMIT {BATCH})")
+NAIVE = (
+    f"UPDATE {TABLE} SET confidence = 1.0 WHERE id IN"
+    f" (SELECT id FROM {TABLE} WHERE confidence IS NULL LIMIT {BATCH})"
+)
 
 
 @dataclass
@@ -88,12 +90,15 @@ async def keyset_loop(dsn: str) -> PhaseRun:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(_CHECKPOINT_TABLE)
-        await conn.execute("INSERT INTO bench_checkpoint (name, last_id, rows, batches)"
-                           " VALUES ('backfill', 0, 0, 0)")
+        await conn.execute(
+            "INSERT INTO bench_checkpoint (name, last_id, rows, batches)"
+            " VALUES ('backfill', 0, 0, 0)"
+        )
         start = time.monotonic()
         end_key = await conn.fetchval(f"SELECT max(id) FROM {TABLE}")
-        lower = await conn.fetchval("SELECT last_id FROM bench_checkpoint WHERE name = $1",
-                                    "backfill")
+        lower = await conn.fetchval(
+            "SELECT last_id FROM bench_checkpoint WHERE name = $1", "backfill"
+        )
         batches: list[BatchTiming] = []
         total = 0
         while end_key is not None and lower < end_key:

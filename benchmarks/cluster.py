@@ -22,6 +22,7 @@ from cryptopi_batch.embedded import EmbeddedCluster
 
 TABLE = "matrices.dyn_values"
 
+
 def database_dsn(dsn: str, database: str) -> str:
     """``dsn`` pointing at another database (a URL; its path is the database)."""
     parts = urlsplit(dsn)
@@ -72,10 +73,21 @@ class Server:
         conn = await self.admin()
         try:
             self.version = await conn.fetchval("SHOW server_version")
-            self.segment_size = int(await conn.fetchval(
-                "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'"))
-            for name in ("fsync", "synchronous_commit", "shared_buffers", "max_wal_size",
-                         "min_wal_size", "wal_init_zero", "wal_recycle", "autovacuum"):
+            self.segment_size = int(
+                await conn.fetchval(
+                    "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'"
+                )
+            )
+            for name in (
+                "fsync",
+                "synchronous_commit",
+                "shared_buffers",
+                "max_wal_size",
+                "min_wal_size",
+                "wal_init_zero",
+                "wal_recycle",
+                "autovacuum",
+            ):
                 self.settings[name] = await conn.fetchval(f"SHOW {name}")
         finally:
             await conn.close()
@@ -95,9 +107,12 @@ class Server:
             lsn = str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
             init = 0
             if await conn.fetchval("SELECT current_setting('server_version_num')::int") >= 180000:
-                init = int(await conn.fetchval(
-                    "SELECT coalesce(sum(write_bytes), 0) FROM pg_stat_io"
-                    " WHERE object = 'wal' AND context = 'init'"))
+                init = int(
+                    await conn.fetchval(
+                        "SELECT coalesce(sum(write_bytes), 0) FROM pg_stat_io"
+                        " WHERE object = 'wal' AND context = 'init'"
+                    )
+                )
         finally:
             await conn.close()
         return WalCounters(lsn, init)
@@ -107,9 +122,13 @@ class Server:
         now = await self.wal_counters()
         conn = await self.admin()
         try:
-            written = int(await conn.fetchval(
-                "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)", now.lsn,
-                before.lsn))
+            written = int(
+                await conn.fetchval(
+                    "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)",
+                    now.lsn,
+                    before.lsn,
+                )
+            )
         finally:
             await conn.close()
         return written, round((now.init_bytes - before.init_bytes) / self.segment_size)
@@ -123,7 +142,10 @@ class Server:
                 'SELECT "resource_manager/record_type" AS resource_manager, count, record_size,'
                 " fpi_size, combined_size"
                 " FROM pg_get_wal_stats($1::text::pg_lsn, $2::text::pg_lsn, false)"
-                " WHERE count > 0 ORDER BY combined_size DESC", start, end)
+                " WHERE count > 0 ORDER BY combined_size DESC",
+                start,
+                end,
+            )
         finally:
             await conn.close()
         return [dict(r) for r in rows]
@@ -169,7 +191,8 @@ class Server:
             # FILE_COPY copies the files (checkpointing around it) instead of writing the
             # whole database into WAL.
             await conn.execute(
-                f'CREATE DATABASE "{database}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+                f'CREATE DATABASE "{database}" TEMPLATE "{template}" STRATEGY FILE_COPY'
+            )
         finally:
             await conn.close()
         return self.dsn(database)
@@ -193,7 +216,8 @@ async def verify_backfilled(dsn: str, rows: int) -> None:
     try:
         row = await conn.fetchrow(
             f"SELECT count(*) AS total, count(*) FILTER (WHERE confidence IS NULL) AS missing"
-            f" FROM {TABLE}")
+            f" FROM {TABLE}"
+        )
     finally:
         await conn.close()
     if row is None or row["total"] != rows or row["missing"] != 0:
@@ -207,7 +231,9 @@ async def autovacuum_counts(dsn: str) -> tuple[int, int]:
     try:
         row = await conn.fetchrow(
             "SELECT autovacuum_count, autoanalyze_count FROM pg_stat_user_tables"
-            " WHERE relid = $1::regclass", TABLE)
+            " WHERE relid = $1::regclass",
+            TABLE,
+        )
     finally:
         await conn.close()
     return (0, 0) if row is None else (int(row[0]), int(row[1]))

@@ -65,30 +65,49 @@ def _wall(event: dict[str, object]) -> float:
 
 
 def cli_command(dsn: str, migrations_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cryptopi_batch", "run", MIGRATION, "--no-progress",
-            "--log-format", "json", "--migrations-dir", str(migrations_dir), "--dsn", dsn,
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cryptopi_batch",
+        "run",
+        MIGRATION,
+        "--no-progress",
+        "--log-format",
+        "json",
+        "--migrations-dir",
+        str(migrations_dir),
+        "--dsn",
+        dsn,
+        *extra,
+    ]
 
 
-def run_process(cmd: list[str], *, kill_after: float | None = None,
-                kill_signal: int = signal.SIGKILL) -> ProcessRun:
+def run_process(
+    cmd: list[str], *, kill_after: float | None = None, kill_signal: int = signal.SIGKILL
+) -> ProcessRun:
     """Run ``cmd`` to its exit (blocking: call it from a thread); peak RSS from wait4.
 
     With ``kill_after``, ``kill_signal`` is sent that many seconds after the spawn.
     """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PG") and k not in ("DATABASE_URL", "CRYPTOPI_BATCH_CRASH_AT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PG") and k not in ("DATABASE_URL", "CRYPTOPI_BATCH_CRASH_AT")
+    }
     with tempfile.TemporaryFile("w+") as err:
         spawn_wall = time.time()
         spawn_mono = time.monotonic()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                env=env, text=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, text=True
+        )
         reaped = threading.Event()
         timer = None
         if kill_after is not None:
+
             def kill() -> None:
                 if not reaped.is_set():
                     proc.send_signal(kill_signal)
+
             timer = threading.Timer(kill_after, kill)
             timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -104,17 +123,27 @@ def run_process(cmd: list[str], *, kill_after: float | None = None,
         if line.startswith("{"):
             with contextlib.suppress(ValueError):
                 events.append(json.loads(line))
-    return ProcessRun(proc.returncode, end_mono - spawn_mono, usage.ru_maxrss / 1024.0,
-                      spawn_wall, spawn_mono, end_mono, events, text)
+    return ProcessRun(
+        proc.returncode,
+        end_mono - spawn_mono,
+        usage.ru_maxrss / 1024.0,
+        spawn_wall,
+        spawn_mono,
+        end_mono,
+        events,
+        text,
+    )
 
 
-def cryptopi_subprocess(dsn: str, migrations_dir: Path,
-                        *extra: str) -> tuple[PhaseRun, ProcessRun]:
+def cryptopi_subprocess(dsn: str, migrations_dir: Path, *extra: str) -> tuple[PhaseRun, ProcessRun]:
     proc = run_process(cli_command(dsn, migrations_dir, *extra))
     if proc.returncode != 0:
         raise RuntimeError(f"cryptopi_batch run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    rows = sum(int(e.get("rows", 0)) for e in proc.events  # type: ignore[call-overload]
-               if e.get("event") == "batch_committed")
+    rows = sum(
+        int(e.get("rows", 0))  # type: ignore[call-overload]
+        for e in proc.events
+        if e.get("event") == "batch_committed"
+    )
     run = PhaseRun(proc.seconds, rows, start=proc.spawn_mono, end=proc.end_mono)
     run.extra["rss_mb"] = proc.rss_mb
     run.extra["to_run_started"] = proc.after_spawn("run_started")
@@ -123,8 +152,11 @@ def cryptopi_subprocess(dsn: str, migrations_dir: Path,
     if commits:
         # Where the time outside the batches went: spawn → first commit, last commit → exit.
         run.extra["last_commit_to_exit"] = proc.seconds - (commits[-1] - proc.spawn_wall)
-    run.extra["commits"] = {int(e["batch"]): _wall(e)  # type: ignore[call-overload]
-                            for e in proc.events if e.get("event") == "batch_committed"}
+    run.extra["commits"] = {
+        int(e["batch"]): _wall(e)  # type: ignore[call-overload]
+        for e in proc.events
+        if e.get("event") == "batch_committed"
+    }
     return run, proc
 
 
@@ -163,9 +195,12 @@ class StatementTimer:
         return timed
 
 
-async def cryptopi_in_process(dsn: str, migrations_dir: Path,
-                              profile: Path | None = None,
-                              statements: StatementTimer | None = None) -> PhaseRun:
+async def cryptopi_in_process(
+    dsn: str,
+    migrations_dir: Path,
+    profile: Path | None = None,
+    statements: StatementTimer | None = None,
+) -> PhaseRun:
     """``commands.run`` in this process: no interpreter start, no imports, same work."""
     sink = io.StringIO()
     logs.configure("json", stream=sink)  # same log work as the subprocess, kept here
@@ -175,9 +210,12 @@ async def cryptopi_in_process(dsn: str, migrations_dir: Path,
         profiler.enable()
     try:
         with statements if statements is not None else contextlib.nullcontext():
-            result = await commands.run(MIGRATION, directory=migrations_dir,
-                                        connection=ConnectionSettings(dsn=dsn),
-                                        options=RunOptions())
+            result = await commands.run(
+                MIGRATION,
+                directory=migrations_dir,
+                connection=ConnectionSettings(dsn=dsn),
+                options=RunOptions(),
+            )
     finally:
         if profiler is not None:
             profiler.disable()
@@ -188,9 +226,9 @@ async def cryptopi_in_process(dsn: str, migrations_dir: Path,
     run = PhaseRun(end - start, rows, start=start, end=end)
     run.extra["commits"] = {
         int(e["batch"]): _wall(e)
-        for e in (json.loads(line) for line in sink.getvalue().splitlines()
-                  if line.startswith("{"))
-        if e.get("event") == "batch_committed"}
+        for e in (json.loads(line) for line in sink.getvalue().splitlines() if line.startswith("{"))
+        if e.get("event") == "batch_committed"
+    }
     return run
 
 
@@ -204,10 +242,8 @@ def compile_package() -> None:
 def startup_cost(repeat: int = 3) -> tuple[float, float]:
     """Median seconds and peak RSS (MB) of ``python -m cryptopi_batch --help``: the
     interpreter's start and the package's imports, with no database."""
-    runs = [run_process([sys.executable, "-m", "cryptopi_batch", "--help"])
-            for _ in range(repeat)]
-    return (statistics.median(r.seconds for r in runs),
-            statistics.median(r.rss_mb for r in runs))
+    runs = [run_process([sys.executable, "-m", "cryptopi_batch", "--help"]) for _ in range(repeat)]
+    return (statistics.median(r.seconds for r in runs), statistics.median(r.rss_mb for r in runs))
 
 
 @dataclass
@@ -224,8 +260,9 @@ async def batch_phases(dsn: str, commits: dict[int, float]) -> list[BatchPhases]
     """Join ops.backfill_batches with the ``batch_committed`` log times."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT id, duration_ms FROM ops.backfill_batches"
-                                " WHERE status = 'done' ORDER BY id")
+        rows = await conn.fetch(
+            "SELECT id, duration_ms FROM ops.backfill_batches WHERE status = 'done' ORDER BY id"
+        )
     finally:
         await conn.close()
     out: list[BatchPhases] = []
@@ -265,21 +302,36 @@ async def _progress(dsn: str) -> tuple[int, int]:
     try:
         if not await conn.fetchval("SELECT to_regclass('ops.backfills') IS NOT NULL"):
             return 0, 0
-        row = await conn.fetchrow("SELECT keys_done, keys_estimate FROM ops.backfills"
-                                  " WHERE name LIKE '%' || $1", MIGRATION)
+        row = await conn.fetchrow(
+            "SELECT keys_done, keys_estimate FROM ops.backfills WHERE name LIKE '%' || $1",
+            MIGRATION,
+        )
     finally:
         await conn.close()
     return (0, 0) if row is None else (int(row[0]), int(row[1] or 0))
 
 
-async def resume_step(label: str, dsn: str, migrations_dir: Path, *extra: str,
-                      kill_after: float | None = None) -> ResumeStep:
+async def resume_step(
+    label: str, dsn: str, migrations_dir: Path, *extra: str, kill_after: float | None = None
+) -> ResumeStep:
     before, _ = await _progress(dsn)
     cmd = cli_command(dsn, migrations_dir, *extra)
     proc = await anyio.to_thread.run_sync(lambda: run_process(cmd, kill_after=kill_after))
     after, total = await _progress(dsn)
-    batches = [int(e["batch"]) for e in proc.events  # type: ignore[call-overload]
-               if e.get("event") == "batch_committed"]
-    return ResumeStep(label, proc.returncode, proc.after_spawn("run_started"),
-                      proc.after_spawn("batch_committed"), batches[0] if batches else None,
-                      before, after, total, proc.rss_mb, proc.seconds)
+    batches = [
+        int(e["batch"])  # type: ignore[call-overload]
+        for e in proc.events
+        if e.get("event") == "batch_committed"
+    ]
+    return ResumeStep(
+        label,
+        proc.returncode,
+        proc.after_spawn("run_started"),
+        proc.after_spawn("batch_committed"),
+        batches[0] if batches else None,
+        before,
+        after,
+        total,
+        proc.rss_mb,
+        proc.seconds,
+    )

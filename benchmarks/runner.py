@@ -50,8 +50,10 @@ APPROACHES = [
 ]
 # The extra arguments of the subprocess approaches.
 _RUN_ARGS: dict[str, tuple[str, ...]] = {
-    "cryptopi": (), "cryptopi-w2": ("--workers", "2"),
-    "cryptopi-sync": ("--synchronous-commit", "on")}
+    "cryptopi": (),
+    "cryptopi-w2": ("--workers", "2"),
+    "cryptopi-sync": ("--synchronous-commit", "on"),
+}
 LEGEND = """\
 Approaches:
   single UPDATE: UPDATE matrices.dyn_values SET confidence = 1.0 WHERE confidence IS NULL.
@@ -98,37 +100,69 @@ class Result:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="cryptopi_batch run against the single UPDATE and hand-written loops.")
+        description="cryptopi_batch run against the single UPDATE and hand-written loops.",
+    )
     p.add_argument("--rows", type=int, default=1_000_000, help="table size (default 1M)")
-    p.add_argument("--dsn", help="use this server (needs CREATEDB and CHECKPOINT rights)"
-                   " instead of starting an embedded one")
+    p.add_argument(
+        "--dsn",
+        help="use this server (needs CREATEDB and CHECKPOINT rights)"
+        " instead of starting an embedded one",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs of each approach (median)")
-    p.add_argument("--only", help="comma-separated approaches: "
-                   + ",".join(a.key for a in APPROACHES))
+    p.add_argument(
+        "--only", help="comma-separated approaches: " + ",".join(a.key for a in APPROACHES)
+    )
     p.add_argument("--writers", type=int, default=4, help="writer connections (default 4)")
-    p.add_argument("--writer-interval", type=float, default=0.01,
-                   help="seconds between one writer connection's updates (default 0.01)")
-    p.add_argument("--idle-seconds", type=float, default=3.0,
-                   help="length of the writer-alone phase")
-    p.add_argument("--cold-wal", action="store_true",
-                   help="skip the untimed WAL warm-up (see docs/benchmarks.md)")
-    p.add_argument("--autovacuum", action="store_true",
-                   help="leave autovacuum on for the benchmark table (off by default: when it"
-                        " lands in a phase is luck)")
-    p.add_argument("--wal-stats", action="store_true",
-                   help="break each phase's WAL down by resource manager (pg_walinspect)")
+    p.add_argument(
+        "--writer-interval",
+        type=float,
+        default=0.01,
+        help="seconds between one writer connection's updates (default 0.01)",
+    )
+    p.add_argument(
+        "--idle-seconds", type=float, default=3.0, help="length of the writer-alone phase"
+    )
+    p.add_argument(
+        "--cold-wal",
+        action="store_true",
+        help="skip the untimed WAL warm-up (see docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--autovacuum",
+        action="store_true",
+        help="leave autovacuum on for the benchmark table (off by default: when it"
+        " lands in a phase is luck)",
+    )
+    p.add_argument(
+        "--wal-stats",
+        action="store_true",
+        help="break each phase's WAL down by resource manager (pg_walinspect)",
+    )
     p.add_argument("--migrations-dir", type=Path, default=product.DEFAULT_MIGRATIONS)
-    p.add_argument("--memory", help="also run cryptopi_batch alone at these sizes for its"
-                   " peak RSS, e.g. 1000000,2000000,4000000")
-    p.add_argument("--resume", action="store_true",
-                   help="time a resume on a --resume-rows table (slow: builds it first)")
+    p.add_argument(
+        "--memory",
+        help="also run cryptopi_batch alone at these sizes for its"
+        " peak RSS, e.g. 1000000,2000000,4000000",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="time a resume on a --resume-rows table (slow: builds it first)",
+    )
     p.add_argument("--resume-rows", type=int, default=10_000_000)
-    p.add_argument("--resume-first-run", default="15s",
-                   help="how long the first run works before it is stopped (default 15s)")
-    p.add_argument("--profile", type=Path,
-                   help="cProfile the in-process run into this file and print its top")
-    p.add_argument("--statements", action="store_true",
-                   help="time every statement of the in-process cryptopi_batch runs")
+    p.add_argument(
+        "--resume-first-run",
+        default="15s",
+        help="how long the first run works before it is stopped (default 15s)",
+    )
+    p.add_argument(
+        "--profile", type=Path, help="cProfile the in-process run into this file and print its top"
+    )
+    p.add_argument(
+        "--statements",
+        action="store_true",
+        help="time every statement of the in-process cryptopi_batch runs",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this file")
     return p.parse_args(argv)
 
@@ -160,8 +194,12 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
     console.print(machine_line(machine))
     keys = args.only.split(",") if args.only else [a.key for a in APPROACHES]
     chosen = [BY_KEY[k] for k in keys]
-    report: dict[str, object] = {"machine": machine, "rows": args.rows,
-                                 "repeat": args.repeat, "argv": sys.argv[1:]}
+    report: dict[str, object] = {
+        "machine": machine,
+        "rows": args.rows,
+        "repeat": args.repeat,
+        "argv": sys.argv[1:],
+    }
     product.compile_package()
     start_s, start_rss = await anyio.to_thread.run_sync(product.startup_cost)
     report["startup"] = {"seconds": start_s, "rss_mb": start_rss}
@@ -182,17 +220,18 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
             profile = args.profile if rep == 0 and approach.key == "cryptopi-inproc" else None
             await _phase(server, args, approach, results[approach.key], profile, timer)
             r = results[approach.key]
-            console.print(f"{r.runs[-1].seconds:.2f} s, writer max "
-                          f"{r.writer[-1].max_ms:.0f} ms")
+            console.print(f"{r.runs[-1].seconds:.2f} s, writer max {r.writer[-1].max_ms:.0f} ms")
 
     console.print()
     console.print(results_table(results, args, server))
     console.print(LEGEND, markup=False, highlight=False)
     console.print(notes(args, server, start_s, start_rss))
     loads = [x for r in results.values() for x in r.load]
-    console.print(f"  1-min load average at the end of the phases: {min(loads):.1f}–"
-                  f"{max(loads):.1f} on {os.cpu_count()} cores (the benchmark itself brings"
-                  " 1–2; more means something else ran beside it).")
+    console.print(
+        f"  1-min load average at the end of the phases: {min(loads):.1f}–"
+        f"{max(loads):.1f} on {os.cpu_count()} cores (the benchmark itself brings"
+        " 1–2; more means something else ran beside it)."
+    )
     console.print(bars(results))
     console.print(fixed_costs(results))
     console.print(cycles_table(results, server.segment_size))
@@ -202,8 +241,9 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
         console.print(wal_table(results))
     if timer is not None and timer.times:
         console.print(statements_table(timer, results))
-        report["statements"] = {k: {"calls": len(v), "total_ms": sum(v)}
-                                for k, v in timer.times.items()}
+        report["statements"] = {
+            k: {"calls": len(v), "total_ms": sum(v)} for k, v in timer.times.items()
+        }
     if args.profile is not None and "cryptopi-inproc" in results:
         _print_profile(console, args.profile)
     if args.memory:
@@ -230,9 +270,14 @@ async def _warm_wal(server: Server, rows: int, console: Console) -> None:
     console.print(f"  {conn_run.seconds:.2f} s")
 
 
-async def _phase(server: Server, args: argparse.Namespace, approach: Approach,
-                 result: Result, profile: Path | None,
-                 timer: product.StatementTimer | None = None) -> None:
+async def _phase(
+    server: Server,
+    args: argparse.Namespace,
+    approach: Approach,
+    result: Result,
+    profile: Path | None,
+    timer: product.StatementTimer | None = None,
+) -> None:
     database = f"bench_{approach.key.replace('-', '_')}"
     dsn = await server.copy(database, args.rows)
     await server.checkpoint()  # no checkpoint of the set-up's writes lands on the phase
@@ -268,9 +313,13 @@ async def _phase(server: Server, args: argparse.Namespace, approach: Approach,
     await server.drop(database)
 
 
-async def _run_approach(key: str, dsn: str, args: argparse.Namespace,
-                        profile: Path | None,
-                        timer: product.StatementTimer | None = None) -> PhaseRun:
+async def _run_approach(
+    key: str,
+    dsn: str,
+    args: argparse.Namespace,
+    profile: Path | None,
+    timer: product.StatementTimer | None = None,
+) -> PhaseRun:
     if key == "idle":
         start = time.monotonic()
         await anyio.sleep(args.idle_seconds)
@@ -278,13 +327,16 @@ async def _run_approach(key: str, dsn: str, args: argparse.Namespace,
         return PhaseRun(end - start, 0, start=start, end=end)
     if key in _RUN_ARGS:
         run, _ = await anyio.to_thread.run_sync(
-            lambda: product.cryptopi_subprocess(dsn, args.migrations_dir, *_RUN_ARGS[key]))
+            lambda: product.cryptopi_subprocess(dsn, args.migrations_dir, *_RUN_ARGS[key])
+        )
         return run
     if key == "cryptopi-inproc":
         return await product.cryptopi_in_process(dsn, args.migrations_dir, profile, timer)
     runners: dict[str, Callable[[str], Awaitable[PhaseRun]]] = {
-        "single": baselines.single_update, "keyset": baselines.keyset_loop,
-        "naive": baselines.naive_loop}
+        "single": baselines.single_update,
+        "keyset": baselines.keyset_loop,
+        "naive": baselines.naive_loop,
+    }
     return await runners[key](dsn)
 
 
@@ -297,22 +349,30 @@ def _fmt(value: float | None, spec: str = ".2f", none: str = "—") -> str:
     return format(value, spec)
 
 
-def results_table(results: dict[str, Result], args: argparse.Namespace,
-                  server: Server) -> Table:
+def results_table(results: dict[str, Result], args: argparse.Namespace, server: Server) -> Table:
     single = results.get("single")
     keyset = results.get("keyset")
     repeat = args.repeat
     runs = f"median of {repeat} runs" if repeat > 1 else "1 run"
-    title = (f"{args.rows:,} rows, {runs}"
-             f" each; fresh identical table and CHECKPOINT before every timed phase;"
-             f" writer: {args.writers} connections, one UPDATE each every"
-             f" {args.writer_interval * 1000:g} ms")
+    title = (
+        f"{args.rows:,} rows, {runs}"
+        f" each; fresh identical table and CHECKPOINT before every timed phase;"
+        f" writer: {args.writers} connections, one UPDATE each every"
+        f" {args.writer_interval * 1000:g} ms"
+    )
     t = Table(title=title, title_justify="left")
-    for col, justify in (("approach", "left"), ("seconds", "right"), ("rows/s", "right"),
-                         ("× single UPDATE", "right"), ("× keyset loop", "right"),
-                         ("writer max stall ms", "right"), ("writer p99 ms", "right"),
-                         ("peak RSS MB", "right"), ("WAL MB", "right"),
-                         ("new WAL segments", "right")):
+    for col, justify in (
+        ("approach", "left"),
+        ("seconds", "right"),
+        ("rows/s", "right"),
+        ("× single UPDATE", "right"),
+        ("× keyset loop", "right"),
+        ("writer max stall ms", "right"),
+        ("writer p99 ms", "right"),
+        ("peak RSS MB", "right"),
+        ("WAL MB", "right"),
+        ("new WAL segments", "right"),
+    ):
         t.add_column(col, justify=justify)  # type: ignore[arg-type]
     for key, r in results.items():
         if key == "idle":
@@ -325,18 +385,32 @@ def results_table(results: dict[str, Result], args: argparse.Namespace,
                 hi = max(x.seconds for x in r.runs)
                 seconds += f" ({lo:.2f}–{hi:.2f})"
             rate = f"{r.rows_per_second / 1000:,.0f} k"
-            x_single = (_fmt(r.rows_per_second / single.rows_per_second)
-                        if single and single.runs else "—")
-            x_keyset = (_fmt(r.rows_per_second / keyset.rows_per_second)
-                        if keyset and keyset.runs else "—")
+            x_single = (
+                _fmt(r.rows_per_second / single.rows_per_second) if single and single.runs else "—"
+            )
+            x_keyset = (
+                _fmt(r.rows_per_second / keyset.rows_per_second) if keyset and keyset.runs else "—"
+            )
         worst = max(w.max_ms for w in r.writer)
         p99 = statistics.median(w.p99_ms for w in r.writer)
-        rss = [float(x.extra["rss_mb"]) for x in r.runs  # type: ignore[arg-type]
-               if "rss_mb" in x.extra]
+        rss = [
+            float(x.extra["rss_mb"])  # type: ignore[arg-type]
+            for x in r.runs
+            if "rss_mb" in x.extra
+        ]
         wal = statistics.median(r.wal_bytes) / 2**20
-        t.add_row(r.approach.label, seconds, rate, x_single, x_keyset, f"{worst:,.0f}",
-                  f"{p99:.1f}", _fmt(max(rss), ".0f") if rss else "—",
-                  f"{wal:,.0f}", str(max(r.wal_segments)))
+        t.add_row(
+            r.approach.label,
+            seconds,
+            rate,
+            x_single,
+            x_keyset,
+            f"{worst:,.0f}",
+            f"{p99:.1f}",
+            _fmt(max(rss), ".0f") if rss else "—",
+            f"{wal:,.0f}",
+            str(max(r.wal_segments)),
+        )
     return t
 
 
@@ -359,11 +433,15 @@ def notes(args: argparse.Namespace, server: Server, start_s: float, start_rss: f
     if args.cold_wal:
         lines.append("  --cold-wal: no WAL warm-up; the first phase creates new WAL segments.")
     else:
-        lines.append("  WAL warmed up first (an untimed UPDATE and CHECKPOINT): phases reuse"
-                     " recycled segments.")
-    lines.append("  Autovacuum is off for the benchmark table (--autovacuum leaves it on)."
-                 if not args.autovacuum else
-                 "  --autovacuum: autovacuum on for the benchmark table; see the JSON's counts.")
+        lines.append(
+            "  WAL warmed up first (an untimed UPDATE and CHECKPOINT): phases reuse"
+            " recycled segments."
+        )
+    lines.append(
+        "  Autovacuum is off for the benchmark table (--autovacuum leaves it on)."
+        if not args.autovacuum
+        else "  --autovacuum: autovacuum on for the benchmark table; see the JSON's counts."
+    )
     return "\n".join(lines)
 
 
@@ -379,8 +457,10 @@ def _bar(label: str, ratio: float, paired: list[float], bar: float) -> str:
     line = f"  ≥ {bar:.2f}× {label} rows/s: {ratio:.3f}× {'met' if ratio >= bar else 'MISSED'}"
     if len(paired) > 1:
         mid = statistics.median(paired)
-        line += (f"; round by round: median {mid:.3f}× ({min(paired):.2f}–{max(paired):.2f})"
-                 f" {'met' if mid >= bar else 'MISSED'}")
+        line += (
+            f"; round by round: median {mid:.3f}× ({min(paired):.2f}–{max(paired):.2f})"
+            f" {'met' if mid >= bar else 'MISSED'}"
+        )
     return line
 
 
@@ -388,16 +468,18 @@ def bars(results: dict[str, Result]) -> str:
     r = results.get("cryptopi")
     if r is None or not r.runs:
         return ""
-    out = ["Bars for `cryptopi_batch run` (subprocess; ratio of the medians, then the median"
-           " of each round's own ratio):"]
+    out = [
+        "Bars for `cryptopi_batch run` (subprocess; ratio of the medians, then the median"
+        " of each round's own ratio):"
+    ]
     for key, label, bar in (("single", "single UPDATE", 0.90), ("keyset", "keyset loop", 0.95)):
         base = results.get(key)
         if base and base.runs:
-            out.append(_bar(label, r.rows_per_second / base.rows_per_second,
-                            paired_ratios(r, base), bar))
+            out.append(
+                _bar(label, r.rows_per_second / base.rows_per_second, paired_ratios(r, base), bar)
+            )
     worst = max(w.max_ms for w in r.writer)
-    out.append(f"  writer max stall < 50 ms: {worst:.0f} ms "
-               f"{'met' if worst < 50 else 'MISSED'}")
+    out.append(f"  writer max stall < 50 ms: {worst:.0f} ms {'met' if worst < 50 else 'MISSED'}")
     return "\n".join(out)
 
 
@@ -407,22 +489,35 @@ def fixed_costs(results: dict[str, Result]) -> str:
         return ""
 
     def med(key: str) -> float:
-        values = [float(x.extra[key]) for x in r.runs  # type: ignore[arg-type]
-                  if x.extra.get(key) is not None]
+        values = [
+            float(x.extra[key])  # type: ignore[arg-type]
+            for x in r.runs
+            if x.extra.get(key) is not None
+        ]
         return statistics.median(values) if values else float("nan")
 
     start, first, tail = med("to_run_started"), med("to_first_commit"), med("last_commit_to_exit")
-    return ("`cryptopi_batch run` outside its batches (median): spawn → run_started"
-            f" {start:.3f} s, spawn → first batch committed {first:.3f} s, last batch"
-            f" committed → process exit {tail:.3f} s.")
+    return (
+        "`cryptopi_batch run` outside its batches (median): spawn → run_started"
+        f" {start:.3f} s, spawn → first batch committed {first:.3f} s, last batch"
+        f" committed → process exit {tail:.3f} s."
+    )
 
 
 def cycles_table(results: dict[str, Result], segment: int) -> Table:
-    t = Table(title="Per-batch cycle (commit to commit, ms; all runs pooled)",
-              title_justify="left")
-    for col in ("approach", "batches", "median", "p95", "max", "spikes > 2× median",
-                "spike time beyond median", "median UPDATE", "median all else",
-                "spikes at a WAL segment switch"):
+    t = Table(title="Per-batch cycle (commit to commit, ms; all runs pooled)", title_justify="left")
+    for col in (
+        "approach",
+        "batches",
+        "median",
+        "p95",
+        "max",
+        "spikes > 2× median",
+        "spike time beyond median",
+        "median UPDATE",
+        "median all else",
+        "spikes at a WAL segment switch",
+    ):
         t.add_column(col, justify="left" if col == "approach" else "right")
     for key, r in results.items():
         c = Cycles.of(r.cycles)
@@ -435,16 +530,32 @@ def cycles_table(results: dict[str, Result], segment: int) -> Table:
         elif key == "keyset":
             pairs = [(a, b) for run in r.runs for a, b in itertools.pairwise(run.batches)]
             work = _fmt(median_or_nan([(b.worked - b.looked_up) * 1000 for _, b in pairs]), ".1f")
-            other = _fmt(median_or_nan([(b.committed - a.committed - b.worked + b.looked_up)
-                                        * 1000 for a, b in pairs]), ".1f")
+            other = _fmt(
+                median_or_nan(
+                    [(b.committed - a.committed - b.worked + b.looked_up) * 1000 for a, b in pairs]
+                ),
+                ".1f",
+            )
             at_switch = _spikes_at_switch(r.runs, c.median, segment)
-        t.add_row(r.approach.label, str(c.batches), f"{c.median:.1f}", f"{c.p95:.1f}",
-                  f"{c.max:.1f}", str(c.spikes), f"{c.spike_ms:,.0f}", work, other, at_switch)
-    t.caption = ("UPDATE: the batch statement alone (cryptopi_batch: duration_ms; keyset loop:"
-                 " its own timer). All else: the rest of the cycle (finding the next"
-                 " boundary, claiming, BEGIN, settings, checkpoint, COMMIT, Python). A batch"
-                 " is at a WAL segment switch when its WAL crossed a segment boundary (WAL"
-                 " position read in the checkpoint's RETURNING).")
+        t.add_row(
+            r.approach.label,
+            str(c.batches),
+            f"{c.median:.1f}",
+            f"{c.p95:.1f}",
+            f"{c.max:.1f}",
+            str(c.spikes),
+            f"{c.spike_ms:,.0f}",
+            work,
+            other,
+            at_switch,
+        )
+    t.caption = (
+        "UPDATE: the batch statement alone (cryptopi_batch: duration_ms; keyset loop:"
+        " its own timer). All else: the rest of the cycle (finding the next"
+        " boundary, claiming, BEGIN, settings, checkpoint, COMMIT, Python). A batch"
+        " is at a WAL segment switch when its WAL crossed a segment boundary (WAL"
+        " position read in the checkpoint's RETURNING)."
+    )
     t.caption_justify = "left"
     return t
 
@@ -454,24 +565,34 @@ def statements_table(timer: product.StatementTimer, results: dict[str, Result]) 
     runs = len(r.runs) if r else 1
     commits = [x.extra.get("commits") for x in r.runs] if r else []
     batches = max(1, sum(len(c) for c in commits if isinstance(c, dict)))
-    t = Table(title="Statements of the in-process cryptopi_batch runs, as asyncpg waits for them"
-                    f" ({runs} runs, {batches} batches)", title_justify="left")
+    t = Table(
+        title="Statements of the in-process cryptopi_batch runs, as asyncpg waits for them"
+        f" ({runs} runs, {batches} batches)",
+        title_justify="left",
+    )
     for col in ("statement", "calls", "calls per batch", "mean ms", "ms per batch"):
         t.add_column(col, justify="left" if col == "statement" else "right")
     rows = sorted(timer.times.items(), key=lambda kv: -sum(kv[1]))
     for sql, times in rows[:25]:
-        t.add_row(sql, str(len(times)), f"{len(times) / batches:.2f}",
-                  f"{sum(times) / len(times):.2f}", f"{sum(times) / batches:.2f}")
+        t.add_row(
+            sql,
+            str(len(times)),
+            f"{len(times) / batches:.2f}",
+            f"{sum(times) / len(times):.2f}",
+            f"{sum(times) / batches:.2f}",
+        )
     return t
 
 
 def wal_table(results: dict[str, Result]) -> Table:
-    t = Table(title="WAL by resource manager (MB: records + full-page images; first run)",
-              title_justify="left")
+    t = Table(
+        title="WAL by resource manager (MB: records + full-page images; first run)",
+        title_justify="left",
+    )
     t.add_column("approach")
     managers: list[str] = []
     for r in results.values():
-        for row in (r.wal_stats[0] if r.wal_stats else []):
+        for row in r.wal_stats[0] if r.wal_stats else []:
             if row["resource_manager"] not in managers:
                 managers.append(str(row["resource_manager"]))
     for m in managers[:6]:
@@ -479,15 +600,17 @@ def wal_table(results: dict[str, Result]) -> Table:
     t.add_column("of which FPI", justify="right")
     for r in results.values():
         rows = {str(x["resource_manager"]): x for x in (r.wal_stats[0] if r.wal_stats else [])}
-        cells = [f"{int(rows[m]['combined_size']) / 2**20:,.0f}" if m in rows else "—"
-                 for m in managers[:6]]
+        cells = [
+            f"{int(rows[m]['combined_size']) / 2**20:,.0f}" if m in rows else "—"
+            for m in managers[:6]
+        ]
         fpi = sum(int(x["fpi_size"]) for x in rows.values()) / 2**20
         t.add_row(r.approach.label, *cells, f"{fpi:,.0f}")
     return t
 
 
 def _spikes_at_switch(runs: list[PhaseRun], median: float, segment: int) -> str:
-    """"k of n": how many of the loop's spikes fell on a batch whose WAL crossed into a new
+    """ "k of n": how many of the loop's spikes fell on a batch whose WAL crossed into a new
     segment, and how many batches crossed one at all."""
     spikes = crossing = both = 0
     for run in runs:
@@ -510,10 +633,12 @@ def _print_profile(console: Console, path: Path) -> None:
     console.print(out.getvalue(), markup=False, highlight=False)
 
 
-async def _memory(server: Server, args: argparse.Namespace, sizes: list[int],
-                  console: Console) -> list[dict[str, float]]:
-    table = Table(title="cryptopi_batch run alone (no writer): peak RSS by table size",
-                  title_justify="left")
+async def _memory(
+    server: Server, args: argparse.Namespace, sizes: list[int], console: Console
+) -> list[dict[str, float]]:
+    table = Table(
+        title="cryptopi_batch run alone (no writer): peak RSS by table size", title_justify="left"
+    )
     for col in ("rows", "seconds", "rows/s", "peak RSS MB", "new WAL segments"):
         table.add_column(col, justify="right")
     out = []
@@ -523,24 +648,32 @@ async def _memory(server: Server, args: argparse.Namespace, sizes: list[int],
         await server.checkpoint()
         wal = await server.wal_counters()
         run, _ = await anyio.to_thread.run_sync(
-            product.cryptopi_subprocess, dsn, args.migrations_dir)
+            product.cryptopi_subprocess, dsn, args.migrations_dir
+        )
         await anyio.sleep(1.0)
         _, segments = await server.wal_since(wal)
         await verify_backfilled(dsn, rows)
         await server.drop("bench_memory")
         rss = float(run.extra["rss_mb"])  # type: ignore[arg-type]
-        out.append({"rows": rows, "seconds": run.seconds, "rss_mb": rss,
-                    "new_wal_segments": segments})
-        table.add_row(f"{rows:,}", f"{run.seconds:.2f}", f"{rows / run.seconds / 1000:,.0f} k",
-                      f"{rss:.0f}", str(segments))
+        out.append(
+            {"rows": rows, "seconds": run.seconds, "rss_mb": rss, "new_wal_segments": segments}
+        )
+        table.add_row(
+            f"{rows:,}",
+            f"{run.seconds:.2f}",
+            f"{rows / run.seconds / 1000:,.0f} k",
+            f"{rss:.0f}",
+            str(segments),
+        )
         if rows != args.rows:
             await server.drop(server.templates.pop(rows))
     console.print(table)
     return out
 
 
-async def _resume(server: Server, args: argparse.Namespace,
-                  console: Console) -> list[dict[str, object]]:
+async def _resume(
+    server: Server, args: argparse.Namespace, console: Console
+) -> list[dict[str, object]]:
     rows = args.resume_rows
     console.print(f"resume: building a {rows:,}-row table …")
     t = time.monotonic()
@@ -550,8 +683,11 @@ async def _resume(server: Server, args: argparse.Namespace,
     mdir = args.migrations_dir
     steps = []
     plan: list[tuple[str, tuple[str, ...], float | None]] = [
-        (f"first start, stopped by --max-duration {args.resume_first_run}",
-         ("--max-duration", args.resume_first_run), None),
+        (
+            f"first start, stopped by --max-duration {args.resume_first_run}",
+            ("--max-duration", args.resume_first_run),
+            None,
+        ),
         ("resume after that clean stop (--max-duration 3s)", ("--max-duration", "3s"), None),
         ("resume again, killed with SIGKILL after 3 s", (), 3.0),
         ("resume after the kill -9 (--max-duration 3s)", ("--max-duration", "3s"), None),
@@ -561,20 +697,35 @@ async def _resume(server: Server, args: argparse.Namespace,
         console.print(f"resume: {label} …")
         steps.append(await product.resume_step(label, dsn, mdir, *extra, kill_after=kill_after))
     await server.drop("bench_resume")
-    table = Table(title=f"Resume on {rows:,} rows: from process spawn to …",
-                  title_justify="left")
-    for col in ("step", "exit", "run_started s", "first batch committed s", "first batch id",
-                "done before", "done after", "peak RSS MB"):
+    table = Table(title=f"Resume on {rows:,} rows: from process spawn to …", title_justify="left")
+    for col in (
+        "step",
+        "exit",
+        "run_started s",
+        "first batch committed s",
+        "first batch id",
+        "done before",
+        "done after",
+        "peak RSS MB",
+    ):
         table.add_column(col, justify="left" if col == "step" else "right")
     for s in steps:
         total = s.keys_total or 1
-        table.add_row(s.label, str(s.returncode), _fmt(s.to_run_started, ".3f"),
-                      _fmt(s.to_first_commit, ".3f"), str(s.first_batch or "—"),
-                      f"{s.keys_done_before / total:.0%}", f"{s.keys_done_after / total:.0%}",
-                      f"{s.rss_mb:.0f}")
-    table.caption = ("Times from the JSON log's run_started and first batch_committed events"
-                     " against the wall clock just before the spawn. CHECKPOINT before each"
-                     " step.")
+        table.add_row(
+            s.label,
+            str(s.returncode),
+            _fmt(s.to_run_started, ".3f"),
+            _fmt(s.to_first_commit, ".3f"),
+            str(s.first_batch or "—"),
+            f"{s.keys_done_before / total:.0%}",
+            f"{s.keys_done_after / total:.0%}",
+            f"{s.rss_mb:.0f}",
+        )
+    table.caption = (
+        "Times from the JSON log's run_started and first batch_committed events"
+        " against the wall clock just before the spawn. CHECKPOINT before each"
+        " step."
+    )
     table.caption_justify = "left"
     console.print(table)
     return [asdict(s) for s in steps]
@@ -609,10 +760,18 @@ def _product_version() -> str:
     ``+uncommitted`` when its files differ from that commit)."""
     where = Path(cryptopi_batch.__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         # A `git archive` snapshot (see docs/benchmarks.md) carries its commit in COMMIT.
         stamp = where.parent / "COMMIT"
@@ -627,8 +786,10 @@ def machine_line(m: dict[str, object]) -> str:
     assert isinstance(settings, dict)
     shown = ", ".join(f"{k}={v}" for k, v in settings.items())
     kind = "embedded" if m["embedded"] else "external"
-    return (f"{m['product']}. Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB"
-            f" RAM, Python {m['python']}; PostgreSQL {m['postgres']} ({kind}): {shown}")
+    return (
+        f"{m['product']}. Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB"
+        f" RAM, Python {m['python']}; PostgreSQL {m['postgres']} ({kind}): {shown}"
+    )
 
 
 def _result_json(r: Result) -> dict[str, object]:
@@ -644,12 +805,19 @@ def _result_json(r: Result) -> dict[str, object]:
         "wal_stats": r.wal_stats,
         "load": r.load,
         "cycle_ms": [round(c, 2) for c in r.cycles],
-        "batches": [[{"lookup_ms": round((b.looked_up - b.began) * 1000, 2),
-                      "update_ms": round((b.worked - b.looked_up) * 1000, 2),
-                      "commit_ms": round((b.committed - b.worked) * 1000, 2),
-                      "cycle_ms": round((b.committed - a.committed) * 1000, 2),
-                      "wal": b.wal}
-                     for a, b in itertools.pairwise(x.batches)] for x in r.runs],
+        "batches": [
+            [
+                {
+                    "lookup_ms": round((b.looked_up - b.began) * 1000, 2),
+                    "update_ms": round((b.worked - b.looked_up) * 1000, 2),
+                    "commit_ms": round((b.committed - b.worked) * 1000, 2),
+                    "cycle_ms": round((b.committed - a.committed) * 1000, 2),
+                    "wal": b.wal,
+                }
+                for a, b in itertools.pairwise(x.batches)
+            ]
+            for x in r.runs
+        ],
         "phases": [asdict(p) for p in r.phases],
         "autovacuum": r.autovacuum,
         "extra": [{k: v for k, v in x.extra.items() if k != "commits"} for x in r.runs],

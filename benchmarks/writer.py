@@ -32,9 +32,15 @@ UPDATE = "UPDATE matrices.dyn_values SET value = value + 1 WHERE id = $1"
 WARMUP = 20
 
 
-async def _connection_loop(dsn: str, max_id: int, interval: float, stop: asyncio.Event,
-                           ready: asyncio.Barrier, samples: list[tuple[float, float]],
-                           seed: int) -> None:
+async def _connection_loop(
+    dsn: str,
+    max_id: int,
+    interval: float,
+    stop: asyncio.Event,
+    ready: asyncio.Barrier,
+    samples: list[tuple[float, float]],
+    seed: int,
+) -> None:
     rng = random.Random(seed)
     conn = await asyncpg.connect(dsn)
     try:
@@ -65,9 +71,10 @@ async def _main(dsn: str, max_id: int, connections: int, interval: float) -> Non
         loop.call_soon_threadsafe(stop.set)
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    tasks = [asyncio.create_task(_connection_loop(dsn, max_id, interval, stop, ready,
-                                                  samples, seed=i))
-             for i in range(connections)]
+    tasks = [
+        asyncio.create_task(_connection_loop(dsn, max_id, interval, stop, ready, samples, seed=i))
+        for i in range(connections)
+    ]
     await ready.wait()
     print("ready", flush=True)
     await asyncio.gather(*tasks)
@@ -114,10 +121,24 @@ class WriterHandle:
 
     def __init__(self, dsn: str, max_id: int, connections: int, interval: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.writer", "--dsn", dsn, "--max-id", str(max_id),
-             "--connections", str(connections), "--interval", str(interval)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            cwd=Path(__file__).resolve().parent.parent)  # where `benchmarks` imports from
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.writer",
+                "--dsn",
+                dsn,
+                "--max-id",
+                str(max_id),
+                "--connections",
+                str(connections),
+                "--interval",
+                str(interval),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # where `benchmarks` imports from
 
     def wait_ready(self) -> None:
         assert self.proc.stdout is not None

@@ -48,8 +48,7 @@ def _exit(code: int) -> NoReturn:
     pipe), this is the ordinary exit instead: Python waits for the thread, or reports the
     flush and exits 120, as it always did."""
     main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon and t.is_alive()
-           for t in threading.enumerate()):
+    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()  # private, but what finalization would run first
     try:

@@ -46,8 +46,13 @@ class _Version(argparse.Action):
     """``--version``, read from the installed metadata only when asked (importlib.metadata
     costs several ms of imports every other start would pay)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         import importlib.metadata  # noqa: PLC0415 -- see above
 
         print(f"{parser.prog} {importlib.metadata.version('cryptopi_batch')}")
@@ -67,11 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     # finds, and parents share theirs): a subcommand's default would overwrite what was
     # said before the command.
     common = _common_options()
-    parser = _Parser(prog="cryptopi_batch", parents=[_common_options()],
-                     description="Batched, resumable, throttled data migrations for PostgreSQL.")
+    parser = _Parser(
+        prog="cryptopi_batch",
+        parents=[_common_options()],
+        description="Batched, resumable, throttled data migrations for PostgreSQL.",
+    )
     parser.set_defaults(dsn=None, migrations_dir=None, log_format="console", traceback=False)
-    parser.add_argument("--version", action=_Version, nargs=0,
-                        help="show the installed version and exit")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show the installed version and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", parents=[common], help="run a migration, or resume it")
@@ -83,15 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target-batch-seconds", help="adapt the batch size toward this")
     run.add_argument("--lock-timeout", help="per batch transaction (default 2s)")
     run.add_argument("--statement-timeout", help="per batch transaction (default 30s)")
-    run.add_argument("--synchronous-commit", choices=("on", "off"),
-                     help="per batch transaction (default off: see docs/running.md)")
+    run.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        help="per batch transaction (default off: see docs/running.md)",
+    )
     run.add_argument("--max-duration", help="stop (exit 3) after this long")
     run.add_argument("--lease-seconds", type=float, help=argparse.SUPPRESS)
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--force", action="store_true", help="resume although the source changed")
     run.add_argument("--restart", action="store_true", help="forget the checkpoint; start over")
-    run.add_argument("--catch-up", action="store_true",
-                     help="extend a completed run to keys inserted since it started")
+    run.add_argument(
+        "--catch-up",
+        action="store_true",
+        help="extend a completed run to keys inserted since it started",
+    )
     run.add_argument("--yes", action="store_true", help="confirm a destructive migration")
 
     status = sub.add_parser("status", parents=[common], help="progress, rate, ETA, state")
@@ -101,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", parents=[common], help="every migration with its state")
     lst.add_argument("--json", action="store_true")
 
-    for command, text in (("pause", "running workers stop after their current batch"),
-                          ("resume", "lift a pause (a stopped run continues with `run`)"),
-                          ("cancel", "stop for good; `run` refuses it until --restart")):
+    for command, text in (
+        ("pause", "running workers stop after their current batch"),
+        ("resume", "lift a pause (a stopped run continues with `run`)"),
+        ("cancel", "stop for good; `run` refuses it until --restart"),
+    ):
         sub.add_parser(command, parents=[common], help=text).add_argument("name")
 
     demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
@@ -137,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args is not None and args.traceback:
             traceback.print_exc()
         text = one_line(connection.redact(f"{type(exc).__name__}: {exc}"))
-        print(f"cryptopi_batch: unexpected error: {text} (--traceback shows where)",
-              file=sys.stderr)
+        print(
+            f"cryptopi_batch: unexpected error: {text} (--traceback shows where)", file=sys.stderr
+        )
         return EXIT_FAILED
 
 
@@ -175,15 +193,24 @@ def _directory(args: argparse.Namespace) -> Path:
 def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
     """``run``'s command-line options (``None``: not given, the migration's say applies)."""
     return RunOptions(
-        batch_size=args.batch_size, workers=args.workers,
-        max_rows_per_second=args.max_rows_per_second, sleep=args.sleep,
-        target_batch_seconds=args.target_batch_seconds, lock_timeout=args.lock_timeout,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        max_rows_per_second=args.max_rows_per_second,
+        sleep=args.sleep,
+        target_batch_seconds=args.target_batch_seconds,
+        lock_timeout=args.lock_timeout,
         statement_timeout=args.statement_timeout,
-        synchronous_commit=(None if args.synchronous_commit is None
-                            else args.synchronous_commit == "on"),
+        synchronous_commit=(
+            None if args.synchronous_commit is None else args.synchronous_commit == "on"
+        ),
         max_duration=args.max_duration,
-        lease_seconds=args.lease_seconds, force=args.force, restart=args.restart,
-        catch_up=args.catch_up, yes=args.yes, progress=progress)
+        lease_seconds=args.lease_seconds,
+        force=args.force,
+        restart=args.restart,
+        catch_up=args.catch_up,
+        yes=args.yes,
+        progress=progress,
+    )
 
 
 async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
@@ -195,10 +222,14 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     options = run_options(args, progress=show_bar)
     try:
         result = await commands.run(
-            args.name, directory=_directory(args), connection=connection, options=options,
+            args.name,
+            directory=_directory(args),
+            connection=connection,
+            options=options,
             handle_signals=True,
             on_start=(lambda done, total: bar.start(args.name, done, total)) if bar else None,
-            on_batch=bar.advance if bar else None)
+            on_batch=bar.advance if bar else None,
+        )
     finally:
         if bar is not None:
             bar.stop()
@@ -207,8 +238,11 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     elif result.outcome is not None:
         o = result.outcome
         batches = "batch" if o.progress.batches == 1 else "batches"
-        print(f"{result.name}: completed: {o.progress.rows:,} rows changed in"
-              f" {o.progress.batches:,} {batches}, {o.seconds:.1f} s", file=sys.stderr)
+        print(
+            f"{result.name}: completed: {o.progress.rows:,} rows changed in"
+            f" {o.progress.batches:,} {batches}, {o.seconds:.1f} s",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -230,18 +264,18 @@ def _progress_bar() -> ProgressBar | None:
 
 async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     directory = _directory(args) if args.name else None
-    return _show(args, await commands.status(args.name, directory=directory,
-                                             connection=connection))
+    return _show(args, await commands.status(args.name, directory=directory, connection=connection))
 
 
 async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     directory = _directory(args)
-    code = _show(args, await commands.list_migrations(directory=directory,
-                                                      connection=connection))
+    code = _show(args, await commands.list_migrations(directory=directory, connection=connection))
     odd = misnamed(directory)
     if odd:
-        print(f"cryptopi_batch: left out, not named YYYYMMDD_HHMM_description:"
-              f" {', '.join(odd)}", file=sys.stderr)
+        print(
+            f"cryptopi_batch: left out, not named YYYYMMDD_HHMM_description: {', '.join(odd)}",
+            file=sys.stderr,
+        )
     return code
 
 
@@ -254,8 +288,9 @@ def _show(args: argparse.Namespace, rows: list[StatusRow]) -> int:
 
 
 async def _control(args: argparse.Namespace, connection: ConnectionSettings) -> int:
-    result = await commands.control(args.command, args.name, directory=_directory(args),
-                                    connection=connection)
+    result = await commands.control(
+        args.command, args.name, directory=_directory(args), connection=connection
+    )
     verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[args.command]
     if result.changed:
         print(f"{result.name}: {verb}", file=sys.stderr)
@@ -280,13 +315,19 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
         console.print(f"Seeding matrices.dyn_values with {args.rows:,} rows …")
         await demo.seed(dsn, args.rows)
         run_args = build_parser().parse_args(
-            ["run", "backfill_confidence", "--restart", *(["--no-progress"]
-                                                         if args.no_progress else [])])
+            [
+                "run",
+                "backfill_confidence",
+                "--restart",
+                *(["--no-progress"] if args.no_progress else []),
+            ]
+        )
         run_args.migrations_dir = args.migrations_dir
         run_args.log_format = args.log_format
         code = await _run(run_args, demo_conn)
-        print_table(await commands.status(None, directory=None, connection=demo_conn),
-                    table_console())
+        print_table(
+            await commands.status(None, directory=None, connection=demo_conn), table_console()
+        )
         return code
     finally:
         await anyio.to_thread.run_sync(cluster.stop)

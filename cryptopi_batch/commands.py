@@ -79,9 +79,11 @@ async def run(
     if migration.backfill.window is not None or migration.backfill.timezone is not None:
         # Running at any hour a migration that asks for off-peak hours would be worse than
         # not running it.
-        raise UsageError(f"{migration.file.path}: declares window=/timezone=, and off-peak"
-                         " windows are not built yet: the run would not keep to it; remove"
-                         " them to run at any time")
+        raise UsageError(
+            f"{migration.file.path}: declares window=/timezone=, and off-peak"
+            " windows are not built yet: the run would not keep to it; remove"
+            " them to run at any time"
+        )
     settings = resolve_settings(options or RunOptions(), migration.backfill)
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
@@ -90,7 +92,8 @@ async def run(
     # statement cache of a direct connection, the common case (a pooler is found below).
     direct = connection.behind_pooler(False)
     opening: list[asyncio.Future[Connection]] = [
-        asyncio.ensure_future(direct.connect()) for _ in range(settings.workers)]
+        asyncio.ensure_future(direct.connect()) for _ in range(settings.workers)
+    ]
     try:
         async with _setup_errors(connection):
             # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE):
@@ -113,10 +116,17 @@ async def run(
         if on_start is not None:
             on_start(int(row["keys_done"]), int(row["keys_estimate"] or 0))
         runner = Runner(
-            name=migration.name, filename=migration.file.filename,
-            work=migration.backfill.work, target=target, settings=settings,
-            connection=connection, handle_signals=handle_signals, on_batch=on_batch,
-            end_key=as_bound(row["end_key"]), connections=await _opened(opening))
+            name=migration.name,
+            filename=migration.file.filename,
+            work=migration.backfill.work,
+            target=target,
+            settings=settings,
+            connection=connection,
+            handle_signals=handle_signals,
+            on_batch=on_batch,
+            end_key=as_bound(row["end_key"]),
+            connections=await _opened(opening),
+        )
         outcome = await runner.execute(conn)
         return RunResult(migration.name, False, outcome)
     finally:
@@ -125,8 +135,9 @@ async def run(
             await close_quietly(spare)
 
 
-async def _opened(opening: list[asyncio.Future[Connection]], *,
-                  cancel: bool = False) -> list[asyncpg.Connection]:
+async def _opened(
+    opening: list[asyncio.Future[Connection]], *, cancel: bool = False
+) -> list[asyncpg.Connection]:
     """The connections among ``opening`` that opened (each handed out once: the list is
     emptied), waiting for those still opening unless ``cancel``; one that failed is left
     to its worker, which connects (and retries) by itself. A cancellation of the caller
@@ -137,7 +148,8 @@ async def _opened(opening: list[asyncio.Future[Connection]], *,
     if opening:
         await asyncio.wait(opening)
     done: list[asyncpg.Connection] = [
-        f.result() for f in opening if not f.cancelled() and f.exception() is None]
+        f.result() for f in opening if not f.cancelled() and f.exception() is None
+    ]
     opening.clear()
     return done
 
@@ -152,12 +164,14 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermissionDenied(connection.redact(f"permission denied: {exc}")) from None
     except asyncpg.LockNotAvailableError as exc:
-        raise CouldNotStart(f"locked by another session (the table, or the run's own row in"
-                            f" ops.backfills): {exc}; nothing was written, run again later"
-                            ) from None
+        raise CouldNotStart(
+            f"locked by another session (the table, or the run's own row in"
+            f" ops.backfills): {exc}; nothing was written, run again later"
+        ) from None
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-        raise ConnectionFailed(connection.redact(
-            f"lost the connection while starting: {exc or type(exc).__name__}")) from None
+        raise ConnectionFailed(
+            connection.redact(f"lost the connection while starting: {exc or type(exc).__name__}")
+        ) from None
 
 
 async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:
@@ -172,8 +186,9 @@ async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) ->
     return target
 
 
-async def _check_statement(conn: asyncpg.Connection, migration: LoadedMigration,
-                           target: Target, sql: str) -> None:
+async def _check_statement(
+    conn: asyncpg.Connection, migration: LoadedMigration, target: Target, sql: str
+) -> None:
     """Prepare (never run) the migration's SQL, so a typo fails before anything is written."""
     probe = KeyRange(("",) * target.key.width, ("",) * target.key.width)
     statement, _ = render_range(sql, target.key, probe, 0)
@@ -184,12 +199,14 @@ async def _check_statement(conn: asyncpg.Connection, migration: LoadedMigration,
     except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
         raise  # the table is locked, or the server went away: see _setup_errors
     except asyncpg.PostgresError as exc:
-        raise MigrationLoadError(f"{migration.file.path}: its SQL does not prepare: {exc}"
-                                 ) from None
+        raise MigrationLoadError(
+            f"{migration.file.path}: its SQL does not prepare: {exc}"
+        ) from None
 
 
-async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
-                           target: Target, settings: RunSettings) -> asyncpg.Record | None:
+async def _start_or_resume(
+    conn: asyncpg.Connection, migration: LoadedMigration, target: Target, settings: RunSettings
+) -> asyncpg.Record | None:
     """The run's row, created on first start; refuses what must not resume. ``None``: the
     file is recorded in ops.migrations without a run of its own (applied by other tooling,
     or before its run's row was removed), so it is done, as `list` shows it."""
@@ -203,16 +220,27 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
         if row is not None and settings.restart:
             await conn.execute(store.query("delete_backfill"), name)
             row = None
-        if (row is None and not settings.restart
-                and await conn.fetchval(store.query("is_applied"), migration.file.filename)):
+        if (
+            row is None
+            and not settings.restart
+            and await conn.fetchval(store.query("is_applied"), migration.file.filename)
+        ):
             return None
         if row is None:
             end = await store.last_key(conn, target)
             await conn.execute(
-                store.query("insert_backfill"), name, migration.file.filename, target.table,
-                list(target.key.names), [c.type for c in target.key.columns],
-                None if end is None else list(end), settings.batch_size,
-                await store.estimate_rows(conn, target), migration.checksum, "up")
+                store.query("insert_backfill"),
+                name,
+                migration.file.filename,
+                target.table,
+                list(target.key.names),
+                [c.type for c in target.key.columns],
+                None if end is None else list(end),
+                settings.batch_size,
+                await store.estimate_rows(conn, target),
+                migration.checksum,
+                "up",
+            )
             row = await conn.fetchrow(store.query("lock_backfill"), name)
             assert row is not None
         status = row["status"]
@@ -223,23 +251,31 @@ async def _start_or_resume(conn: asyncpg.Connection, migration: LoadedMigration,
             if end is None or list(end) == list(row["end_key"] or []):
                 return row
             estimate = await store.estimate_rows(conn, target)
-            await conn.execute(store.query("catch_up_backfill"), name, list(end),
-                               max(estimate - int(row["keys_done"]), 0))
+            await conn.execute(
+                store.query("catch_up_backfill"),
+                name,
+                list(end),
+                max(estimate - int(row["keys_done"]), 0),
+            )
         elif status == "cancelled":
             raise RunCancelled(f"{name} was cancelled; `run --restart` starts it again")
         elif status == "paused":
             raise Stopped(f"{name} is paused; `resume {name}` lifts the pause")
         if row["source_checksum"] != migration.checksum and not settings.force:
-            raise SourceChanged(f"{migration.file.path} changed since its run started;"
-                                " rerun with --force to resume with the new source")
-        fresh = await conn.fetchrow(store.query("reopen_backfill"), name, migration.checksum,
-                                    settings.batch_size)
+            raise SourceChanged(
+                f"{migration.file.path} changed since its run started;"
+                " rerun with --force to resume with the new source"
+            )
+        fresh = await conn.fetchrow(
+            store.query("reopen_backfill"), name, migration.checksum, settings.batch_size
+        )
         assert fresh is not None  # the row is locked by this transaction
         return fresh
 
 
-async def status(name: str | None, *, directory: Path | None,
-                 connection: ConnectionSettings) -> list[StatusRow]:
+async def status(
+    name: str | None, *, directory: Path | None, connection: ConnectionSettings
+) -> list[StatusRow]:
     """Progress, rate, ETA, state and why, for one migration or all of them."""
     wanted = filename = None
     if name is not None:
@@ -267,8 +303,7 @@ async def status(name: str | None, *, directory: Path | None,
         await close_quietly(conn)
 
 
-async def list_migrations(*, directory: Path,
-                          connection: ConnectionSettings) -> list[StatusRow]:
+async def list_migrations(*, directory: Path, connection: ConnectionSettings) -> list[StatusRow]:
     """Every migration in the directory with its state."""
     files = discover(directory)
     conn = await connection.connect_or_fail()
@@ -277,15 +312,19 @@ async def list_migrations(*, directory: Path,
         applied: set[str] = set()
         async with _setup_errors(connection):
             if await store.schema_version(conn) > 0:
-                by_name = {r["name"]: status_row(r) for r in
-                           await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)}
+                by_name = {
+                    r["name"]: status_row(r)
+                    for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)
+                }
             if await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
                 applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
         # A batched run's own row speaks for it (also after --restart of a completed run);
         # ops.migrations only for files without one (applied by other tooling, .sql files).
-        return [by_name.get(f.name)
-                or (StatusRow.applied if f.filename in applied else StatusRow.pending)(f.name)
-                for f in files]
+        return [
+            by_name.get(f.name)
+            or (StatusRow.applied if f.filename in applied else StatusRow.pending)(f.name)
+            for f in files
+        ]
     finally:
         await close_quietly(conn)
 
@@ -305,8 +344,9 @@ _CONTROL: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-async def control(command: str, name: str, *, directory: Path,
-                  connection: ConnectionSettings) -> ControlResult:
+async def control(
+    command: str, name: str, *, directory: Path, connection: ConnectionSettings
+) -> ControlResult:
     """``pause``, ``resume`` or ``cancel`` a migration, from any host.
 
     Running workers read the status in each batch's commit and stop after it (exit 3). A
@@ -319,12 +359,12 @@ async def control(command: str, name: str, *, directory: Path,
         async with _setup_errors(connection):
             if await store.schema_version(conn) == 0:
                 raise UsageError(f"{resolved} has not started; nothing to {command}")
-            changed = await conn.fetchval(store.query("set_status"), resolved, target,
-                                          list(applies_to))
+            changed = await conn.fetchval(
+                store.query("set_status"), resolved, target, list(applies_to)
+            )
             row = await conn.fetchrow(store.query("get_backfill"), resolved)
         if row is None:
             raise UsageError(f"{resolved} has not started; nothing to {command}")
         return ControlResult(resolved, row["status"], changed is not None)
     finally:
         await close_quietly(conn)
-

@@ -28,9 +28,18 @@ APPLICATION_NAME = "cryptopi_batch"
 # inside quotes, \\ for a backslash).
 _KEY_VALUE = re.compile(r"\s*(\w+)\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^\s']*))")
 # The keys asyncpg takes as connect() arguments, by their libpq names.
-_LIBPQ_KEYS = {"host": "host", "hostaddr": "host", "port": "port", "dbname": "database",
-               "user": "user", "password": "password", "passfile": "passfile",
-               "sslmode": "ssl", "connect_timeout": None, "application_name": None}
+_LIBPQ_KEYS = {
+    "host": "host",
+    "hostaddr": "host",
+    "port": "port",
+    "dbname": "database",
+    "user": "user",
+    "password": "password",
+    "passfile": "passfile",
+    "sslmode": "ssl",
+    "connect_timeout": None,
+    "application_name": None,
+}
 
 
 def parse_dsn(dsn: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -88,10 +97,13 @@ class ConnectionSettings:
         """
         cache = os.environ.get(STATEMENT_CACHE_ENV, "").strip()
         if cache and not cache.isdigit():
-            raise UsageError(f"${STATEMENT_CACHE_ENV} must be a number of statements"
-                             f" (0 for none), not {cache!r}")
-        return cls(dsn=dsn or os.environ.get("DATABASE_URL") or None,
-                   statement_cache_size=int(cache) if cache else None)
+            raise UsageError(
+                f"${STATEMENT_CACHE_ENV} must be a number of statements (0 for none), not {cache!r}"
+            )
+        return cls(
+            dsn=dsn or os.environ.get("DATABASE_URL") or None,
+            statement_cache_size=int(cache) if cache else None,
+        )
 
     def behind_pooler(self, pooled: bool) -> ConnectionSettings:
         """These settings with the cache decided, for a server reached through a pooler
@@ -146,8 +158,13 @@ class ConnectionSettings:
             return await self.connect()
         except asyncpg.InsufficientPrivilegeError as exc:
             raise PermissionDenied(self.redact(f"cannot connect: {exc}")) from None
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError,
-                OverflowError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            OSError,
+            ValueError,
+            OverflowError,
+        ) as exc:
             # ValueError: asyncpg's verdict on a malformed DSN (a bad port, an unknown option);
             # OverflowError: the socket's on a port past 65535
             reason = str(exc) or type(exc).__name__
@@ -267,8 +284,9 @@ class Ending:
 
 
 @contextlib.asynccontextmanager
-async def chained_transaction(conn: Connection, begin: str, *,
-                              begun: bool) -> AsyncIterator[Ending]:
+async def chained_transaction(
+    conn: Connection, begin: str, *, begun: bool
+) -> AsyncIterator[Ending]:
     """A transaction opened with ``begin`` (``BEGIN; SET LOCAL …``: our own text, never user
     input), or, if ``begun``, the one the previous chained transaction's COMMIT already
     opened with it. Its COMMIT may open the next one in the same round trip (see

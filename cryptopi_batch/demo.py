@@ -39,8 +39,9 @@ async def seed(dsn: str, rows: int) -> None:
     """(Re)create ``matrices.dyn_values`` with ``rows`` rows whose confidence is NULL."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("DROP SCHEMA IF EXISTS ops CASCADE;"
-                           " DROP TABLE IF EXISTS matrices.dyn_values")
+        await conn.execute(
+            "DROP SCHEMA IF EXISTS ops CASCADE; DROP TABLE IF EXISTS matrices.dyn_values"
+        )
         await conn.execute(SCHEMA)
         await conn.execute(LOAD, rows)
         await conn.execute("ANALYZE matrices.dyn_values")

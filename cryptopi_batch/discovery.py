@@ -85,8 +85,10 @@ def discover(directory: Path) -> list[MigrationFile]:
     """Every migration file in ``directory``, in file-name (and so chronological) order."""
     if not directory.is_dir():
         raise MigrationNotFound(f"migrations directory not found: {directory}")
-    return sorted((MigrationFile(p) for p in directory.iterdir()
-                   if p.is_file() and FILE_NAME.match(p.name)), key=lambda f: f.filename)
+    return sorted(
+        (MigrationFile(p) for p in directory.iterdir() if p.is_file() and FILE_NAME.match(p.name)),
+        key=lambda f: f.filename,
+    )
 
 
 def misnamed(directory: Path) -> list[str]:
@@ -95,9 +97,14 @@ def misnamed(directory: Path) -> list[str]:
     (``__init__.py``, editors' files) are not counted."""
     if not directory.is_dir():
         return []
-    return sorted(p.name for p in directory.iterdir()
-                  if p.is_file() and p.suffix in (".py", ".sql")
-                  and not p.name.startswith(("_", ".")) and not FILE_NAME.match(p.name))
+    return sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file()
+        and p.suffix in (".py", ".sql")
+        and not p.name.startswith(("_", "."))
+        and not FILE_NAME.match(p.name)
+    )
 
 
 def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
@@ -124,11 +131,16 @@ def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
     close = difflib.get_close_matches(wanted, names + [f.description for f in files], n=3)
     hint = f"; did you mean {', '.join(close)}" if close else ""
     directory = files[0].path.parent if files else None
-    odd = [n for n in (misnamed(directory) if directory else [])
-           if Path(n).stem == wanted or Path(n).stem.startswith(wanted)]
+    odd = [
+        n
+        for n in (misnamed(directory) if directory else [])
+        if Path(n).stem == wanted or Path(n).stem.startswith(wanted)
+    ]
     if odd:
-        hint = (f"; {', '.join(odd)} is not named YYYYMMDD_HHMM_description (letters,"
-                " digits and _ only), so it is not a migration")
+        hint = (
+            f"; {', '.join(odd)} is not named YYYYMMDD_HHMM_description (letters,"
+            " digits and _ only), so it is not a migration"
+        )
     listing = ", ".join(names) if names else "(none)"
     raise MigrationNotFound(f"no migration named {wanted!r}{hint}; known: {listing}")
 
@@ -139,8 +151,10 @@ def load(file: MigrationFile) -> LoadedMigration:
     Any failure becomes one :class:`MigrationLoadError` naming the file and line.
     """
     if file.kind != "py":
-        raise MigrationLoadError(f"{file.filename}: plain .sql migrations are not run by `run`"
-                                 " (a batched migration is a .py file)")
+        raise MigrationLoadError(
+            f"{file.filename}: plain .sql migrations are not run by `run`"
+            " (a batched migration is a .py file)"
+        )
     module_name = f"cryptopi_batch_migrations.{file.name}"
     spec = importlib.util.spec_from_file_location(module_name, file.path)
     if spec is None or spec.loader is None:
@@ -150,19 +164,20 @@ def load(file: MigrationFile) -> LoadedMigration:
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise MigrationLoadError(
-            f"{file.path}:{exc.lineno}: syntax error: {exc.msg}") from None
+        raise MigrationLoadError(f"{file.path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except MigrationDefinitionError as exc:
         raise MigrationLoadError(f"{file.path}:{_line_in(exc, file.path)}: {exc}") from None
     except (Exception, SystemExit) as exc:  # SystemExit: a file that calls sys.exit()
         raise MigrationLoadError(
-            f"{file.path}:{_line_in(exc, file.path)}: {type(exc).__name__}: {exc}") from None
+            f"{file.path}:{_line_in(exc, file.path)}: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         sys.modules.pop(module_name, None)
     backfill = getattr(module, "migration", None)
     if not isinstance(backfill, Backfill):
         raise MigrationLoadError(
-            f"{file.path}: defines no module-level `migration = Backfill(...)`")
+            f"{file.path}: defines no module-level `migration = Backfill(...)`"
+        )
     description = (module.__doc__ or "").strip().splitlines()
     return LoadedMigration(file, backfill, description[0] if description else "", file.checksum())
 

@@ -451,8 +451,9 @@ def main(argv: list[str] | None = None) -> None:
     server to play or test with; ``start`` prints its superuser URL."""
     import argparse  # noqa: PLC0415 -- only this entry point parses arguments
 
-    parser = argparse.ArgumentParser(prog="python -m cryptopi_batch.embedded",
-                                     description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m cryptopi_batch.embedded", description=main.__doc__
+    )
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("datadir", type=Path)
     parser.add_argument("--bin-dir", type=Path, help="another PostgreSQL's bin directory")
@@ -467,4 +468,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -53,19 +53,23 @@ CRASH_ENV = "CRYPTOPI_BATCH_CRASH_AT"
 # transaction to the next (a pooler): sent as a statement of their own, which also returns
 # the session's pid and the transaction's start, together naming this transaction in
 # pg_stat_activity (see _end_aborted_batches).
-_SET_LOCAL = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
-              " set_config('lock_timeout', $1, true),"
-              " set_config('statement_timeout', $2, true),"
-              " set_config('idle_in_transaction_session_timeout', $3, true),"
-              " set_config('synchronous_commit', $4, true)")
+_SET_LOCAL = (
+    "SELECT pg_backend_pid() AS pid, now() AS xact_start,"
+    " set_config('lock_timeout', $1, true),"
+    " set_config('statement_timeout', $2, true),"
+    " set_config('idle_in_transaction_session_timeout', $3, true),"
+    " set_config('synchronous_commit', $4, true)"
+)
 # A connection straight to the server keeps its session: named once by pid and start.
-_SESSION = ("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+_SESSION = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
 # Sessions to end, each named by its pid and either its start (the whole session) or its
 # transaction's start (only while still in that transaction).
-_END_SESSIONS = ("SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
-                 " JOIN unnest($1::int[], $2::timestamptz[], $3::bool[]) AS b(pid, at, whole)"
-                 " ON a.pid = b.pid"
-                 " AND CASE WHEN b.whole THEN a.backend_start ELSE a.xact_start END = b.at")
+_END_SESSIONS = (
+    "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+    " JOIN unnest($1::int[], $2::timestamptz[], $3::bool[]) AS b(pid, at, whole)"
+    " ON a.pid = b.pid"
+    " AND CASE WHEN b.whole THEN a.backend_start ELSE a.xact_start END = b.at"
+)
 _IDLE_POLL = 0.25
 _CONTROL_IDLE = 5.0  # seconds a control step's transaction may wait between its statements
 # A request on a runner's connection that gets no reply within the statement timeout plus
@@ -142,8 +146,11 @@ class Runner:
         self.failure: BaseException | None = None
         self.aborted = False
         self.pacer = Pacer(self.settings.throttle)
-        self._deadline_at = (None if self.settings.max_duration is None
-                             else time.monotonic() + self.settings.max_duration)
+        self._deadline_at = (
+            None
+            if self.settings.max_duration is None
+            else time.monotonic() + self.settings.max_duration
+        )
         self.batch_size = self.settings.batch_size
         self.progress = Progress()
         # The heartbeat and the look-ahead share the control connection, one at a time.
@@ -158,25 +165,31 @@ class Runner:
         # a batch's): the server session to end if the connection goes silent or the run is
         # aborted by a second signal.
         self._xacts: weakref.WeakKeyDictionary[asyncpg.Connection, _Session] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         # Connection -> its server session (pid, start) when it talks to the server
         # directly, None behind a pooler: see _identify.
         self._sessions: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, Any] | None] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         t = self.settings.timeouts
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, _AHEAD_BOUND / 4),
-            statement_timeout=_within(t.statement_timeout, _AHEAD_BOUND / 2))
+            statement_timeout=_within(t.statement_timeout, _AHEAD_BOUND / 2),
+        )
         # The control connection's steps on the ops tables: the lock timeout (a wait is
         # retried), and no transaction left open by a connection lost before its COMMIT.
         self._control_local = t.local(
-            statement=False, idle_in_transaction_session_timeout=pg_interval(_CONTROL_IDLE))
+            statement=False, idle_in_transaction_session_timeout=pg_interval(_CONTROL_IDLE)
+        )
         self._begin = "BEGIN; " + t.local(
             idle_in_transaction_session_timeout=pg_interval(self.settings.lease_seconds),
-            synchronous_commit="on" if t.synchronous_commit else "off")
+            synchronous_commit="on" if t.synchronous_commit else "off",
+        )
         # Connection -> True while the COMMIT of its last batch has begun its next one.
         self._begun: weakref.WeakKeyDictionary[asyncpg.Connection, bool] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -192,17 +205,23 @@ class Runner:
             retired = await self._on_control(lambda c: self._register(c, host))
         except Exception as exc:
             self._drop_spares()
-            raise BatchFailed(f"{self.name}: could not register this runner in"
-                              f" ops.backfill_workers: {self._describe(exc)}; no batch ran,"
-                              " `run` resumes") from None
+            raise BatchFailed(
+                f"{self.name}: could not register this runner in"
+                f" ops.backfill_workers: {self._describe(exc)}; no batch ran,"
+                " `run` resumes"
+            ) from None
         except BaseException:
             self._drop_spares()
             raise
         if retired:
             log.info("workers_retired", count=retired)
         structlog.contextvars.bind_contextvars(migration=self.name)
-        log.info("run_started", workers=self.settings.workers, batch_size=self.batch_size,
-                 table=self.target.table)
+        log.info(
+            "run_started",
+            workers=self.settings.workers,
+            batch_size=self.batch_size,
+            table=self.target.table,
+        )
         try:
             async with anyio.create_task_group() as outer:
                 self._outer = outer.cancel_scope
@@ -223,8 +242,7 @@ class Runner:
         finally:
             self._drop_spares()
             with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
-                await self._on_control(
-                    lambda c: c.execute(store.query("stop_worker"), self.token))
+                await self._on_control(lambda c: c.execute(store.query("stop_worker"), self.token))
         elapsed = time.monotonic() - started
         try:
             if self.aborted:
@@ -233,33 +251,43 @@ class Runner:
                 message = self._describe(self.failure)
                 try:
                     await self._on_control(
-                        lambda c: c.execute(store.query("fail_backfill"), self.name, message))
+                        lambda c: c.execute(store.query("fail_backfill"), self.name, message)
+                    )
                 except Exception as exc:
                     message += f" (not recorded in ops.backfills: {self._describe(exc)})"
                 log.error("run_failed", error=message)
                 raise BatchFailed(f"{self.name}: {message}")
             try:
                 if self.stop_reason is None:
-                    await self._on_control(lambda c: c.execute(
-                        store.query("finalize"), self.name, self.filename))
+                    await self._on_control(
+                        lambda c: c.execute(store.query("finalize"), self.name, self.filename)
+                    )
                 row = await self._on_control(
-                    lambda c: c.fetchrow(store.query("get_backfill"), self.name))
+                    lambda c: c.fetchrow(store.query("get_backfill"), self.name)
+                )
             except Exception as exc:
-                raise BatchFailed(f"{self.name}: its batches ended, but recording the run's"
-                                  f" end failed: {self._describe(exc)}; `run` records it"
-                                  ) from None
+                raise BatchFailed(
+                    f"{self.name}: its batches ended, but recording the run's"
+                    f" end failed: {self._describe(exc)}; `run` records it"
+                ) from None
         finally:
             if self._control is not control:  # a replacement of ours; the caller's is lost
                 await close_quietly(self._control)
         if row is not None and row["status"] == "completed":
-            log.info("run_completed", rows=self.progress.rows, batches=self.progress.batches,
-                     seconds=round(elapsed, 3))
+            log.info(
+                "run_completed",
+                rows=self.progress.rows,
+                batches=self.progress.batches,
+                seconds=round(elapsed, 3),
+            )
             return Outcome(True, self.progress, elapsed)
         reason = self.stop_reason or "stopped"
         log.info("run_stopped", reason=reason, rows=self.progress.rows)
         status = "" if row is None else str(row["status"])
-        advice = {"paused": f"`resume {self.name}` lifts the pause, then `run` continues",
-                  "cancelled": "`run --restart` starts it again"}.get(status, "`run` resumes")
+        advice = {
+            "paused": f"`resume {self.name}` lifts the pause, then `run` continues",
+            "cancelled": "`run --restart` starts it again",
+        }.get(status, "`run` resumes")
         raise Stopped(f"{self.name}: {reason}; {advice}")
 
     def _drop_spares(self) -> None:
@@ -273,6 +301,7 @@ class Runner:
         terminated backend, a server restart) and retrying what is transient. ``op`` runs
         in a transaction of its own under the batch's lock timeout: the ops tables are
         never queued behind for long (DDL, a stuck session); a lock timeout is retried."""
+
         async def bounded(conn: asyncpg.Connection) -> T:
             async with transaction(conn, self._control_local):
                 return await op(conn)
@@ -290,10 +319,18 @@ class Runner:
         runners on this host, in this pid namespace, whose process is gone released at
         once. Returns how many such runners were retired."""
         namespace = _pid_namespace()
-        await control.execute(store.query("register_worker"), self.token, self.name,
-                              host, os.getpid(), self.settings.workers, namespace)
-        rows = await control.fetch(store.query("live_workers_on_host"), self.name, host,
-                                   self.token, namespace)
+        await control.execute(
+            store.query("register_worker"),
+            self.token,
+            self.name,
+            host,
+            os.getpid(),
+            self.settings.workers,
+            namespace,
+        )
+        rows = await control.fetch(
+            store.query("live_workers_on_host"), self.name, host, self.token, namespace
+        )
         dead = [r["token"] for r in rows if not _process_exists(r["pid"])]
         if dead:
             await control.execute(store.query("retire_workers"), dead)
@@ -313,8 +350,12 @@ class Runner:
                         # One statement, no transaction: a connection lost mid-beat
                         # leaves no lock behind (it is bounded on this side).
                         status = await self._control.fetchval(
-                            store.query("heartbeat"), self.token, self.name,
-                            self.settings.lease_seconds, [str(i) for i in self._held])
+                            store.query("heartbeat"),
+                            self.token,
+                            self.name,
+                            self.settings.lease_seconds,
+                            [str(i) for i in self._held],
+                        )
             except Exception as exc:  # also asyncpg's InternalClientError on a killed backend
                 if isinstance(exc, TimeoutError):
                     self._control.terminate()
@@ -333,8 +374,9 @@ class Runner:
         see may have claimed the next range; either leaves a range it no longer holds
         claimed under its token. Such ranges go back to pending now rather than when their
         lease lapses."""
-        status = await conn.execute(store.query("release_orphans"), self.token,
-                                    self.name, [str(i) for i in self._held])
+        status = await conn.execute(
+            store.query("release_orphans"), self.token, self.name, [str(i) for i in self._held]
+        )
         released = int(status.split()[-1])
         if released:
             log.warning("orphans_released", ranges=released)
@@ -441,8 +483,12 @@ class Runner:
             with anyio.fail_after(_AHEAD_BOUND, shield=True) as scope:
                 if not control.is_closed():
                     ahead.bound = await store.look_ahead(
-                        control, self.ranges, KeyRange(ahead.after, self.end_key),
-                        ahead.size, self._ahead_timeouts)
+                        control,
+                        self.ranges,
+                        KeyRange(ahead.after, self.end_key),
+                        ahead.size,
+                        self._ahead_timeouts,
+                    )
         except Exception:
             if scope.cancel_called:  # silent, whatever escaped: the heartbeat reconnects
                 control.terminate()
@@ -450,13 +496,15 @@ class Runner:
             self._control_lock.release()
 
     async def _with_conn(
-        self, conn: asyncpg.Connection | None,
+        self,
+        conn: asyncpg.Connection | None,
         op: Callable[[asyncpg.Connection], Awaitable[T]],
     ) -> tuple[asyncpg.Connection, T]:
         """Run ``op`` on ``conn``, reconnecting and retrying transient errors."""
         live = conn
         async for attempt in self.settings.retry.retrying(
-                retry_on=_retryable, before_sleep=self._log_retry(None)):
+            retry_on=_retryable, before_sleep=self._log_retry(None)
+        ):
             with attempt:
                 try:
                     if live is None or live.is_closed():
@@ -471,8 +519,9 @@ class Runner:
                     elif fault is Fault.SHRINK:
                         # A claim's range lookup timed out: the next try claims fewer keys,
                         # as a batch that timed out is cut.
-                        self.batch_size = shrink_after_timeout(self.settings.throttle,
-                                                               self.batch_size)
+                        self.batch_size = shrink_after_timeout(
+                            self.settings.throttle, self.batch_size
+                        )
                     raise
                 return live, result
         raise AssertionError("unreachable: tenacity reraises")
@@ -485,12 +534,19 @@ class Runner:
             self._held.add(range_id)
 
         try:
-            c = await store.claim(conn, self.name, self.token, self.settings.lease_seconds,
-                                  self.ranges, size=self.batch_size,
-                                  timeouts=self.settings.timeouts,
-                                  on_begin=lambda pid, xact_start: self._xacts.__setitem__(
-                                      conn, (pid, xact_start, False)),
-                                  on_claim=hold)
+            c = await store.claim(
+                conn,
+                self.name,
+                self.token,
+                self.settings.lease_seconds,
+                self.ranges,
+                size=self.batch_size,
+                timeouts=self.settings.timeouts,
+                on_begin=lambda pid, xact_start: self._xacts.__setitem__(
+                    conn, (pid, xact_start, False)
+                ),
+                on_claim=hold,
+            )
         except BaseException:
             self._held.difference_update(claimed)  # not committed, or not known to be
             raise
@@ -498,8 +554,14 @@ class Runner:
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
             try:
-                c = await store.split(conn, c, self.token, self.batch_size, self.ranges,
-                                      timeouts=self.settings.timeouts)
+                c = await store.split(
+                    conn,
+                    c,
+                    self.token,
+                    self.batch_size,
+                    self.ranges,
+                    timeouts=self.settings.timeouts,
+                )
             except BaseException:
                 # A retry claims afresh: this range, claimed but no longer held, must not
                 # keep its lease alive (it lapses, or is handed back on reconnecting).
@@ -513,7 +575,9 @@ class Runner:
         return row is None or int(row["open"]) == 0
 
     async def _run_batch(
-        self, conn: asyncpg.Connection | None, c: Claim,
+        self,
+        conn: asyncpg.Connection | None,
+        c: Claim,
     ) -> tuple[asyncpg.Connection | None, Claim | None]:
         """Run claim ``c`` to its commit, retrying transient errors; returns the connection
         to go on with (``None`` if it was lost) and the next range if the commit claimed it
@@ -521,8 +585,9 @@ class Runner:
         attempts = c.attempts
         recheck = False
         live: asyncpg.Connection | None = conn
-        retrying = self.settings.retry.retrying(retry_on=_retryable,
-                                                before_sleep=self._log_retry(c))
+        retrying = self.settings.retry.retrying(
+            retry_on=_retryable, before_sleep=self._log_retry(c)
+        )
         try:
             async for attempt in retrying:
                 with attempt:
@@ -552,8 +617,9 @@ class Runner:
                         raise
                     except Exception as exc:
                         timeout = self.settings.timeouts.statement_timeout
-                        fault = _tag(exc, live, ran_past_timeout=0 < timeout
-                                     <= time.monotonic() - began)
+                        fault = _tag(
+                            exc, live, ran_past_timeout=0 < timeout <= time.monotonic() - began
+                        )
                         await self._record_error(live, c, attempts, exc)
                         if fault is Fault.RECONNECT:
                             live.terminate()
@@ -565,9 +631,14 @@ class Runner:
                             if not live.is_closed():  # lost recording the error: retried whole
                                 try:
                                     async with self._bounded(live):
-                                        c = await store.split(live, c, self.token, smaller,
-                                                              self.ranges,
-                                                              timeouts=self.settings.timeouts)
+                                        c = await store.split(
+                                            live,
+                                            c,
+                                            self.token,
+                                            smaller,
+                                            self.ranges,
+                                            timeouts=self.settings.timeouts,
+                                        )
                                 except Exception as split_failed:
                                     live = _dropped_if_lost(split_failed, live)
                                     raise
@@ -580,8 +651,7 @@ class Runner:
             log.warning("batch_lease_lost", batch=c.id)
         return live, None
 
-    async def _transaction(self, conn: asyncpg.Connection, c: Claim,
-                           attempts: int) -> Claim | None:
+    async def _transaction(self, conn: asyncpg.Connection, c: Claim, attempts: int) -> Claim | None:
         started = time.monotonic()
         nxt: Claim | None = None
         session = await self._identify(conn)
@@ -594,7 +664,8 @@ class Runner:
             if session is None or mine is None:
                 async with conn.transaction():
                     rows, seconds, next_size, nxt = await self._work_and_checkpoint(
-                        conn, c, attempts, direct=False)
+                        conn, c, attempts, direct=False
+                    )
                     self._maybe_crash("before_commit")
             else:
                 # Direct: the settings travel with BEGIN, and BEGIN with the COMMIT of the
@@ -602,7 +673,8 @@ class Runner:
                 self._xacts[conn] = (*session, True)
                 async with chained_transaction(mine, self._begin, begun=begun) as ending:
                     rows, seconds, next_size, nxt = await self._work_and_checkpoint(
-                        conn, c, attempts, direct=True)
+                        conn, c, attempts, direct=True
+                    )
                     self._maybe_crash("before_commit")
                     if nxt is not None and self._starts_at_once():
                         ending.begin_next(self._begin)
@@ -622,9 +694,17 @@ class Runner:
             self.progress.rows += rows
             self.progress.keys += c.keys
             self.progress.batches += 1
-            log.info("batch_committed", batch=c.id, lower=_show(c.range.lower),
-                     upper=_show(c.range.upper), rows=rows, keys=c.keys,
-                     ms=round(seconds * 1000, 1), attempts=attempts, next_size=next_size)
+            log.info(
+                "batch_committed",
+                batch=c.id,
+                lower=_show(c.range.lower),
+                upper=_show(c.range.upper),
+                rows=rows,
+                keys=c.keys,
+                ms=round(seconds * 1000, 1),
+                attempts=attempts,
+                next_size=next_size,
+            )
             if self.on_batch is not None:
                 self.on_batch(self.progress, c.keys)
         except BaseException:
@@ -635,18 +715,22 @@ class Runner:
             self._begun[conn] = True
         return nxt
 
-    async def _work_and_checkpoint(self, conn: asyncpg.Connection, c: Claim, attempts: int,
-                                   *, direct: bool) -> tuple[int, float, int, Claim | None]:
+    async def _work_and_checkpoint(
+        self, conn: asyncpg.Connection, c: Claim, attempts: int, *, direct: bool
+    ) -> tuple[int, float, int, Claim | None]:
         """Inside the batch's transaction: its settings (unless a ``direct`` connection sent
         them with BEGIN), the work, the checkpoint that also claims the next range. Returns the
         rows changed, the work's seconds, the next batch size and the next range (already
         in ``self._held``)."""
         t = self.settings.timeouts
         if not direct:
-            session = await conn.fetchrow(_SET_LOCAL, pg_interval(t.lock_timeout),
-                                          pg_interval(t.statement_timeout),
-                                          pg_interval(self.settings.lease_seconds),
-                                          "on" if t.synchronous_commit else "off")
+            session = await conn.fetchrow(
+                _SET_LOCAL,
+                pg_interval(t.lock_timeout),
+                pg_interval(t.statement_timeout),
+                pg_interval(self.settings.lease_seconds),
+                "on" if t.synchronous_commit else "off",
+            )
             assert session is not None
             self._xacts[conn] = (session["pid"], session["xact_start"], False)
         self._maybe_crash("before_work")
@@ -660,10 +744,19 @@ class Runner:
         # vanishes with this batch. Open ranges (a split's remainder, a lapsed lease) are
         # taken by the claim of its own when the frontier has reached the end.
         settled = await store.checkpoint(
-            conn, c, self.token, name=self.name, rows=rows, seconds=seconds,
-            attempts=attempts, batch_size=next_size, claim_next=not self.stop.is_set(),
-            lease=self.settings.lease_seconds, ranges=self.ranges,
-            hint=None if ahead is None else ahead.hint(next_size))
+            conn,
+            c,
+            self.token,
+            name=self.name,
+            rows=rows,
+            seconds=seconds,
+            attempts=attempts,
+            batch_size=next_size,
+            claim_next=not self.stop.is_set(),
+            lease=self.settings.lease_seconds,
+            ranges=self.ranges,
+            hint=None if ahead is None else ahead.hint(next_size),
+        )
         if settled is None:
             raise LeaseLost
         status, nxt = settled
@@ -694,7 +787,9 @@ class Runner:
             row = await conn.fetchrow(_SESSION)
             self._sessions[conn] = (
                 (row["pid"], row["backend_start"])
-                if row is not None and row["pid"] == conn.get_server_pid() else None)
+                if row is not None and row["pid"] == conn.get_server_pid()
+                else None
+            )
         return self._sessions[conn]
 
     async def _end_sessions(self, sessions: list[_Session]) -> None:
@@ -737,8 +832,7 @@ class Runner:
         try:
             with anyio.fail_after(bound) as scope:
                 if mine is not None and bound is not None:
-                    mine.on_reply = lambda: setattr(
-                        scope, "deadline", anyio.current_time() + bound)
+                    mine.on_reply = lambda: setattr(scope, "deadline", anyio.current_time() + bound)
                 try:
                     yield
                 finally:
@@ -760,9 +854,12 @@ class Runner:
         """After a lost connection: did the batch commit, or did another runner take it?"""
         row = await conn.fetchrow(store.query("batch_state"), c.id)
         # The range too: after a crash that lost the claim, its id may name another range.
-        if (row is None or row["worker"] != self.token
-                or as_bound(row["lower_key"]) != c.range.lower
-                or tuple(row["upper_key"]) != c.range.upper):
+        if (
+            row is None
+            or row["worker"] != self.token
+            or as_bound(row["lower_key"]) != c.range.lower
+            or tuple(row["upper_key"]) != c.range.upper
+        ):
             log.warning("batch_lease_lost", batch=c.id)
             return True
         if row["status"] == "done":
@@ -775,15 +872,22 @@ class Runner:
             return True
         return False
 
-    async def _record_error(self, conn: asyncpg.Connection, c: Claim, attempts: int,
-                            exc: BaseException) -> None:
+    async def _record_error(
+        self, conn: asyncpg.Connection, c: Claim, attempts: int, exc: BaseException
+    ) -> None:
         if conn.is_closed():
             return
         # Best effort: the error is also logged and raised.
         with contextlib.suppress(Exception):
             async with self._bounded(conn):  # a silent connection: TimeoutError, terminated
-                await conn.execute(store.query("batch_failed"), c.id, self.token, attempts,
-                                   self._describe(exc), self.name)
+                await conn.execute(
+                    store.query("batch_failed"),
+                    c.id,
+                    self.token,
+                    attempts,
+                    self._describe(exc),
+                    self.name,
+                )
 
     def _describe(self, exc: BaseException) -> str:
         """``exc`` as logged and as kept in the ops tables: one line, and no password of the
@@ -793,10 +897,14 @@ class Runner:
     def _log_retry(self, c: Claim | None) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("batch_retrying" if c else "claim_retrying",
-                        batch=c.id if c else None, attempt=state.attempt_number,
-                        error=self._describe(exc) if exc else None,
-                        wait=round(state.upcoming_sleep, 3))
+            log.warning(
+                "batch_retrying" if c else "claim_retrying",
+                batch=c.id if c else None,
+                attempt=state.attempt_number,
+                error=self._describe(exc) if exc else None,
+                wait=round(state.upcoming_sleep, 3),
+            )
+
         return before_sleep
 
     def _maybe_crash(self, point: str) -> None:
@@ -807,13 +915,15 @@ class Runner:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _tag(exc: BaseException, conn: asyncpg.Connection | None, *,
-         ran_past_timeout: bool = False) -> Fault:
+def _tag(
+    exc: BaseException, conn: asyncpg.Connection | None, *, ran_past_timeout: bool = False
+) -> Fault:
     """Classify ``exc`` while the connection it came from is at hand, and remember it: the
     retry predicate sees only the exception (an InterfaceError is transient only if its
     connection closed)."""
-    fault = classify(exc, conn_closed=conn is None or conn.is_closed(),
-                     ran_past_timeout=ran_past_timeout)
+    fault = classify(
+        exc, conn_closed=conn is None or conn.is_closed(), ran_past_timeout=ran_past_timeout
+    )
     exc.__dict__["_cryptopi_fault"] = fault
     return fault
 

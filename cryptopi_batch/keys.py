@@ -43,8 +43,9 @@ def split_qualified(name: str) -> tuple[str, ...]:
         if m is None:
             raise ValueError(f"not a table name: {name!r}")
         quoted, bare = m.groups()
-        parts.append(quoted.replace('""', '"') if quoted is not None
-                     else bare.translate(_ASCII_LOWER))
+        parts.append(
+            quoted.replace('""', '"') if quoted is not None else bare.translate(_ASCII_LOWER)
+        )
         pos = m.end()
         if pos == len(name):
             break
@@ -104,8 +105,10 @@ class KeySpec:
     def select_list(self, alias: str) -> str:
         """The key columns as ``alias.col AS k0, …``. Output names differ from the columns'
         own, so an ORDER BY on the columns cannot bind to a text-cast output column."""
-        return ", ".join(f"{quote_ident(alias)}.{quote_ident(c.name)} AS k{i}"
-                         for i, c in enumerate(self.columns))
+        return ", ".join(
+            f"{quote_ident(alias)}.{quote_ident(c.name)} AS k{i}"
+            for i, c in enumerate(self.columns)
+        )
 
     def predicate(self, *, lower: bool, first: int, alias: str | None = None) -> str:
         """``key > lower AND key <= upper`` over parameters ``$first…`` (or only the upper
@@ -147,8 +150,11 @@ def render_range(query: str, key: KeySpec, rng: KeyRange, nargs: int) -> tuple[s
         return query, []
 
     def repl(m: re.Match[str]) -> str:
-        return "(" + key.predicate(lower=rng.lower is not None, first=nargs + 1,
-                                   alias=m.group("alias")) + ")"
+        return (
+            "("
+            + key.predicate(lower=rng.lower is not None, first=nargs + 1, alias=m.group("alias"))
+            + ")"
+        )
 
     return _RANGE.sub(repl, query), rng.params()
 

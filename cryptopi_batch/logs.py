@@ -9,8 +9,9 @@ from typing import TextIO
 import structlog
 
 
-def configure(fmt: str = "console", *, level: int = logging.INFO,
-              stream: TextIO | None = None) -> None:
+def configure(
+    fmt: str = "console", *, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
     """Structured events to stderr: aligned console lines, or one JSON object per line."""
     out = stream or sys.stderr
     # An interrupted connect leaves asyncpg futures whose errors asyncio reports when they

@@ -58,8 +58,11 @@ class Backfill:
             raise MigrationDefinitionError("Backfill process= must be an async function")
         if self.synchronous_commit is not None and not isinstance(self.synchronous_commit, bool):
             raise MigrationDefinitionError("Backfill synchronous_commit= must be True or False")
-        if (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
-                or self.batch_size < 1):
+        if (
+            not isinstance(self.batch_size, int)
+            or isinstance(self.batch_size, bool)
+            or self.batch_size < 1
+        ):
             raise MigrationDefinitionError("Backfill batch_size= must be a positive integer")
         if not isinstance(self.destructive, bool):
             raise MigrationDefinitionError("Backfill destructive= must be True or False")

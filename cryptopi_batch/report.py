@@ -75,15 +75,24 @@ def status_row(r: asyncpg.Record) -> StatusRow:
     if estimate:
         percent = 100.0 if stored == "completed" else min(100.0, 100.0 * keys_done / estimate)
     return StatusRow(
-        name=r["name"], status=status, rows_processed=int(r["rows_processed"]),
-        keys_done=keys_done, keys_estimate=estimate, batches=int(r["batches_done"]),
+        name=r["name"],
+        status=status,
+        rows_processed=int(r["rows_processed"]),
+        keys_done=keys_done,
+        keys_estimate=estimate,
+        batches=int(r["batches_done"]),
         batch_size=int(r["batch_size"]),
         rows_per_second=round(float(rate), 1) if rate is not None else None,
         eta_seconds=round(eta, 1) if eta is not None else None,
-        percent=round(percent, 2) if percent is not None else None, live_workers=live,
-        last_error=r["last_error"], waiting_reason=r["waiting_reason"],
-        interrupted=interrupted, started_at=_iso(r["started_at"]),
-        updated_at=_iso(r["updated_at"]), completed_at=_iso(r["completed_at"]))
+        percent=round(percent, 2) if percent is not None else None,
+        live_workers=live,
+        last_error=r["last_error"],
+        waiting_reason=r["waiting_reason"],
+        interrupted=interrupted,
+        started_at=_iso(r["started_at"]),
+        updated_at=_iso(r["updated_at"]),
+        completed_at=_iso(r["completed_at"]),
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -109,17 +118,30 @@ def print_table(rows: list[StatusRow], console: Console) -> None:
 
     table = Table(box=None, header_style="bold")
     for column in ("migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"):
-        table.add_column(column, no_wrap=column != "note",
-                         justify="right" if column in ("rows", "keys", "batches", "rows/s",
-                                                       "ETA") else "left")
+        table.add_column(
+            column,
+            no_wrap=column != "note",
+            justify="right" if column in ("rows", "keys", "batches", "rows/s", "ETA") else "left",
+        )
     for r in rows:
         keys = f"{r.keys_done:,}"
         if r.keys_estimate and r.status != "completed":
             keys += f" / ~{r.keys_estimate:,}"
-        note = r.last_error or r.waiting_reason or ("interrupted; `run` resumes"
-                                                    if r.interrupted else "")
-        table.add_row(r.name, r.status, f"{r.rows_processed:,}", keys, f"{r.batches:,}",
-                      _num(r.rows_per_second), _duration(r.eta_seconds), note)
+        note = (
+            r.last_error
+            or r.waiting_reason
+            or ("interrupted; `run` resumes" if r.interrupted else "")
+        )
+        table.add_row(
+            r.name,
+            r.status,
+            f"{r.rows_processed:,}",
+            keys,
+            f"{r.batches:,}",
+            _num(r.rows_per_second),
+            _duration(r.eta_seconds),
+            note,
+        )
     console.print(table)
 
 
@@ -148,16 +170,25 @@ class ProgressBar:
         )
 
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("keys"), TextColumn("{task.fields[rows]:,} rows changed"),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=console, transient=False)
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("keys"),
+            TextColumn("{task.fields[rows]:,} rows changed"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         self._task: TaskID | None = None
 
     def start(self, name: str, done: int, total: int) -> None:
         self._progress.start()
-        self._task = self._progress.add_task(name, total=max(total, done) or None,
-                                             completed=done, rows=0, rate="")
+        self._task = self._progress.add_task(
+            name, total=max(total, done) or None, completed=done, rows=0, rate=""
+        )
 
     def advance(self, progress: Any, keys: int) -> None:
         if self._task is None:
@@ -168,9 +199,13 @@ class ProgressBar:
         if total is not None and completed > total:
             total = completed
         speed = task.speed
-        self._progress.update(self._task, completed=completed, total=total,
-                              rows=progress.rows,
-                              rate=f"{speed:,.0f} keys/s" if speed else "")
+        self._progress.update(
+            self._task,
+            completed=completed,
+            total=total,
+            rows=progress.rows,
+            rate=f"{speed:,.0f} keys/s" if speed else "",
+        )
 
     def stop(self) -> None:
         self._progress.stop()

@@ -49,8 +49,9 @@ _RECONNECT_STATES = {
 }
 
 
-def classify(exc: BaseException, *, conn_closed: bool = False,
-             ran_past_timeout: bool = False) -> Fault:
+def classify(
+    exc: BaseException, *, conn_closed: bool = False, ran_past_timeout: bool = False
+) -> Fault:
     """Map an exception from a batch to what the executor should do about it.
 
     ``conn_closed`` tells whether the connection the error came from is closed;
@@ -69,8 +70,7 @@ def classify(exc: BaseException, *, conn_closed: bool = False,
             # message may be in the server's language (lc_messages): then only a batch that
             # ran as long as its statement timeout can have met it.
             text = str(exc)
-            if "statement timeout" in text or ("user request" not in text
-                                               and ran_past_timeout):
+            if "statement timeout" in text or ("user request" not in text and ran_past_timeout):
                 return Fault.SHRINK
             return Fault.FATAL
         return Fault.FATAL

@@ -24,8 +24,9 @@ MAX_TIMEOUT = 2_147_483.647
 MAX_BATCH_SIZE = 2_147_483_647
 
 
-def parse_duration(value: str | float | None, what: str,
-                   most: float = float("inf")) -> float | None:
+def parse_duration(
+    value: str | float | None, what: str, most: float = float("inf")
+) -> float | None:
     """Seconds from ``2.5``, ``"500ms"``, ``"30s"``, ``"5min"`` or ``"2h"``; at most
     ``most``."""
     if value is None:
@@ -131,36 +132,58 @@ def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
     """Merge the command line over the migration's declarations over the defaults."""
     defaults = RunSettings()
     # Each value comes from the command line or the migration: the message names both.
-    batch_size = _count(_pick(options.batch_size, backfill.batch_size),
-                        "--batch-size (or batch_size=)", MAX_BATCH_SIZE)
-    workers = _count(_pick(_pick(options.workers, backfill.workers), defaults.workers),
-                     "--workers (or workers=)", 1_000)
+    batch_size = _count(
+        _pick(options.batch_size, backfill.batch_size),
+        "--batch-size (or batch_size=)",
+        MAX_BATCH_SIZE,
+    )
+    workers = _count(
+        _pick(_pick(options.workers, backfill.workers), defaults.workers),
+        "--workers (or workers=)",
+        1_000,
+    )
     rate = _pick(options.max_rows_per_second, backfill.max_rows_per_second)
-    if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool)
-                             or not 0 < rate < float("inf")):
-        raise UsageError("--max-rows-per-second (or max_rows_per_second=) must be a positive"
-                         f" number, not {rate!r}")
+    if rate is not None and (
+        not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < float("inf")
+    ):
+        raise UsageError(
+            "--max-rows-per-second (or max_rows_per_second=) must be a positive"
+            f" number, not {rate!r}"
+        )
     sleep = parse_duration(_pick(options.sleep, backfill.sleep), "--sleep (or sleep=)") or 0.0
-    target = parse_duration(_pick(options.target_batch_seconds, backfill.target_batch_seconds),
-                            "--target-batch-seconds (or target_batch_seconds=)")
-    lock = parse_duration(_pick(options.lock_timeout, backfill.lock_timeout),
-                          "--lock-timeout (or lock_timeout=)", MAX_TIMEOUT)
-    stmt = parse_duration(_pick(options.statement_timeout, backfill.statement_timeout),
-                          "--statement-timeout (or statement_timeout=)", MAX_TIMEOUT)
+    target = parse_duration(
+        _pick(options.target_batch_seconds, backfill.target_batch_seconds),
+        "--target-batch-seconds (or target_batch_seconds=)",
+    )
+    lock = parse_duration(
+        _pick(options.lock_timeout, backfill.lock_timeout),
+        "--lock-timeout (or lock_timeout=)",
+        MAX_TIMEOUT,
+    )
+    stmt = parse_duration(
+        _pick(options.statement_timeout, backfill.statement_timeout),
+        "--statement-timeout (or statement_timeout=)",
+        MAX_TIMEOUT,
+    )
     lease = _pick(options.lease_seconds, defaults.lease_seconds)
     if not 1 <= lease <= MAX_TIMEOUT:  # also each batch's idle_in_transaction_session_timeout
         raise UsageError(f"--lease-seconds must be from 1 to {MAX_TIMEOUT:g}")
     return RunSettings(
         batch_size=batch_size,
         workers=workers,
-        throttle=ThrottlePolicy(max_rows_per_second=rate, sleep=sleep,
-                                target_batch_seconds=target or None),
+        throttle=ThrottlePolicy(
+            max_rows_per_second=rate, sleep=sleep, target_batch_seconds=target or None
+        ),
         timeouts=TimeoutPolicy(
             lock_timeout=defaults.timeouts.lock_timeout if lock is None else lock,
             statement_timeout=defaults.timeouts.statement_timeout if stmt is None else stmt,
-            synchronous_commit=bool(_pick(_pick(options.synchronous_commit,
-                                                backfill.synchronous_commit),
-                                          defaults.timeouts.synchronous_commit))),
+            synchronous_commit=bool(
+                _pick(
+                    _pick(options.synchronous_commit, backfill.synchronous_commit),
+                    defaults.timeouts.synchronous_commit,
+                )
+            ),
+        ),
         max_duration=parse_duration(options.max_duration, "--max-duration"),
         lease_seconds=lease,
         force=options.force,

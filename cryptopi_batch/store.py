@@ -58,8 +58,11 @@ def query(name: str) -> str:
 
 def _version_files() -> list[tuple[int, str]]:
     folder = _sql_dir().joinpath("versions")
-    found = [(int(f.name.split("_", 1)[0]), f.read_text(encoding="utf-8"))
-             for f in folder.iterdir() if f.name.endswith(".sql")]
+    found = [
+        (int(f.name.split("_", 1)[0]), f.read_text(encoding="utf-8"))
+        for f in folder.iterdir()
+        if f.name.endswith(".sql")
+    ]
     return sorted(found)
 
 
@@ -68,12 +71,14 @@ _LOCKED_VERSION_TABLE = (
     " CREATE SCHEMA IF NOT EXISTS ops;"
     " CREATE TABLE IF NOT EXISTS ops.batch_schema_version ("
     " component text PRIMARY KEY, version integer NOT NULL,"
-    " upgraded_at timestamptz NOT NULL DEFAULT now());")
+    " upgraded_at timestamptz NOT NULL DEFAULT now());"
+)
 _SET_VERSION = (
     "INSERT INTO ops.batch_schema_version (component, version) VALUES"
     f" ('cryptopi_batch', {SCHEMA_VERSION}) ON CONFLICT (component) DO UPDATE"
     " SET version = EXCLUDED.version, upgraded_at = now()"
-    " WHERE ops.batch_schema_version.version < EXCLUDED.version;")
+    " WHERE ops.batch_schema_version.version < EXCLUDED.version;"
+)
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:
@@ -141,8 +146,15 @@ SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
 
 
 # What else a name in pg_class may be (relkind), for the message when it is not a table.
-_NOT_TABLES = {"v": "a view", "m": "a materialized view", "f": "a foreign table",
-               "S": "a sequence", "i": "an index", "I": "an index", "c": "a composite type"}
+_NOT_TABLES = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "an index",
+    "c": "a composite type",
+}
 
 
 @dataclass(frozen=True)
@@ -158,8 +170,12 @@ class Target:
         return quote_qualified(self.table)
 
 
-async def inspect_target(conn: asyncpg.Connection, table: str, key: tuple[str, ...],
-                         privileges: Sequence[str] = ("SELECT",)) -> Target:
+async def inspect_target(
+    conn: asyncpg.Connection,
+    table: str,
+    key: tuple[str, ...],
+    privileges: Sequence[str] = ("SELECT",),
+) -> Target:
     """Check that ``table`` exists, ``key`` is NOT NULL and covered by a unique index, and
     the session has ``privileges`` on the table.
 
@@ -171,7 +187,8 @@ async def inspect_target(conn: asyncpg.Connection, table: str, key: tuple[str, .
     row = await conn.fetchrow(_INSPECT, schema, name, list(key), list(privileges))
     if row is None:
         kind = await conn.fetchval(
-            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", table)
+            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", table
+        )
         if kind in _NOT_TABLES:
             raise TargetInvalid(f"{table} is {_NOT_TABLES[kind]}, not a table")
         raise TargetInvalid(f"table {table} does not exist")
@@ -181,14 +198,18 @@ async def inspect_target(conn: asyncpg.Connection, table: str, key: tuple[str, .
         raise TargetInvalid(f"table {table} has no column {', '.join(missing)}")
     nullable = list(row["nullable"])
     if nullable:
-        raise TargetInvalid(f"key column {', '.join(nullable)} of {table} is nullable;"
-                            " a key must be NOT NULL")
+        raise TargetInvalid(
+            f"key column {', '.join(nullable)} of {table} is nullable; a key must be NOT NULL"
+        )
     if not row["unique_index"]:
-        raise TargetInvalid(f"key ({', '.join(key)}) of {table} is not covered by a unique"
-                            " index or primary key on exactly those columns")
+        raise TargetInvalid(
+            f"key ({', '.join(key)}) of {table} is not covered by a unique"
+            " index or primary key on exactly those columns"
+        )
     if row["missing_privileges"]:
-        raise PermissionDenied(f"permission denied: {row['missing_privileges'][0]} on"
-                               f" {row['table_name']}")
+        raise PermissionDenied(
+            f"permission denied: {row['missing_privileges'][0]} on {row['table_name']}"
+        )
     spec = KeySpec(tuple(KeyColumn(k, types[k]) for k in key))
     return Target(row["table_name"], spec, int(row["estimate"]))
 
@@ -204,8 +225,10 @@ async def estimate_rows(conn: asyncpg.Connection, target: Target) -> int:
 async def last_key(conn: asyncpg.Connection, target: Target) -> Bound | None:
     """The largest key now: the run's fixed upper end. One index probe."""
     k = target.key
-    row = await conn.fetchrow(f"SELECT {k.text_values('t')} FROM {target.quoted} t"
-                              f" ORDER BY {k.order_by('t', descending=True)} LIMIT 1")
+    row = await conn.fetchrow(
+        f"SELECT {k.text_values('t')} FROM {target.quoted} t"
+        f" ORDER BY {k.order_by('t', descending=True)} LIMIT 1"
+    )
     return None if row is None else tuple(row[0])
 
 
@@ -220,8 +243,12 @@ class Claim:
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Claim:
-        return cls(row["id"], KeyRange(as_bound(row["lower_key"]), tuple(row["upper_key"])),
-                   int(row["keys"] or 0), int(row["attempts"]))
+        return cls(
+            row["id"],
+            KeyRange(as_bound(row["lower_key"]), tuple(row["upper_key"])),
+            int(row["keys"] or 0),
+            int(row["attempts"]),
+        )
 
 
 class RangeQueries:
@@ -243,9 +270,11 @@ class RangeQueries:
         scan of that many entries, never an OFFSET from the table's start. The key is turned
         into text outside the scan, once, not for each entry it skips (3x faster)."""
         k, t = self.target.key, self.target.quoted
-        return (f"SELECT {k.text_values('s', raw=True)} FROM (SELECT {k.select_list('t')}"
-                f" FROM {t} t WHERE {k.between(lower, upper, 't')}"
-                f" ORDER BY {k.order_by('t')} OFFSET {offset} LIMIT 1) s")
+        return (
+            f"SELECT {k.text_values('s', raw=True)} FROM (SELECT {k.select_list('t')}"
+            f" FROM {t} t WHERE {k.between(lower, upper, 't')}"
+            f" ORDER BY {k.order_by('t')} OFFSET {offset} LIMIT 1) s"
+        )
 
     def _count(self, lower: str | None, upper: str) -> str:
         k = self.target.key
@@ -282,15 +311,21 @@ class RangeQueries:
             return f"CASE WHEN {lower} IS NULL THEN ({when_null}) ELSE ({otherwise}) END"
 
         end = bound("c.end_key")
-        nth = either(self._nth(None, end, f"{size} - 1"),
-                     self._nth(bound("c.frontier"), end, f"{size} - 1"), "c.frontier")
+        nth = either(
+            self._nth(None, end, f"{size} - 1"),
+            self._nth(bound("c.frontier"), end, f"{size} - 1"),
+            "c.frontier",
+        )
         if checkpoint:
             # A bound looked up ahead, while the batch worked, from where the frontier was
             # expected to be ($10) for this very size: used only if the frontier is there.
             nth = f"CASE WHEN c.frontier = $10::text[] THEN $11::text[] ELSE {nth} END"
         # Counted only for the last range (fewer keys left than the batch size).
-        count = either(self._count(None, bound("l.end_key")),
-                       self._count(bound("l.lower"), bound("l.end_key")), "l.lower")
+        count = either(
+            self._count(None, bound("l.end_key")),
+            self._count(bound("l.lower"), bound("l.end_key")),
+            "l.lower",
+        )
         done = counters = ""
         joined = "nxt n"
         if checkpoint:
@@ -345,19 +380,28 @@ SELECT f.status, i.id, i.lower_key, i.upper_key, i.keys, i.attempts
         return None if row is None else tuple(row[0])
 
 
-
 # --- claims -------------------------------------------------------------------------
 
-_CLAIM_SETTINGS = ("SELECT pg_backend_pid() AS pid, now() AS xact_start,"
-                   " set_config('synchronous_commit', 'off', true),"
-                   " set_config('lock_timeout', $1, true),"
-                   " set_config('statement_timeout', $2, true)")
+_CLAIM_SETTINGS = (
+    "SELECT pg_backend_pid() AS pid, now() AS xact_start,"
+    " set_config('synchronous_commit', 'off', true),"
+    " set_config('lock_timeout', $1, true),"
+    " set_config('statement_timeout', $2, true)"
+)
 
 
-async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: float,
-                ranges: RangeQueries, *, size: int, timeouts: TimeoutPolicy,
-                on_begin: Callable[[int, Any], None] | None = None,
-                on_claim: Callable[[int], None] | None = None) -> Claim | None:
+async def claim(
+    conn: asyncpg.Connection,
+    name: str,
+    token: uuid.UUID,
+    lease: float,
+    ranges: RangeQueries,
+    *,
+    size: int,
+    timeouts: TimeoutPolicy,
+    on_begin: Callable[[int, Any], None] | None = None,
+    on_claim: Callable[[int], None] | None = None,
+) -> Claim | None:
     """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
     else a new one of ``size`` keys from the frontier. ``None`` when nothing is left to
     hand out.
@@ -370,8 +414,11 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
     ``on_claim(id)`` the claimed range's id before the claim commits.
     """
     async with conn.transaction():
-        session = await conn.fetchrow(_CLAIM_SETTINGS, pg_interval(timeouts.lock_timeout),
-                                      pg_interval(timeouts.statement_timeout))
+        session = await conn.fetchrow(
+            _CLAIM_SETTINGS,
+            pg_interval(timeouts.lock_timeout),
+            pg_interval(timeouts.statement_timeout),
+        )
         if on_begin is not None and session is not None:
             on_begin(session["pid"], session["xact_start"])
         row = await conn.fetchrow(query("claim_open"), name, token, lease)
@@ -384,8 +431,15 @@ async def claim(conn: asyncpg.Connection, name: str, token: uuid.UUID, lease: fl
         return Claim.from_row(row)
 
 
-async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
-                ranges: RangeQueries, *, timeouts: TimeoutPolicy) -> Claim:
+async def split(
+    conn: asyncpg.Connection,
+    c: Claim,
+    token: uuid.UUID,
+    size: int,
+    ranges: RangeQueries,
+    *,
+    timeouts: TimeoutPolicy,
+) -> Claim:
     """Cut claim ``c`` to its first ``size`` keys; the rest becomes a pending range that
     any worker may claim. Returns the smaller claim (``c`` itself if it cannot be cut).
 
@@ -399,13 +453,15 @@ async def split(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, size: int,
         if halves is None:
             return c
         head, tail = halves
-        await conn.fetchval(query("split_batch"), c.id, token, list(head.upper), size,
-                            list(tail.upper), c.keys)  # tail.upper: c's own (fencing)
+        await conn.fetchval(
+            query("split_batch"), c.id, token, list(head.upper), size, list(tail.upper), c.keys
+        )  # tail.upper: c's own (fencing)
     return Claim(c.id, head, size, c.attempts)
 
 
-async def look_ahead(conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRange, n: int,
-                     timeouts: TimeoutPolicy) -> Bound | None:
+async def look_ahead(
+    conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRange, n: int, timeouts: TimeoutPolicy
+) -> Bound | None:
     """The ``n``-th key in ``rng``, read in a short transaction of its own under the batch's
     lock and statement timeouts (it must never queue behind DDL): a worker asks for the
     next range's bound on another connection while its batch works, and hands it to
@@ -415,12 +471,21 @@ async def look_ahead(conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRan
         return await ranges.nth(conn, rng, n)
 
 
-
-async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, name: str,
-                     rows: int, seconds: float, attempts: int, batch_size: int,
-                     claim_next: bool, lease: float, ranges: RangeQueries,
-                     hint: tuple[Bound, Bound] | None = None,
-                     ) -> tuple[str, Claim | None] | None:
+async def checkpoint(
+    conn: asyncpg.Connection,
+    c: Claim,
+    token: uuid.UUID,
+    *,
+    name: str,
+    rows: int,
+    seconds: float,
+    attempts: int,
+    batch_size: int,
+    claim_next: bool,
+    lease: float,
+    ranges: RangeQueries,
+    hint: tuple[Bound, Bound] | None = None,
+) -> tuple[str, Claim | None] | None:
     """Mark ``c`` done and count it, in the caller's (the batch's) transaction, and, if
     ``claim_next``, claim the next ``batch_size`` keys from the frontier in the same
     statement: the claim costs no transaction of its own and commits or vanishes with the
@@ -431,9 +496,22 @@ async def checkpoint(conn: asyncpg.Connection, c: Claim, token: uuid.UUID, *, na
     """
     after, nth = (None, None) if hint is None else (list(hint[0]), list(hint[1]))
     lower = None if c.range.lower is None else list(c.range.lower)
-    row = await conn.fetchrow(ranges.checkpoint, c.id, token, rows, seconds * 1000.0,
-                              attempts, name, batch_size, claim_next, lease, after, nth,
-                              list(c.range.upper), lower)
+    row = await conn.fetchrow(
+        ranges.checkpoint,
+        c.id,
+        token,
+        rows,
+        seconds * 1000.0,
+        attempts,
+        name,
+        batch_size,
+        claim_next,
+        lease,
+        after,
+        nth,
+        list(c.range.upper),
+        lower,
+    )
     if row is None:
         return None
     return row["status"], None if row["id"] is None else Claim.from_row(row)

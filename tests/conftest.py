@@ -104,4 +104,3 @@ async def conn(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield c
     finally:
         await c.close()
-

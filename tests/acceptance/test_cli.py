@@ -104,10 +104,12 @@ def write_migration(directory: Path, filename: str, text: str) -> Path:
     return path
 
 
-def sql_migration(directory: Path, filename: str, *, table: str = TABLE, key: str = "id",
-                  batch_size: int = 100) -> Path:
-    return write_migration(directory, filename, SQL_MIGRATION.format(
-        table=table, key=key, batch_size=batch_size))
+def sql_migration(
+    directory: Path, filename: str, *, table: str = TABLE, key: str = "id", batch_size: int = 100
+) -> Path:
+    return write_migration(
+        directory, filename, SQL_MIGRATION.format(table=table, key=key, batch_size=batch_size)
+    )
 
 
 # --- the database, from synchronous tests -------------------------------------------
@@ -176,7 +178,9 @@ def checkpoint_agreement(dsn: str, name: str) -> asyncpg.Record:
     """Per row of the table: how often its work was applied (``touched``) against how many
     'done' batch ranges hold it. Exactly once means both are 1, or both 0 for rows not
     reached yet."""
-    rows = fetch(dsn, """
+    rows = fetch(
+        dsn,
+        """
         WITH hits AS (
             SELECT g AS id, count(*) AS hits
               FROM ops.backfill_batches b,
@@ -194,7 +198,9 @@ def checkpoint_agreement(dsn: str, name: str) -> asyncpg.Record:
                count(*) FILTER (WHERE touched > 1) AS twice,
                count(*) FILTER (WHERE hits > 1) AS overlapping,
                count(*) FILTER (WHERE touched = 1) AS once
-          FROM per_row""", name)
+          FROM per_row""",
+        name,
+    )
     return rows[0]
 
 
@@ -207,10 +213,22 @@ def assert_exactly_once(dsn: str, name: str, filename: str, rows: int) -> None:
     assert row is not None
     assert row["status"] == "completed"
     assert value(dsn, "SELECT count(*) FROM ops.migrations WHERE filename = $1", filename) == 1
-    assert value(dsn, "SELECT count(*) FROM ops.backfill_batches"
-                      " WHERE backfill = $1 AND status <> 'done'", name) == 0
-    assert value(dsn, "SELECT sum(rows) FROM ops.backfill_batches"
-                      " WHERE backfill = $1 AND status = 'done'", name) == rows
+    assert (
+        value(
+            dsn,
+            "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1 AND status <> 'done'",
+            name,
+        )
+        == 0
+    )
+    assert (
+        value(
+            dsn,
+            "SELECT sum(rows) FROM ops.backfill_batches WHERE backfill = $1 AND status = 'done'",
+            name,
+        )
+        == rows
+    )
     agreement = checkpoint_agreement(dsn, name)
     assert (agreement["disagree"], agreement["overlapping"]) == (0, 0)
 
@@ -245,24 +263,41 @@ def json_log_shape(stderr: str) -> list[str]:
 class Running:
     """A CLI process in the background whose output is collected as it comes."""
 
-    def __init__(self, *args: str, dsn: str, cwd: Path,
-                 env: Mapping[str, str] | None = None, sigint_ignored: bool = False) -> None:
+    def __init__(
+        self,
+        *args: str,
+        dsn: str,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        sigint_ignored: bool = False,
+    ) -> None:
         argv = cli_argv(*args)
         if sigint_ignored:  # as a shell starts a job in the background (`cmd &` in a script)
-            argv = [sys.executable, "-c", "import runpy, signal, sys;"
-                    " signal.signal(signal.SIGINT, signal.SIG_IGN); sys.argv[0] = 'cryptopi_batch';"
-                    " runpy.run_module('cryptopi_batch', run_name='__main__', alter_sys=True)",
-                    *args]
+            argv = [
+                sys.executable,
+                "-c",
+                "import runpy, signal, sys;"
+                " signal.signal(signal.SIGINT, signal.SIG_IGN); sys.argv[0] = 'cryptopi_batch';"
+                " runpy.run_module('cryptopi_batch', run_name='__main__', alter_sys=True)",
+                *args,
+            ]
         self.proc = subprocess.Popen(
-            argv, env=cli_env(dsn, env), cwd=cwd, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            argv,
+            env=cli_env(dsn, env),
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
         self._readers = [
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr_lines),
-                             daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout_lines),
-                             daemon=True),
+            threading.Thread(
+                target=self._drain, args=(self.proc.stderr, self.stderr_lines), daemon=True
+            ),
+            threading.Thread(
+                target=self._drain, args=(self.proc.stdout, self.stdout_lines), daemon=True
+            ),
         ]
         for reader in self._readers:
             reader.start()
@@ -295,22 +330,25 @@ class Running:
         self.wait()
 
 
-def wait_until(what: str, condition: Callable[[], bool], *, timeout: float = 30,
-               running: Running | None = None) -> None:
+def wait_until(
+    what: str, condition: Callable[[], bool], *, timeout: float = 30, running: Running | None = None
+) -> None:
     """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` or as soon
     as ``running`` exits early."""
     deadline = time.monotonic() + timeout
     while not condition():
         if running is not None and running.proc.poll() is not None:
-            pytest.fail(f"the CLI exited ({running.proc.returncode}) before {what}:\n"
-                        + running.stderr)
+            pytest.fail(
+                f"the CLI exited ({running.proc.returncode}) before {what}:\n" + running.stderr
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
 
 
-def cli(*args: str, dsn: str | None, cwd: Path,
-        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, dsn: str | None, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, dsn=dsn, cwd=cwd, env=env, timeout=120)
 
 
@@ -325,7 +363,8 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_kill_9_at_random_moments_then_resume_applies_every_row_exactly_once(
-        dsn: str, workdir: Path) -> None:
+    dsn: str, workdir: Path
+) -> None:
     rows, batch_size = 80_000, 500
     seed(dsn, rows)
     filename = "20240101_0000_touch_all.py"
@@ -349,7 +388,10 @@ def test_kill_9_at_random_moments_then_resume_applies_every_row_exactly_once(
         agreement = checkpoint_agreement(dsn, name) if backfill_exists(dsn, name) else None
         if agreement is not None:
             assert (agreement["disagree"], agreement["twice"], agreement["overlapping"]) == (
-                0, 0, 0), dict(agreement)
+                0,
+                0,
+                0,
+            ), dict(agreement)
     assert killed_mid_run == 5
     assert batches_done(dsn, name) < rows // batch_size, "the kills left nothing to resume"
 
@@ -368,11 +410,18 @@ def backfill_exists(dsn: str, name: str) -> bool:
 # --- 2. one signal: finish the batch, checkpoint, exit 3 ------------------------------
 
 
-@pytest.mark.parametrize(("signum", "paced"), [
-    (signal.SIGTERM, True), (signal.SIGINT, True), (signal.SIGINT, False),
-], ids=["SIGTERM", "SIGINT", "SIGINT-unpaced"])
+@pytest.mark.parametrize(
+    ("signum", "paced"),
+    [
+        (signal.SIGTERM, True),
+        (signal.SIGINT, True),
+        (signal.SIGINT, False),
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGINT-unpaced"],
+)
 def test_a_signal_stops_after_the_current_batch_and_run_resumes(
-        dsn: str, workdir: Path, signum: signal.Signals, paced: bool) -> None:
+    dsn: str, workdir: Path, signum: signal.Signals, paced: bool
+) -> None:
     """Unpaced, each batch's COMMIT also begins the next batch's transaction: the stop
     leaves none of it behind either."""
     rows = 20_000
@@ -384,8 +433,7 @@ def test_a_signal_stops_after_the_current_batch_and_run_resumes(
     pace = ("--sleep", "20ms") if paced else ()
     running = Running("run", name, *pace, dsn=dsn, cwd=workdir)
     try:
-        wait_until("two committed batches", lambda: batches_done(dsn, name) >= 2,
-                   running=running)
+        wait_until("two committed batches", lambda: batches_done(dsn, name) >= 2, running=running)
         running.signal(signum)
         code = running.wait(timeout=30)
     finally:
@@ -397,14 +445,22 @@ def test_a_signal_stops_after_the_current_batch_and_run_resumes(
     assert signum.name in lines[0]
 
     agreement = checkpoint_agreement(dsn, name)
-    assert (agreement["disagree"], agreement["twice"], agreement["overlapping"]) == (
-        0, 0, 0), dict(agreement)
+    assert (agreement["disagree"], agreement["twice"], agreement["overlapping"]) == (0, 0, 0), dict(
+        agreement
+    )
     assert 0 < agreement["once"] < rows, "the signal should stop the run part-way"
     # Nothing is held: a range claimed for the next batch went back as 'pending' (claimed
     # first when the run resumes), none is left 'running' under the stopped runner.
-    assert value(dsn, "SELECT count(*) FROM ops.backfill_batches"
-                      " WHERE backfill = $1 AND (status = 'running' OR worker IS NOT NULL"
-                      " AND status <> 'done')", name) == 0
+    assert (
+        value(
+            dsn,
+            "SELECT count(*) FROM ops.backfill_batches"
+            " WHERE backfill = $1 AND (status = 'running' OR worker IS NOT NULL"
+            " AND status <> 'done')",
+            name,
+        )
+        == 0
+    )
     assert value(dsn, "SELECT count(*) FROM ops.migrations") == 0
 
     status = cli("status", name, "--json", dsn=dsn, cwd=workdir)
@@ -422,21 +478,32 @@ def test_a_signal_stops_after_the_current_batch_and_run_resumes(
     assert_exactly_once(dsn, name, filename, rows)
 
 
-@pytest.mark.parametrize(("signum", "background"), [
-    (signal.SIGTERM, False), (signal.SIGINT, False),
-    # Started in the background by a shell script: SIGINT ignored, SIGTERM still stops it.
-    (signal.SIGTERM, True),
-], ids=["SIGTERM", "SIGINT", "SIGTERM-in-background"])
-def test_a_signal_while_still_connecting_exits_3(workdir: Path, signum: signal.Signals,
-                                                 background: bool) -> None:
+@pytest.mark.parametrize(
+    ("signum", "background"),
+    [
+        (signal.SIGTERM, False),
+        (signal.SIGINT, False),
+        # Started in the background by a shell script: SIGINT ignored, SIGTERM still stops it.
+        (signal.SIGTERM, True),
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-in-background"],
+)
+def test_a_signal_while_still_connecting_exits_3(
+    workdir: Path, signum: signal.Signals, background: bool
+) -> None:
     sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
     # A server that accepts the TCP connection and never answers: the run hangs in connect.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         port = silent.getsockname()[1]
-        running = Running("run", "touch_all", dsn=f"postgresql://postgres@127.0.0.1:{port}/x",
-                          cwd=workdir, sigint_ignored=background)
+        running = Running(
+            "run",
+            "touch_all",
+            dsn=f"postgresql://postgres@127.0.0.1:{port}/x",
+            cwd=workdir,
+            sigint_ignored=background,
+        )
         try:
             readable, _, _ = select.select([silent], [], [], 30)
             assert readable, "the CLI never connected"
@@ -453,7 +520,8 @@ def test_a_signal_while_still_connecting_exits_3(workdir: Path, signum: signal.S
 
 
 def test_a_second_signal_rolls_the_batch_in_flight_back_and_exits_at_once(
-        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    dsn: str, workdir: Path, pg_server: PgServer
+) -> None:
     rows, slow = 2_000, 5.0
     seed(dsn, rows)
     filename = "20240101_0000_touch_slowly.py"
@@ -462,21 +530,32 @@ def test_a_second_signal_rolls_the_batch_in_flight_back_and_exits_at_once(
     database = value(dsn, "SELECT current_database()")
 
     def sleeping_backends() -> list[int]:
-        return [r["pid"] for r in fetch(
-            pg_server.admin_dsn,
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active'"
-            " AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()", database)]
+        return [
+            r["pid"]
+            for r in fetch(
+                pg_server.admin_dsn,
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active'"
+                " AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+                database,
+            )
+        ]
 
     running = Running("run", name, dsn=dsn, cwd=workdir, env={"CB_TEST_SLOW": str(slow)})
     try:
         # The first batch is quick; the second sleeps `slow` seconds after its update.
-        wait_until("a batch in flight after a committed one",
-                   lambda: batches_done(dsn, name) >= 1 and bool(sleeping_backends()),
-                   running=running)
+        wait_until(
+            "a batch in flight after a committed one",
+            lambda: batches_done(dsn, name) >= 1 and bool(sleeping_backends()),
+            running=running,
+        )
         in_flight = sleeping_backends()
         running.signal(signal.SIGTERM)
-        wait_until("the first signal to be seen",
-                   lambda: "stop_requested" in running.stderr, timeout=10, running=running)
+        wait_until(
+            "the first signal to be seen",
+            lambda: "stop_requested" in running.stderr,
+            timeout=10,
+            running=running,
+        )
         assert running.proc.poll() is None, "a first signal must let the batch finish"
         sent = time.monotonic()
         running.signal(signal.SIGTERM)
@@ -493,14 +572,17 @@ def test_a_second_signal_rolls_the_batch_in_flight_back_and_exits_at_once(
 
     # The batch in flight is rolled back now, on the server too: its session ends rather
     # than holding its row locks until its statement would have finished.
-    wait_until("the aborted batch's session to end",
-               lambda: not set(in_flight) & set(sleeping_backends()),
-               timeout=max(0.5, 2.0 - (time.monotonic() - sent)))
+    wait_until(
+        "the aborted batch's session to end",
+        lambda: not set(in_flight) & set(sleeping_backends()),
+        timeout=max(0.5, 2.0 - (time.monotonic() - sent)),
+    )
     # And no row outside the one done range is touched.
     assert batches_done(dsn, name) == 1
     agreement = checkpoint_agreement(dsn, name)
     assert (agreement["once"], agreement["disagree"], agreement["twice"]) == (100, 0, 0), dict(
-        agreement)
+        agreement
+    )
 
     started = time.monotonic()
     resumed = cli("run", name, dsn=dsn, cwd=workdir)
@@ -519,75 +601,113 @@ def _free_port() -> int:
 
 
 BAD_INPUTS: dict[str, dict[str, Any]] = {
-    "unknown_name": {"name": "no_such_thing", "expect": ["no_such_thing", "known:",
-                                                        "20240101_0000_touch_all"]},
-    "ambiguous_prefix": {"name": "20240101_00",
-                         "expect": ["ambiguous", "20240101_0000_touch_all",
-                                    "20240101_0001_touch_again"]},
-    "syntax_error": {"name": "broken_syntax",
-                     "expect": ["20240102_0000_broken_syntax.py:4", "syntax"]},
-    "raises_at_import": {"name": "raises_on_import",
-                         "expect": ["20240102_0001_raises_on_import.py:3", "RuntimeError",
-                                    "no settings for this migration"]},
+    "unknown_name": {
+        "name": "no_such_thing",
+        "expect": ["no_such_thing", "known:", "20240101_0000_touch_all"],
+    },
+    "ambiguous_prefix": {
+        "name": "20240101_00",
+        "expect": ["ambiguous", "20240101_0000_touch_all", "20240101_0001_touch_again"],
+    },
+    "syntax_error": {
+        "name": "broken_syntax",
+        "expect": ["20240102_0000_broken_syntax.py:4", "syntax"],
+    },
+    "raises_at_import": {
+        "name": "raises_on_import",
+        "expect": [
+            "20240102_0001_raises_on_import.py:3",
+            "RuntimeError",
+            "no settings for this migration",
+        ],
+    },
     "missing_table": {"name": "missing_table", "expect": ["matrices.nowhere", "does not exist"]},
     "key_column_missing": {"name": "missing_key", "expect": ["no_such_column"]},
     "key_not_unique": {"name": "not_unique", "expect": ["matrices.dupes", "unique"]},
     "key_nullable": {"name": "nullable_key", "expect": ["matrices.nullable_ids", "nullable"]},
-    "unreachable_server": {"name": "touch_all", "dsn": "unreachable",
-                           "expect": ["cannot connect"]},
-    "unknown_database": {"name": "touch_all", "dsn": "unknown_database",
-                         "expect": ["cannot connect", "no_such_database_"]},
-    "port_out_of_range": {"name": "touch_all", "dsn": "port_out_of_range",
-                          "expect": ["cannot connect"]},
-    "exits_at_import": {"name": "exits_on_import",
-                        "expect": ["20240102_0006_exits_on_import.py:3", "SystemExit"]},
+    "unreachable_server": {"name": "touch_all", "dsn": "unreachable", "expect": ["cannot connect"]},
+    "unknown_database": {
+        "name": "touch_all",
+        "dsn": "unknown_database",
+        "expect": ["cannot connect", "no_such_database_"],
+    },
+    "port_out_of_range": {
+        "name": "touch_all",
+        "dsn": "port_out_of_range",
+        "expect": ["cannot connect"],
+    },
+    "exits_at_import": {
+        "name": "exits_on_import",
+        "expect": ["20240102_0006_exits_on_import.py:3", "SystemExit"],
+    },
     # PostgreSQL's HINT joins the message on its one line.
     "sql_typo": {"name": "sql_typo", "expect": ["does not prepare", "lenght", "; HINT:"]},
     "window_declared": {"name": "in_a_window", "expect": ["window=", "not built yet"]},
-    "batch_size_past_int4": {"name": "touch_all", "args": ["--batch-size", "2147483648"],
-                             "expect": ["--batch-size", "2,147,483,647"]},
+    "batch_size_past_int4": {
+        "name": "touch_all",
+        "args": ["--batch-size", "2147483648"],
+        "expect": ["--batch-size", "2,147,483,647"],
+    },
     "view_as_table": {"name": "a_view", "expect": ["matrices.dyn_view is a view", "not a table"]},
-    "statement_timeout_past_int4": {"name": "touch_all",
-                                    "args": ["--statement-timeout", "100000000h"],
-                                    "expect": ["--statement-timeout", "at most"]},
+    "statement_timeout_past_int4": {
+        "name": "touch_all",
+        "args": ["--statement-timeout", "100000000h"],
+        "expect": ["--statement-timeout", "at most"],
+    },
 }
 
 
 def _bad_input_dir(directory: Path) -> None:
     sql_migration(directory, "20240101_0000_touch_all.py")
     sql_migration(directory, "20240101_0001_touch_again.py")
-    write_migration(directory, "20240102_0000_broken_syntax.py",
-                    '"""Broken."""\nfrom cryptopi_batch import Backfill\n\nmigration = = 1\n')
-    write_migration(directory, "20240102_0001_raises_on_import.py",
-                    '"""Raises."""\nfrom cryptopi_batch import Backfill\n'
-                    'raise RuntimeError("no settings for this migration")\n')
+    write_migration(
+        directory,
+        "20240102_0000_broken_syntax.py",
+        '"""Broken."""\nfrom cryptopi_batch import Backfill\n\nmigration = = 1\n',
+    )
+    write_migration(
+        directory,
+        "20240102_0001_raises_on_import.py",
+        '"""Raises."""\nfrom cryptopi_batch import Backfill\n'
+        'raise RuntimeError("no settings for this migration")\n',
+    )
     sql_migration(directory, "20240102_0002_missing_table.py", table="matrices.nowhere")
     sql_migration(directory, "20240102_0003_missing_key.py", key="no_such_column")
     sql_migration(directory, "20240102_0004_not_unique.py", table="matrices.dupes")
     sql_migration(directory, "20240102_0005_nullable_key.py", table="matrices.nullable_ids")
-    write_migration(directory, "20240102_0006_exits_on_import.py",
-                    '"""Exits."""\nimport sys\nsys.exit(5)\n')
-    write_migration(directory, "20240102_0007_sql_typo.py",
-                    '"""A typo."""\nfrom cryptopi_batch import Backfill\n\n'
-                    f'migration = Backfill(table="{TABLE}", key="id",'
-                    ' sql="UPDATE matrices.dyn_values SET touched = lenght(\'x\')'
-                    ' WHERE {range}")\n')
+    write_migration(
+        directory, "20240102_0006_exits_on_import.py", '"""Exits."""\nimport sys\nsys.exit(5)\n'
+    )
+    write_migration(
+        directory,
+        "20240102_0007_sql_typo.py",
+        '"""A typo."""\nfrom cryptopi_batch import Backfill\n\n'
+        f'migration = Backfill(table="{TABLE}", key="id",'
+        " sql=\"UPDATE matrices.dyn_values SET touched = lenght('x')"
+        ' WHERE {range}")\n',
+    )
     sql_migration(directory, "20240102_0009_a_view.py", table="matrices.dyn_view")
-    write_migration(directory, "20240102_0008_in_a_window.py",
-                    '"""Off-peak only."""\nfrom cryptopi_batch import Backfill\n\n'
-                    f'migration = Backfill(table="{TABLE}", key="id", window="Sun 03:00-04:00",'
-                    ' sql="UPDATE matrices.dyn_values SET touched = touched + 1'
-                    ' WHERE {range}")\n')
+    write_migration(
+        directory,
+        "20240102_0008_in_a_window.py",
+        '"""Off-peak only."""\nfrom cryptopi_batch import Backfill\n\n'
+        f'migration = Backfill(table="{TABLE}", key="id", window="Sun 03:00-04:00",'
+        ' sql="UPDATE matrices.dyn_values SET touched = touched + 1'
+        ' WHERE {range}")\n',
+    )
 
 
 def _seed_bad_tables(dsn: str) -> None:
     seed(dsn, 300)
-    execute(dsn, "CREATE TABLE matrices.dupes (id bigint NOT NULL, touched int NOT NULL"
-                 " DEFAULT 0); CREATE INDEX ON matrices.dupes (id);"
-                 " INSERT INTO matrices.dupes (id) VALUES (1), (1), (2);"
-                 " CREATE TABLE matrices.nullable_ids (id bigint UNIQUE, touched int NOT NULL"
-                 " DEFAULT 0); INSERT INTO matrices.nullable_ids (id) VALUES (1), (NULL);"
-                 f" CREATE VIEW matrices.dyn_view AS SELECT * FROM {TABLE};")
+    execute(
+        dsn,
+        "CREATE TABLE matrices.dupes (id bigint NOT NULL, touched int NOT NULL"
+        " DEFAULT 0); CREATE INDEX ON matrices.dupes (id);"
+        " INSERT INTO matrices.dupes (id) VALUES (1), (1), (2);"
+        " CREATE TABLE matrices.nullable_ids (id bigint UNIQUE, touched int NOT NULL"
+        " DEFAULT 0); INSERT INTO matrices.nullable_ids (id) VALUES (1), (NULL);"
+        f" CREATE VIEW matrices.dyn_view AS SELECT * FROM {TABLE};",
+    )
 
 
 def _all_untouched(dsn: str) -> None:
@@ -596,8 +716,7 @@ def _all_untouched(dsn: str) -> None:
         assert touched_sum(dsn, table) == 0
 
 
-def _assert_could_not_start(result: subprocess.CompletedProcess[str],
-                            expect: list[str]) -> str:
+def _assert_could_not_start(result: subprocess.CompletedProcess[str], expect: list[str]) -> str:
     assert result.returncode == 2, (result.returncode, result.stderr)
     no_traceback(result)
     lines = result.stderr.splitlines()
@@ -611,7 +730,8 @@ def _assert_could_not_start(result: subprocess.CompletedProcess[str],
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-        dsn: str, workdir: Path, case: str) -> None:
+    dsn: str, workdir: Path, case: str
+) -> None:
     _bad_input_dir(workdir / "migrations")
     _seed_bad_tables(dsn)
     spec = BAD_INPUTS[case]
@@ -629,7 +749,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
 
 
 def test_a_wrong_password_exits_2_and_never_shows_a_password(
-        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    dsn: str, workdir: Path, pg_server: PgServer
+) -> None:
     sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
     seed(dsn, 300)
     role = f"cb_user_{uuid.uuid4().hex[:8]}"
@@ -647,8 +768,9 @@ def test_a_wrong_password_exits_2_and_never_shows_a_password(
                 assert wrong not in output, line
                 assert right not in output, line
         # The same through --dsn, with DATABASE_URL unset.
-        result = cli("run", "touch_all", "--dsn", bad, dsn=None, cwd=workdir,
-                     env={"DATABASE_URL": ""})
+        result = cli(
+            "run", "touch_all", "--dsn", bad, dsn=None, cwd=workdir, env={"DATABASE_URL": ""}
+        )
         _assert_could_not_start(result, ["cannot connect"])
         assert wrong not in result.stderr + result.stdout
         _all_untouched_main(dsn)
@@ -670,7 +792,8 @@ migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100, proc
 
 
 def test_an_error_that_quotes_the_dsn_never_shows_its_password(
-        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    dsn: str, workdir: Path, pg_server: PgServer
+) -> None:
     """A migration's own error may quote the connection string: the log events, the error
     kept in ops.backfills, `status` and the last line show it without the password, and
     on one line."""
@@ -681,9 +804,12 @@ def test_an_error_that_quotes_the_dsn_never_shows_its_password(
     secret = f"Secret-{uuid.uuid4().hex}/x:y%z"
     execute(pg_server.admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
     database = value(dsn, "SELECT current_database()")
-    execute(dsn, f'GRANT CREATE ON DATABASE "{database}" TO {role};'
-                 f" GRANT USAGE ON SCHEMA matrices TO {role};"
-                 f" GRANT SELECT, UPDATE ON {TABLE} TO {role}")
+    execute(
+        dsn,
+        f'GRANT CREATE ON DATABASE "{database}" TO {role};'
+        f" GRANT USAGE ON SCHEMA matrices TO {role};"
+        f" GRANT SELECT, UPDATE ON {TABLE} TO {role}",
+    )
     try:
         user_dsn = with_user(dsn, role, secret)
         failed = cli("run", "quote_dsn", "--log-format", "json", dsn=user_dsn, cwd=workdir)
@@ -694,8 +820,14 @@ def test_an_error_that_quotes_the_dsn_never_shows_its_password(
 
         assert (failed.returncode, console.returncode, status.returncode) == (1, 1, 0)
         assert "RuntimeError: cannot reach postgresql://" in kept
-        for text in (failed.stdout, failed.stderr, console.stdout, console.stderr,
-                     status.stdout, kept):
+        for text in (
+            failed.stdout,
+            failed.stderr,
+            console.stdout,
+            console.stderr,
+            status.stdout,
+            kept,
+        ):
             assert secret not in text
             assert quote(secret, safe="") not in text
         assert "\n" not in kept
@@ -709,7 +841,8 @@ def test_an_error_that_quotes_the_dsn_never_shows_its_password(
 
 
 def test_commands_without_privileges_on_the_ops_tables_exit_2(
-        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    dsn: str, workdir: Path, pg_server: PgServer
+) -> None:
     """A role that may connect but not read the ops tables: each command says so on one
     line and exits 2, as `run` does."""
     seed(dsn, 100)
@@ -729,7 +862,8 @@ def test_commands_without_privileges_on_the_ops_tables_exit_2(
 
 
 def test_a_runner_that_cannot_register_exits_1_on_one_line_and_run_resumes(
-        dsn: str, workdir: Path, pg_server: PgServer) -> None:
+    dsn: str, workdir: Path, pg_server: PgServer
+) -> None:
     """A role that may run batches but not add its runner to ops.backfill_workers: the run
     stops before any batch, on one line naming that step (exit 1), and runs once the
     privilege is there."""
@@ -742,11 +876,14 @@ def test_a_runner_that_cannot_register_exits_1_on_one_line_and_run_resumes(
     role = f"cb_user_{uuid.uuid4().hex[:8]}"
     secret = f"Pw-{uuid.uuid4().hex}"
     execute(pg_server.admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
-    execute(dsn, f"GRANT USAGE ON SCHEMA matrices, ops TO {role};"
-                 f" GRANT SELECT, UPDATE ON {TABLE} TO {role};"
-                 f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ops TO {role};"
-                 f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA ops TO {role};"
-                 f" REVOKE INSERT ON ops.backfill_workers FROM {role}")
+    execute(
+        dsn,
+        f"GRANT USAGE ON SCHEMA matrices, ops TO {role};"
+        f" GRANT SELECT, UPDATE ON {TABLE} TO {role};"
+        f" GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ops TO {role};"
+        f" GRANT USAGE ON ALL SEQUENCES IN SCHEMA ops TO {role};"
+        f" REVOKE INSERT ON ops.backfill_workers FROM {role}",
+    )
     try:
         user_dsn = with_user(dsn, role, secret)
         refused = cli("run", name, dsn=user_dsn, cwd=workdir)
@@ -846,13 +983,27 @@ def test_the_installed_script_is_the_same_command(dsn: str, workdir: Path) -> No
     name = filename.removesuffix(".py")
     env = cli_env(dsn)
 
-    done = subprocess.run([str(script), "run", name, "--no-progress"], env=env, cwd=workdir,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [str(script), "run", name, "--no-progress"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert_exactly_once(dsn, name, filename, rows)
 
-    unknown = subprocess.run([str(script), "run", "no_such_migration"], env=env, cwd=workdir,
-                             capture_output=True, text=True, timeout=120, check=False)
+    unknown = subprocess.run(
+        [str(script), "run", "no_such_migration"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert unknown.returncode == 2
     assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
     assert "no migration named 'no_such_migration'" in unknown.stderr
@@ -861,8 +1012,16 @@ def test_the_installed_script_is_the_same_command(dsn: str, workdir: Path) -> No
 # --- 6. status and list ------------------------------------------------------------------
 
 
-STATUS_FIELDS = {"name", "status", "rows_processed", "batches", "rows_per_second",
-                 "eta_seconds", "last_error", "waiting_reason"}
+STATUS_FIELDS = {
+    "name",
+    "status",
+    "rows_processed",
+    "batches",
+    "rows_per_second",
+    "eta_seconds",
+    "last_error",
+    "waiting_reason",
+}
 
 
 def test_status_and_list_show_every_migration_with_its_state(dsn: str, workdir: Path) -> None:
@@ -873,8 +1032,13 @@ def test_status_and_list_show_every_migration_with_its_state(dsn: str, workdir: 
     done, never = "20240101_0000_touch_all", "20240101_0001_touch_again"
 
     # Before anything ran: no ops schema, and reading it must not create it.
-    for args in (["status"], ["status", "--json"], ["list"], ["list", "--json"],
-                 ["status", "touch_all", "--json"]):
+    for args in (
+        ["status"],
+        ["status", "--json"],
+        ["list"],
+        ["list", "--json"],
+        ["status", "touch_all", "--json"],
+    ):
         result = cli(*args, dsn=dsn, cwd=workdir)
         assert result.returncode == 0, (args, result.stderr)
         no_traceback(result)
@@ -920,7 +1084,8 @@ def test_status_and_list_show_every_migration_with_its_state(dsn: str, workdir: 
 
 
 def test_a_raising_migration_fails_with_exit_1_and_resumes_with_force(
-        dsn: str, workdir: Path) -> None:
+    dsn: str, workdir: Path
+) -> None:
     rows = 1_000
     seed(dsn, rows)
     filename = "20240101_0000_touch_in_python.py"
@@ -978,8 +1143,7 @@ def test_a_raising_migration_fails_with_exit_1_and_resumes_with_force(
 # --- 8. name resolution ---------------------------------------------------------------
 
 
-def test_full_name_prefix_and_description_name_the_same_migration(
-        dsn: str, workdir: Path) -> None:
+def test_full_name_prefix_and_description_name_the_same_migration(dsn: str, workdir: Path) -> None:
     rows = 500
     seed(dsn, rows)
     migrations = workdir / "migrations"
@@ -1036,8 +1200,10 @@ def test_a_libpq_key_value_dsn_runs_like_its_url(dsn: str, workdir: Path) -> Non
     sql_migration(workdir / "migrations", filename)
     name = filename.removesuffix(".py")
     url = urlsplit(dsn)
-    key_value = (f"host={url.hostname} port={url.port} dbname='{url.path.lstrip('/')}'"
-                 f" user={url.username} password='{unquote(url.password or '')}'")
+    key_value = (
+        f"host={url.hostname} port={url.port} dbname='{url.path.lstrip('/')}'"
+        f" user={url.username} password='{unquote(url.password or '')}'"
+    )
 
     result = cli("run", name, "--dsn", key_value, "--workers", "2", dsn=None, cwd=workdir)
     assert result.returncode == 0, result.stderr

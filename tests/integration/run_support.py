@@ -21,8 +21,7 @@ from cryptopi_batch.settings import RunOptions
 STAMP = "20260101_0000"
 
 
-def write_migration(directory: Path, description: str, source: str,
-                    stamp: str = STAMP) -> str:
+def write_migration(directory: Path, description: str, source: str, stamp: str = STAMP) -> str:
     """Write ``<stamp>_<description>.py`` with ``source`` (dedented); returns its name."""
     directory.mkdir(parents=True, exist_ok=True)
     name = f"{stamp}_{description}"
@@ -30,8 +29,9 @@ def write_migration(directory: Path, description: str, source: str,
     return name
 
 
-def sql_migration(table: str, key: str | tuple[str, ...] = "id", batch_size: int = 100,
-                  extra: str = "") -> str:
+def sql_migration(
+    table: str, key: str | tuple[str, ...] = "id", batch_size: int = 100, extra: str = ""
+) -> str:
     """The source of an ``sql=`` migration that bumps ``touched`` once per row."""
     return f'''
         """Touch every row of {table} once."""
@@ -66,13 +66,17 @@ def touching_process(doc: str, before: str, batch_size: int = 50) -> str:
 
 
 async def run(dsn: str, directory: Path, name: str, **options: Any) -> commands.RunResult:
-    return await commands.run(name, directory=directory,
-                              connection=ConnectionSettings(dsn=dsn),
-                              options=RunOptions(**options))
+    return await commands.run(
+        name,
+        directory=directory,
+        connection=ConnectionSettings(dsn=dsn),
+        options=RunOptions(**options),
+    )
 
 
-async def run_together(dsn: str, directory: Path, name: str,
-                       runners: int = 2) -> list[commands.RunResult]:
+async def run_together(
+    dsn: str, directory: Path, name: str, runners: int = 2
+) -> list[commands.RunResult]:
     """``runners`` runs of ``name`` started at once in this process, as runners on several
     hosts would be; their results."""
     results: list[commands.RunResult] = []
@@ -88,8 +92,10 @@ async def run_together(dsn: str, directory: Path, name: str,
 
 async def back_to_schema_version_1(conn: asyncpg.Connection) -> None:
     """The ops schema as version 1 left it: without the column version 2 adds."""
-    await conn.execute("ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
-                       " UPDATE ops.batch_schema_version SET version = 1")
+    await conn.execute(
+        "ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
+        " UPDATE ops.batch_schema_version SET version = 1"
+    )
 
 
 async def touched_histogram(conn: asyncpg.Connection, table: str) -> dict[int, int]:
@@ -110,12 +116,14 @@ async def backfill(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
 
 
 async def migrations_rows(conn: asyncpg.Connection, filename: str) -> int:
-    return int(await conn.fetchval(
-        "SELECT count(*) FROM ops.migrations WHERE filename = $1", filename))
+    return int(
+        await conn.fetchval("SELECT count(*) FROM ops.migrations WHERE filename = $1", filename)
+    )
 
 
-async def assert_completed(conn: asyncpg.Connection, name: str, table: str, rows: int,
-                           *, rows_processed: int | None = None) -> asyncpg.Record:
+async def assert_completed(
+    conn: asyncpg.Connection, name: str, table: str, rows: int, *, rows_processed: int | None = None
+) -> asyncpg.Record:
     """Every row touched once, the run 'completed' with the right counters, its file name in
     ops.migrations exactly once, and every batch done."""
     await assert_exactly_once(conn, table, rows)
@@ -129,7 +137,9 @@ async def assert_completed(conn: asyncpg.Connection, name: str, table: str, rows
     stats = await conn.fetchrow(
         "SELECT count(*) AS batches, count(*) FILTER (WHERE status <> 'done') AS open,"
         " coalesce(sum(keys), 0) AS keys, coalesce(sum(rows), 0) AS rows"
-        " FROM ops.backfill_batches WHERE backfill = $1", name)
+        " FROM ops.backfill_batches WHERE backfill = $1",
+        name,
+    )
     assert stats["open"] == 0, dict(stats)
     assert stats["keys"] == rows, dict(stats)
     assert stats["rows"] == f["rows_processed"], dict(stats)
@@ -137,8 +147,9 @@ async def assert_completed(conn: asyncpg.Connection, name: str, table: str, rows
     return f
 
 
-async def assert_batches_partition(conn: asyncpg.Connection, name: str, table: str,
-                                   columns: list[tuple[str, str]]) -> None:
+async def assert_batches_partition(
+    conn: asyncpg.Connection, name: str, table: str, columns: list[tuple[str, str]]
+) -> None:
     """The done batches' ranges are disjoint and cover every row: each row of ``table``
     lies in exactly one done batch, compared in the key's own type (and the column's
     collation), and no batch counts more keys than its range holds.
@@ -146,20 +157,26 @@ async def assert_batches_partition(conn: asyncpg.Connection, name: str, table: s
     ``columns`` lists ``(column, type)`` of the key in order.
     """
     row = "(" + ", ".join(f"t.{c}" for c, _ in columns) + ")"
-    lower = "(" + ", ".join(f"b.lower_key[{i + 1}]::{ty}"
-                            for i, (_, ty) in enumerate(columns)) + ")"
-    upper = "(" + ", ".join(f"b.upper_key[{i + 1}]::{ty}"
-                            for i, (_, ty) in enumerate(columns)) + ")"
+    lower = (
+        "(" + ", ".join(f"b.lower_key[{i + 1}]::{ty}" for i, (_, ty) in enumerate(columns)) + ")"
+    )
+    upper = (
+        "(" + ", ".join(f"b.upper_key[{i + 1}]::{ty}" for i, (_, ty) in enumerate(columns)) + ")"
+    )
     if len(columns) == 1:
         row, lower, upper = row[1:-1], lower[1:-1], upper[1:-1]
     inside = f"(b.lower_key IS NULL OR {row} > {lower}) AND {row} <= {upper}"
     bad = await conn.fetch(
         f"SELECT {row}::text AS key, count(b.id) AS n FROM {table} t"
         f" LEFT JOIN ops.backfill_batches b ON b.backfill = $1 AND b.status = 'done'"
-        f" AND {inside} GROUP BY 1 HAVING count(b.id) <> 1 LIMIT 5", name)
+        f" AND {inside} GROUP BY 1 HAVING count(b.id) <> 1 LIMIT 5",
+        name,
+    )
     assert not bad, [dict(r) for r in bad]
     counted = await conn.fetch(
         f"SELECT b.id, b.keys, (SELECT count(*) FROM {table} t WHERE {inside}) AS actual"
-        f" FROM ops.backfill_batches b WHERE b.backfill = $1", name)
+        f" FROM ops.backfill_batches b WHERE b.backfill = $1",
+        name,
+    )
     wrong = [dict(r) for r in counted if r["keys"] != r["actual"]]
     assert not wrong, wrong

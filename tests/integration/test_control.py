@@ -37,13 +37,16 @@ SLOW = f'''
 
 
 async def _control(dsn: str, directory: Path, command: str, name: str) -> commands.ControlResult:
-    return await commands.control(command, name, directory=directory,
-                                  connection=ConnectionSettings(dsn=dsn))
+    return await commands.control(
+        command, name, directory=directory, connection=ConnectionSettings(dsn=dsn)
+    )
 
 
 # What the runner's stop line tells the user to do next, after each command.
-_ADVICE = {"pause": "`resume {name}` lifts the pause, then `run` continues",
-           "cancel": "`run --restart` starts it again"}
+_ADVICE = {
+    "pause": "`resume {name}` lifts the pause, then `run` continues",
+    "cancel": "`run --restart` starts it again",
+}
 
 
 async def _run_until_stopped(dsn: str, directory: Path, name: str, command: str) -> int:
@@ -54,13 +57,17 @@ async def _run_until_stopped(dsn: str, directory: Path, name: str, command: str)
     try:
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
+
                 async def say_when_running() -> None:
                     nonlocal said_at
                     while True:
-                        done = await conn.fetchval(
-                            "SELECT batches_done FROM ops.backfills WHERE name = $1", name) \
-                            if await conn.fetchval("SELECT to_regclass('ops.backfills')") \
+                        done = (
+                            await conn.fetchval(
+                                "SELECT batches_done FROM ops.backfills WHERE name = $1", name
+                            )
+                            if await conn.fetchval("SELECT to_regclass('ops.backfills')")
                             else None
+                        )
                         if done is not None and done >= 2:
                             await _control(dsn, directory, command, name)
                             said_at = int(done)
@@ -89,14 +96,22 @@ async def test_pause_stops_after_the_batch_in_flight_and_resume_lets_run_finish(
         assert said_at <= row["batches_done"] <= said_at + 1
         assert row["batches_done"] * 50 < ROWS
         # Nothing is held: a range claimed ahead went back as 'pending'.
-        assert await conn.fetchval(
-            "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1"
-            " AND status = 'running'", name) == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1"
+                " AND status = 'running'",
+                name,
+            )
+            == 0
+        )
         # The checkpoint and the table agree: the rows touched are those of done batches.
         assert await conn.fetchval(f"SELECT max(touched) FROM {TABLE}") == 1
-        assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE touched = 1") == \
-            await conn.fetchval("SELECT sum(keys) FROM ops.backfill_batches"
-                                " WHERE backfill = $1 AND status = 'done'", name)
+        assert await conn.fetchval(
+            f"SELECT count(*) FROM {TABLE} WHERE touched = 1"
+        ) == await conn.fetchval(
+            "SELECT sum(keys) FROM ops.backfill_batches WHERE backfill = $1 AND status = 'done'",
+            name,
+        )
 
         with pytest.raises(Stopped, match="paused"):  # a paused run does not start
             await run(dsn, tmp_path, name)
@@ -159,15 +174,19 @@ async def test_a_run_another_runner_failed_stops_and_keeps_that_error(dsn, tmp_p
         name = write_migration(tmp_path, "slow_touch", SLOW)
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
+
                 async def fail_it_elsewhere() -> None:
-                    while not (await conn.fetchval(  # noqa: ASYNC110 -- polls the database
-                            "SELECT to_regclass('ops.backfills')")
-                               and await conn.fetchval(
-                                   "SELECT EXISTS (SELECT FROM ops.backfills"
-                                   " WHERE batches_done >= 2)")):
+                    while not (  # noqa: ASYNC110 -- polls the database
+                        await conn.fetchval("SELECT to_regclass('ops.backfills')")
+                        and await conn.fetchval(
+                            "SELECT EXISTS (SELECT FROM ops.backfills WHERE batches_done >= 2)"
+                        )
+                    ):
                         await anyio.sleep(0.01)
-                    await conn.execute("UPDATE ops.backfills SET status = 'failed',"
-                                       " last_error = 'E1: from another runner'")
+                    await conn.execute(
+                        "UPDATE ops.backfills SET status = 'failed',"
+                        " last_error = 'E1: from another runner'"
+                    )
 
                 tg.start_soon(fail_it_elsewhere)
                 with pytest.raises(Stopped, match="migration failed"):
@@ -176,9 +195,14 @@ async def test_a_run_another_runner_failed_stops_and_keeps_that_error(dsn, tmp_p
         row = await backfill(conn, name)
         assert (row["status"], row["last_error"]) == ("failed", "E1: from another runner")
         assert row["batches_done"] * 50 < ROWS
-        assert await conn.fetchval(
-            "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1"
-            " AND status = 'running'", name) == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1"
+                " AND status = 'running'",
+                name,
+            )
+            == 0
+        )
         await run(dsn, tmp_path, name)  # `run` resumes a failed run
         await assert_completed(conn, name, TABLE, ROWS)
     finally:

@@ -36,7 +36,8 @@ async def test_the_settings_hold_in_the_transaction_only(dsn: str) -> None:
 
 @pytest.mark.parametrize("plain", [False, True], ids=["ours", "asyncpg"])
 async def test_a_begin_whose_settings_fail_leaves_no_connection_to_reuse(
-        dsn: str, plain: bool) -> None:
+    dsn: str, plain: bool
+) -> None:
     """Refused settings: the error is raised, and the connection, whose transaction state
     is then unknown, is closed rather than handed back half in a transaction."""
     conn = (await asyncpg.connect(dsn)) if plain else await ConnectionSettings(dsn=dsn).connect()
@@ -98,6 +99,7 @@ async def test_a_failed_body_rolls_back_what_the_commit_began(dsn: str) -> None:
             async with chained_transaction(conn, _BEGIN, begun=True):
                 await conn.execute("INSERT INTO t VALUES (1)")
                 raise ZeroDivisionError
+
         with pytest.raises(ZeroDivisionError):
             await failing()
         assert not conn.is_in_transaction()
@@ -111,8 +113,7 @@ async def test_a_commit_that_fails_begins_nothing(dsn: str) -> None:
     work is rolled back, and the connection is left with no transaction, ready for use."""
     conn = await ConnectionSettings(dsn=dsn).connect()
     try:
-        await conn.execute(
-            "CREATE TEMP TABLE u (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+        await conn.execute("CREATE TEMP TABLE u (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
         ending = Ending()
 
         async def duplicate() -> None:
@@ -120,6 +121,7 @@ async def test_a_commit_that_fails_begins_nothing(dsn: str) -> None:
             async with chained_transaction(conn, _BEGIN, begun=False) as ending:
                 await conn.execute("INSERT INTO u VALUES (1), (1)")
                 ending.begin_next(_BEGIN)
+
         with pytest.raises(asyncpg.UniqueViolationError):
             await duplicate()
         assert ending.next_begin is not None
@@ -144,6 +146,7 @@ async def test_a_commit_whose_next_begin_fails_is_of_unknown_outcome(dsn: str) -
             async with chained_transaction(conn, _BEGIN, begun=False) as ending:
                 await conn.execute("INSERT INTO unknown_outcome VALUES (1)")
                 ending.begin_next("BEGIN; SET LOCAL lock_timeout = 'not a duration';")
+
         with pytest.raises(CommitUnknown) as raised:
             await bad_next()
         assert isinstance(raised.value.__cause__, asyncpg.InvalidParameterValueError)
@@ -160,9 +163,11 @@ async def test_no_work_runs_outside_a_transaction_marked_as_begun(dsn: str) -> N
     runs: its work and checkpoint would otherwise each commit on their own."""
     conn = await ConnectionSettings(dsn=dsn).connect()
     try:
+
         async def stale() -> None:
             async with chained_transaction(conn, _BEGIN, begun=True):
                 pytest.fail("the body must not run")
+
         with pytest.raises(RuntimeError, match="no transaction"):
             await stale()
     finally:

@@ -79,9 +79,12 @@ logfile = {home / "pgbouncer.log"}
         shutil.chown(home, SYSTEM_USER)
         for f in home.iterdir():
             shutil.chown(f, SYSTEM_USER)
-    process = subprocess.Popen([binary, str(home / "pgbouncer.ini")],
-                               user=SYSTEM_USER if as_root else None,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [binary, str(home / "pgbouncer.ini")],
+        user=SYSTEM_USER if as_root else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -90,8 +93,11 @@ logfile = {home / "pgbouncer.log"}
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    log = (home / "pgbouncer.log").read_text() if (
-                        home / "pgbouncer.log").exists() else ""
+                    log = (
+                        (home / "pgbouncer.log").read_text()
+                        if (home / "pgbouncer.log").exists()
+                        else ""
+                    )
                     process.kill()
                     err = process.communicate()[1].decode(errors="replace")
                     pytest.fail(f"pgbouncer did not start: {err[-1000:]} {log[-1000:]}")
@@ -133,22 +139,35 @@ async def _seeded(dsn: str, tmp_path: Path) -> str:
     try:
         await seed_table(conn, rows=ROWS)
         await conn.execute(
-            "CREATE TABLE batch_sessions (lower_key text, pid int NOT NULL, prepared int)")
+            "CREATE TABLE batch_sessions (lower_key text, pid int NOT NULL, prepared int)"
+        )
     finally:
         await conn.close()
     return write_migration(tmp_path, "touch_pooled", _RECORDING)
 
 
-async def _run_cli(name: str, directory: Path, dsn: str,
-                   env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return await anyio.to_thread.run_sync(lambda: run_cli(
-        "run", name, "--migrations-dir", str(directory), "--no-progress",
-        "--workers", str(WORKERS), dsn=dsn, env=env))
+async def _run_cli(
+    name: str, directory: Path, dsn: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return await anyio.to_thread.run_sync(
+        lambda: run_cli(
+            "run",
+            name,
+            "--migrations-dir",
+            str(directory),
+            "--no-progress",
+            "--workers",
+            str(WORKERS),
+            dsn=dsn,
+            env=env,
+        )
+    )
 
 
 @pytest.mark.parametrize("cache", [None, "0"], ids=["cache-decided", "cache-0"])
 async def test_a_run_through_pgbouncer_in_transaction_mode_applies_every_row_once(
-        dsn: str, pgbouncer: str, tmp_path: Path, cache: str | None) -> None:
+    dsn: str, pgbouncer: str, tmp_path: Path, cache: str | None
+) -> None:
     """As a user runs it, from the command line: by default the runner finds the pooler
     and prepares no statement for reuse (PgBouncer 1.18 keeps none across transactions);
     $CRYPTOPI_BATCH_STATEMENT_CACHE=0 says so explicitly."""
@@ -163,7 +182,8 @@ async def test_a_run_through_pgbouncer_in_transaction_mode_applies_every_row_onc
         await assert_completed(conn, name, TABLE, ROWS)
         await assert_batches_partition(conn, name, TABLE, [("id", "bigint")])
         sessions = await conn.fetchrow(
-            "SELECT count(*) AS batches, count(DISTINCT pid) AS pids FROM batch_sessions")
+            "SELECT count(*) AS batches, count(DISTINCT pid) AS pids FROM batch_sessions"
+        )
         # One row per committed batch (a rolled-back attempt leaves none), and the batches
         # of WORKERS workers ran on at most POOL_SIZE server sessions: the pool was shared.
         assert sessions["batches"] == ROWS // 40
@@ -171,18 +191,23 @@ async def test_a_run_through_pgbouncer_in_transaction_mode_applies_every_row_onc
     finally:
         await conn.close()
     # The other commands through the pooler too (a handful of statements each, no cache).
-    status = await anyio.to_thread.run_sync(lambda: run_cli(
-        "status", name, "--json", "--migrations-dir", str(tmp_path), dsn=pgbouncer, env=env))
+    status = await anyio.to_thread.run_sync(
+        lambda: run_cli(
+            "status", name, "--json", "--migrations-dir", str(tmp_path), dsn=pgbouncer, env=env
+        )
+    )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["status"] == "completed"
-    listed = await anyio.to_thread.run_sync(lambda: run_cli(
-        "list", "--migrations-dir", str(tmp_path), dsn=pgbouncer, env=env))
+    listed = await anyio.to_thread.run_sync(
+        lambda: run_cli("list", "--migrations-dir", str(tmp_path), dsn=pgbouncer, env=env)
+    )
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout
 
 
 async def test_a_statement_cache_forced_on_behind_pgbouncer_fails_the_run(
-        dsn: str, pgbouncer: str, tmp_path: Path) -> None:
+    dsn: str, pgbouncer: str, tmp_path: Path
+) -> None:
     """What the decision above avoids: asyncpg's statement cache through PgBouncer 1.18 in
     transaction mode (the run stops with exit 1, resumable)."""
     name = await _seeded(dsn, tmp_path)

@@ -84,8 +84,7 @@ class Kind:
     def inside(self, lower: str, upper: str) -> str:
         """``lower < key <= upper`` for ``text[]`` bounds (lower NULL: from the start)."""
         row = self.row()
-        return (f"({lower} IS NULL OR {row} > {self.value(lower)})"
-                f" AND {row} <= {self.value(upper)}")
+        return f"({lower} IS NULL OR {row} > {self.value(lower)}) AND {row} <= {self.value(upper)}"
 
     def text_values(self) -> str:
         return "ARRAY[" + ", ".join(f"t.{c}::text" for c, _ in self.columns) + "]"
@@ -97,31 +96,46 @@ class Kind:
 KINDS = {
     # Sparse over the whole bigint range, extremes included.
     "sparse_bigint": Kind(
-        "plan_sparse", (("k", "bigint"),), "CREATE TABLE plan_sparse (k bigint PRIMARY KEY)",
-        st.integers(*_INT64), special=(*_INT64, _INT64[0] + 1, _INT64[1] - 1, -1, 0, 1)),
+        "plan_sparse",
+        (("k", "bigint"),),
+        "CREATE TABLE plan_sparse (k bigint PRIMARY KEY)",
+        st.integers(*_INT64),
+        special=(*_INT64, _INT64[0] + 1, _INT64[1] - 1, -1, 0, 1),
+    ),
     # Small, dense, around zero: "-1" < "-10" as text, not as integers.
     "dense_negative": Kind(
-        "plan_dense", (("k", "integer"),), "CREATE TABLE plan_dense (k integer PRIMARY KEY)",
-        st.nothing(), max_keys=36, universe=tuple(range(-30, 6))),
+        "plan_dense",
+        (("k", "integer"),),
+        "CREATE TABLE plan_dense (k integer PRIMARY KEY)",
+        st.nothing(),
+        max_keys=36,
+        universe=tuple(range(-30, 6)),
+    ),
     "uuid": Kind(
-        "plan_uuid", (("k", "uuid"),), "CREATE TABLE plan_uuid (k uuid PRIMARY KEY)",
-        st.uuids()),
+        "plan_uuid", (("k", "uuid"),), "CREATE TABLE plan_uuid (k uuid PRIMARY KEY)", st.uuids()
+    ),
     # Two columns compared as a row, through a unique index (not a primary key).
     "composite": Kind(
-        "plan_composite", (("a", "integer"), ("b", "text")),
+        "plan_composite",
+        (("a", "integer"), ("b", "text")),
         "CREATE TABLE plan_composite (a integer NOT NULL, b text NOT NULL);"
         " CREATE UNIQUE INDEX plan_composite_ab ON plan_composite (a, b)",
-        st.tuples(st.integers(-5, 5), _texts(3)), record=lambda v: v),
+        st.tuples(st.integers(-5, 5), _texts(3)),
+        record=lambda v: v,
+    ),
     # Text under the database's own collation.
     "text": Kind(
-        "plan_text", (("k", "text"),), "CREATE TABLE plan_text (k text PRIMARY KEY)",
-        _texts(6)),
+        "plan_text", (("k", "text"),), "CREATE TABLE plan_text (k text PRIMARY KEY)", _texts(6)
+    ),
     # Text under a linguistic collation (glibc's en_US), when the server has it: "-a" < "a"
     # < "a-" < "A" < "b", unlike the code point order of Python's strings or a C collation.
     "text_linguistic": Kind(
-        "plan_text_en", (("k", "text"),),
+        "plan_text_en",
+        (("k", "text"),),
         'CREATE TABLE plan_text_en (k text COLLATE "en_US" PRIMARY KEY)',
-        _texts(6, _latin), needs_collation="en_US"),
+        _texts(6, _latin),
+        needs_collation="en_US",
+    ),
 }
 
 
@@ -136,7 +150,7 @@ class Index:
         return -1 if bound is None else self.bounds.index(bound)
 
     def keys_in(self, lower: Bound | None, upper: Bound) -> tuple[Bound, ...]:
-        return self.bounds[self.position(lower) + 1:self.position(upper) + 1]
+        return self.bounds[self.position(lower) + 1 : self.position(upper) + 1]
 
 
 @dataclass
@@ -150,7 +164,7 @@ class Plan:
     exhausted: bool = False
     held: dict[int, store.Claim] = field(default_factory=dict)  # running, ours, live lease
     open: dict[int, store.Claim] = field(default_factory=dict)  # pending or lapsed
-    handed: dict[int, KeyRange] = field(default_factory=dict)   # every range, as it is now
+    handed: dict[int, KeyRange] = field(default_factory=dict)  # every range, as it is now
     checkpointed: dict[int, int] = field(default_factory=dict)  # id -> keys, done that way
 
 
@@ -162,8 +176,9 @@ class Context:
     token: uuid.UUID
 
 
-async def _setup(conn: asyncpg.Connection, kind: Kind, values: Any, end_at: int,
-                 checkpoint_at: int | None) -> tuple[Context, Plan]:
+async def _setup(
+    conn: asyncpg.Connection, kind: Kind, values: Any, end_at: int, checkpoint_at: int | None
+) -> tuple[Context, Plan]:
     """The kind's table holding exactly ``values``, and the run's row as a start (or a
     resume from the checkpoint) writes it."""
     await store.ensure_schema(conn)
@@ -171,8 +186,9 @@ async def _setup(conn: asyncpg.Connection, kind: Kind, values: Any, end_at: int,
         await conn.execute(kind.ddl)
     await conn.execute(f"TRUNCATE {kind.table}")
     await conn.copy_records_to_table(kind.table, records=[kind.record(v) for v in values])
-    rows = await conn.fetch(f"SELECT {kind.text_values()} FROM {kind.table} t"
-                            f" ORDER BY {kind.order_by()}")
+    rows = await conn.fetch(
+        f"SELECT {kind.text_values()} FROM {kind.table} t ORDER BY {kind.order_by()}"
+    )
     index = Index(tuple(tuple(r[0]) for r in rows))
     assert len(index.bounds) == len(values)
     end = index.bounds[end_at]
@@ -181,12 +197,22 @@ async def _setup(conn: asyncpg.Connection, kind: Kind, values: Any, end_at: int,
     target = await store.inspect_target(conn, kind.table, tuple(c for c, _ in kind.columns))
     await conn.execute("DELETE FROM ops.backfills WHERE name = $1", NAME)  # and its batches
     await conn.execute(
-        store.query("insert_backfill"), NAME, f"{NAME}.py", target.table,
-        list(target.key.names), [c.type for c in target.key.columns], list(end), 5,
-        len(index.bounds), "checksum", "up")
+        store.query("insert_backfill"),
+        NAME,
+        f"{NAME}.py",
+        target.table,
+        list(target.key.names),
+        [c.type for c in target.key.columns],
+        list(end),
+        5,
+        len(index.bounds),
+        "checksum",
+        "up",
+    )
     if checkpoint is not None:
-        await conn.execute("UPDATE ops.backfills SET frontier = $2 WHERE name = $1",
-                           NAME, list(checkpoint))
+        await conn.execute(
+            "UPDATE ops.backfills SET frontier = $2 WHERE name = $1", NAME, list(checkpoint)
+        )
     ctx = Context(conn, kind, store.RangeQueries(target), uuid.uuid4())
     return ctx, Plan(index, checkpoint, end, frontier=checkpoint)
 
@@ -211,15 +237,17 @@ async def _from_frontier(ctx: Context, plan: Plan, c: store.Claim, size: int) ->
     plan.exhausted = c.range.upper == plan.end
     plan.handed[c.id] = c.range
     plan.held[c.id] = c
-    row = await ctx.conn.fetchrow("SELECT frontier, exhausted FROM ops.backfills"
-                                  " WHERE name = $1", NAME)
+    row = await ctx.conn.fetchrow(
+        "SELECT frontier, exhausted FROM ops.backfills WHERE name = $1", NAME
+    )
     assert row is not None
     assert (as_bound(row["frontier"]), row["exhausted"]) == (plan.frontier, plan.exhausted)
 
 
 async def _claim(ctx: Context, plan: Plan, size: int) -> store.Claim | None:
-    c = await store.claim(ctx.conn, NAME, ctx.token, LEASE, ctx.ranges, size=size,
-                          timeouts=TimeoutPolicy())
+    c = await store.claim(
+        ctx.conn, NAME, ctx.token, LEASE, ctx.ranges, size=size, timeouts=TimeoutPolicy()
+    )
     if plan.open:
         # An open range (a split's remainder, a lapsed lease) is taken before the frontier.
         assert c is not None, "an open range was left behind"
@@ -236,13 +264,15 @@ async def _claim(ctx: Context, plan: Plan, size: int) -> store.Claim | None:
 
 
 async def _split(ctx: Context, plan: Plan, c: store.Claim, size: int) -> None:
-    head = await store.split(ctx.conn, c, ctx.token, size, ctx.ranges,
-                            timeouts=TimeoutPolicy())
+    head = await store.split(ctx.conn, c, ctx.token, size, ctx.ranges, timeouts=TimeoutPolicy())
     keys = plan.index.keys_in(c.range.lower, c.range.upper)
     assert len(keys) == c.keys, (c, keys)
     new = await ctx.conn.fetch(
         "SELECT id, lower_key, upper_key, keys, attempts FROM ops.backfill_batches"
-        " WHERE backfill = $1 AND id <> ALL($2::bigint[])", NAME, list(plan.handed))
+        " WHERE backfill = $1 AND id <> ALL($2::bigint[])",
+        NAME,
+        list(plan.handed),
+    )
     if size >= c.keys:
         assert head == c
         assert not new, [dict(r) for r in new]
@@ -260,26 +290,41 @@ async def _split(ctx: Context, plan: Plan, c: store.Claim, size: int) -> None:
 
 
 async def _mark_done(ctx: Context, plan: Plan, c: store.Claim) -> None:
-    await ctx.conn.execute("UPDATE ops.backfill_batches SET status = 'done', worker = NULL,"
-                           " lease_until = NULL WHERE id = $1", c.id)
+    await ctx.conn.execute(
+        "UPDATE ops.backfill_batches SET status = 'done', worker = NULL,"
+        " lease_until = NULL WHERE id = $1",
+        c.id,
+    )
     del plan.held[c.id]
 
 
-async def _checkpoint(ctx: Context, plan: Plan, c: store.Claim, size: int,
-                      claim_next: bool) -> None:
+async def _checkpoint(
+    ctx: Context, plan: Plan, c: store.Claim, size: int, claim_next: bool
+) -> None:
     """``c`` done through the checkpoint statement, which also claims the next ``size``
     keys from the frontier when asked to, open ranges or not; for every other range with
     the bound looked up beforehand, as a worker does while its batch runs."""
     hint = None
     if c.id % 2 and plan.frontier is not None and not plan.exhausted:
-        bound = await store.look_ahead(ctx.conn, ctx.ranges, KeyRange(plan.frontier, plan.end),
-                                       size, TimeoutPolicy())
+        bound = await store.look_ahead(
+            ctx.conn, ctx.ranges, KeyRange(plan.frontier, plan.end), size, TimeoutPolicy()
+        )
         hint = None if bound is None else (plan.frontier, bound)
     async with ctx.conn.transaction():
         settled = await store.checkpoint(
-            ctx.conn, c, ctx.token, name=NAME, rows=c.keys, seconds=0.001, attempts=1,
-            batch_size=size, claim_next=claim_next, lease=LEASE, ranges=ctx.ranges,
-            hint=hint)
+            ctx.conn,
+            c,
+            ctx.token,
+            name=NAME,
+            rows=c.keys,
+            seconds=0.001,
+            attempts=1,
+            batch_size=size,
+            claim_next=claim_next,
+            lease=LEASE,
+            ranges=ctx.ranges,
+            hint=hint,
+        )
     assert settled is not None, "the checkpoint lost a batch it owns"
     status, nxt = settled
     assert status == "running"
@@ -294,8 +339,10 @@ async def _checkpoint(ctx: Context, plan: Plan, c: store.Claim, size: int,
 
 async def _lapse(ctx: Context, plan: Plan, c: store.Claim) -> None:
     """Its runner died: the lease lapses, and the range is open to a claim again."""
-    await ctx.conn.execute("UPDATE ops.backfill_batches"
-                           " SET lease_until = now() - interval '1 second' WHERE id = $1", c.id)
+    await ctx.conn.execute(
+        "UPDATE ops.backfill_batches SET lease_until = now() - interval '1 second' WHERE id = $1",
+        c.id,
+    )
     del plan.held[c.id]
     plan.open[c.id] = c
 
@@ -311,9 +358,13 @@ class Step:
     claim_next: bool
 
 
-steps = st.builds(Step, st.sampled_from(["claim", "claim", "split", "done", "checkpoint",
-                                         "checkpoint", "lapse"]),
-                  SIZES, st.integers(0, 100), st.booleans())
+steps = st.builds(
+    Step,
+    st.sampled_from(["claim", "claim", "split", "done", "checkpoint", "checkpoint", "lapse"]),
+    SIZES,
+    st.integers(0, 100),
+    st.booleans(),
+)
 
 
 async def _drive(ctx: Context, plan: Plan, script: list[Step], drain: list[int]) -> None:
@@ -357,9 +408,12 @@ async def _assert_database(ctx: Context, plan: Plan) -> None:
         f"SELECT b.id, b.lower_key, b.upper_key, b.keys, b.status,"
         f" (SELECT count(*) FROM {kind.table} t"
         f"   WHERE {kind.inside('b.lower_key', 'b.upper_key')}) AS actual"
-        f" FROM ops.backfill_batches b WHERE b.backfill = $1", NAME)
-    assert {b["id"]: KeyRange(as_bound(b["lower_key"]), tuple(b["upper_key"]))
-            for b in batches} == plan.handed
+        f" FROM ops.backfill_batches b WHERE b.backfill = $1",
+        NAME,
+    )
+    assert {
+        b["id"]: KeyRange(as_bound(b["lower_key"]), tuple(b["upper_key"])) for b in batches
+    } == plan.handed
     assert all(b["status"] == "done" for b in batches), [dict(b) for b in batches]
     # Each range's keys as claimed (or as cut by a split) are the keys it holds.
     wrong = [dict(b) for b in batches if b["keys"] != b["actual"]]
@@ -367,7 +421,8 @@ async def _assert_database(ctx: Context, plan: Plan) -> None:
     if plan.checkpoint == plan.end:
         # Nothing was left: one empty range, the last, and nothing else.
         assert [(b["lower_key"], b["upper_key"], b["actual"]) for b in batches] == [
-            (list(plan.end), list(plan.end), 0)]
+            (list(plan.end), list(plan.end), 0)
+        ]
     else:
         empty = [dict(b) for b in batches if b["actual"] == 0]
         assert not empty, f"empty ranges handed out: {empty}"
@@ -377,7 +432,9 @@ async def _assert_database(ctx: Context, plan: Plan) -> None:
         f"SELECT {kind.text_values()} AS key, count(b.id) AS n FROM {kind.table} t"
         f" LEFT JOIN ops.backfill_batches b ON b.backfill = $1"
         f" AND {kind.inside('b.lower_key', 'b.upper_key')}"
-        f" GROUP BY {kind.order_by()}", NAME)
+        f" GROUP BY {kind.order_by()}",
+        NAME,
+    )
     expected = set(plan.index.keys_in(plan.checkpoint, plan.end))
     got = {tuple(r["key"]): r["n"] for r in covered}
     assert len(got) == len(plan.index.bounds)
@@ -402,8 +459,10 @@ def _keys(draw: st.DrawFn, kind: Kind, n: int) -> set[Any]:
     if kind.special:
         special = draw(st.sets(st.sampled_from(kind.special), max_size=n), label="special")
     others = n - len(special)
-    return special | draw(st.sets(kind.key.filter(lambda v: v not in special),
-                                  min_size=others, max_size=others), label="keys")
+    return special | draw(
+        st.sets(kind.key.filter(lambda v: v not in special), min_size=others, max_size=others),
+        label="keys",
+    )
 
 
 @st.composite
@@ -412,16 +471,27 @@ def runs(draw: st.DrawFn, kind: Kind) -> Run:
     StopTest (a BaseException) through anyio's runner task, which does not survive it."""
     # Few keys, or enough for a dozen ranges or more: left alone, hypothesis draws mostly
     # small sets; the first branch is where it shrinks to.
-    n = draw(st.one_of(st.integers(1, 8), st.integers(kind.max_keys // 2, kind.max_keys)),
-             label="n")
+    n = draw(
+        st.one_of(st.integers(1, 8), st.integers(kind.max_keys // 2, kind.max_keys)), label="n"
+    )
     values = _keys(draw, kind, n)
     # Most runs' ends are the last key or close to it (keys inserted after the start lie
     # beyond it), most checkpoints near the start: weighted so, as hypothesis draws bounded
     # integers about evenly, and an even draw of both leaves few keys between them.
-    end_at = n - 1 - draw(st.one_of(st.just(0), st.integers(0, 3), st.integers(0, n - 1))
-                          .filter(lambda after: after < n), label="keys_after_end")
-    checkpoint_at = draw(st.one_of(st.none(), st.integers(0, min(end_at, 3)),
-                                   st.integers(0, end_at)), label="checkpoint_at")
+    end_at = (
+        n
+        - 1
+        - draw(
+            st.one_of(st.just(0), st.integers(0, 3), st.integers(0, n - 1)).filter(
+                lambda after: after < n
+            ),
+            label="keys_after_end",
+        )
+    )
+    checkpoint_at = draw(
+        st.one_of(st.none(), st.integers(0, min(end_at, 3)), st.integers(0, end_at)),
+        label="checkpoint_at",
+    )
     script = draw(st.lists(steps, min_size=min(n, 20), max_size=2 * n + 6), label="script")
     drain = draw(st.lists(SIZES, min_size=1, max_size=6), label="drain_sizes")
     return Run(values, end_at, checkpoint_at, script, drain)
@@ -451,9 +521,11 @@ async def _check(conn: asyncpg.Connection, kind_name: str, run: Run) -> None:
 # One test per key kind, as @given's strategy cannot depend on a pytest parameter; each
 # example reuses the kind's table (emptied and filled again) and the run's row (dropped and
 # inserted again) in the test's database.
-PROPERTY = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _property_of(kind: str) -> Callable[..., Any]:
@@ -461,6 +533,7 @@ def _property_of(kind: str) -> Callable[..., Any]:
     @given(run=runs(KINDS[kind]))
     async def test(conn: asyncpg.Connection, run: Run) -> None:
         await _check(conn, kind, run)
+
     return test
 
 
@@ -479,31 +552,62 @@ async def test_an_empty_table_hands_out_nothing(conn: asyncpg.Connection) -> Non
     await conn.execute(kind.ddl)
     target = await store.inspect_target(conn, kind.table, ("k",))
     assert await store.last_key(conn, target) is None
-    await conn.execute(store.query("insert_backfill"), NAME, f"{NAME}.py", target.table,
-                       ["k"], ["bigint"], None, 5, 0, "checksum", "up")
-    c = await store.claim(conn, NAME, uuid.uuid4(), LEASE, store.RangeQueries(target),
-                          size=5, timeouts=TimeoutPolicy())
+    await conn.execute(
+        store.query("insert_backfill"),
+        NAME,
+        f"{NAME}.py",
+        target.table,
+        ["k"],
+        ["bigint"],
+        None,
+        5,
+        0,
+        "checksum",
+        "up",
+    )
+    c = await store.claim(
+        conn,
+        NAME,
+        uuid.uuid4(),
+        LEASE,
+        store.RangeQueries(target),
+        size=5,
+        timeouts=TimeoutPolicy(),
+    )
     assert c is None
     assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == 0
 
 
 async def test_the_checkpoint_takes_a_bound_found_ahead_only_for_the_frontier_it_was_for(
-        conn: asyncpg.Connection) -> None:
+    conn: asyncpg.Connection,
+) -> None:
     """The look-ahead's bound is used as is when the frontier is where it was looked up
     from (it saves the checkpoint its index scan); for any other frontier it is ignored and
     the bound found in the statement."""
     kind = KINDS["sparse_bigint"]
     ctx, _ = await _setup(conn, kind, set(range(1, 101)), end_at=99, checkpoint_at=None)
-    first = await store.claim(conn, NAME, ctx.token, LEASE, ctx.ranges, size=10,
-                              timeouts=TimeoutPolicy())
+    first = await store.claim(
+        conn, NAME, ctx.token, LEASE, ctx.ranges, size=10, timeouts=TimeoutPolicy()
+    )
     assert first is not None
     assert first.range.upper == ("10",)
 
     async def checkpoint(c: store.Claim, hint: tuple[Bound, Bound]) -> store.Claim:
         async with conn.transaction():
             settled = await store.checkpoint(
-                conn, c, ctx.token, name=NAME, rows=c.keys, seconds=0.001, attempts=1,
-                batch_size=10, claim_next=True, lease=LEASE, ranges=ctx.ranges, hint=hint)
+                conn,
+                c,
+                ctx.token,
+                name=NAME,
+                rows=c.keys,
+                seconds=0.001,
+                attempts=1,
+                batch_size=10,
+                claim_next=True,
+                lease=LEASE,
+                ranges=ctx.ranges,
+                hint=hint,
+            )
         assert settled is not None
         assert settled[1] is not None
         return settled[1]
@@ -518,23 +622,38 @@ async def test_the_checkpoint_takes_a_bound_found_ahead_only_for_the_frontier_it
 
 
 async def test_the_checkpoint_fences_on_the_range_as_well_as_the_id(
-        conn: asyncpg.Connection) -> None:
+    conn: asyncpg.Connection,
+) -> None:
     """After a crash that lost a claim's asynchronous commit, its id may be issued again to
     another range claimed under the same token (two workers of one runner). A checkpoint
     for the old claim must not mark that range done."""
     kind = KINDS["sparse_bigint"]
     ctx, _ = await _setup(conn, kind, set(range(1, 101)), end_at=99, checkpoint_at=None)
-    lost = await store.claim(conn, NAME, ctx.token, LEASE, ctx.ranges, size=10,
-                             timeouts=TimeoutPolicy())
+    lost = await store.claim(
+        conn, NAME, ctx.token, LEASE, ctx.ranges, size=10, timeouts=TimeoutPolicy()
+    )
     assert lost is not None
     # The same id, owned by the same token, now names keys 40..50.
-    await conn.execute("UPDATE ops.backfill_batches SET lower_key = '{40}', upper_key = '{50}'"
-                       " WHERE id = $1", lost.id)
+    await conn.execute(
+        "UPDATE ops.backfill_batches SET lower_key = '{40}', upper_key = '{50}' WHERE id = $1",
+        lost.id,
+    )
     async with conn.transaction():
         settled = await store.checkpoint(
-            conn, lost, ctx.token, name=NAME, rows=10, seconds=0.001, attempts=1,
-            batch_size=10, claim_next=True, lease=LEASE, ranges=ctx.ranges)
+            conn,
+            lost,
+            ctx.token,
+            name=NAME,
+            rows=10,
+            seconds=0.001,
+            attempts=1,
+            batch_size=10,
+            claim_next=True,
+            lease=LEASE,
+            ranges=ctx.ranges,
+        )
     assert settled is None
-    row = await conn.fetchrow("SELECT status, rows FROM ops.backfill_batches WHERE id = $1",
-                              lost.id)
+    row = await conn.fetchrow(
+        "SELECT status, rows FROM ops.backfill_batches WHERE id = $1", lost.id
+    )
     assert (row["status"], row["rows"]) == ("running", None)

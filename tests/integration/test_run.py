@@ -46,8 +46,9 @@ BIGINT_KEY = [("id", "bigint")]
 # --- 1. both forms -----------------------------------------------------------------------
 
 
-async def test_sql_form_touches_every_row_once(dsn: str, conn: asyncpg.Connection,
-                                               tmp_path: Path) -> None:
+async def test_sql_form_touches_every_row_once(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=1_234)
     name = write_migration(tmp_path, "touch_sql", sql_migration(TABLE, batch_size=100))
 
@@ -64,11 +65,15 @@ async def test_sql_form_touches_every_row_once(dsn: str, conn: asyncpg.Connectio
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
 
-async def test_process_form_touches_every_row_once(dsn: str, conn: asyncpg.Connection,
-                                                   tmp_path: Path) -> None:
+async def test_process_form_touches_every_row_once(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=1_001)
     # Only even ids are changed: rows_processed counts what process() returned.
-    name = write_migration(tmp_path, "touch_process", '''
+    name = write_migration(
+        tmp_path,
+        "touch_process",
+        '''
         """Touch every row, in Python; count the even ids as processed."""
         from cryptopi_batch import Backfill, Batch
 
@@ -82,7 +87,8 @@ async def test_process_form_touches_every_row_once(dsn: str, conn: asyncpg.Conne
 
         migration = Backfill(table="matrices.dyn_values", key="id", batch_size=64,
                              process=touch)
-    ''')
+    ''',
+    )
 
     result = await run(dsn, tmp_path, name)
 
@@ -93,13 +99,17 @@ async def test_process_form_touches_every_row_once(dsn: str, conn: asyncpg.Conne
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
 
-async def test_a_process_batch_may_use_savepoints(dsn: str, conn: asyncpg.Connection,
-                                                 tmp_path: Path) -> None:
+async def test_a_process_batch_may_use_savepoints(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """``batch.conn.transaction()`` inside a batch is a savepoint (writing-migrations.md),
     in the first batch and in those whose transaction the commit before began: what it
     keeps commits with the batch, what it rolls back does not."""
     await seed_table(conn, rows=250)
-    name = write_migration(tmp_path, "savepoints", '''
+    name = write_migration(
+        tmp_path,
+        "savepoints",
+        '''
         """Touch every row inside a savepoint; a second savepoint is rolled back."""
         from cryptopi_batch import Backfill, Batch
 
@@ -120,7 +130,8 @@ async def test_a_process_batch_may_use_savepoints(dsn: str, conn: asyncpg.Connec
             return int(status.split()[-1])
 
         migration = Backfill(table="matrices.dyn_values", batch_size=100, process=touch)
-    ''')
+    ''',
+    )
 
     result = await run(dsn, tmp_path, name)
 
@@ -133,14 +144,21 @@ async def test_a_process_batch_may_use_savepoints(dsn: str, conn: asyncpg.Connec
 # --- 2. every key type -------------------------------------------------------------------
 
 
-async def _run_key_case(dsn: str, conn: asyncpg.Connection, tmp_path: Path, table: str,
-                        key: str | tuple[str, ...], columns: list[tuple[str, str]],
-                        batch_size: int) -> None:
+async def _run_key_case(
+    dsn: str,
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    table: str,
+    key: str | tuple[str, ...],
+    columns: list[tuple[str, str]],
+    batch_size: int,
+) -> None:
     await conn.execute(f"ANALYZE {table}")
     n = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
     assert n % batch_size != 0, "the batch size must not divide the row count"
-    name = write_migration(tmp_path, "touch_keys",
-                           sql_migration(table, key=key, batch_size=batch_size))
+    name = write_migration(
+        tmp_path, "touch_keys", sql_migration(table, key=key, batch_size=batch_size)
+    )
     result = await run(dsn, tmp_path, name)
     assert result.outcome is not None
     assert result.outcome.completed
@@ -149,64 +167,72 @@ async def _run_key_case(dsn: str, conn: asyncpg.Connection, tmp_path: Path, tabl
     await assert_batches_partition(conn, name, table, columns)
 
 
-async def test_bigint_key_sparse_and_negative(dsn: str, conn: asyncpg.Connection,
-                                              tmp_path: Path) -> None:
+async def test_bigint_key_sparse_and_negative(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     # Negative and positive ids of every digit count, with gaps of varying width: the
     # text form's order ('-10' < '-9', '10' < '9') differs from the key's.
-    await conn.execute("CREATE TABLE sparse (id bigint PRIMARY KEY, touched int NOT NULL"
-                       " DEFAULT 0)")
+    await conn.execute(
+        "CREATE TABLE sparse (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0)"
+    )
     await conn.execute(
         "INSERT INTO sparse (id) SELECT i * i * sign(i)::int FROM generate_series(-700, 700) i"
         " UNION SELECT v FROM unnest(ARRAY[-9223372036854775808, 9223372036854775807,"
-        " 3, -3, 1000001]::bigint[]) v ON CONFLICT DO NOTHING")
+        " 3, -3, 1000001]::bigint[]) v ON CONFLICT DO NOTHING"
+    )
     await _run_key_case(dsn, conn, tmp_path, "sparse", "id", [("id", "bigint")], 97)
 
 
 async def test_integer_key(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
-    await conn.execute("CREATE TABLE ints (id integer PRIMARY KEY, touched int NOT NULL"
-                       " DEFAULT 0)")
+    await conn.execute("CREATE TABLE ints (id integer PRIMARY KEY, touched int NOT NULL DEFAULT 0)")
     await conn.execute("INSERT INTO ints (id) SELECT i * 3 FROM generate_series(-500, 500) i")
     await _run_key_case(dsn, conn, tmp_path, "ints", "id", [("id", "integer")], 100)
 
 
 async def test_uuid_key(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
-    await conn.execute("CREATE TABLE uuids (id uuid PRIMARY KEY, touched int NOT NULL"
-                       " DEFAULT 0)")
-    await conn.execute("INSERT INTO uuids (id) SELECT gen_random_uuid()"
-                       " FROM generate_series(1, 1037)")
+    await conn.execute("CREATE TABLE uuids (id uuid PRIMARY KEY, touched int NOT NULL DEFAULT 0)")
+    await conn.execute(
+        "INSERT INTO uuids (id) SELECT gen_random_uuid() FROM generate_series(1, 1037)"
+    )
     await _run_key_case(dsn, conn, tmp_path, "uuids", "id", [("id", "uuid")], 100)
 
 
 # Mixed case, digits, punctuation and accents: byte order (C) and a linguistic order differ.
-_TEXT_VALUES = ("SELECT w FROM (SELECT (ARRAY['a','B','c','D','é','E','_','z','Z','1'])"
-                "[1 + i % 10] || (ARRAY['x','Y','ä','-'])[1 + (i / 10) % 4] || i::text AS w"
-                " FROM generate_series(1, 1111) i) s")
+_TEXT_VALUES = (
+    "SELECT w FROM (SELECT (ARRAY['a','B','c','D','é','E','_','z','Z','1'])"
+    "[1 + i % 10] || (ARRAY['x','Y','ä','-'])[1 + (i / 10) % 4] || i::text AS w"
+    " FROM generate_series(1, 1111) i) s"
+)
 
 
-async def test_text_key_default_collation(dsn: str, conn: asyncpg.Connection,
-                                          tmp_path: Path) -> None:
-    await conn.execute("CREATE TABLE words (k text PRIMARY KEY, touched int NOT NULL"
-                       " DEFAULT 0)")
+async def test_text_key_default_collation(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    await conn.execute("CREATE TABLE words (k text PRIMARY KEY, touched int NOT NULL DEFAULT 0)")
     await conn.execute(f"INSERT INTO words (k) {_TEXT_VALUES}")
     await _run_key_case(dsn, conn, tmp_path, "words", "k", [("k", "text")], 100)
 
 
 async def _non_c_collation(conn: asyncpg.Connection) -> str | None:
     """A collation under which 'a' < 'B' (false in byte order), created if need be."""
+
     async def orders_linguistically(name: str) -> bool:
         try:
             return bool(await conn.fetchval(f"SELECT 'a' < 'B' COLLATE \"{name}\""))
         except asyncpg.PostgresError:
             return False
 
-    for (name,) in await conn.fetch("SELECT collname FROM pg_collation"
-                                    " WHERE collisdeterministic ORDER BY collname"):
+    for (name,) in await conn.fetch(
+        "SELECT collname FROM pg_collation WHERE collisdeterministic ORDER BY collname"
+    ):
         if await orders_linguistically(name):
             return str(name)
     attempts = [
         "CREATE COLLATION test_linguistic (provider = icu, locale = 'und')",
-        *(f"CREATE COLLATION test_linguistic (provider = libc, locale = '{loc}')"
-          for loc in ("en_US.utf8", "en_US.UTF-8", "de_DE.utf8", "en_GB.utf8")),
+        *(
+            f"CREATE COLLATION test_linguistic (provider = libc, locale = '{loc}')"
+            for loc in ("en_US.utf8", "en_US.UTF-8", "de_DE.utf8", "en_GB.utf8")
+        ),
     ]
     for ddl in attempts:
         try:
@@ -219,26 +245,32 @@ async def _non_c_collation(conn: asyncpg.Connection) -> str | None:
     return None
 
 
-async def test_text_key_non_c_collation(dsn: str, conn: asyncpg.Connection,
-                                        tmp_path: Path) -> None:
+async def test_text_key_non_c_collation(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     collation = await _non_c_collation(conn)
     if collation is None:
-        pytest.skip("this server has no collation that orders text other than by bytes"
-                    " (built without ICU, no libc locales)")
-    await conn.execute(f'CREATE TABLE words (k text COLLATE "{collation}" PRIMARY KEY,'
-                       " touched int NOT NULL DEFAULT 0)")
+        pytest.skip(
+            "this server has no collation that orders text other than by bytes"
+            " (built without ICU, no libc locales)"
+        )
+    await conn.execute(
+        f'CREATE TABLE words (k text COLLATE "{collation}" PRIMARY KEY,'
+        " touched int NOT NULL DEFAULT 0)"
+    )
     await conn.execute(f"INSERT INTO words (k) {_TEXT_VALUES}")
     # The data set really orders differently from bytes under this collation.
     assert not await conn.fetchval(
-        'SELECT array_agg(k ORDER BY k) = array_agg(k ORDER BY k COLLATE "C") FROM words')
+        'SELECT array_agg(k ORDER BY k) = array_agg(k ORDER BY k COLLATE "C") FROM words'
+    )
     await _run_key_case(dsn, conn, tmp_path, "words", "k", [("k", "text")], 100)
 
 
 @pytest.mark.parametrize("type_", ["timestamp", "timestamptz"])
-async def test_timestamp_keys(dsn: str, conn: asyncpg.Connection, tmp_path: Path,
-                              type_: str) -> None:
-    await conn.execute(f"CREATE TABLE events (at {type_} PRIMARY KEY, touched int NOT NULL"
-                       " DEFAULT 0)")
+async def test_timestamp_keys(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, type_: str
+) -> None:
+    await conn.execute(
+        f"CREATE TABLE events (at {type_} PRIMARY KEY, touched int NOT NULL DEFAULT 0)"
+    )
     # Microsecond precision, irregular gaps, across a daylight saving change in Berlin,
     # and far in the past and the future.
     await conn.execute(
@@ -246,7 +278,8 @@ async def test_timestamp_keys(dsn: str, conn: asyncpg.Connection, tmp_path: Path
         " + make_interval(secs => i * 7.123457 + (i % 13) * 0.000001))"
         f"::{type_} FROM generate_series(1, 1200) i"
         f" UNION SELECT '1901-12-14 00:00:00.000001'::{type_}"
-        f" UNION SELECT '2999-01-01 23:59:59.999999'::{type_}")
+        f" UNION SELECT '2999-01-01 23:59:59.999999'::{type_}"
+    )
     await conn.execute("SET TimeZone = 'Europe/Berlin'")
     await _run_key_case(dsn, conn, tmp_path, "events", "at", [("at", type_)], 100)
 
@@ -254,30 +287,40 @@ async def test_timestamp_keys(dsn: str, conn: asyncpg.Connection, tmp_path: Path
 async def test_composite_key(dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
     # Many rows share the first column: batch bounds fall inside a group and the second
     # column must decide.
-    await conn.execute("CREATE TABLE pairs (a bigint NOT NULL, b text NOT NULL,"
-                       " touched int NOT NULL DEFAULT 0, PRIMARY KEY (a, b))")
-    await conn.execute("INSERT INTO pairs (a, b) SELECT (i % 7) - 3, 'k' || i"
-                       " FROM generate_series(1, 1049) i")
-    await _run_key_case(dsn, conn, tmp_path, "pairs", ("a", "b"),
-                        [("a", "bigint"), ("b", "text")], 100)
+    await conn.execute(
+        "CREATE TABLE pairs (a bigint NOT NULL, b text NOT NULL,"
+        " touched int NOT NULL DEFAULT 0, PRIMARY KEY (a, b))"
+    )
+    await conn.execute(
+        "INSERT INTO pairs (a, b) SELECT (i % 7) - 3, 'k' || i FROM generate_series(1, 1049) i"
+    )
+    await _run_key_case(
+        dsn, conn, tmp_path, "pairs", ("a", "b"), [("a", "bigint"), ("b", "text")], 100
+    )
 
 
 async def test_a_quoted_table_name_with_dots_and_capitals(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """``table=`` is read as SQL reads it: quoted parts as written, dots included."""
     await conn.execute('CREATE SCHEMA "Odd.Schema"')
-    await conn.execute('CREATE TABLE "Odd.Schema"."Dyn.Values" (id bigint PRIMARY KEY,'
-                       " touched int NOT NULL DEFAULT 0)")
-    await conn.execute('INSERT INTO "Odd.Schema"."Dyn.Values" (id)'
-                       " SELECT generate_series(1, 333)")
+    await conn.execute(
+        'CREATE TABLE "Odd.Schema"."Dyn.Values" (id bigint PRIMARY KEY,'
+        " touched int NOT NULL DEFAULT 0)"
+    )
+    await conn.execute('INSERT INTO "Odd.Schema"."Dyn.Values" (id) SELECT generate_series(1, 333)')
     table = '"Odd.Schema"."Dyn.Values"'
     sql = f"UPDATE {table} SET touched = touched + 1 WHERE {{range}}"
-    name = write_migration(tmp_path, "touch_odd", f'''
+    name = write_migration(
+        tmp_path,
+        "touch_odd",
+        f'''
         """Touch every row of an oddly named table once."""
         from cryptopi_batch import Backfill
 
         migration = Backfill(table={table!r}, key="id", batch_size=50, sql={sql!r})
-    ''')
+    ''',
+    )
     result = await run(dsn, tmp_path, name)
     assert result.outcome is not None
     assert result.outcome.completed
@@ -289,7 +332,8 @@ async def test_a_quoted_table_name_with_dots_and_capitals(
 
 
 async def test_empty_table_completes_with_nothing_but_the_ops_rows(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=0)
     name = write_migration(tmp_path, "touch_empty", sql_migration(TABLE))
 
@@ -306,24 +350,43 @@ async def test_empty_table_completes_with_nothing_but_the_ops_rows(
     assert await conn.fetchval("SELECT count(*) FROM matrices.dyn_values") == 0
 
 
-@pytest.mark.parametrize(("declared", "option", "expected", "pooled"), [
-    (None, None, "off", False), (True, None, "on", False), (True, False, "off", False),
-    (None, True, "on", False), (None, None, "off", True), (True, None, "on", True)])
+@pytest.mark.parametrize(
+    ("declared", "option", "expected", "pooled"),
+    [
+        (None, None, "off", False),
+        (True, None, "on", False),
+        (True, False, "off", False),
+        (None, True, "on", False),
+        (None, None, "off", True),
+        (True, None, "on", True),
+    ],
+)
 async def test_each_batch_transaction_sets_its_own_timeouts_and_commit_mode(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path, declared: bool | None,
-        option: bool | None, expected: str, pooled: bool,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn: str,
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    declared: bool | None,
+    option: bool | None,
+    expected: str,
+    pooled: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """What a batch's transaction runs under, read inside it: the lock and statement
     timeouts, and synchronous_commit (off unless the migration or the option says on).
     On a direct connection they travel with BEGIN; behind a pooler (``pooled``: the
     session cannot be named once for all) in a statement of their own."""
     if pooled:
+
         async def behind_a_pooler(self: Runner, conn: asyncpg.Connection) -> None:
             return None
+
         monkeypatch.setattr(Runner, "_identify", behind_a_pooler)
     await seed_table(conn, rows=250)
     await conn.execute("CREATE TABLE seen (lock text, stmt text, sync text)")
-    name = write_migration(tmp_path, "settings_seen", f'''
+    name = write_migration(
+        tmp_path,
+        "settings_seen",
+        f'''
         """Record each batch transaction's settings."""
         from cryptopi_batch import Backfill, Batch
 
@@ -335,7 +398,8 @@ async def test_each_batch_transaction_sets_its_own_timeouts_and_commit_mode(
 
         migration = Backfill(table="matrices.dyn_values", batch_size=100, process=look,
                              synchronous_commit={declared!r})
-    ''')
+    ''',
+    )
 
     await run(dsn, tmp_path, name, lock_timeout="1500ms", synchronous_commit=option)
 
@@ -348,8 +412,12 @@ async def test_each_batch_transaction_sets_its_own_timeouts_and_commit_mode(
 
 @pytest.mark.parametrize("sleep", [None, 0.3], ids=["at-once", "paced"])
 async def test_each_batch_is_a_transaction_of_its_own_begun_when_it_starts(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path, sleep: float | None,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn: str,
+    conn: asyncpg.Connection,
+    tmp_path: Path,
+    sleep: float | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Batches that follow one another at once have their BEGIN sent with the COMMIT of
     the batch before (one round trip less each); still, every batch runs in a transaction
     of its own, and none is left open while the run waits: with a pause between batches,
@@ -360,10 +428,14 @@ async def test_each_batch_is_a_transaction_of_its_own_begun_when_it_starts(
     async def spy(self: Connection, query: str, *args: object, **kw: object) -> str:
         sent.append(query)
         return await execute(self, query, *args, **kw)  # type: ignore[arg-type]
+
     monkeypatch.setattr(Connection, "execute", spy)
     await seed_table(conn, rows=250)
     await conn.execute("CREATE TABLE seen (xact bigint, waited interval)")
-    name = write_migration(tmp_path, "transactions_seen", '''
+    name = write_migration(
+        tmp_path,
+        "transactions_seen",
+        '''
         """Record each batch's transaction, and how long it was open before its work."""
         from cryptopi_batch import Backfill, Batch
 
@@ -376,7 +448,8 @@ async def test_each_batch_is_a_transaction_of_its_own_begun_when_it_starts(
             return int(status.split()[-1])
 
         migration = Backfill(table="matrices.dyn_values", batch_size=100, process=look)
-    ''')
+    ''',
+    )
 
     await run(dsn, tmp_path, name, sleep=sleep)
 
@@ -389,8 +462,8 @@ async def test_each_batch_is_a_transaction_of_its_own_begun_when_it_starts(
 
 
 async def test_a_commit_of_unknown_outcome_is_read_back_not_failed(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The second batch's COMMIT succeeds but the BEGIN it carries fails: the worker cannot
     tell, reconnects, finds its batch done in the ops tables, and the run completes with
     every row once. The next range, which that commit claimed and no worker holds, goes
@@ -403,6 +476,7 @@ async def test_a_commit_of_unknown_outcome_is_read_back_not_failed(
         calls += 1
         bad = " SET LOCAL lock_timeout = 'not a duration';" if calls == 2 else ""
         begin_next(self, begin + bad)
+
     monkeypatch.setattr(Ending, "begin_next", fail_the_second)
     await seed_table(conn, rows=450)
     name = write_migration(tmp_path, "touch_unknown", sql_migration(TABLE, batch_size=100))
@@ -418,7 +492,8 @@ async def test_a_commit_of_unknown_outcome_is_read_back_not_failed(
 
 
 async def test_rerun_of_a_completed_migration_is_a_no_op(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=450)
     name = write_migration(tmp_path, "touch_twice", sql_migration(TABLE, batch_size=100))
     await run(dsn, tmp_path, name)
@@ -445,7 +520,8 @@ async def _slow_batches(conn: asyncpg.Connection) -> None:
 
 
 async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """ops.migrations keeps the file (it completed once), but the run's own row, started
     over and stopped part-way, is what both commands report."""
     await seed_table(conn, rows=450)
@@ -456,8 +532,10 @@ async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, restart=True, max_duration="0.1s")
     connection = ConnectionSettings(dsn=dsn)
-    listed = {r.name: r.status for r in await commands.list_migrations(
-        directory=tmp_path, connection=connection)}
+    listed = {
+        r.name: r.status
+        for r in await commands.list_migrations(directory=tmp_path, connection=connection)
+    }
     [status] = await commands.status(name, directory=tmp_path, connection=connection)
     assert listed[name] == status.status == "pending"
     assert status.interrupted
@@ -465,7 +543,8 @@ async def test_list_and_status_agree_after_a_restart_of_a_completed_run(
 
 
 async def test_a_file_already_recorded_in_ops_migrations_is_not_run_again(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """Recorded in ops.migrations without a run of its own (applied by other tooling): `run`
     is a no-op, as for a completed run, and `status` says completed as `list` does;
     `--restart` runs it all the same."""
@@ -481,8 +560,10 @@ async def test_a_file_already_recorded_in_ops_migrations_is_not_run_again(
     assert await conn.fetchval(f"SELECT sum(touched) FROM {TABLE}") == 0
     assert await conn.fetchval("SELECT count(*) FROM ops.backfills") == 0
     [status] = await commands.status(name, directory=tmp_path, connection=connection)
-    listed = {r.name: r.status for r in await commands.list_migrations(
-        directory=tmp_path, connection=connection)}
+    listed = {
+        r.name: r.status
+        for r in await commands.list_migrations(directory=tmp_path, connection=connection)
+    }
     assert status.status == listed[name] == "completed"
 
     restarted = await run(dsn, tmp_path, name, restart=True)
@@ -494,7 +575,8 @@ async def test_a_file_already_recorded_in_ops_migrations_is_not_run_again(
 
 
 async def test_status_rate_counts_each_batch_to_its_end(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """A batch's finish is when its checkpoint ran, not when its transaction began (now()):
     batches of 100 keys that take 0.2 s each cannot show more than 500 keys/s."""
     await seed_table(conn, rows=2_000)
@@ -502,8 +584,9 @@ async def test_status_rate_counts_each_batch_to_its_end(
     await _slow_batches(conn)
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0.5s")
-    [status] = await commands.status(name, directory=tmp_path,
-                                     connection=ConnectionSettings(dsn=dsn))
+    [status] = await commands.status(
+        name, directory=tmp_path, connection=ConnectionSettings(dsn=dsn)
+    )
 
     assert status.batches >= 1
     assert status.rows_per_second is not None
@@ -511,7 +594,8 @@ async def test_status_rate_counts_each_batch_to_its_end(
 
 
 async def test_a_max_duration_of_zero_stops_before_the_first_batch(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """No batch starts past --max-duration: at 0 none does (it ran one before, the
     deadline's task not having run yet), and the stop is a resumable one."""
     await seed_table(conn, rows=300)
@@ -530,7 +614,8 @@ async def test_a_max_duration_of_zero_stops_before_the_first_batch(
 
 
 async def test_three_workers_share_the_work_exactly_once(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=3_001)
     name = write_migration(tmp_path, "touch_workers", sql_migration(TABLE, batch_size=50))
 
@@ -541,14 +626,17 @@ async def test_three_workers_share_the_work_exactly_once(
     await assert_completed(conn, name, TABLE, 3_001)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     workers = await conn.fetchval(
-        "SELECT workers FROM ops.backfill_workers WHERE backfill = $1", name)
+        "SELECT workers FROM ops.backfill_workers WHERE backfill = $1", name
+    )
     assert workers == 3
 
 
-@pytest.mark.parametrize("same_namespace", [True, False], ids=["same-pid-namespace",
-                                                             "other-pid-namespace"])
+@pytest.mark.parametrize(
+    "same_namespace", [True, False], ids=["same-pid-namespace", "other-pid-namespace"]
+)
 async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_namespace(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path, same_namespace: bool) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, same_namespace: bool
+) -> None:
     """A runner starting finds another on its host whose pid is gone, holding a range with
     an hour's lease. In this process's pid namespace that pid is its process, gone: it is
     retired and its range handed back at once. From another pid namespace (a container
@@ -563,21 +651,29 @@ async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_name
     namespace = _pid_namespace() if same_namespace else "pid:[1]"
     await conn.execute(
         "INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers, pid_namespace)"
-        " VALUES ($1, $2, $3, $4, 1, $5)", token, name, socket.gethostname(), child.pid,
-        namespace)
+        " VALUES ($1, $2, $3, $4, 1, $5)",
+        token,
+        name,
+        socket.gethostname(),
+        child.pid,
+        namespace,
+    )
     target = await store.inspect_target(conn, TABLE, ("id",))
-    held = await store.claim(conn, name, token, 3600, store.RangeQueries(target), size=100,
-                             timeouts=TimeoutPolicy())
+    held = await store.claim(
+        conn, name, token, 3600, store.RangeQueries(target), size=100, timeouts=TimeoutPolicy()
+    )
     assert held is not None
 
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0s")  # registers, and looks around
 
     stopped = await conn.fetchval(
-        "SELECT stopped_at FROM ops.backfill_workers WHERE token = $1", token)
+        "SELECT stopped_at FROM ops.backfill_workers WHERE token = $1", token
+    )
     lease_left = await conn.fetchval(
-        "SELECT extract(epoch FROM lease_until - now()) FROM ops.backfill_batches"
-        " WHERE id = $1", held.id)
+        "SELECT extract(epoch FROM lease_until - now()) FROM ops.backfill_batches WHERE id = $1",
+        held.id,
+    )
     if same_namespace:
         assert stopped is not None
         assert lease_left < 0
@@ -587,7 +683,8 @@ async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_name
 
 
 async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """A run started under version 1 of the ops schema (without the runners' pid
     namespaces), resumed by two runners at once: the schema is upgraded once, under its
     lock, and the run completes with every row once."""
@@ -602,8 +699,12 @@ async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
 
     assert len(results) == 2
     assert await store.schema_version(conn) == store.SCHEMA_VERSION == 2
-    assert await conn.fetchval(
-        "SELECT count(*) FROM ops.backfill_workers WHERE pid_namespace IS NOT NULL") == 2
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM ops.backfill_workers WHERE pid_namespace IS NOT NULL"
+        )
+        == 2
+    )
     await assert_completed(conn, name, TABLE, 1_000)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
@@ -616,24 +717,26 @@ def _plan_text(rows: list[asyncpg.Record]) -> str:
 
 
 @pytest.mark.parametrize("kind", ["bigint", "text"])
-async def test_the_range_lookup_is_an_index_range_scan(
-        conn: asyncpg.Connection, kind: str) -> None:
+async def test_the_range_lookup_is_an_index_range_scan(conn: asyncpg.Connection, kind: str) -> None:
     if kind == "bigint":
         await seed_table(conn, rows=50_000)
         table, key = TABLE, ("id",)
         lower, upper = ("20000",), ("50000",)
     else:
         await conn.execute("CREATE TABLE words (k text PRIMARY KEY, v int)")
-        await conn.execute("INSERT INTO words SELECT md5(i::text), i"
-                           " FROM generate_series(1, 50000) i")
+        await conn.execute(
+            "INSERT INTO words SELECT md5(i::text), i FROM generate_series(1, 50000) i"
+        )
         await conn.execute("ANALYZE words")
         table, key = "words", ("k",)
         lower, upper = ("4",), ("c",)
     target = await store.inspect_target(conn, table, key)
     queries = store.RangeQueries(target)
 
-    for sql, params in ((queries.nth_after, [*lower, *upper, 999]),
-                        (queries.nth_from_start, [*upper, 999])):
+    for sql, params in (
+        (queries.nth_after, [*lower, *upper, 999]),
+        (queries.nth_from_start, [*upper, 999]),
+    ):
         plan = _plan_text(await conn.fetch("EXPLAIN " + sql, *params))
         assert "Index Only Scan" in plan or "Index Scan" in plan, plan
         assert "Sort" not in plan, plan
@@ -642,11 +745,15 @@ async def test_the_range_lookup_is_an_index_range_scan(
         assert await conn.fetchrow(sql, *params) is not None
 
     # Reading the n-th key touches about n index entries, not the whole range.
-    analyzed = _plan_text(await conn.fetch(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT) " + queries.nth_after,
-        *lower, *upper, 999))
-    scanned = [float(m.group(1)) for m in re.finditer(
-        r"Index (?:Only )?Scan.*actual time=\S+ rows=([\d.]+)", analyzed)]
+    analyzed = _plan_text(
+        await conn.fetch(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT) " + queries.nth_after, *lower, *upper, 999
+        )
+    )
+    scanned = [
+        float(m.group(1))
+        for m in re.finditer(r"Index (?:Only )?Scan.*actual time=\S+ rows=([\d.]+)", analyzed)
+    ]
     assert scanned == [1000.0], analyzed
 
 
@@ -654,9 +761,13 @@ async def test_the_range_lookup_is_an_index_range_scan(
 
 
 async def test_two_runners_at_once_complete_exactly_once(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=2_017)
-    name = write_migration(tmp_path, "touch_two_runners", '''
+    name = write_migration(
+        tmp_path,
+        "touch_two_runners",
+        '''
         """Touch every row, slowly enough that both runners get batches."""
         from cryptopi_batch import Backfill, Batch
 
@@ -668,7 +779,8 @@ async def test_two_runners_at_once_complete_exactly_once(
 
         migration = Backfill(table="matrices.dyn_values", key="id", batch_size=40,
                              process=touch)
-    ''')
+    ''',
+    )
     results = await run_together(dsn, tmp_path, name)
 
     assert len(results) == 2
@@ -678,6 +790,8 @@ async def test_two_runners_at_once_complete_exactly_once(
     # Both joined the same run and both did some of it.
     per_worker = await conn.fetch(
         "SELECT worker, count(*) AS n FROM ops.backfill_batches WHERE backfill = $1"
-        " GROUP BY worker", name)
+        " GROUP BY worker",
+        name,
+    )
     assert len(per_worker) == 2, [dict(r) for r in per_worker]
     assert await conn.fetchval("SELECT count(*) FROM ops.backfill_workers") == 2

@@ -41,28 +41,29 @@ BIGINT_KEY = [("id", "bigint")]
 async def _done_batches(conn: asyncpg.Connection) -> int:
     if not await conn.fetchval("SELECT to_regclass('ops.backfill_batches') IS NOT NULL"):
         return 0
-    return int(await conn.fetchval(
-        "SELECT count(*) FROM ops.backfill_batches WHERE status = 'done'"))
+    return int(
+        await conn.fetchval("SELECT count(*) FROM ops.backfill_batches WHERE status = 'done'")
+    )
 
 
 # --- 5. a crash at each point of a batch, then resume -------------------------------------
 
 
 # (crash point, batches committed when the 3rd batch reaches it)
-CRASH_POINTS = [("before_work", 2), ("after_work", 2), ("before_commit", 2),
-                ("after_commit", 3)]
+CRASH_POINTS = [("before_work", 2), ("after_work", 2), ("before_commit", 2), ("after_commit", 3)]
 
 
 @pytest.mark.parametrize(("point", "committed"), CRASH_POINTS)
 async def test_resume_after_a_kill_at_each_point_of_a_batch(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path, point: str,
-        committed: int) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, point: str, committed: int
+) -> None:
     await seed_table(conn, rows=1_050)
     name = write_migration(tmp_path, "touch_crash", sql_migration(TABLE, batch_size=100))
     argv = ("run", name, "--migrations-dir", str(tmp_path), "--no-progress")
 
     crashed = await anyio.to_thread.run_sync(
-        lambda: run_cli(*argv, dsn=dsn, env={"CRYPTOPI_BATCH_CRASH_AT": f"{point}:3"}))
+        lambda: run_cli(*argv, dsn=dsn, env={"CRYPTOPI_BATCH_CRASH_AT": f"{point}:3"})
+    )
 
     assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr)
     # The checkpoint holds exactly the committed batches, and only their rows changed.
@@ -72,10 +73,12 @@ async def test_resume_after_a_kill_at_each_point_of_a_batch(
     assert f["keys_done"] == f["rows_processed"] == committed * 100
     histogram = await conn.fetch(
         f"SELECT touched, min(id) AS lo, max(id) AS hi, count(*) AS n FROM {TABLE}"
-        " GROUP BY touched ORDER BY touched")
+        " GROUP BY touched ORDER BY touched"
+    )
     assert [tuple(r) for r in histogram] == [
         (0, committed * 100 + 1, 1_050, 1_050 - committed * 100),
-        (1, 1, committed * 100, committed * 100)]
+        (1, 1, committed * 100, committed * 100),
+    ]
     assert await migrations_rows(conn, f"{name}.py") == 0
 
     resumed = await anyio.to_thread.run_sync(lambda: run_cli(*argv, dsn=dsn))
@@ -111,15 +114,17 @@ async def _terminate_when(conn: asyncpg.Connection, done: int, which: str) -> in
 
 
 async def test_a_terminated_batch_connection_reconnects_and_completes(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=1_000)
     name = write_migration(tmp_path, "touch_terminated", SLOW_TOUCH)
     killed: list[int] = []
 
     async def killer() -> None:
         for done in (3, 8, 13):
-            killed.append(await _terminate_when(
-                conn, done, "state = 'active' AND query LIKE '%pg_sleep%'"))
+            killed.append(
+                await _terminate_when(conn, done, "state = 'active' AND query LIKE '%pg_sleep%'")
+            )
 
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
@@ -133,15 +138,20 @@ async def test_a_terminated_batch_connection_reconnects_and_completes(
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     # Each terminated batch ran again, once, on a new connection.
     retried = await conn.fetchval(
-        "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1 AND attempts = 2",
-        name)
+        "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1 AND attempts = 2", name
+    )
     assert retried == 3
-    assert await conn.fetchval(
-        "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name) == 2
+    assert (
+        await conn.fetchval(
+            "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name
+        )
+        == 2
+    )
 
 
 async def test_every_runner_connection_terminated_mid_run_still_completes(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """The control connection (heartbeat, finalize) is lost too, not just a batch's."""
     await seed_table(conn, rows=1_000)
     name = write_migration(tmp_path, "touch_all_terminated", SLOW_TOUCH)
@@ -187,7 +197,8 @@ CREATE TRIGGER inject_fault BEFORE UPDATE ON matrices.dyn_values
 
 
 async def test_serialization_failures_and_deadlocks_are_retried(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=1_030)
     await conn.execute(_INJECT)
     name = write_migration(tmp_path, "touch_retried", sql_migration(TABLE, batch_size=100))
@@ -198,16 +209,24 @@ async def test_serialization_failures_and_deadlocks_are_retried(
     assert result.outcome.completed
     await assert_completed(conn, name, TABLE, 1_030)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
-    attempts = {tuple(r["upper_key"]): r["attempts"] for r in await conn.fetch(
-        "SELECT upper_key, attempts FROM ops.backfill_batches WHERE backfill = $1", name)}
+    attempts = {
+        tuple(r["upper_key"]): r["attempts"]
+        for r in await conn.fetch(
+            "SELECT upper_key, attempts FROM ops.backfill_batches WHERE backfill = $1", name
+        )
+    }
     assert attempts.pop(("300",)) == 2  # 40001 once
     assert attempts.pop(("800",)) == 3  # 40P01 twice
     assert set(attempts.values()) == {1}
     # The faults fired as planned (1 + 1 and 2 + 1 calls of nextval).
     assert await conn.fetchval("SELECT last_value FROM fault_40001") == 2
     assert await conn.fetchval("SELECT last_value FROM fault_40p01") == 3
-    assert await conn.fetchval(
-        "SELECT count(*) FROM ops.backfill_batches WHERE last_error IS NOT NULL") == 0
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM ops.backfill_batches WHERE last_error IS NOT NULL"
+        )
+        == 0
+    )
 
 
 # --- 8. the migration raises; a fixed file resumes with --force ---------------------------
@@ -229,7 +248,8 @@ FAILING = '''
 
 
 async def test_a_failing_migration_keeps_its_checkpoint_and_resumes_when_fixed(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=1_010)
     name = write_migration(tmp_path, "touch_failing", FAILING)
 
@@ -245,13 +265,15 @@ async def test_a_failing_migration_keeps_its_checkpoint_and_resumes_when_fixed(
     assert f["keys_done"] == f["rows_processed"] == 200
     # The two committed batches stay; the failed one rolled back.
     assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE touched = 1") == 200
-    assert await conn.fetchval(
-        f"SELECT count(*) FROM {TABLE} WHERE touched = 1 AND id > 200") == 0
+    assert await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE touched = 1 AND id > 200") == 0
     assert await migrations_rows(conn, f"{name}.py") == 0
 
     # Fixed: the same name, another source.
-    write_migration(tmp_path, "touch_failing", FAILING.replace(
-        'raise ValueError("bad row in the third batch")', "pass"))
+    write_migration(
+        tmp_path,
+        "touch_failing",
+        FAILING.replace('raise ValueError("bad row in the third batch")', "pass"),
+    )
     with pytest.raises(SourceChanged) as changed:
         await run(dsn, tmp_path, name)
     assert changed.value.exit_code == 2
@@ -289,7 +311,8 @@ SLOW_WHEN_BIG = '''
 
 
 async def test_a_statement_timeout_retries_with_a_smaller_batch(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=230)
     name = write_migration(tmp_path, "touch_timeout", SLOW_WHEN_BIG)
 
@@ -303,11 +326,14 @@ async def test_a_statement_timeout_retries_with_a_smaller_batch(
     assert f["batch_size"] < 100
     assert f["batches_done"] > 3  # more than ceil(230 / 100)
     # No committed batch holds more keys than the work could do within the timeout.
-    assert await conn.fetchval(
-        "SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1", name) <= 30
+    assert (
+        await conn.fetchval("SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1", name)
+        <= 30
+    )
     # The first batch timed out at least once before it committed, smaller.
     first = await conn.fetchrow(
-        "SELECT * FROM ops.backfill_batches WHERE backfill = $1 AND lower_key IS NULL", name)
+        "SELECT * FROM ops.backfill_batches WHERE backfill = $1 AND lower_key IS NULL", name
+    )
     assert first["attempts"] >= 2
     assert first["keys"] < 100
 
@@ -332,7 +358,8 @@ CREATE TRIGGER fail_one_split BEFORE UPDATE ON ops.backfill_batches FOR EACH ROW
 
 
 async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_lapse(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """A range claimed whole and then cut to the batch size, whose cut fails transiently:
     the claim committed, the cut did not. The retry claims afresh, so the runner no longer
     holds that range: its heartbeat must stop extending the range's lease, which then
@@ -348,10 +375,16 @@ async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_laps
         "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
         " end_key, frontier, exhausted, batch_size, source_checksum) VALUES ($1, $2, $3,"
         " '{id}', '{bigint}', '{300}', '{300}', true, 50, $4)",
-        name, migration.file.filename, TABLE, migration.checksum)
+        name,
+        migration.file.filename,
+        TABLE,
+        migration.checksum,
+    )
     await conn.execute(
         "INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status)"
-        " VALUES ($1, NULL, '{300}', 300, 'pending')", name)
+        " VALUES ($1, NULL, '{300}', 300, 'pending')",
+        name,
+    )
     await conn.execute(_FAIL_ONE_SPLIT)
 
     started = time.monotonic()
@@ -369,8 +402,10 @@ async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_laps
     # The first range's work ran once.
     assert await conn.fetchval("SELECT last_value FROM fault_split") == 5
     assert elapsed >= 1.5
-    first = await conn.fetchrow("SELECT keys, attempts FROM ops.backfill_batches"
-                                " WHERE backfill = $1 AND lower_key IS NULL", name)
+    first = await conn.fetchrow(
+        "SELECT keys, attempts FROM ops.backfill_batches WHERE backfill = $1 AND lower_key IS NULL",
+        name,
+    )
     assert (first["keys"], first["attempts"]) == (50, 1)
 
 
@@ -378,24 +413,29 @@ async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_laps
 
 
 async def test_repeated_kills_with_three_workers_then_resume(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=2_000)
     name = write_migration(tmp_path, "touch_kills", sql_migration(TABLE, batch_size=50))
     argv = ("run", name, "--migrations-dir", str(tmp_path), "--no-progress", "--workers", "3")
 
     for crash_at in ("before_commit:4", "after_work:2", "after_commit:5", "before_work:3"):
         crashed = await anyio.to_thread.run_sync(
-            lambda c=crash_at: run_cli(*argv, dsn=dsn, env={"CRYPTOPI_BATCH_CRASH_AT": c}))
+            lambda c=crash_at: run_cli(*argv, dsn=dsn, env={"CRYPTOPI_BATCH_CRASH_AT": c})
+        )
         assert crashed.returncode == -signal.SIGKILL, (crash_at, crashed.stderr)
         # The checkpoint matches the table exactly: no row twice, none changed uncounted.
         state = await conn.fetchrow(
-            f"SELECT max(touched) AS most, sum(touched) AS changed FROM {TABLE}")
+            f"SELECT max(touched) AS most, sum(touched) AS changed FROM {TABLE}"
+        )
         f = await backfill(conn, name)
         assert state["most"] <= 1, crash_at
         assert state["changed"] == f["keys_done"] == f["rows_processed"], crash_at
         done = await conn.fetchval(
             "SELECT coalesce(sum(keys), 0) FROM ops.backfill_batches"
-            " WHERE backfill = $1 AND status = 'done'", name)
+            " WHERE backfill = $1 AND status = 'done'",
+            name,
+        )
         assert done == f["keys_done"], crash_at
 
     resumed = await anyio.to_thread.run_sync(lambda: run_cli(*argv, dsn=dsn))
@@ -407,11 +447,13 @@ async def test_repeated_kills_with_three_workers_then_resume(
 
 LOCKS_SIDE = touching_process(
     "Touch every row; each batch also reads a side table another session may lock.",
-    "SELECT count(*) FROM side")
+    "SELECT count(*) FROM side",
+)
 
 
 async def test_a_lock_timeout_behind_an_exclusive_lock_is_retried(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=1_000)
     await conn.execute("CREATE TABLE side (n int)")
     name = write_migration(tmp_path, "touch_locked", LOCKS_SIDE)
@@ -437,12 +479,17 @@ async def test_a_lock_timeout_behind_an_exclusive_lock_is_retried(
     await assert_completed(conn, name, TABLE, 1_000)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     # The batch that met the lock gave up after 100 ms (not a second), and then ran again.
-    assert await conn.fetchval(
-        "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name) >= 2
+    assert (
+        await conn.fetchval(
+            "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name
+        )
+        >= 2
+    )
 
 
 async def test_a_table_locked_while_the_run_checks_it_is_reported_as_locked(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """Preparing the migration's statement takes the table's lock: held by another session
     past the lock timeout, the run could not start (exit 2), says the table is locked (not
     that its SQL is wrong) and writes nothing."""
@@ -463,7 +510,8 @@ async def test_a_table_locked_while_the_run_checks_it_is_reported_as_locked(
 
 
 async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """Cutting a range reads the user's table: behind DDL's lock it waits no longer than the
     batch's lock timeout (then the caller retries), and changes nothing."""
     await seed_table(conn, rows=300)
@@ -472,11 +520,17 @@ async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
     await conn.execute(
         "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
         " end_key, frontier, exhausted, batch_size, source_checksum) VALUES ($1, $1 || '.py',"
-        " $2, '{id}', '{bigint}', '{300}', '{300}', true, 50, 'x')", name, TABLE)
+        " $2, '{id}', '{bigint}', '{300}', '{300}', true, 50, 'x')",
+        name,
+        TABLE,
+    )
     token = uuid.uuid4()
     batch_id = await conn.fetchval(
         "INSERT INTO ops.backfill_batches (backfill, upper_key, keys, status, worker)"
-        " VALUES ($1, '{300}', 300, 'running', $2) RETURNING id", name, token)
+        " VALUES ($1, '{300}', 300, 'running', $2) RETURNING id",
+        name,
+        token,
+    )
     ranges = store.RangeQueries(await store.inspect_target(conn, TABLE, ("id",)))
     claim = store.Claim(batch_id, KeyRange(None, ("300",)), 300, 0)
     holder, splitter = await connect(dsn), await connect(dsn)
@@ -484,19 +538,22 @@ async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
         async with holder.transaction():
             await holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
             with anyio.fail_after(5), pytest.raises(asyncpg.LockNotAvailableError):
-                await store.split(splitter, claim, token, 50, ranges,
-                                  timeouts=TimeoutPolicy(lock_timeout=0.1))
+                await store.split(
+                    splitter, claim, token, 50, ranges, timeouts=TimeoutPolicy(lock_timeout=0.1)
+                )
     finally:
         await holder.close()
         await splitter.close()
-    row = await conn.fetchrow("SELECT upper_key, keys FROM ops.backfill_batches WHERE id = $1",
-                              batch_id)
+    row = await conn.fetchrow(
+        "SELECT upper_key, keys FROM ops.backfill_batches WHERE id = $1", batch_id
+    )
     assert (list(row["upper_key"]), row["keys"]) == (["300"], 300)
     assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == 1
 
 
 async def test_a_start_waits_for_the_runs_locked_row_no_longer_than_the_lock_timeout(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """Starting or resuming locks the run's row (and reads the table): behind a session
     that holds that row, it gives up after the lock timeout (exit 2) instead of queueing."""
     await seed_table(conn, rows=300)
@@ -515,10 +572,12 @@ async def test_a_start_waits_for_the_runs_locked_row_no_longer_than_the_lock_tim
     assert (await backfill(conn, name))["status"] == "running"
 
 
-@pytest.mark.parametrize("table", ["ops.backfill_workers", "ops.migrations"],
-                         ids=["registering", "finalizing"])
+@pytest.mark.parametrize(
+    "table", ["ops.backfill_workers", "ops.migrations"], ids=["registering", "finalizing"]
+)
 async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path, table: str) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, table: str
+) -> None:
     """Registering the runner and completing the run wait on the ops tables under the
     batch's lock timeout, retried, as batches do: a session holding the table (here for
     1.5 s) is waited out in short waits, never one long queue that a stuck session would
@@ -540,7 +599,8 @@ async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
                     "SELECT max(extract(epoch FROM clock_timestamp() - query_start))"
                     " FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                     " AND datname = current_database() AND application_name = $1",
-                    APPLICATION_NAME)
+                    APPLICATION_NAME,
+                )
                 longest = max(longest, float(waited or 0))
                 await anyio.sleep(0.05)
 
@@ -569,7 +629,8 @@ async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
 
 
 async def test_a_schema_upgrade_waits_for_a_table_in_use_no_longer_than_the_lock_timeout(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """Upgrading the ops schema alters a table other sessions read: behind one that keeps
     it open (an operator's idle transaction), the start gives up after the lock timeout
     (exit 2, the schema as it was) instead of queueing, with every other ops statement
@@ -596,7 +657,8 @@ async def test_a_schema_upgrade_waits_for_a_table_in_use_no_longer_than_the_lock
 
 
 async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     """Claiming a range of the batch size times out (here: inserting any range of 100 keys
     or more sleeps past the statement timeout): the next try claims a tenth as many keys,
     as a batch that timed out is cut, instead of trying the same size until the run
@@ -620,5 +682,7 @@ async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
     assert result.outcome.completed
     await assert_completed(conn, name, TABLE, 300)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
-    assert await conn.fetchval(
-        "SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1", name) <= 10
+    assert (
+        await conn.fetchval("SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1", name)
+        <= 10
+    )

@@ -65,8 +65,9 @@ async def _batches_done(conn: asyncpg.Connection, name: str) -> int:
     return int(done or 0)
 
 
-async def _wait_for_batches(conn: asyncpg.Connection, name: str, n: int,
-                            timeout: float = 20) -> int:
+async def _wait_for_batches(
+    conn: asyncpg.Connection, name: str, n: int, timeout: float = 20
+) -> int:
     """Poll the database until ``n`` batches of ``name`` committed; returns how many did."""
     with anyio.fail_after(timeout):
         while (done := await _batches_done(conn, name)) < n:  # noqa: ASYNC110 -- polls the database
@@ -81,8 +82,9 @@ SELECT count(*) FROM pg_stat_activity
 """
 
 
-async def _wait_until_runner_waits(conn: asyncpg.Connection, query_like: str,
-                                   timeout: float = 10) -> None:
+async def _wait_until_runner_waits(
+    conn: asyncpg.Connection, query_like: str, timeout: float = 10
+) -> None:
     """Poll until a statement of the runner matching ``query_like`` waits for a lock."""
     with anyio.fail_after(timeout):
         while not await conn.fetchval(_RUNNER_WAITING, query_like):  # noqa: ASYNC110
@@ -93,7 +95,8 @@ async def _wait_until_runner_waits(conn: asyncpg.Connection, query_like: str,
 
 
 async def test_a_server_restart_mid_run_completes_every_row_exactly_once(
-        dsn: str, embedded_cluster: EmbeddedCluster, tmp_path: Path) -> None:
+    dsn: str, embedded_cluster: EmbeddedCluster, tmp_path: Path
+) -> None:
     rows, batch = 1_000, 50
     # Both connections are lost with the server: terminated, never closed cleanly.
     watcher = await connect(dsn)
@@ -135,18 +138,29 @@ async def test_a_server_restart_mid_run_completes_every_row_exactly_once(
         assert list(f["frontier"]) == list(f["end_key"]) == [str(rows)]
         assert f["last_error"] is None
         # Nothing of the run is left open or leased.
-        assert await conn.fetchval(
-            "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1"
-            " AND (status <> 'done' OR lease_until IS NOT NULL)", name) == 0
-        assert await conn.fetchval(
-            "SELECT count(*) FROM ops.backfill_workers WHERE backfill = $1"
-            " AND stopped_at IS NULL", name) == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM ops.backfill_batches WHERE backfill = $1"
+                " AND (status <> 'done' OR lease_until IS NOT NULL)",
+                name,
+            )
+            == 0
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM ops.backfill_workers WHERE backfill = $1"
+                " AND stopped_at IS NULL",
+                name,
+            )
+            == 0
+        )
     finally:
         await conn.close()
 
 
 async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_released(
-        dsn: str, tmp_path: Path) -> None:
+    dsn: str, tmp_path: Path
+) -> None:
     """What a lost asynchronous commit leaves behind after a server crash: the runner saw a
     batch commit, the server lost the commit but kept the claim before it, so a range sits
     'running' under the runner's token and no worker of it will run it. The heartbeat no
@@ -163,20 +177,29 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
         async def orphan_a_range() -> None:
             await _wait_for_batches(watcher, name, 2)
             token = await watcher.fetchval(
-                "SELECT token FROM ops.backfill_workers WHERE backfill = $1"
-                " AND stopped_at IS NULL", name)
+                "SELECT token FROM ops.backfill_workers WHERE backfill = $1 AND stopped_at IS NULL",
+                name,
+            )
             target = await store.inspect_target(watcher, TABLE, ("id",))
             # A real claim from the frontier under the runner's token, with an hour's
             # lease: the runner never learns of it.
-            c = await store.claim(watcher, name, token, 3600, store.RangeQueries(target),
-                                  size=batch, timeouts=TimeoutPolicy())
+            c = await store.claim(
+                watcher,
+                name,
+                token,
+                3600,
+                store.RangeQueries(target),
+                size=batch,
+                timeouts=TimeoutPolicy(),
+            )
             assert c is not None
             orphan["id"] = c.id
             # The control connection: the runner's first (its workers connect later).
             ended = await watcher.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM"
                 " pg_stat_activity WHERE datname = current_database()"
-                " AND application_name = 'cryptopi_batch' ORDER BY backend_start LIMIT 1) a")
+                " AND application_name = 'cryptopi_batch' ORDER BY backend_start LIMIT 1) a"
+            )
             orphan["ended"] = ended
 
         with anyio.fail_after(60):
@@ -190,8 +213,9 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
         await assert_completed(watcher, name, TABLE, rows)
         await assert_batches_partition(watcher, name, TABLE, BIGINT_KEY)
         # The orphaned range was run like any other, once.
-        row = await watcher.fetchrow("SELECT status, rows FROM ops.backfill_batches"
-                                     " WHERE id = $1", orphan["id"])
+        row = await watcher.fetchrow(
+            "SELECT status, rows FROM ops.backfill_batches WHERE id = $1", orphan["id"]
+        )
         assert (row["status"], row["rows"]) == ("done", batch)
     finally:
         await watcher.close()
@@ -214,7 +238,8 @@ _STATES = {
 
 @pytest.mark.parametrize("state", list(_STATES))
 async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
-        dsn: str, tmp_path: Path, state: str) -> None:
+    dsn: str, tmp_path: Path, state: str
+) -> None:
     """After a lost connection a batch's outcome is unknown: the runner reads its row back
     (Runner._already_settled, called here directly on the row a crash could leave) before
     deciding whether to run it again. Done under its token and range: committed, counted.
@@ -230,29 +255,47 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
         await conn.execute(
             "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
             " end_key, batch_size, source_checksum) VALUES ($1, $1 || '.py', $2, '{id}',"
-            " '{bigint}', '{300}', 50, 'x')", name, TABLE)
+            " '{bigint}', '{300}', 50, 'x')",
+            name,
+            TABLE,
+        )
         token, other = uuid.uuid4(), uuid.uuid4()
         batch_id = await conn.fetchval(
             "INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status,"
             " worker, rows, claimed_at) VALUES ($1, $2::text[], $3::text[], 50, $4, $5, 50,"
-            " now()) RETURNING id", name, None if lower is None else [lower], [upper], status,
-            token if ours else other)
+            " now()) RETURNING id",
+            name,
+            None if lower is None else [lower],
+            [upper],
+            status,
+            token if ours else other,
+        )
         migration = commands.find_migration(tmp_path, name)
         target = await store.inspect_target(conn, TABLE, ("id",))
-        runner = Runner(name=name, filename=migration.file.filename,
-                        work=migration.backfill.work, target=target,
-                        settings=resolve_settings(RunOptions(), migration.backfill),
-                        connection=ConnectionSettings(dsn=dsn), token=token)
+        runner = Runner(
+            name=name,
+            filename=migration.file.filename,
+            work=migration.backfill.work,
+            target=target,
+            settings=resolve_settings(RunOptions(), migration.backfill),
+            connection=ConnectionSettings(dsn=dsn),
+            token=token,
+        )
         claim = store.Claim(batch_id, KeyRange(("100",), ("150",)), 50, 0)
 
         assert await runner._already_settled(conn, claim) is settled
-        assert (runner.progress.batches, runner.progress.rows) == (
-            (1, 50) if counted else (0, 0))
+        assert (runner.progress.batches, runner.progress.rows) == ((1, 50) if counted else (0, 0))
         # Judging writes nothing: the row is as the crash left it.
-        row = await conn.fetchrow("SELECT status, worker, lower_key, upper_key"
-                                  " FROM ops.backfill_batches WHERE id = $1", batch_id)
+        row = await conn.fetchrow(
+            "SELECT status, worker, lower_key, upper_key FROM ops.backfill_batches WHERE id = $1",
+            batch_id,
+        )
         assert (row["status"], row["worker"], row["lower_key"], list(row["upper_key"])) == (
-            status, token if ours else other, None if lower is None else [lower], [upper])
+            status,
+            token if ours else other,
+            None if lower is None else [lower],
+            [upper],
+        )
     finally:
         await conn.close()
 
@@ -311,12 +354,16 @@ class BlackHoleProxy:
         self._writers.append(up_writer)
         link: dict[str, object] = {"silent": False}
         self._links.append(link)
-        await asyncio.gather(self._pump(reader, up_writer, link),
-                             self._pump(up_reader, writer, link), return_exceptions=True)
+        await asyncio.gather(
+            self._pump(reader, up_writer, link),
+            self._pump(up_reader, writer, link),
+            return_exceptions=True,
+        )
 
     @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    link: dict[str, object]) -> None:
+    async def _pump(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: dict[str, object]
+    ) -> None:
         try:
             while data := await src.read(65536):
                 if not link["silent"]:
@@ -357,7 +404,8 @@ async def _hold_table_lock(dsn: str, release: anyio.Event) -> None:
 
 @pytest.mark.parametrize("moment", ["batch", "split"])
 async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path, moment: str) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, moment: str
+) -> None:
     """The proxy goes silent just as the server lets a statement of the runner through
     that was waiting for a lock held here: the batch's UPDATE (its transaction then holds
     the batch's rows, and will claim the next range too); or, after the batch hit its
@@ -397,8 +445,13 @@ async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(black_hole, proxy, tg)
                     # A lock wait longer than the statement timeout is a statement timeout.
-                    result = await run(proxied_dsn, tmp_path, name, statement_timeout="1s",
-                                       lock_timeout="5s" if moment == "split" else "1s")
+                    result = await run(
+                        proxied_dsn,
+                        tmp_path,
+                        name,
+                        statement_timeout="1s",
+                        lock_timeout="5s" if moment == "split" else "1s",
+                    )
             finished = time.monotonic()
 
             # The worker's and the control connection went silent mid-run; the runner
@@ -421,7 +474,9 @@ async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
     assert list(f["frontier"]) == list(f["end_key"]) == [str(rows)]
     retried = await conn.fetch(
         "SELECT upper_key, attempts FROM ops.backfill_batches WHERE backfill = $1"
-        " AND attempts <> 1", name)
+        " AND attempts <> 1",
+        name,
+    )
     # The batch caught in the silence (or timed out before it) ran again on a new
     # connection, and only once (above).
     assert [(list(r["upper_key"]), r["attempts"]) for r in retried] == [(["200"], 2)]
@@ -435,12 +490,14 @@ async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
 async def _touched(conn: asyncpg.Connection, where: str) -> dict[int, int]:
     """``{touched: rows}`` over the rows of ``TABLE`` matching ``where``."""
     found = await conn.fetch(
-        f"SELECT touched, count(*) AS n FROM {TABLE} WHERE {where} GROUP BY touched")
+        f"SELECT touched, count(*) AS n FROM {TABLE} WHERE {where} GROUP BY touched"
+    )
     return {r["touched"]: r["n"] for r in found}
 
 
 async def test_rows_inserted_during_a_run_and_catch_up(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     # Even ids only, 2..2000: odd ids are gaps a concurrent insert can fill.
     await seed_table(conn, rows=0)
     await conn.execute(f"INSERT INTO {TABLE} (id) SELECT generate_series(2, 2000, 2)")
@@ -453,27 +510,34 @@ async def test_rows_inserted_during_a_run_and_catch_up(
         await _wait_for_batches(conn, name, 3)
         async with conn.transaction():
             # Lock the run's row: no claim moves the frontier while the rows go in.
-            f = await conn.fetchrow("SELECT frontier, end_key FROM ops.backfills"
-                                    " WHERE name = $1 FOR UPDATE", name)
+            f = await conn.fetchrow(
+                "SELECT frontier, end_key FROM ops.backfills WHERE name = $1 FOR UPDATE", name
+            )
             assert f["frontier"] is not None
             assert list(f["end_key"]) == [str(end)]
             done_upper = await conn.fetchval(
                 "SELECT max(upper_key[1]::bigint) FROM ops.backfill_batches"
-                " WHERE backfill = $1 AND status = 'done'", name)
+                " WHERE backfill = $1 AND status = 'done'",
+                name,
+            )
             frontier = int(f["frontier"][0])
             seen.update(done_upper=done_upper, frontier=frontier)
             # Behind the cursor: odd ids inside ranges already committed.
             await conn.execute(
-                f"INSERT INTO {TABLE} (id) SELECT generate_series(1, $1::bigint, 2)",
-                done_upper - 1)
+                f"INSERT INTO {TABLE} (id) SELECT generate_series(1, $1::bigint, 2)", done_upper - 1
+            )
             # Ahead of the cursor, below the end: odd ids in ranges not claimed yet.
             await conn.execute(
                 f"INSERT INTO {TABLE} (id) SELECT generate_series($1::bigint, $2, 2)",
-                end - 199, end - 1)
+                end - 199,
+                end - 1,
+            )
             # Above the run's fixed end.
             await conn.execute(
                 f"INSERT INTO {TABLE} (id) SELECT generate_series($1::bigint, $2)",
-                end + 1, end + 150)
+                end + 1,
+                end + 150,
+            )
 
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
@@ -530,7 +594,8 @@ def _closed_port_dsn() -> str:
 
 
 async def test_control_commands_and_options_before_the_command_on_the_cli(
-        dsn: str, conn: asyncpg.Connection, tmp_path: Path) -> None:
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
     await seed_table(conn, rows=300)
     migrations = tmp_path / "migrations"
     name = write_migration(migrations, "touch_cli", _slow_migration(0, 50))
@@ -540,9 +605,17 @@ async def test_control_commands_and_options_before_the_command_on_the_cli(
         return anyio.to_thread.run_sync(lambda: run_cli(*args, dsn=env_dsn, cwd=tmp_path))
 
     # A run killed after its second batch: 'running', with nobody running it.
-    crashed = await anyio.to_thread.run_sync(lambda: run_cli(
-        "run", name, *where, "--no-progress", dsn=dsn, cwd=tmp_path,
-        env={"CRYPTOPI_BATCH_CRASH_AT": "after_commit:2"}))
+    crashed = await anyio.to_thread.run_sync(
+        lambda: run_cli(
+            "run",
+            name,
+            *where,
+            "--no-progress",
+            dsn=dsn,
+            cwd=tmp_path,
+            env={"CRYPTOPI_BATCH_CRASH_AT": "after_commit:2"},
+        )
+    )
     assert crashed.returncode < 0, crashed.stderr
     before = await backfill(conn, name)
     assert (before["status"], before["batches_done"]) == ("running", 2)
@@ -578,8 +651,7 @@ async def test_control_commands_and_options_before_the_command_on_the_cli(
     shown = await cli("--dsn", dsn, "status", "--json", env_dsn=closed)
     assert shown.returncode == 0, shown.stderr
     objects = [json.loads(line) for line in shown.stdout.splitlines()]
-    assert [(o["name"], o["status"], o["batches"]) for o in objects] == [
-        (name, "cancelled", 2)]
+    assert [(o["name"], o["status"], o["batches"]) for o in objects] == [(name, "cancelled", 2)]
     assert "secret" not in refused.stderr + shown.stderr + shown.stdout
 
 
@@ -602,7 +674,8 @@ _MANY_STATEMENTS = f'''
 
 
 async def test_a_batch_longer_than_one_reply_bound_is_not_taken_for_a_silent_connection(
-        dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reply bound (the statement timeout plus a margin) applies to each answer the
     server owes, not to the whole batch: four statements of 0.6 s under a 1 s statement
     timeout, a 2 s bound here, commit at their first attempt."""
@@ -616,7 +689,11 @@ async def test_a_batch_longer_than_one_reply_bound_is_not_taken_for_a_silent_con
         assert result.outcome is not None
         assert result.outcome.completed
         await assert_completed(conn, name, TABLE, 200)
-        assert await conn.fetchval(
-            "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT max(attempts) FROM ops.backfill_batches WHERE backfill = $1", name
+            )
+            == 1
+        )
     finally:
         await conn.close()

@@ -72,10 +72,13 @@ def test_key_value_password_is_redacted():
 
 def test_pgpassword_from_the_environment_is_redacted(monkeypatch):
     monkeypatch.setenv("PGPASSWORD", SECRET)
-    for settings in (ConnectionSettings(dsn=None),
-                     ConnectionSettings(dsn="postgresql://alice@db/app")):
+    for settings in (
+        ConnectionSettings(dsn=None),
+        ConnectionSettings(dsn="postgresql://alice@db/app"),
+    ):
         assert settings.redact(f"auth failed with {SECRET} for alice") == (
-            "auth failed with *** for alice")
+            "auth failed with *** for alice"
+        )
 
 
 @pytest.mark.parametrize("where", ["userinfo", "query"])
@@ -83,8 +86,11 @@ def test_pgpassword_from_the_environment_is_redacted(monkeypatch):
 def test_url_encoded_password_is_redacted_in_both_forms(password, where):
     encoded = quote(password, safe="")
     assert encoded != password
-    dsn = (f"postgresql://alice:{encoded}@db.example/app" if where == "userinfo"
-           else f"postgresql://alice@db.example/app?password={encoded}")
+    dsn = (
+        f"postgresql://alice:{encoded}@db.example/app"
+        if where == "userinfo"
+        else f"postgresql://alice@db.example/app?password={encoded}"
+    )
     settings = ConnectionSettings(dsn=dsn)
     for message in messages_about(dsn, password, encoded):
         redacted = settings.redact(message)
@@ -126,15 +132,28 @@ def test_a_quoted_key_value_password_is_redacted_whole():
 # --- libpq's key=value DSNs --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("dsn", "options"), [
-    ("host=db.internal port=5433 dbname=app user=alice password=pw sslmode=require",
-     {"host": "db.internal", "port": 5433, "database": "app", "user": "alice",
-      "password": "pw", "ssl": "require"}),
-    ("  host = /var/run/postgresql   dbname='my app' ",
-     {"host": "/var/run/postgresql", "database": "my app"}),
-    ("password='it\\'s \\\\ fine'", {"password": "it's \\ fine"}),
-    ("hostaddr=10.0.0.5 connect_timeout=3 application_name=x", {"host": "10.0.0.5"}),
-])
+@pytest.mark.parametrize(
+    ("dsn", "options"),
+    [
+        (
+            "host=db.internal port=5433 dbname=app user=alice password=pw sslmode=require",
+            {
+                "host": "db.internal",
+                "port": 5433,
+                "database": "app",
+                "user": "alice",
+                "password": "pw",
+                "ssl": "require",
+            },
+        ),
+        (
+            "  host = /var/run/postgresql   dbname='my app' ",
+            {"host": "/var/run/postgresql", "database": "my app"},
+        ),
+        ("password='it\\'s \\\\ fine'", {"password": "it's \\ fine"}),
+        ("hostaddr=10.0.0.5 connect_timeout=3 application_name=x", {"host": "10.0.0.5"}),
+    ],
+)
 def test_a_key_value_dsn_becomes_connect_arguments(dsn: str, options: dict[str, object]):
     assert parse_dsn(dsn) == (None, options)
 
@@ -144,12 +163,15 @@ def test_a_url_or_no_dsn_passes_as_it_is(dsn: str | None):
     assert parse_dsn(dsn) == (dsn, {})
 
 
-@pytest.mark.parametrize(("dsn", "complaint"), [
-    ("host=db options=-cfoo=bar", "unsupported key 'options'"),
-    ("host=db port=five", "port 'five' is not a number"),
-    ("host=db 'stray'", "not key=value pairs at character 9"),
-    ("password=secret host", "not key=value pairs"),
-])
+@pytest.mark.parametrize(
+    ("dsn", "complaint"),
+    [
+        ("host=db options=-cfoo=bar", "unsupported key 'options'"),
+        ("host=db port=five", "port 'five' is not a number"),
+        ("host=db 'stray'", "not key=value pairs at character 9"),
+        ("password=secret host", "not key=value pairs"),
+    ],
+)
 def test_a_key_value_dsn_it_cannot_take_is_one_clear_error(dsn: str, complaint: str):
     with pytest.raises(ValueError, match="invalid DSN") as info:
         parse_dsn(dsn)
@@ -162,22 +184,26 @@ def test_a_key_value_dsn_it_cannot_take_is_one_clear_error(dsn: str, complaint: 
 
 @pytest.mark.parametrize(("value", "size"), [(None, None), ("0", 0), ("50", 50), (" 7 ", 7)])
 def test_the_statement_cache_comes_from_the_environment_or_is_left_undecided(
-        monkeypatch: pytest.MonkeyPatch, value: str | None, size: int | None) -> None:
+    monkeypatch: pytest.MonkeyPatch, value: str | None, size: int | None
+) -> None:
     if value is None:
         monkeypatch.delenv(STATEMENT_CACHE_ENV, raising=False)
     else:
         monkeypatch.setenv(STATEMENT_CACHE_ENV, value)
     settings = ConnectionSettings.from_env("postgresql://h/db")
     assert settings.statement_cache_size == size
-    decided = (settings.behind_pooler(True).statement_cache_size,
-               settings.behind_pooler(False).statement_cache_size)
+    decided = (
+        settings.behind_pooler(True).statement_cache_size,
+        settings.behind_pooler(False).statement_cache_size,
+    )
     # Undecided: none behind a pooler, a cache on a direct connection; given: as given.
     assert decided == ((0, DIRECT_STATEMENT_CACHE) if size is None else (size, size))
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5"])
 def test_a_statement_cache_that_is_not_a_count_is_a_usage_error(
-        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
     monkeypatch.setenv(STATEMENT_CACHE_ENV, value)
     with pytest.raises(UsageError, match=STATEMENT_CACHE_ENV):
         ConnectionSettings.from_env(None)

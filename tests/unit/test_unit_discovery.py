@@ -43,8 +43,12 @@ def mdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def files(mdir: Path) -> list[MigrationFile]:
-    for name in ("20240301_1200_backfill_confidence.py", "20240105_0900_add_slugs.py",
-                 "20240105_0930_add_slug_index.sql", "20240401_0000_backfill_scores.py"):
+    for name in (
+        "20240301_1200_backfill_confidence.py",
+        "20240105_0900_add_slugs.py",
+        "20240105_0930_add_slug_index.sql",
+        "20240401_0000_backfill_scores.py",
+    ):
         write(mdir, name)
     return discover(mdir)
 
@@ -63,9 +67,15 @@ def test_files_are_discovered_in_name_order(files):
 
 def test_non_matching_names_are_ignored(mdir):
     write(mdir, "20240101_0000_ok.py")
-    for other in ("helpers.py", "__init__.py", "2024_0000_short_stamp.py",
-                  "20240101_0000_notes.txt", "20240101_0000_bad-name.py",
-                  "README.md", "20240101_0000_ok.py~"):
+    for other in (
+        "helpers.py",
+        "__init__.py",
+        "2024_0000_short_stamp.py",
+        "20240101_0000_notes.txt",
+        "20240101_0000_bad-name.py",
+        "README.md",
+        "20240101_0000_ok.py~",
+    ):
         write(mdir, other)
     (mdir / "20240101_0000_a_directory.py").mkdir()
     assert [f.filename for f in discover(mdir)] == ["20240101_0000_ok.py"]
@@ -87,18 +97,21 @@ def test_file_name_parts(files):
 # --- resolve ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("wanted", "expected"), [
-    ("20240301_1200_backfill_confidence", "20240301_1200_backfill_confidence.py"),
-    ("20240301_1200_backfill_confidence.py", "20240301_1200_backfill_confidence.py"),
-    ("20240105_0930_add_slug_index.sql", "20240105_0930_add_slug_index.sql"),
-    ("202403", "20240301_1200_backfill_confidence.py"),  # unique prefix of the name
-    ("backfill_confidence", "20240301_1200_backfill_confidence.py"),  # description
-    ("backfill_c", "20240301_1200_backfill_confidence.py"),  # prefix of a description
-    ("add_slugs", "20240105_0900_add_slugs.py"),  # exact beats add_slug_index's prefix
-    # a path to the file, as a shell completes it
-    ("migrations/20240301_1200_backfill_confidence.py", "20240301_1200_backfill_confidence.py"),
-    ("./migrations/backfill_confidence", "20240301_1200_backfill_confidence.py"),
-])
+@pytest.mark.parametrize(
+    ("wanted", "expected"),
+    [
+        ("20240301_1200_backfill_confidence", "20240301_1200_backfill_confidence.py"),
+        ("20240301_1200_backfill_confidence.py", "20240301_1200_backfill_confidence.py"),
+        ("20240105_0930_add_slug_index.sql", "20240105_0930_add_slug_index.sql"),
+        ("202403", "20240301_1200_backfill_confidence.py"),  # unique prefix of the name
+        ("backfill_confidence", "20240301_1200_backfill_confidence.py"),  # description
+        ("backfill_c", "20240301_1200_backfill_confidence.py"),  # prefix of a description
+        ("add_slugs", "20240105_0900_add_slugs.py"),  # exact beats add_slug_index's prefix
+        # a path to the file, as a shell completes it
+        ("migrations/20240301_1200_backfill_confidence.py", "20240301_1200_backfill_confidence.py"),
+        ("./migrations/backfill_confidence", "20240301_1200_backfill_confidence.py"),
+    ],
+)
 def test_resolve_finds_the_one_file_a_name_means(files, wanted, expected):
     assert resolve(files, wanted).filename == expected
 
@@ -156,18 +169,25 @@ def test_the_checksum_follows_the_content(mdir):
 
 
 def test_a_syntax_error_names_the_file_and_line(mdir):
-    path = write(mdir, "20240101_0000_broken.py", """\
+    path = write(
+        mdir,
+        "20240101_0000_broken.py",
+        """\
         from cryptopi_batch import Backfill
 
         migration = = Backfill(table="t", sql="UPDATE t SET x = 1 WHERE {range}")
-        """)
+        """,
+    )
     with pytest.raises(MigrationLoadError, match="syntax error") as info:
         load(MigrationFile(path))
     assert f"{path}:3: syntax error" in info.value.message
 
 
 def test_an_error_at_import_names_the_line_of_the_raise(mdir):
-    path = write(mdir, "20240101_0000_raises.py", """\
+    path = write(
+        mdir,
+        "20240101_0000_raises.py",
+        """\
         import os
 
 
@@ -176,7 +196,8 @@ def test_an_error_at_import_names_the_line_of_the_raise(mdir):
 
 
         VALUE = helper()
-        """)
+        """,
+    )
     with pytest.raises(MigrationLoadError) as info:
         load(MigrationFile(path))
     assert f"{path}:5: KeyError" in info.value.message
@@ -195,26 +216,33 @@ def test_a_sql_file_does_not_load_as_a_backfill(mdir):
         load(MigrationFile(path))
 
 
-@pytest.mark.parametrize(("arguments", "complaint"), [
-    ('sql="UPDATE t SET x = 1 WHERE {range}", process=work', "exactly one"),
-    ("", "exactly one"),
-    ('sql="UPDATE t SET x = 1"', "{range}"),
-    ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=0', "batch_size"),
-    ('sql="UPDATE t SET x = 1 WHERE {range}", key=()', "key="),
-    ('sql="UPDATE t SET x = 1 WHERE {range}", down="DELETE FROM t"', "down="),
-    ('sql="UPDATE t SET x = 1 WHERE {range}", synchronous_commit="off"', "synchronous_commit"),
-    ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=True', "batch_size"),
-    ('sql="UPDATE t SET x = 1 WHERE {range}", destructive="no"', "destructive="),
-])
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        ('sql="UPDATE t SET x = 1 WHERE {range}", process=work', "exactly one"),
+        ("", "exactly one"),
+        ('sql="UPDATE t SET x = 1"', "{range}"),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=0', "batch_size"),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", key=()', "key="),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", down="DELETE FROM t"', "down="),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", synchronous_commit="off"', "synchronous_commit"),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=True', "batch_size"),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", destructive="no"', "destructive="),
+    ],
+)
 def test_definition_errors_name_the_file_and_line(mdir, arguments, complaint):
-    path = write(mdir, "20240101_0000_bad.py", f"""\
+    path = write(
+        mdir,
+        "20240101_0000_bad.py",
+        f"""\
         from cryptopi_batch import Backfill
 
         async def work(batch):
             return 0
 
         migration = Backfill(table="t", {arguments})
-        """)
+        """,
+    )
     with pytest.raises(MigrationLoadError) as info:
         load(MigrationFile(path))
     assert f"{path}:6: " in info.value.message
@@ -222,7 +250,10 @@ def test_definition_errors_name_the_file_and_line(mdir, arguments, complaint):
 
 
 def test_a_multi_line_definition_error_names_the_line_of_the_call(mdir):
-    path = write(mdir, "20240101_0000_bad.py", """\
+    path = write(
+        mdir,
+        "20240101_0000_bad.py",
+        """\
         from cryptopi_batch import Backfill
 
 
@@ -231,7 +262,8 @@ def test_a_multi_line_definition_error_names_the_line_of_the_call(mdir):
             sql="UPDATE t SET x = 1 WHERE {range}",
             batch_size=0,
         )
-        """)
+        """,
+    )
     with pytest.raises(MigrationLoadError, match="batch_size") as info:
         load(MigrationFile(path))
     assert f"{path}:4: " in info.value.message
@@ -251,7 +283,8 @@ def test_a_failed_load_leaves_no_module_behind(mdir):
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(ENV_DIR, raising=False)
     (tmp_path / "pyproject.toml").write_text(
-        '[project]\nname = "x"\n\n[tool.cryptopi_batch]\nmigrations = "db/backfills"\n')
+        '[project]\nname = "x"\n\n[tool.cryptopi_batch]\nmigrations = "db/backfills"\n'
+    )
     return tmp_path
 
 
@@ -294,10 +327,16 @@ def test_a_broken_pyproject_is_a_load_error(tmp_path, monkeypatch):
 
 
 def test_files_not_named_as_migrations_are_listed_and_named_in_the_unknown_name_error(
-        mdir: Path) -> None:
+    mdir: Path,
+) -> None:
     write(mdir, "20240301_1200_backfill_confidence.py")
-    for odd in ("20250101_0060_fix-units.py", "backfill.sql", "__init__.py", ".swap.py",
-                "notes.txt"):
+    for odd in (
+        "20250101_0060_fix-units.py",
+        "backfill.sql",
+        "__init__.py",
+        ".swap.py",
+        "notes.txt",
+    ):
         write(mdir, odd)
     assert misnamed(mdir) == ["20250101_0060_fix-units.py", "backfill.sql"]
     assert [f.filename for f in discover(mdir)] == ["20240301_1200_backfill_confidence.py"]

@@ -49,7 +49,7 @@ class Index:
 
     def keys_in(self, rng: KeyRange) -> list[Bound]:
         start = 0 if rng.lower is None else self.position(rng.lower) + 1
-        return list(self.bounds[start:self.position(rng.upper) + 1])
+        return list(self.bounds[start : self.position(rng.upper) + 1])
 
 
 def _index(values: Any, sort_key: Callable[[Any], Any], text: Callable[[Any], Bound]) -> Index:
@@ -61,16 +61,17 @@ def _index(values: Any, sort_key: Callable[[Any], Any], text: Callable[[Any], Bo
 SIZES = {"min_size": 1, "max_size": 60}
 
 sparse_ints = st.sets(st.integers(-(2**63), 2**63 - 1), **SIZES).map(
-    lambda s: _index(s, lambda v: v, lambda v: (str(v),)))
+    lambda s: _index(s, lambda v: v, lambda v: (str(v),))
+)
 # Small dense ranges around zero: negative keys, "-1" < "-10" as text but not as ints.
 negative_ints = st.sets(st.integers(-30, 5), **SIZES).map(
-    lambda s: _index(s, lambda v: v, lambda v: (str(v),)))
-uuids = st.sets(st.uuids(), **SIZES).map(
-    lambda s: _index(s, lambda v: v, lambda v: (str(v),)))
+    lambda s: _index(s, lambda v: v, lambda v: (str(v),))
+)
+uuids = st.sets(st.uuids(), **SIZES).map(lambda s: _index(s, lambda v: v, lambda v: (str(v),)))
 composite = st.sets(st.tuples(st.integers(-5, 5), st.text(max_size=3)), **SIZES).map(
-    lambda s: _index(s, lambda v: v, lambda v: (str(v[0]), v[1])))
-texts = st.sets(st.text(max_size=6), **SIZES).map(
-    lambda s: _index(s, lambda v: v, lambda v: (v,)))
+    lambda s: _index(s, lambda v: v, lambda v: (str(v[0]), v[1]))
+)
+texts = st.sets(st.text(max_size=6), **SIZES).map(lambda s: _index(s, lambda v: v, lambda v: (v,)))
 
 any_index = st.one_of(sparse_ints, negative_ints, uuids, composite, texts)
 
@@ -133,7 +134,9 @@ def test_interleaved_texts_order_is_the_index_order_not_python_string_order():
     index = _index({-10, -9, -1, 2, 10}, lambda v: v, lambda v: (str(v),))
     rng = KeyRange(("-9",), ("10",))
     assert split_range(rng, index.nth(rng.lower, rng.upper, 2)) == (
-        KeyRange(("-9",), ("2",)), KeyRange(("2",), ("10",)))
+        KeyRange(("-9",), ("2",)),
+        KeyRange(("2",), ("10",)),
+    )
     assert split_range(rng, index.nth(rng.lower, rng.upper, 3)) is None
 
 
@@ -146,4 +149,6 @@ def test_a_split_at_the_upper_bound_or_without_a_key_cuts_nothing():
 
 def test_a_range_from_the_start_keeps_its_open_lower_bound():
     assert split_range(KeyRange(None, ("9",)), ("3",)) == (
-        KeyRange(None, ("3",)), KeyRange(("3",), ("9",)))
+        KeyRange(None, ("3",)),
+        KeyRange(("3",), ("9",)),
+    )

@@ -11,11 +11,14 @@ from cryptopi_batch.retry import Fault, RetryPolicy, classify, is_transient
 FAST = RetryPolicy(attempts=4, initial_wait=0.0, max_wait=0.001)
 
 
-@pytest.mark.parametrize("exc", [
-    asyncpg.SerializationError("could not serialize access"),  # 40001
-    asyncpg.DeadlockDetectedError("deadlock detected"),  # 40P01
-    asyncpg.LockNotAvailableError("canceling statement due to lock timeout"),  # 55P03
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.SerializationError("could not serialize access"),  # 40001
+        asyncpg.DeadlockDetectedError("deadlock detected"),  # 40P01
+        asyncpg.LockNotAvailableError("canceling statement due to lock timeout"),  # 55P03
+    ],
+)
 def test_transient_conflicts_retry_the_same_batch(exc):
     assert classify(exc) is Fault.RETRY
 
@@ -32,25 +35,31 @@ def test_an_operators_cancel_is_fatal_not_a_shrink():
     assert classify(exc) is Fault.FATAL
 
 
-@pytest.mark.parametrize("exc", [
-    asyncpg.PostgresConnectionError("connection exception"),  # 08000
-    asyncpg.ClientCannotConnectError("cannot connect"),  # 08001
-    asyncpg.ConnectionDoesNotExistError("connection was closed in the middle"),  # 08003
-    asyncpg.ConnectionFailureError("connection failure"),  # 08006
-    asyncpg.AdminShutdownError("terminating connection due to administrator command"),
-    asyncpg.CannotConnectNowError("the database system is starting up"),  # 57P03
-    asyncpg.TooManyConnectionsError("sorry, too many clients already"),  # 53300
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.PostgresConnectionError("connection exception"),  # 08000
+        asyncpg.ClientCannotConnectError("cannot connect"),  # 08001
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle"),  # 08003
+        asyncpg.ConnectionFailureError("connection failure"),  # 08006
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.CannotConnectNowError("the database system is starting up"),  # 57P03
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),  # 53300
+    ],
+)
 def test_lost_or_refused_connections_reconnect(exc):
     assert classify(exc) is Fault.RECONNECT
 
 
-@pytest.mark.parametrize("exc", [
-    ConnectionRefusedError(111, "Connection refused"),
-    ConnectionResetError(104, "Connection reset by peer"),
-    OSError(113, "No route to host"),
-    TimeoutError(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        OSError(113, "No route to host"),
+        TimeoutError(),
+    ],
+)
 def test_socket_errors_reconnect(exc):
     assert classify(exc) is Fault.RECONNECT
 
@@ -62,25 +71,31 @@ def test_interface_error_reconnects_only_when_the_connection_is_closed():
     assert classify(exc) is Fault.FATAL
 
 
-@pytest.mark.parametrize("exc", [
-    asyncpg.UndefinedTableError('relation "nope" does not exist'),
-    asyncpg.InsufficientPrivilegeError("permission denied for table t"),
-    asyncpg.PostgresSyntaxError('syntax error at or near "UPDAET"'),
-    asyncpg.UniqueViolationError("duplicate key value violates unique constraint"),
-    asyncpg.DataError("invalid data"),
-    asyncpg.InvalidTextRepresentationError("invalid input syntax for type integer"),
-    ValueError("a bug in process()"),
-    KeyError("column"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.UndefinedTableError('relation "nope" does not exist'),
+        asyncpg.InsufficientPrivilegeError("permission denied for table t"),
+        asyncpg.PostgresSyntaxError('syntax error at or near "UPDAET"'),
+        asyncpg.UniqueViolationError("duplicate key value violates unique constraint"),
+        asyncpg.DataError("invalid data"),
+        asyncpg.InvalidTextRepresentationError("invalid input syntax for type integer"),
+        ValueError("a bug in process()"),
+        KeyError("column"),
+    ],
+)
 def test_permanent_errors_are_fatal(exc):
     assert classify(exc) is Fault.FATAL
     assert not is_transient(exc)
 
 
-@pytest.mark.parametrize("exc", [
-    asyncpg.UndefinedTableError("relation does not exist"),
-    ValueError("x"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.UndefinedTableError("relation does not exist"),
+        ValueError("x"),
+    ],
+)
 def test_a_closed_connection_does_not_make_a_permanent_error_transient(exc):
     assert classify(exc, conn_closed=True) is Fault.FATAL
 
@@ -125,8 +140,9 @@ async def test_retrying_gives_up_a_fatal_error_after_one_attempt():
 
 @pytest.mark.anyio
 async def test_retrying_retries_transient_errors_until_success():
-    op = Operation(asyncpg.SerializationError("x"), asyncpg.DeadlockDetectedError("y"),
-                   ConnectionResetError())
+    op = Operation(
+        asyncpg.SerializationError("x"), asyncpg.DeadlockDetectedError("y"), ConnectionResetError()
+    )
     await op.run(FAST)
     assert op.calls == 4
 
@@ -151,8 +167,9 @@ async def test_retrying_uses_the_callers_predicate():
 def test_asyncpgs_internal_error_from_a_closed_connection_reconnects():
     """What asyncpg 0.32 raises now and then on the next query after its backend was
     terminated."""
-    exc = asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is"
-                                      " in progress")
+    exc = asyncpg.InternalClientError(
+        "cannot switch to state 11; another operation (2) is in progress"
+    )
     assert classify(exc, conn_closed=True) is Fault.RECONNECT
     assert classify(exc, conn_closed=False) is Fault.FATAL
 

@@ -16,18 +16,21 @@ def backfill(**declared) -> Backfill:
     return Backfill(table="t", sql=SQL, **declared)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("500ms", 0.5),
-    ("2s", 2.0),
-    ("2sec", 2.0),
-    ("1.5s", 1.5),
-    ("5min", 300.0),
-    ("5m", 300.0),
-    ("2h", 7200.0),
-    ("30", 30.0),
-    (" 10 s ", 10.0),
-    ("0", 0.0),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("2sec", 2.0),
+        ("1.5s", 1.5),
+        ("5min", 300.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("30", 30.0),
+        (" 10 s ", 10.0),
+        ("0", 0.0),
+    ],
+)
 def test_parse_duration_reads_units(text, seconds):
     assert parse_duration(text, "--x") == pytest.approx(seconds)
 
@@ -43,8 +46,9 @@ def test_parse_duration_of_nothing_is_nothing():
     assert parse_duration(None, "--x") is None
 
 
-@pytest.mark.parametrize("text", ["", "abc", "5 minutes", "2d", "1e3", "-1s", "1,5s", "s",
-                                  "2S", "1h30m", "inf", "nan"])
+@pytest.mark.parametrize(
+    "text", ["", "abc", "5 minutes", "2d", "1e3", "-1s", "1,5s", "s", "2S", "1h30m", "inf", "nan"]
+)
 def test_parse_duration_refuses_what_is_not_a_duration(text):
     with pytest.raises(UsageError, match="--sleep"):
         parse_duration(text, "--sleep")
@@ -72,9 +76,18 @@ def test_without_options_or_declarations_the_defaults_apply():
 
 
 def test_the_migrations_declarations_beat_the_defaults():
-    settings = resolve_settings(RunOptions(), backfill(
-        batch_size=250, workers=3, max_rows_per_second=1000.0, sleep=0.25,
-        target_batch_seconds=2.0, lock_timeout=0.5, statement_timeout=60.0))
+    settings = resolve_settings(
+        RunOptions(),
+        backfill(
+            batch_size=250,
+            workers=3,
+            max_rows_per_second=1000.0,
+            sleep=0.25,
+            target_batch_seconds=2.0,
+            lock_timeout=0.5,
+            statement_timeout=60.0,
+        ),
+    )
     assert settings.batch_size == 250
     assert settings.workers == 3
     assert settings.throttle.max_rows_per_second == 1000.0
@@ -86,11 +99,27 @@ def test_the_migrations_declarations_beat_the_defaults():
 
 def test_the_command_line_beats_the_migration():
     settings = resolve_settings(
-        RunOptions(batch_size=50, workers=2, max_rows_per_second=10.0, sleep="100ms",
-                   target_batch_seconds="3s", lock_timeout="1s", statement_timeout="5min",
-                   max_duration="2h", lease_seconds=5.0),
-        backfill(batch_size=250, workers=3, max_rows_per_second=1000.0, sleep=0.25,
-                 target_batch_seconds=2.0, lock_timeout=0.5, statement_timeout=60.0))
+        RunOptions(
+            batch_size=50,
+            workers=2,
+            max_rows_per_second=10.0,
+            sleep="100ms",
+            target_batch_seconds="3s",
+            lock_timeout="1s",
+            statement_timeout="5min",
+            max_duration="2h",
+            lease_seconds=5.0,
+        ),
+        backfill(
+            batch_size=250,
+            workers=3,
+            max_rows_per_second=1000.0,
+            sleep=0.25,
+            target_batch_seconds=2.0,
+            lock_timeout=0.5,
+            statement_timeout=60.0,
+        ),
+    )
     assert settings.batch_size == 50
     assert settings.workers == 2
     assert settings.throttle.max_rows_per_second == 10.0
@@ -104,63 +133,75 @@ def test_the_command_line_beats_the_migration():
 
 def test_an_explicit_zero_on_the_command_line_beats_the_migration():
     """0 is a value, not "not given": `--sleep 0` and `--lock-timeout 0` override."""
-    settings = resolve_settings(RunOptions(sleep="0", lock_timeout="0"),
-                                backfill(sleep=2.0, lock_timeout=5.0))
+    settings = resolve_settings(
+        RunOptions(sleep="0", lock_timeout="0"), backfill(sleep=2.0, lock_timeout=5.0)
+    )
     assert settings.throttle.sleep == 0.0
     assert settings.timeouts.lock_timeout == 0.0
 
 
 def test_flags_pass_through():
     settings = resolve_settings(
-        RunOptions(force=True, restart=True, catch_up=True, yes=True, progress=True),
-        backfill())
-    assert (settings.force, settings.restart, settings.catch_up, settings.yes,
-            settings.progress) == (True, True, True, True, True)
+        RunOptions(force=True, restart=True, catch_up=True, yes=True, progress=True), backfill()
+    )
+    assert (
+        settings.force,
+        settings.restart,
+        settings.catch_up,
+        settings.yes,
+        settings.progress,
+    ) == (True, True, True, True, True)
 
 
-@pytest.mark.parametrize(("options", "declared", "complaint"), [
-    (RunOptions(batch_size=0), {}, "--batch-size"),
-    (RunOptions(batch_size=-5), {}, "--batch-size"),
-    (RunOptions(workers=0), {}, "--workers"),
-    (RunOptions(workers=-1), {}, "--workers"),
-    (RunOptions(), {"workers": 0}, "--workers"),
-    (RunOptions(max_rows_per_second=0.0), {}, "--max-rows-per-second"),
-    (RunOptions(max_rows_per_second=-1.0), {}, "--max-rows-per-second"),
-    (RunOptions(), {"max_rows_per_second": 0.0}, "--max-rows-per-second"),
-    (RunOptions(sleep="soon"), {}, "--sleep"),
-    (RunOptions(), {"sleep": -1.0}, "--sleep"),
-    (RunOptions(target_batch_seconds="fast"), {}, "--target-batch-seconds"),
-    (RunOptions(lock_timeout="-1s"), {}, "--lock-timeout"),
-    (RunOptions(statement_timeout="1 hour"), {}, "--statement-timeout"),
-    (RunOptions(max_duration="forever"), {}, "--max-duration"),
-    # Past what PostgreSQL or the ops tables hold: refused before anything is written.
-    (RunOptions(batch_size=2**31), {}, "--batch-size"),
-    (RunOptions(statement_timeout="100000000h"), {}, "--statement-timeout"),
-    (RunOptions(lock_timeout=3e6), {}, "--lock-timeout"),
-    (RunOptions(lease_seconds=3e6), {}, "--lease-seconds"),
-    (RunOptions(lease_seconds=float("nan")), {}, "--lease-seconds"),
-    (RunOptions(max_rows_per_second=float("nan")), {}, "--max-rows-per-second"),
-    (RunOptions(max_rows_per_second=float("inf")), {}, "--max-rows-per-second"),
-    # Declared in the migration with the wrong type: named as its field too.
-    (RunOptions(), {"workers": "2"}, "workers="),
-    (RunOptions(), {"workers": True}, "workers="),
-    (RunOptions(), {"max_rows_per_second": "fast"}, "max_rows_per_second="),
-    (RunOptions(), {"statement_timeout": [1]}, "statement_timeout="),
-])
+@pytest.mark.parametrize(
+    ("options", "declared", "complaint"),
+    [
+        (RunOptions(batch_size=0), {}, "--batch-size"),
+        (RunOptions(batch_size=-5), {}, "--batch-size"),
+        (RunOptions(workers=0), {}, "--workers"),
+        (RunOptions(workers=-1), {}, "--workers"),
+        (RunOptions(), {"workers": 0}, "--workers"),
+        (RunOptions(max_rows_per_second=0.0), {}, "--max-rows-per-second"),
+        (RunOptions(max_rows_per_second=-1.0), {}, "--max-rows-per-second"),
+        (RunOptions(), {"max_rows_per_second": 0.0}, "--max-rows-per-second"),
+        (RunOptions(sleep="soon"), {}, "--sleep"),
+        (RunOptions(), {"sleep": -1.0}, "--sleep"),
+        (RunOptions(target_batch_seconds="fast"), {}, "--target-batch-seconds"),
+        (RunOptions(lock_timeout="-1s"), {}, "--lock-timeout"),
+        (RunOptions(statement_timeout="1 hour"), {}, "--statement-timeout"),
+        (RunOptions(max_duration="forever"), {}, "--max-duration"),
+        # Past what PostgreSQL or the ops tables hold: refused before anything is written.
+        (RunOptions(batch_size=2**31), {}, "--batch-size"),
+        (RunOptions(statement_timeout="100000000h"), {}, "--statement-timeout"),
+        (RunOptions(lock_timeout=3e6), {}, "--lock-timeout"),
+        (RunOptions(lease_seconds=3e6), {}, "--lease-seconds"),
+        (RunOptions(lease_seconds=float("nan")), {}, "--lease-seconds"),
+        (RunOptions(max_rows_per_second=float("nan")), {}, "--max-rows-per-second"),
+        (RunOptions(max_rows_per_second=float("inf")), {}, "--max-rows-per-second"),
+        # Declared in the migration with the wrong type: named as its field too.
+        (RunOptions(), {"workers": "2"}, "workers="),
+        (RunOptions(), {"workers": True}, "workers="),
+        (RunOptions(), {"max_rows_per_second": "fast"}, "max_rows_per_second="),
+        (RunOptions(), {"statement_timeout": [1]}, "statement_timeout="),
+    ],
+)
 def test_invalid_values_are_usage_errors(options, declared, complaint):
     with pytest.raises(UsageError, match=complaint):
         resolve_settings(options, backfill(**declared))
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    ([], None), (["--synchronous-commit", "on"], True), (["--synchronous-commit", "off"], False)])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], None), (["--synchronous-commit", "on"], True), (["--synchronous-commit", "off"], False)],
+)
 def test_synchronous_commit_on_the_command_line(argv: list[str], expected: bool | None) -> None:
     """Not given leaves the migration's declaration in force; on/off override it."""
     args = build_parser().parse_args(["run", "x", *argv])
     options = run_options(args, progress=False)
     assert options.synchronous_commit is expected
-    resolved = resolve_settings(options, backfill(synchronous_commit=True)
-                                ).timeouts.synchronous_commit
+    resolved = resolve_settings(
+        options, backfill(synchronous_commit=True)
+    ).timeouts.synchronous_commit
     assert resolved is (True if expected is None else expected)
 
 

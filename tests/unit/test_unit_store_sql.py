@@ -40,8 +40,9 @@ def test_block_names_are_unique():
 
 def test_every_block_has_sql():
     for name in BLOCK.findall(QUERIES):
-        body = "\n".join(line for line in store.query(name).splitlines()
-                         if not line.lstrip().startswith("--"))
+        body = "\n".join(
+            line for line in store.query(name).splitlines() if not line.lstrip().startswith("--")
+        )
         assert body.strip(), f"block {name} holds no SQL"
 
 
@@ -68,9 +69,13 @@ def test_an_unknown_query_name_is_a_key_error():
 # --- RangeQueries -----------------------------------------------------------------------
 
 SINGLE = Target("public.users", KeySpec((KeyColumn("id", "bigint"),)), estimate=100)
-COMPOSITE = Target('app."Order Lines"', KeySpec((KeyColumn("order_id", "bigint"),
-                                                 KeyColumn('line"no', "integer"),
-                                                 KeyColumn("sku", "text"))), estimate=-1)
+COMPOSITE = Target(
+    'app."Order Lines"',
+    KeySpec(
+        (KeyColumn("order_id", "bigint"), KeyColumn('line"no', "integer"), KeyColumn("sku", "text"))
+    ),
+    estimate=-1,
+)
 
 
 @pytest.mark.parametrize("target", [SINGLE, COMPOSITE], ids=["single", "composite"])

@@ -24,10 +24,14 @@ def test_without_rate_or_sleep_the_next_batch_starts_at_once():
     assert pacer.delay(now=101.0) == 0.0
 
 
-@given(sleep=st.sampled_from([0.0, 0.5]), rate=st.sampled_from([None, 0.0, 50.0]),
-       batches=st.lists(st.tuples(st.floats(0, 10), st.integers(0, 10_000)), max_size=5))
+@given(
+    sleep=st.sampled_from([0.0, 0.5]),
+    rate=st.sampled_from([None, 0.0, 50.0]),
+    batches=st.lists(st.tuples(st.floats(0, 10), st.integers(0, 10_000)), max_size=5),
+)
 def test_a_pacer_that_does_not_pace_never_asks_to_wait(
-        sleep: float, rate: float | None, batches: list[tuple[float, int]]) -> None:
+    sleep: float, rate: float | None, batches: list[tuple[float, int]]
+) -> None:
     """``paces`` is what lets a batch's COMMIT begin the next one (no transaction may wait
     open): without it no batch ever waits, whatever ran before."""
     pacer = Pacer(ThrottlePolicy(sleep=sleep, max_rows_per_second=rate))
@@ -90,8 +94,7 @@ def test_an_earlier_finishing_worker_does_not_pull_the_next_start_forward():
     rows=st.integers(0, 10**7),
     asked_at=st.floats(0.0, 2e6),
 )
-def test_rate_cap_holds_and_delay_is_never_negative(rate, sleep, started, took, rows,
-                                                     asked_at):
+def test_rate_cap_holds_and_delay_is_never_negative(rate, sleep, started, took, rows, asked_at):
     pacer = Pacer(ThrottlePolicy(max_rows_per_second=rate, sleep=sleep))
     now = started + took
     pacer.record(now=now, rows=rows, started=started)
@@ -152,10 +155,10 @@ def test_a_size_below_the_minimum_grows_at_most_half_again():
     lo=st.integers(1, 1000),
     span=st.integers(0, 10**6),
 )
-def test_adaptive_size_moves_toward_the_target_within_bounds(current, seconds, target, lo,
-                                                              span):
-    policy = ThrottlePolicy(target_batch_seconds=target, min_batch_size=lo,
-                            max_batch_size=lo + span)
+def test_adaptive_size_moves_toward_the_target_within_bounds(current, seconds, target, lo, span):
+    policy = ThrottlePolicy(
+        target_batch_seconds=target, min_batch_size=lo, max_batch_size=lo + span
+    )
     size = next_batch_size(policy, current, seconds, rows=current)
     assert size >= 1
     assert size <= policy.max_batch_size
