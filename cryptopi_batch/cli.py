@@ -228,7 +228,7 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
             options=options,
             handle_signals=True,
             on_start=(lambda done, total: bar.start(args.name, done, total)) if bar else None,
-            on_batch=bar.advance if bar else None,
+            on_progress=bar.advance if bar else None,
         )
     finally:
         if bar is not None:

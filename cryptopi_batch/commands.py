@@ -39,7 +39,8 @@ from .settings import RunOptions, RunSettings, resolve_settings
 from .store import Target
 
 if TYPE_CHECKING:
-    from .executor import Outcome, ProgressHook
+    from .progress import ProgressHook
+    from .runner import Outcome
 
 LIVE_WITHIN = 10.0
 """A runner whose heartbeat (each second) is older than this many seconds is not counted as
@@ -65,15 +66,17 @@ async def run(
     options: RunOptions | None = None,
     handle_signals: bool = False,
     on_start: Any = None,
-    on_batch: ProgressHook | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> RunResult:
     """Run migration ``name``, or resume it where it stopped.
 
     Everything that can refuse the run (the name, the file, the connection, the table and
     key, a changed source, a cancelled run) is checked before anything is written.
-    ``on_start(keys_done, keys_total)`` is called once the run is about to start batches.
+    ``on_start(keys_done, keys_total)`` is called once the run is about to start batches,
+    ``on_progress`` with the run's counters as they change.
     """
-    from .executor import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
+    from .progress import Progress  # noqa: PLC0415 -- with the runner, below
+    from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
     migration = find_migration(directory, name)
     if migration.backfill.window is not None or migration.backfill.timezone is not None:
@@ -123,8 +126,11 @@ async def run(
             settings=settings,
             connection=connection,
             handle_signals=handle_signals,
-            on_batch=on_batch,
+            on_progress=on_progress,
             end_key=as_bound(row["end_key"]),
+            start=Progress(
+                int(row["rows_processed"]), int(row["keys_done"]), int(row["batches_done"])
+            ),
             connections=await _opened(opening),
         )
         outcome = await runner.execute(conn)
@@ -317,7 +323,9 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
                     for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)
                 }
             if await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
-                applied = {r["filename"] for r in await store.fetch(conn, "applied_filenames")}
+                applied = {
+                    r["filename"] for r in await conn.fetch(store.query("applied_filenames"))
+                }
         # A batched run's own row speaks for it (also after --restart of a completed run);
         # ops.migrations only for files without one (applied by other tooling, .sql files).
         return [

@@ -13,6 +13,15 @@ def one_line(text: str) -> str:
     return "; ".join(part for part in (line.strip() for line in text.splitlines()) if part)
 
 
+def describe(exc: BaseException) -> str:
+    """``exc`` on one line, with its class and SQLSTATE: as logged and as kept in the ops
+    tables."""
+    state = getattr(exc, "sqlstate", None)
+    text = str(exc).strip() or type(exc).__name__
+    name = type(exc).__name__
+    return one_line(f"{name} ({state}): {text}" if state else f"{name}: {text}")
+
+
 class CryptopiBatchError(Exception):
     """cryptopi_batch failed."""
 

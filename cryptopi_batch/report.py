@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import asyncpg
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import TaskID
+
+    from .progress import Progress
 
 
 @dataclass(frozen=True)
@@ -190,12 +192,13 @@ class ProgressBar:
             name, total=max(total, done) or None, completed=done, rows=0, rate=""
         )
 
-    def advance(self, progress: Any, keys: int) -> None:
+    def advance(self, progress: Progress) -> None:
+        """Show the run's counters (they may also go down: see progress.Tally)."""
         if self._task is None:
             return
         task = self._progress.tasks[0]
         total = task.total
-        completed = task.completed + keys
+        completed = progress.keys
         if total is not None and completed > total:
             total = completed
         speed = task.speed

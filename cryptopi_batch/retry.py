@@ -118,3 +118,28 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
+
+
+class Faults:
+    """Classifies each error of one retry loop where the connection it came from is at
+    hand, and answers the loop's retry predicate, which sees only the exception (an
+    InterfaceError is transient only if its connection closed; a statement timeout is told
+    apart from a cancel by how long the batch ran)."""
+
+    def __init__(self, fatal: tuple[type[BaseException], ...] = ()) -> None:
+        self._fatal = fatal
+        self._last: tuple[BaseException, Fault] | None = None
+
+    def tag(
+        self, exc: BaseException, *, conn_closed: bool, ran_past_timeout: bool = False
+    ) -> Fault:
+        fault = classify(exc, conn_closed=conn_closed, ran_past_timeout=ran_past_timeout)
+        self._last = (exc, fault)
+        return fault
+
+    def retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, self._fatal):
+            return False
+        if self._last is not None and self._last[0] is exc:
+            return self._last[1] is not Fault.FATAL
+        return is_transient(exc)

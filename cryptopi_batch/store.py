@@ -10,18 +10,21 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from .db import pg_interval, transaction
 from .errors import PermissionDenied, TargetInvalid
 from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
+from .keysql import RangeQueries
 from .planner import split_range
 from .settings import TimeoutPolicy
+from .states import RangeState, RunState
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -251,271 +254,301 @@ class Claim:
         )
 
 
-class RangeQueries:
-    """The queries over the user's table, built once per run: range bounds, and the claim
-    and checkpoint statements that find the next range's bound as they hand it out."""
+@dataclass(frozen=True)
+class Settled:
+    """What a batch's checkpoint found: the run's state, and the next range if it claimed
+    one."""
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        k = target.key
-        w = k.width
-        lower, upper = k.params(1), k.params(1 + w)
-        self.nth_after = self._nth(lower, upper, f"${2 * w + 1}::bigint")
-        self.nth_from_start = self._nth(None, k.params(1), f"${w + 1}::bigint")
-        self.claim_next = self._handing_out(checkpoint=False)
-        self.checkpoint = self._handing_out(checkpoint=True)
+    state: RunState
+    next: Claim | None
 
-    def _nth(self, lower: str | None, upper: str, offset: str) -> str:
-        """The key ``offset`` keys after ``lower``, no further than ``upper``: an index range
-        scan of that many entries, never an OFFSET from the table's start. The key is turned
-        into text outside the scan, once, not for each entry it skips (3x faster)."""
-        k, t = self.target.key, self.target.quoted
-        return (
-            f"SELECT {k.text_values('s', raw=True)} FROM (SELECT {k.select_list('t')}"
-            f" FROM {t} t WHERE {k.between(lower, upper, 't')}"
-            f" ORDER BY {k.order_by('t')} OFFSET {offset} LIMIT 1) s"
+
+@dataclass(frozen=True)
+class RangeRow:
+    """A range's row as read back after a lost connection (see :meth:`RunStore.range_row`)."""
+
+    status: RangeState
+    runner: uuid.UUID | None
+    rows: int
+    range: KeyRange
+
+
+@dataclass(frozen=True)
+class RunCounters:
+    """The run's state and counters, as the heartbeat reads them each beat."""
+
+    state: RunState
+    rows: int
+    keys: int
+    batches: int
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> RunCounters:
+        """From a row with ops.backfills' status and counter columns."""
+        return cls(
+            RunState(row["status"]),
+            int(row["rows_processed"]),
+            int(row["keys_done"]),
+            int(row["batches_done"]),
         )
 
-    def _count(self, lower: str | None, upper: str) -> str:
-        k = self.target.key
-        return f"SELECT count(*) FROM {self.target.quoted} t WHERE {k.between(lower, upper, 't')}"
 
-    def _handing_out(self, *, checkpoint: bool) -> str:
-        """One statement that hands out the range after the run's frontier, to the end or
-        to the batch size's n-th key: it locks the run's row, finds the bound through the
-        index, moves the frontier and inserts the claimed range. With ``checkpoint`` it
-        first marks the caller's batch done and counts it (in the batch's own transaction),
-        and claims only when asked to (``$8``) and the run is still running.
+@dataclass(frozen=True)
+class Peer:
+    """Another runner of the same run on this host and in this pid namespace."""
 
-        Parameters without ``checkpoint``: $1 name, $2 token, $3 batch size, $4 lease
-        seconds. With it: $1 batch id, $2 token, $3 rows, $4 duration ms, $5 attempts,
-        $6 name, $7 next batch size, $8 claim the next range, $9 lease seconds, and a hint:
-        $10 a frontier and $11 the n-th key after it for that size, found beforehand
-        (NULLs: none; see :func:`look_ahead`); $12 and $13 the batch's upper and lower
-        bounds (fencing on the range too: a claim lost with an asynchronous commit may see
-        its id issued again, after a crash, to another range). Returns the
-        run's status and the claimed range (NULLs when none was claimed); no row at all
-        means nothing was claimed (without ``checkpoint``) or that the caller no longer
-        owns its batch (with it).
-        """
-        k = self.target.key
-        if checkpoint:
-            name, token, size, lease = "$6", "$2", "$7::integer", "$9"
-        else:
-            name, token, size, lease = "$1", "$2", "$3::integer", "$4"
-
-        def bound(array: str) -> str:
-            return k.cast(k.elements(array))
-
-        def either(when_null: str, otherwise: str, lower: str) -> str:
-            return f"CASE WHEN {lower} IS NULL THEN ({when_null}) ELSE ({otherwise}) END"
-
-        end = bound("c.end_key")
-        nth = either(
-            self._nth(None, end, f"{size} - 1"),
-            self._nth(bound("c.frontier"), end, f"{size} - 1"),
-            "c.frontier",
-        )
-        if checkpoint:
-            # A bound looked up ahead, while the batch worked, from where the frontier was
-            # expected to be ($10) for this very size: used only if the frontier is there.
-            nth = f"CASE WHEN c.frontier = $10::text[] THEN $11::text[] ELSE {nth} END"
-        # Counted only for the last range (fewer keys left than the batch size).
-        count = either(
-            self._count(None, bound("l.end_key")),
-            self._count(bound("l.lower"), bound("l.end_key")),
-            "l.lower",
-        )
-        done = counters = ""
-        joined = "nxt n"
-        if checkpoint:
-            done = """b AS (
-    UPDATE ops.backfill_batches
-       SET status = 'done', rows = $3, duration_ms = $4, attempts = $5,
-           finished_at = clock_timestamp(),
-           lease_until = NULL, last_error = NULL
-     WHERE id = $1 AND worker = $2 AND status = 'running'
-       AND upper_key = $12::text[] AND lower_key IS NOT DISTINCT FROM $13::text[]
-    RETURNING keys),
-"""
-            counters = """rows_processed = f.rows_processed + $3, keys_done = f.keys_done + b.keys,
-           batches_done = f.batches_done + 1, batch_size = $7, updated_at = clock_timestamp(),
-           last_error = CASE WHEN f.status = 'running' THEN NULL ELSE f.last_error END,
-           waiting_reason = NULL,
-           """
-            joined = "b LEFT JOIN nxt n ON true"  # the counters move, claim or not
-        return f"""WITH {done}cur AS (
-    SELECT frontier, end_key, exhausted, status FROM ops.backfills
-     WHERE name = {name}{" AND EXISTS (SELECT FROM b)" if checkpoint else ""} FOR UPDATE),
-look AS MATERIALIZED (
-    SELECT c.frontier AS lower, c.end_key, {nth} AS nth
-      FROM cur c
-     WHERE {"$8 AND " if checkpoint else ""}c.status = 'running' AND NOT c.exhausted),
-nxt AS (
-    SELECT l.lower, COALESCE(l.nth, l.end_key) AS upper,
-           l.nth IS NULL OR l.nth = l.end_key AS last,
-           CASE WHEN l.nth IS NULL THEN {count} ELSE {size} END AS keys
-      FROM look l),
-f AS (
-    UPDATE ops.backfills f
-       SET {counters}frontier = COALESCE(n.upper, f.frontier),
-           exhausted = f.exhausted OR COALESCE(n.last, false)
-      FROM {joined}
-     WHERE f.name = {name}
-    RETURNING f.status),
-ins AS (
-    INSERT INTO ops.backfill_batches (backfill, lower_key, upper_key, keys, status, worker,
-                                      claimed_at, lease_until)
-    SELECT {name}, lower, upper, keys, 'running', {token}, now(),
-           now() + make_interval(secs => {lease})
-      FROM nxt
-    RETURNING id, lower_key, upper_key, keys, attempts)
-SELECT f.status, i.id, i.lower_key, i.upper_key, i.keys, i.attempts
-  FROM f LEFT JOIN ins i ON true"""
-
-    async def nth(self, conn: asyncpg.Connection, rng: KeyRange, n: int) -> Bound | None:
-        """The ``n``-th key in ``rng`` (1-based), or ``None`` if it holds fewer keys."""
-        sql = self.nth_after if rng.lower is not None else self.nth_from_start
-        row = await conn.fetchrow(sql, *rng.params(), n - 1)
-        return None if row is None else tuple(row[0])
+    token: uuid.UUID
+    pid: int
 
 
-# --- claims -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunStore:
+    """The ops tables as one runner process of one run sees them: one typed method per
+    query. ``token`` names the runner (its row in ``ops.backfill_workers``, and the owner
+    of the ranges its worker tasks claim); ``lease`` is how long a claim holds without a
+    heartbeat.
 
-_CLAIM_SETTINGS = (
-    "SELECT pg_backend_pid() AS pid, now() AS xact_start,"
-    " set_config('synchronous_commit', 'off', true),"
-    " set_config('lock_timeout', $1, true),"
-    " set_config('statement_timeout', $2, true)"
-)
-
-
-async def claim(
-    conn: asyncpg.Connection,
-    name: str,
-    token: uuid.UUID,
-    lease: float,
-    ranges: RangeQueries,
-    *,
-    size: int,
-    timeouts: TimeoutPolicy,
-    on_begin: Callable[[int, Any], None] | None = None,
-    on_claim: Callable[[int], None] | None = None,
-) -> Claim | None:
-    """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
-    else a new one of ``size`` keys from the frontier. ``None`` when nothing is left to
-    hand out.
-
-    Runs its own transaction with ``synchronous_commit`` off: a claim lost in a crash is
-    harmless (its range is simply claimed again), and WAL order guarantees no batch commit
-    survives without the claim before it. The batch's lock and statement timeouts apply:
-    the run's row is locked here, and batches' checkpoints wait on it.
-    ``on_begin(pid, xact_start)`` learns the server transaction the claim runs in, and
-    ``on_claim(id)`` the claimed range's id before the claim commits.
+    Each method runs in the caller's transaction (or none) unless it says otherwise, on the
+    connection it is given: a runner talks on one connection per worker task and one
+    control connection.
     """
-    async with conn.transaction():
-        session = await conn.fetchrow(
-            _CLAIM_SETTINGS,
-            pg_interval(timeouts.lock_timeout),
-            pg_interval(timeouts.statement_timeout),
+
+    name: str
+    token: uuid.UUID
+    ranges: RangeQueries
+    lease: float
+
+    # --- the runner's own row -----------------------------------------------------
+
+    async def register(
+        self, conn: asyncpg.Connection, *, host: str, pid: int, tasks: int, namespace: str | None
+    ) -> None:
+        """Record this runner (idempotent: a retry after a lost reply finds it written)."""
+        await conn.execute(
+            query("register_worker"), self.token, self.name, host, pid, tasks, namespace
         )
-        if on_begin is not None and session is not None:
-            on_begin(session["pid"], session["xact_start"])
-        row = await conn.fetchrow(query("claim_open"), name, token, lease)
-        if row is None:
-            row = await conn.fetchrow(ranges.claim_next, name, token, size, lease)
+
+    async def peers_on_host(
+        self, conn: asyncpg.Connection, host: str, namespace: str | None
+    ) -> list[Peer]:
+        """The run's other live runners whose pid means a process here."""
+        rows = await conn.fetch(
+            query("live_workers_on_host"), self.name, host, self.token, namespace
+        )
+        return [Peer(r["token"], r["pid"]) for r in rows]
+
+    async def retire(self, conn: asyncpg.Connection, tokens: Sequence[uuid.UUID]) -> None:
+        """Runners known dead: their ranges are released at once, not at their leases' end."""
+        await conn.execute(query("retire_workers"), list(tokens))
+
+    async def heartbeat(self, conn: asyncpg.Connection, held: Collection[int]) -> RunCounters:
+        """Extend the leases of the ranges ``held`` (no others under this token: see
+        :meth:`release_orphans`); returns the run's state and counters."""
+        row = await conn.fetchrow(
+            query("heartbeat"), self.token, self.name, self.lease, [str(i) for i in held]
+        )
+        if row is None:  # the run's row is gone (deleted by hand): nothing to go on with
+            return RunCounters(RunState.CANCELLED, 0, 0, 0)
+        return RunCounters.from_row(row)
+
+    async def release_orphans(self, conn: asyncpg.Connection, held: Collection[int]) -> int:
+        """Ranges under this token that no worker task holds go back to pending now;
+        returns how many."""
+        status = await conn.execute(
+            query("release_orphans"), self.token, self.name, [str(i) for i in held]
+        )
+        return int(status.split()[-1])
+
+    async def stop(self, conn: asyncpg.Connection) -> None:
+        """This runner has ended: what it still holds goes back to pending at once."""
+        await conn.execute(query("stop_worker"), self.token)
+
+    # --- the run's row ------------------------------------------------------------
+
+    async def fail(self, conn: asyncpg.Connection, message: str) -> None:
+        """Mark the run failed with ``message`` (if it is still running)."""
+        await conn.execute(query("fail_backfill"), self.name, message)
+
+    async def finalize(self, conn: asyncpg.Connection, filename: str) -> None:
+        """Complete the run if every range is done, and record ``filename`` in
+        ops.migrations in the same transaction, once."""
+        await conn.execute(query("finalize"), self.name, filename)
+
+    async def run_row(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        """The run's row of ops.backfills."""
+        return await conn.fetchrow(query("get_backfill"), self.name)
+
+    async def open_ranges(self, conn: asyncpg.Connection) -> int:
+        """How many of the run's ranges are not done (handed out or pending)."""
+        return int(await conn.fetchval(query("open_batches"), self.name))
+
+    # --- ranges -------------------------------------------------------------------
+
+    async def range_row(self, conn: asyncpg.Connection, range_id: int) -> RangeRow | None:
+        """A range's state, owner and bounds (after a lost connection: did it commit?)."""
+        row = await conn.fetchrow(query("batch_state"), range_id)
         if row is None:
             return None
-        if on_claim is not None:
-            on_claim(row["id"])
-        return Claim.from_row(row)
+        rng = KeyRange(as_bound(row["lower_key"]), tuple(row["upper_key"]))
+        return RangeRow(RangeState(row["status"]), row["worker"], int(row["rows"] or 0), rng)
 
+    async def record_error(
+        self, conn: asyncpg.Connection, c: Claim, attempts: int, error: str
+    ) -> None:
+        """Keep a failed attempt's error on the range and the run (``status`` shows it)."""
+        await conn.execute(query("batch_failed"), c.id, self.token, attempts, error, self.name)
 
-async def split(
-    conn: asyncpg.Connection,
-    c: Claim,
-    token: uuid.UUID,
-    size: int,
-    ranges: RangeQueries,
-    *,
-    timeouts: TimeoutPolicy,
-) -> Claim:
-    """Cut claim ``c`` to its first ``size`` keys; the rest becomes a pending range that
-    any worker may claim. Returns the smaller claim (``c`` itself if it cannot be cut).
+    async def claim(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        size: int,
+        timeouts: TimeoutPolicy,
+        on_begin: Callable[[int, datetime], None] | None = None,
+        on_claim: Callable[[int], None] | None = None,
+    ) -> Claim | None:
+        """Claim the next range: an open one (a split's remainder, a lapsed lease) first,
+        else a new one of ``size`` keys from the frontier. ``None`` when nothing is left to
+        hand out.
 
-    One short transaction under the batch's lock and statement timeouts: finding the cut
-    reads the user's table, which must never queue long behind DDL."""
-    if size >= c.keys:
-        return c
-    # synchronous_commit off, as for a claim: a cut lost in a crash is made again.
-    async with transaction(conn, timeouts.local(synchronous_commit="off")):
-        halves = split_range(c.range, await ranges.nth(conn, c.range, size))
-        if halves is None:
+        Runs its own transaction with ``synchronous_commit`` off: a claim lost in a crash
+        is harmless (its range is simply claimed again), and WAL order guarantees no batch
+        commit survives without the claim before it. The batch's lock and statement
+        timeouts apply: the run's row is locked here, and batches' checkpoints wait on it.
+        ``on_begin(pid, xact_start)`` learns the server transaction the claim runs in, and
+        ``on_claim(id)`` the claimed range's id before the claim commits.
+        """
+        async with conn.transaction():
+            session = await conn.fetchrow(
+                query("claim_settings"),
+                pg_interval(timeouts.lock_timeout),
+                pg_interval(timeouts.statement_timeout),
+            )
+            if on_begin is not None and session is not None:
+                on_begin(session["pid"], session["xact_start"])
+            row = await conn.fetchrow(query("claim_open"), self.name, self.token, self.lease)
+            if row is None:
+                row = await conn.fetchrow(
+                    self.ranges.claim_next, self.name, self.token, size, self.lease
+                )
+            if row is None:
+                return None
+            if on_claim is not None:
+                on_claim(row["id"])
+            return Claim.from_row(row)
+
+    async def split(
+        self, conn: asyncpg.Connection, c: Claim, size: int, *, timeouts: TimeoutPolicy
+    ) -> Claim:
+        """Cut claim ``c`` to its first ``size`` keys; the rest becomes a pending range that
+        any worker may claim. Returns the smaller claim (``c`` itself if it cannot be cut).
+
+        One short transaction under the batch's lock and statement timeouts: finding the
+        cut reads the user's table, which must never queue long behind DDL."""
+        if size >= c.keys:
             return c
-        head, tail = halves
-        await conn.fetchval(
-            query("split_batch"), c.id, token, list(head.upper), size, list(tail.upper), c.keys
-        )  # tail.upper: c's own (fencing)
-    return Claim(c.id, head, size, c.attempts)
+        # synchronous_commit off, as for a claim: a cut lost in a crash is made again.
+        async with transaction(conn, timeouts.local(synchronous_commit="off")):
+            halves = split_range(c.range, await self.ranges.nth(conn, c.range, size))
+            if halves is None:
+                return c
+            head, tail = halves
+            await conn.fetchval(
+                query("split_batch"),
+                c.id,
+                self.token,
+                list(head.upper),
+                size,
+                list(tail.upper),  # c's own (fencing)
+                c.keys,
+            )
+        return Claim(c.id, head, size, c.attempts)
+
+    async def look_ahead(
+        self, conn: asyncpg.Connection, rng: KeyRange, n: int, timeouts: TimeoutPolicy
+    ) -> Bound | None:
+        """The ``n``-th key in ``rng``, read in a short transaction of its own under the
+        batch's lock and statement timeouts (it must never queue behind DDL): a worker asks
+        for the next range's bound on another connection while its batch works, and hands
+        it to :meth:`checkpoint`, which then skips the index scan if the frontier is where
+        it was expected. The run's row is not read or locked here."""
+        async with transaction(conn, timeouts.local()):
+            return await self.ranges.nth(conn, rng, n)
+
+    async def checkpoint(
+        self,
+        conn: asyncpg.Connection,
+        c: Claim,
+        *,
+        rows: int,
+        seconds: float,
+        attempts: int,
+        batch_size: int,
+        claim_next: bool,
+        hint: tuple[Bound, Bound] | None = None,
+    ) -> Settled | None:
+        """Mark ``c`` done and count it, in the caller's (the batch's) transaction, and, if
+        ``claim_next``, claim the next ``batch_size`` keys from the frontier in the same
+        statement: the claim costs no transaction of its own and commits or vanishes with
+        the batch. ``None`` when this runner no longer owns ``c`` (the caller rolls the
+        batch back). ``hint``: a frontier and the ``batch_size``-th key after it, from
+        :meth:`look_ahead`.
+        """
+        after, nth = (None, None) if hint is None else (list(hint[0]), list(hint[1]))
+        lower = None if c.range.lower is None else list(c.range.lower)
+        row = await conn.fetchrow(
+            self.ranges.checkpoint,
+            c.id,
+            self.token,
+            rows,
+            seconds * 1000.0,
+            attempts,
+            self.name,
+            batch_size,
+            claim_next,
+            self.lease,
+            after,
+            nth,
+            list(c.range.upper),
+            lower,
+        )
+        if row is None:
+            return None
+        return Settled(RunState(row["status"]), None if row["id"] is None else Claim.from_row(row))
 
 
-async def look_ahead(
-    conn: asyncpg.Connection, ranges: RangeQueries, rng: KeyRange, n: int, timeouts: TimeoutPolicy
-) -> Bound | None:
-    """The ``n``-th key in ``rng``, read in a short transaction of its own under the batch's
-    lock and statement timeouts (it must never queue behind DDL): a worker asks for the
-    next range's bound on another connection while its batch works, and hands it to
-    :func:`checkpoint`, which then skips the index scan if the frontier is where it was
-    expected. The run's row is not read or locked here."""
-    async with transaction(conn, timeouts.local()):
-        return await ranges.nth(conn, rng, n)
+# --- server sessions: naming the session a transaction runs in, and ending it ----------
+
+ServerSession = tuple[int, datetime]
+"""A server session's pid and a start: the session's own, or its transaction's."""
 
 
-async def checkpoint(
-    conn: asyncpg.Connection,
-    c: Claim,
-    token: uuid.UUID,
-    *,
-    name: str,
-    rows: int,
-    seconds: float,
-    attempts: int,
-    batch_size: int,
-    claim_next: bool,
-    lease: float,
-    ranges: RangeQueries,
-    hint: tuple[Bound, Bound] | None = None,
-) -> tuple[str, Claim | None] | None:
-    """Mark ``c`` done and count it, in the caller's (the batch's) transaction, and, if
-    ``claim_next``, claim the next ``batch_size`` keys from the frontier in the same
-    statement: the claim costs no transaction of its own and commits or vanishes with the
-    batch. Returns the run's status and the new claim (``None`` when the run is not
-    running or the frontier reached the end), or ``None`` when this runner no longer owns
-    ``c`` (the caller rolls the batch back). ``hint``: a frontier and the ``batch_size``-th
-    key after it, from :func:`look_ahead`.
-    """
-    after, nth = (None, None) if hint is None else (list(hint[0]), list(hint[1]))
-    lower = None if c.range.lower is None else list(c.range.lower)
+async def session_identity(conn: asyncpg.Connection) -> ServerSession | None:
+    """The server session ``conn`` talks to (pid, backend start)."""
+    row = await conn.fetchrow(query("session_identity"))
+    return None if row is None else (row["pid"], row["backend_start"])
+
+
+async def batch_settings(
+    conn: asyncpg.Connection, timeouts: TimeoutPolicy, idle: float
+) -> ServerSession:
+    """Set a batch transaction's settings as a statement of their own (behind a pooler);
+    returns the session and the transaction's start, naming this very transaction."""
     row = await conn.fetchrow(
-        ranges.checkpoint,
-        c.id,
-        token,
-        rows,
-        seconds * 1000.0,
-        attempts,
-        name,
-        batch_size,
-        claim_next,
-        lease,
-        after,
-        nth,
-        list(c.range.upper),
-        lower,
+        query("batch_settings"),
+        pg_interval(timeouts.lock_timeout),
+        pg_interval(timeouts.statement_timeout),
+        pg_interval(idle),
+        "on" if timeouts.synchronous_commit else "off",
     )
-    if row is None:
-        return None
-    return row["status"], None if row["id"] is None else Claim.from_row(row)
+    assert row is not None  # a SELECT without FROM returns its row
+    return row["pid"], row["xact_start"]
 
 
-async def fetch(conn: asyncpg.Connection, name: str, *args: Any) -> list[asyncpg.Record]:
-    return await conn.fetch(query(name), *args)
+async def end_sessions(
+    conn: asyncpg.Connection, sessions: Sequence[tuple[int, datetime, bool]]
+) -> None:
+    """End each session named by its pid and a start: the session's own (``True``) or its
+    transaction's (``False``: only while it is still in that transaction)."""
+    pids, starts, whole = (list(x) for x in zip(*sessions, strict=True))
+    await conn.execute(query("end_sessions"), pids, starts, whole)

@@ -69,3 +69,28 @@ def clamp(policy: ThrottlePolicy, size: int, current: int) -> int:
     a batch already under the minimum (``--batch-size 5``) must not grow on a cut."""
     floor = max(1, min(policy.min_batch_size, current))
     return max(floor, min(policy.max_batch_size, size))
+
+
+@dataclass
+class BatchSizer:
+    """The batch size a runner's worker tasks share: adapted after each batch, cut after a
+    statement timeout."""
+
+    policy: ThrottlePolicy
+    size: int
+
+    def after_batch(self, seconds: float, rows: int) -> int:
+        """The size for the batch after one that took ``seconds`` (its work only)."""
+        return next_batch_size(self.policy, self.size, seconds, rows)
+
+    def shrink(self) -> int:
+        """A claim's lookup timed out: claim a tenth as many keys next time."""
+        self.size = shrink_after_timeout(self.policy, self.size)
+        return self.size
+
+    def cut(self, keys: int) -> int:
+        """A batch of ``keys`` keys timed out: the size to retry it with (and no bigger
+        from now on)."""
+        smaller = shrink_after_timeout(self.policy, keys)
+        self.size = min(self.size, smaller)
+        return smaller

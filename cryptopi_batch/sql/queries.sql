@@ -78,7 +78,7 @@ WITH w AS (
 l AS (
     UPDATE ops.backfill_batches SET lease_until = now() + make_interval(secs => $3)
      WHERE worker = $1 AND status = 'running' AND id = ANY($4::text[]::bigint[]))
-SELECT status FROM ops.backfills WHERE name = $2;
+SELECT status, rows_processed, keys_done, batches_done FROM ops.backfills WHERE name = $2;
 
 -- release_orphans --
 -- After the runner lost its connection to the server (a restart, a failover): ranges under
@@ -179,3 +179,33 @@ SELECT EXISTS (SELECT FROM ops.migrations WHERE filename = $1);
 
 -- applied_filenames --
 SELECT DISTINCT filename FROM ops.migrations;
+
+-- claim_settings --
+-- A claim's own transaction: its settings, and the server session and transaction it runs
+-- in (the session to end if its connection goes silent).
+SELECT pg_backend_pid() AS pid, now() AS xact_start,
+       set_config('synchronous_commit', 'off', true),
+       set_config('lock_timeout', $1, true),
+       set_config('statement_timeout', $2, true);
+
+-- batch_settings --
+-- A batch transaction's settings on a connection whose server session may change from one
+-- transaction to the next (a pooler): sent as a statement of their own, which also names
+-- the session and the transaction in pg_stat_activity (see sessions.py).
+SELECT pg_backend_pid() AS pid, now() AS xact_start,
+       set_config('lock_timeout', $1, true),
+       set_config('statement_timeout', $2, true),
+       set_config('idle_in_transaction_session_timeout', $3, true),
+       set_config('synchronous_commit', $4, true);
+
+-- session_identity --
+-- A connection straight to the server keeps its session: named once by pid and start.
+SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
+
+-- end_sessions --
+-- Sessions to end, each named by its pid and either its start (the whole session) or its
+-- transaction's start (only while still in that transaction).
+SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+  JOIN unnest($1::int[], $2::timestamptz[], $3::bool[]) AS b(pid, at, whole)
+    ON a.pid = b.pid
+   AND CASE WHEN b.whole THEN a.backend_start ELSE a.xact_start END = b.at;

@@ -1,11 +1,11 @@
 """Property tests of key-range planning on a real server, through the statements that plan.
 
-The next range is planned in SQL: ``RangeQueries.claim_next`` (run by ``store.claim`` when no
+The next range is planned in SQL: ``RangeQueries.claim_next`` (run by ``RunStore.claim`` when no
 open range is left) and ``RangeQueries.checkpoint`` (a batch marked done, and the next range
 claimed in the same statement) lock the run's row, find the batch size's n-th key after the
 frontier through the index (or the run's fixed end, with a count of the keys left), move the
-frontier, set ``exhausted`` and insert the claimed range. ``store.split`` cuts a claim after
-its n-th key; the remainder is a pending range the next ``store.claim`` takes first.
+frontier, set ``exhausted`` and insert the claimed range. ``RunStore.split`` cuts a claim after
+its n-th key; the remainder is a pending range the next ``RunStore.claim`` takes first.
 
 Each key kind has a real table with a unique index (sparse bigint with its extremes, dense
 small integers around zero, uuid, composite (integer, text), text under the database's
@@ -32,7 +32,9 @@ from hypothesis import strategies as st
 
 from cryptopi_batch import store
 from cryptopi_batch.keys import Bound, KeyRange, as_bound
+from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.settings import TimeoutPolicy
+from cryptopi_batch.store import RunStore
 
 pytestmark = pytest.mark.anyio
 
@@ -172,8 +174,12 @@ class Plan:
 class Context:
     conn: asyncpg.Connection
     kind: Kind
-    ranges: store.RangeQueries
+    ranges: RangeQueries
     token: uuid.UUID
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(NAME, self.token, self.ranges, LEASE)
 
 
 async def _setup(
@@ -213,7 +219,7 @@ async def _setup(
         await conn.execute(
             "UPDATE ops.backfills SET frontier = $2 WHERE name = $1", NAME, list(checkpoint)
         )
-    ctx = Context(conn, kind, store.RangeQueries(target), uuid.uuid4())
+    ctx = Context(conn, kind, RangeQueries(target), uuid.uuid4())
     return ctx, Plan(index, checkpoint, end, frontier=checkpoint)
 
 
@@ -245,9 +251,7 @@ async def _from_frontier(ctx: Context, plan: Plan, c: store.Claim, size: int) ->
 
 
 async def _claim(ctx: Context, plan: Plan, size: int) -> store.Claim | None:
-    c = await store.claim(
-        ctx.conn, NAME, ctx.token, LEASE, ctx.ranges, size=size, timeouts=TimeoutPolicy()
-    )
+    c = await ctx.store.claim(ctx.conn, size=size, timeouts=TimeoutPolicy())
     if plan.open:
         # An open range (a split's remainder, a lapsed lease) is taken before the frontier.
         assert c is not None, "an open range was left behind"
@@ -264,7 +268,7 @@ async def _claim(ctx: Context, plan: Plan, size: int) -> store.Claim | None:
 
 
 async def _split(ctx: Context, plan: Plan, c: store.Claim, size: int) -> None:
-    head = await store.split(ctx.conn, c, ctx.token, size, ctx.ranges, timeouts=TimeoutPolicy())
+    head = await ctx.store.split(ctx.conn, c, size, timeouts=TimeoutPolicy())
     keys = plan.index.keys_in(c.range.lower, c.range.upper)
     assert len(keys) == c.keys, (c, keys)
     new = await ctx.conn.fetch(
@@ -306,27 +310,23 @@ async def _checkpoint(
     the bound looked up beforehand, as a worker does while its batch runs."""
     hint = None
     if c.id % 2 and plan.frontier is not None and not plan.exhausted:
-        bound = await store.look_ahead(
-            ctx.conn, ctx.ranges, KeyRange(plan.frontier, plan.end), size, TimeoutPolicy()
+        bound = await ctx.store.look_ahead(
+            ctx.conn, KeyRange(plan.frontier, plan.end), size, TimeoutPolicy()
         )
         hint = None if bound is None else (plan.frontier, bound)
     async with ctx.conn.transaction():
-        settled = await store.checkpoint(
+        settled = await ctx.store.checkpoint(
             ctx.conn,
             c,
-            ctx.token,
-            name=NAME,
             rows=c.keys,
             seconds=0.001,
             attempts=1,
             batch_size=size,
             claim_next=claim_next,
-            lease=LEASE,
-            ranges=ctx.ranges,
             hint=hint,
         )
     assert settled is not None, "the checkpoint lost a batch it owns"
-    status, nxt = settled
+    status, nxt = settled.state, settled.next
     assert status == "running"
     del plan.held[c.id]
     plan.checkpointed[c.id] = c.keys
@@ -565,14 +565,8 @@ async def test_an_empty_table_hands_out_nothing(conn: asyncpg.Connection) -> Non
         "checksum",
         "up",
     )
-    c = await store.claim(
-        conn,
-        NAME,
-        uuid.uuid4(),
-        LEASE,
-        store.RangeQueries(target),
-        size=5,
-        timeouts=TimeoutPolicy(),
+    c = await RunStore(NAME, uuid.uuid4(), RangeQueries(target), LEASE).claim(
+        conn, size=5, timeouts=TimeoutPolicy()
     )
     assert c is None
     assert await conn.fetchval("SELECT count(*) FROM ops.backfill_batches") == 0
@@ -586,31 +580,25 @@ async def test_the_checkpoint_takes_a_bound_found_ahead_only_for_the_frontier_it
     the bound found in the statement."""
     kind = KINDS["sparse_bigint"]
     ctx, _ = await _setup(conn, kind, set(range(1, 101)), end_at=99, checkpoint_at=None)
-    first = await store.claim(
-        conn, NAME, ctx.token, LEASE, ctx.ranges, size=10, timeouts=TimeoutPolicy()
-    )
+    first = await ctx.store.claim(conn, size=10, timeouts=TimeoutPolicy())
     assert first is not None
     assert first.range.upper == ("10",)
 
     async def checkpoint(c: store.Claim, hint: tuple[Bound, Bound]) -> store.Claim:
         async with conn.transaction():
-            settled = await store.checkpoint(
+            settled = await ctx.store.checkpoint(
                 conn,
                 c,
-                ctx.token,
-                name=NAME,
                 rows=c.keys,
                 seconds=0.001,
                 attempts=1,
                 batch_size=10,
                 claim_next=True,
-                lease=LEASE,
-                ranges=ctx.ranges,
                 hint=hint,
             )
         assert settled is not None
-        assert settled[1] is not None
-        return settled[1]
+        assert settled.next is not None
+        return settled.next
 
     # For this frontier: taken as is (a real look-ahead would say 20; 13 shows it is used).
     second = await checkpoint(first, (("10",), ("13",)))
@@ -629,9 +617,7 @@ async def test_the_checkpoint_fences_on_the_range_as_well_as_the_id(
     for the old claim must not mark that range done."""
     kind = KINDS["sparse_bigint"]
     ctx, _ = await _setup(conn, kind, set(range(1, 101)), end_at=99, checkpoint_at=None)
-    lost = await store.claim(
-        conn, NAME, ctx.token, LEASE, ctx.ranges, size=10, timeouts=TimeoutPolicy()
-    )
+    lost = await ctx.store.claim(conn, size=10, timeouts=TimeoutPolicy())
     assert lost is not None
     # The same id, owned by the same token, now names keys 40..50.
     await conn.execute(
@@ -639,18 +625,14 @@ async def test_the_checkpoint_fences_on_the_range_as_well_as_the_id(
         lost.id,
     )
     async with conn.transaction():
-        settled = await store.checkpoint(
+        settled = await ctx.store.checkpoint(
             conn,
             lost,
-            ctx.token,
-            name=NAME,
             rows=10,
             seconds=0.001,
             attempts=1,
             batch_size=10,
             claim_next=True,
-            lease=LEASE,
-            ranges=ctx.ranges,
         )
     assert settled is None
     row = await conn.fetchrow(

@@ -32,10 +32,13 @@ from run_support import (
 )
 
 from cryptopi_batch import commands, store
+from cryptopi_batch.control import pid_namespace
 from cryptopi_batch.db import Connection, ConnectionSettings, Ending
 from cryptopi_batch.errors import Stopped
-from cryptopi_batch.executor import Runner, _pid_namespace
+from cryptopi_batch.keysql import RangeQueries
+from cryptopi_batch.sessions import Sessions
 from cryptopi_batch.settings import TimeoutPolicy
+from cryptopi_batch.store import RunStore
 
 pytestmark = pytest.mark.anyio
 
@@ -377,10 +380,10 @@ async def test_each_batch_transaction_sets_its_own_timeouts_and_commit_mode(
     session cannot be named once for all) in a statement of their own."""
     if pooled:
 
-        async def behind_a_pooler(self: Runner, conn: asyncpg.Connection) -> None:
+        async def behind_a_pooler(self: Sessions, conn: asyncpg.Connection) -> None:
             return None
 
-        monkeypatch.setattr(Runner, "_identify", behind_a_pooler)
+        monkeypatch.setattr(Sessions, "identify", behind_a_pooler)
     await seed_table(conn, rows=250)
     await conn.execute("CREATE TABLE seen (lock text, stmt text, sync text)")
     name = write_migration(
@@ -648,7 +651,7 @@ async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_name
     async with await anyio.open_process(["true"]) as child:
         await child.wait()  # its pid is gone
     token = uuid.uuid4()
-    namespace = _pid_namespace() if same_namespace else "pid:[1]"
+    namespace = pid_namespace() if same_namespace else "pid:[1]"
     await conn.execute(
         "INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers, pid_namespace)"
         " VALUES ($1, $2, $3, $4, 1, $5)",
@@ -659,8 +662,8 @@ async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_name
         namespace,
     )
     target = await store.inspect_target(conn, TABLE, ("id",))
-    held = await store.claim(
-        conn, name, token, 3600, store.RangeQueries(target), size=100, timeouts=TimeoutPolicy()
+    held = await RunStore(name, token, RangeQueries(target), 3600).claim(
+        conn, size=100, timeouts=TimeoutPolicy()
     )
     assert held is not None
 
@@ -731,7 +734,7 @@ async def test_the_range_lookup_is_an_index_range_scan(conn: asyncpg.Connection,
         table, key = "words", ("k",)
         lower, upper = ("4",), ("c",)
     target = await store.inspect_target(conn, table, key)
-    queries = store.RangeQueries(target)
+    queries = RangeQueries(target)
 
     for sql, params in (
         (queries.nth_after, [*lower, *upper, 999]),

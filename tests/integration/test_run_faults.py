@@ -30,7 +30,9 @@ from cryptopi_batch import commands, store
 from cryptopi_batch.db import APPLICATION_NAME
 from cryptopi_batch.errors import BatchFailed, CouldNotStart, SourceChanged, Stopped
 from cryptopi_batch.keys import KeyRange
+from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.settings import TimeoutPolicy
+from cryptopi_batch.store import RunStore
 
 pytestmark = pytest.mark.anyio
 
@@ -531,15 +533,15 @@ async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
         name,
         token,
     )
-    ranges = store.RangeQueries(await store.inspect_target(conn, TABLE, ("id",)))
+    ranges = RangeQueries(await store.inspect_target(conn, TABLE, ("id",)))
     claim = store.Claim(batch_id, KeyRange(None, ("300",)), 300, 0)
     holder, splitter = await connect(dsn), await connect(dsn)
     try:
         async with holder.transaction():
             await holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
             with anyio.fail_after(5), pytest.raises(asyncpg.LockNotAvailableError):
-                await store.split(
-                    splitter, claim, token, 50, ranges, timeouts=TimeoutPolicy(lock_timeout=0.1)
+                await RunStore(name, token, ranges, 60).split(
+                    splitter, claim, 50, timeouts=TimeoutPolicy(lock_timeout=0.1)
                 )
     finally:
         await holder.close()

@@ -30,12 +30,13 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import commands, executor, store
-from cryptopi_batch.db import ConnectionSettings
+from cryptopi_batch import sessions, store
 from cryptopi_batch.embedded import EmbeddedCluster
-from cryptopi_batch.executor import Runner
 from cryptopi_batch.keys import KeyRange
-from cryptopi_batch.settings import RunOptions, TimeoutPolicy, resolve_settings
+from cryptopi_batch.keysql import RangeQueries
+from cryptopi_batch.settings import TimeoutPolicy
+from cryptopi_batch.store import RunStore
+from cryptopi_batch.worker import Verdict, verdict
 
 pytestmark = pytest.mark.anyio
 
@@ -183,14 +184,8 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
             target = await store.inspect_target(watcher, TABLE, ("id",))
             # A real claim from the frontier under the runner's token, with an hour's
             # lease: the runner never learns of it.
-            c = await store.claim(
-                watcher,
-                name,
-                token,
-                3600,
-                store.RangeQueries(target),
-                size=batch,
-                timeouts=TimeoutPolicy(),
+            c = await RunStore(name, token, RangeQueries(target), 3600).claim(
+                watcher, size=batch, timeouts=TimeoutPolicy()
             )
             assert c is not None
             orphan["id"] = c.id
@@ -241,7 +236,7 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
     dsn: str, tmp_path: Path, state: str
 ) -> None:
     """After a lost connection a batch's outcome is unknown: the runner reads its row back
-    (Runner._already_settled, called here directly on the row a crash could leave) before
+    (worker.verdict, called here directly on the row a crash could leave) before
     deciding whether to run it again. Done under its token and range: committed, counted.
     Still running under them: to be run again. Under another token, or its id naming
     another range (after a crash lost its claim, the id was issued again): no longer this
@@ -270,21 +265,16 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
             status,
             token if ours else other,
         )
-        migration = commands.find_migration(tmp_path, name)
         target = await store.inspect_target(conn, TABLE, ("id",))
-        runner = Runner(
-            name=name,
-            filename=migration.file.filename,
-            work=migration.backfill.work,
-            target=target,
-            settings=resolve_settings(RunOptions(), migration.backfill),
-            connection=ConnectionSettings(dsn=dsn),
-            token=token,
-        )
+        runs = RunStore(name, token, RangeQueries(target), 60)
         claim = store.Claim(batch_id, KeyRange(("100",), ("150",)), 50, 0)
 
-        assert await runner._already_settled(conn, claim) is settled
-        assert (runner.progress.batches, runner.progress.rows) == ((1, 50) if counted else (0, 0))
+        found = await runs.range_row(conn, claim.id)
+        judged = verdict(found, claim, token)
+        assert (judged is not Verdict.UNSETTLED) is settled
+        assert (judged is Verdict.COMMITTED) is counted
+        assert found is not None
+        assert found.rows == 50
         # Judging writes nothing: the row is as the crash left it.
         row = await conn.fetchrow(
             "SELECT status, worker, lower_key, upper_key FROM ops.backfill_batches WHERE id = $1",
@@ -679,7 +669,7 @@ async def test_a_batch_longer_than_one_reply_bound_is_not_taken_for_a_silent_con
     """The reply bound (the statement timeout plus a margin) applies to each answer the
     server owes, not to the whole batch: four statements of 0.6 s under a 1 s statement
     timeout, a 2 s bound here, commit at their first attempt."""
-    monkeypatch.setattr(executor, "_REPLY_MARGIN", 0.2)
+    monkeypatch.setattr(sessions, "REPLY_MARGIN", 0.2)
     conn = await connect(dsn)
     try:
         await seed_table(conn, rows=200)

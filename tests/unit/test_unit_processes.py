@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from cryptopi_batch.executor import _process_exists
+from cryptopi_batch.control import process_exists as _process_exists
 
 
 def test_a_running_process_exists() -> None:
