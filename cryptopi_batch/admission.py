@@ -4,13 +4,14 @@ Pure: no I/O, no sleeping, no anyio. The clock (monotonic seconds) is an argumen
 the readings (the run's state from the ops tables, a signal, a failed batch) are set by
 the runner, so tests drive it without a server or real time.
 
-An ``Admission`` combines ``Gate``\\ s: any ``Stop`` wins (the first gate's), and is final
+An ``Admission`` combines gates: any ``Stop`` wins (the first gate's), and is final
 (every later answer is that ``Stop``); else the ``Wait`` with the latest ``until``, cut
 short at the earliest ``Deadline`` so that a worker wakes to stop there; else ``Go``.
 The worker loop asks ``decide(now)`` before claiming a batch, sleeps ``wait_seconds``
 (waking early on a stop) and asks again; after each commit it calls ``record``. A
 batch's COMMIT may carry the next batch's BEGIN only if ``may_chain(now)``: no
-transaction is ever held open by a gate that may answer wait.
+transaction is ever held open by a gate that may answer wait. Whoever sets an input
+(``run_state``, ``request_stop``) wakes the sleeping workers if ``decide`` now stops.
 
 Further inputs plug in as one more gate, and nothing in the worker changes:
 
