@@ -28,6 +28,7 @@ from run_support import (
     run_together,
     sql_migration,
     touched_histogram,
+    touching_process,
     write_migration,
 )
 
@@ -683,6 +684,69 @@ async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_name
     else:
         assert stopped is None
         assert lease_left > 3000
+
+
+async def test_a_runner_that_dies_mid_run_on_this_host_is_retired_by_the_heartbeat(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two runners on one host; one dies (its process gone) holding a range with an hour's
+    lease, after the other started. The survivor's heartbeat sees the dead pid in its own
+    pid namespace, as a start does, and takes the range over at once instead of waiting
+    out the lease: the run completes within seconds, every row once."""
+    rows = 600
+    await seed_table(conn, rows=rows)
+    name = write_migration(
+        tmp_path, "touch_peer", touching_process("Slow.", "SELECT pg_sleep(0.02)", 50)
+    )
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_duration="0s")  # the run's row and ops schema
+    target = await store.inspect_target(conn, TABLE, ("id",))
+    token = uuid.uuid4()
+    peer = await anyio.open_process(["sleep", "60"])
+    try:
+        await conn.execute(
+            "INSERT INTO ops.backfill_workers (token, backfill, host, pid, workers,"
+            " pid_namespace) VALUES ($1, $2, $3, $4, 1, $5)",
+            token,
+            name,
+            socket.gethostname(),
+            peer.pid,
+            pid_namespace(),
+        )
+        # The peer holds the run's first range, with an hour's lease.
+        held = await RunStore(name, token, RangeQueries(target), 3600).claim(
+            conn, size=50, timeouts=TimeoutPolicy()
+        )
+        assert held is not None
+
+        async def kill_the_peer_once_the_survivor_runs() -> None:
+            with anyio.fail_after(20):
+                while not await conn.fetchval(  # noqa: ASYNC110 -- polls the database
+                    "SELECT batches_done >= 2 FROM ops.backfills WHERE name = $1", name
+                ):
+                    await anyio.sleep(0.01)
+            peer.kill()
+            await peer.wait()
+
+        with anyio.fail_after(30):  # the peer's lease is an hour
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(kill_the_peer_once_the_survivor_runs)
+                result = await run(dsn, tmp_path, name)
+    finally:
+        if peer.returncode is None:
+            peer.kill()
+            await peer.wait()
+    assert result.outcome is not None
+    assert result.outcome.completed
+    await assert_completed(conn, name, TABLE, rows)
+    done_by = await conn.fetchval(
+        "SELECT worker FROM ops.backfill_batches WHERE id = $1 AND status = 'done'", held.id
+    )
+    assert done_by not in (None, token)
+    assert (
+        await conn.fetchval("SELECT stopped_at FROM ops.backfill_workers WHERE token = $1", token)
+        is not None
+    )
 
 
 async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
