@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
-
-import asyncpg
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -26,6 +25,7 @@ class StatusRow:
     batches: int = 0
     batch_size: int | None = None
     rows_per_second: float | None = None
+    keys_per_second: float | None = None
     eta_seconds: float | None = None
     percent: float | None = None
     live_workers: int = 0
@@ -46,7 +46,12 @@ class StatusRow:
         return cls(name=name, status="completed")
 
 
-def status_row(r: asyncpg.Record) -> StatusRow:
+_MOVING = ("running", "waiting")
+"""The reported states with an ETA: a stopped run (paused, cancelled, failed, interrupted)
+has none, as nothing is moving it forward."""
+
+
+def status_row(r: Mapping[str, Any]) -> StatusRow:
     """Derive the reported state from an ``ops.backfills`` row with its live workers.
 
     A run whose stored state is ``running`` but has no live worker was interrupted
@@ -61,28 +66,31 @@ def status_row(r: asyncpg.Record) -> StatusRow:
     elif stored == "running" and r["waiting_reason"]:
         status = "waiting"
     keys_done = int(r["keys_done"])
+    rows_done = int(r["rows_processed"])
     estimate = int(r["keys_estimate"]) if r["keys_estimate"] is not None else None
     elapsed = float(r["elapsed"] or 0)
-    rate = r["recent_rate"]
-    if rate is None and elapsed > 0:
-        rate = keys_done / elapsed
+    keys_rate, rows_rate = r["recent_keys_rate"], r["recent_rows_rate"]
+    if keys_rate is None and elapsed > 0:
+        keys_rate, rows_rate = keys_done / elapsed, rows_done / elapsed
     eta = None
     if stored == "completed":
         eta = 0.0
-    elif rate and estimate is not None:
-        eta = max(estimate - keys_done, 0) / rate
+    elif status in _MOVING and keys_rate and estimate is not None:
+        # Keys, not rows: a batch covers its keys whether or not the work changes them.
+        eta = max(estimate - keys_done, 0) / keys_rate
     percent = None
     if estimate:
         percent = 100.0 if stored == "completed" else min(100.0, 100.0 * keys_done / estimate)
     return StatusRow(
         name=r["name"],
         status=status,
-        rows_processed=int(r["rows_processed"]),
+        rows_processed=rows_done,
         keys_done=keys_done,
         keys_estimate=estimate,
         batches=int(r["batches_done"]),
         batch_size=int(r["batch_size"]),
-        rows_per_second=round(float(rate), 1) if rate is not None else None,
+        rows_per_second=round(float(rows_rate), 1) if rows_rate is not None else None,
+        keys_per_second=round(float(keys_rate), 1) if keys_rate is not None else None,
         eta_seconds=round(eta, 1) if eta is not None else None,
         percent=round(percent, 2) if percent is not None else None,
         live_workers=live,

@@ -1215,3 +1215,29 @@ def test_a_libpq_key_value_dsn_runs_like_its_url(dsn: str, workdir: Path) -> Non
     assert "unsupported key 'options'" in bad.stderr
     if url.password:
         assert unquote(url.password) not in bad.stderr + bad.stdout
+
+
+# --- what status and the bar report (issue 9, items 12-17, 20) ------------------------------
+
+
+def test_rows_per_second_counts_rows_changed_and_keys_per_second_keys(
+    dsn: str, workdir: Path
+) -> None:
+    """A migration that changes every second row: its rate in rows is half its rate in keys
+    (the ETA's rate), over the same batches."""
+    seed(dsn, 2_000)
+    name = "20240101_0000_touch_even"
+    write_migration(
+        workdir / "migrations",
+        f"{name}.py",
+        SQL_MIGRATION.format(table=TABLE, key="id", batch_size=100).replace(
+            "WHERE {range}", "WHERE {range} AND id % 2 = 0"
+        ),
+    )
+    assert cli("run", name, dsn=dsn, cwd=workdir).returncode == 0
+    status = cli("status", name, "--json", dsn=dsn, cwd=workdir)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert (shown["rows_processed"], shown["keys_done"]) == (1_000, 2_000)
+    assert shown["keys_per_second"] > 0
+    assert shown["rows_per_second"] == pytest.approx(shown["keys_per_second"] / 2, rel=0.01)
