@@ -227,7 +227,9 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
             connection=connection,
             options=options,
             handle_signals=True,
-            on_start=(lambda done, total: bar.start(args.name, done, total)) if bar else None,
+            on_start=(
+                (lambda done, total, rows: bar.start(args.name, done, total, rows)) if bar else None
+            ),
             on_batch=bar.advance if bar else None,
         )
     finally:

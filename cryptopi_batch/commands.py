@@ -71,7 +71,8 @@ async def run(
 
     Everything that can refuse the run (the name, the file, the connection, the table and
     key, a changed source, a cancelled run) is checked before anything is written.
-    ``on_start(keys_done, keys_total)`` is called once the run is about to start batches.
+    ``on_start(keys_done, keys_total, rows_processed)`` is called once the run is about to
+    start batches, with the run's numbers so far (of every process and session).
     """
     from .executor import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
@@ -114,7 +115,9 @@ async def run(
         if row is None or row["status"] == "completed":
             return RunResult(migration.name, True, None)
         if on_start is not None:
-            on_start(int(row["keys_done"]), int(row["keys_estimate"] or 0))
+            on_start(
+                int(row["keys_done"]), int(row["keys_estimate"] or 0), int(row["rows_processed"])
+            )
         runner = Runner(
             name=migration.name,
             filename=migration.file.filename,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
+
+import asyncpg
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,7 +53,7 @@ _MOVING = ("running", "waiting")
 has none, as nothing is moving it forward."""
 
 
-def status_row(r: Mapping[str, Any]) -> StatusRow:
+def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
     """Derive the reported state from an ``ops.backfills`` row with its live workers.
 
     A run whose stored state is ``running`` but has no live worker was interrupted
@@ -121,40 +123,93 @@ def table_console() -> Console:
     return probe if probe.is_terminal else Console(width=200)
 
 
+_NUMBERS = ("rows", "keys", "batches", "rows/s", "ETA")
+# Dropped in this order when the table does not fit; the name, state and note never are.
+_DROPPED_FIRST = ("batches", "rows/s", "keys", "rows", "ETA")
+_NOTE_MIN = 24  # the note wraps within at least this many columns
+_NAME_MIN = 16  # and the name folds within at least this many
+
+
 def print_table(rows: list[StatusRow], console: Console) -> None:
+    """The status table, fitted to the console's width: exact numbers if they fit, else
+    abbreviated ones (1.2M), then fewer columns; the state and the note (a failed run's
+    error) are always shown, the note wrapped if need be."""
     from rich.table import Table  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
 
+    shown, cells = _fit(rows, console.width)
     table = Table(box=None, header_style="bold")
-    for column in ("migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"):
+    for column in shown:
+        flexible = column in ("migration", "note")
         table.add_column(
             column,
-            no_wrap=column != "note",
-            justify="right" if column in ("rows", "keys", "batches", "rows/s", "ETA") else "left",
+            no_wrap=not flexible,
+            overflow="fold",
+            justify="right" if column in _NUMBERS else "left",
+            min_width=(_NOTE_MIN if column == "note" else _NAME_MIN) if flexible else None,
         )
-    for r in rows:
-        keys = f"{r.keys_done:,}"
-        if r.keys_estimate and r.status != "completed":
-            keys += f" / ~{r.keys_estimate:,}"
-        note = (
-            r.last_error
-            or r.waiting_reason
-            or ("interrupted; `run` resumes" if r.interrupted else "")
-        )
-        table.add_row(
-            r.name,
-            r.status,
-            f"{r.rows_processed:,}",
-            keys,
-            f"{r.batches:,}",
-            _num(r.rows_per_second),
-            _duration(r.eta_seconds),
-            note,
-        )
+    for row in cells:
+        table.add_row(*(row[column] for column in shown))
     console.print(table)
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+def _fit(rows: list[StatusRow], width: int) -> tuple[list[str], list[dict[str, str]]]:
+    columns = ["migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"]
+    for short in (False, True):
+        cells = [_cells(r, short=short) for r in rows]
+        for dropped in range(len(_DROPPED_FIRST) + 1):
+            if dropped and not short:
+                break  # abbreviate before dropping anything
+            shown = [c for c in columns if c not in _DROPPED_FIRST[:dropped]]
+            if _needed(shown, cells) <= width:
+                return shown, cells
+    return shown, cells
+
+
+def _needed(columns: list[str], cells: list[dict[str, str]]) -> int:
+    """The table's width with the name and note at most at their minimums (they wrap)."""
+    total = 0
+    for column in columns:
+        longest = max([len(column), *(len(row[column]) for row in cells)])
+        if column == "note":
+            longest = min(longest, _NOTE_MIN)
+        elif column == "migration":
+            longest = min(longest, _NAME_MIN)
+        total += longest + 2  # rich's padding, one each side
+    return total
+
+
+def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
+    def n(value: float) -> str:
+        return count(value) if short else f"{value:,.0f}"
+
+    keys = n(r.keys_done)
+    if r.keys_estimate and r.status != "completed":
+        keys += f" / ~{n(r.keys_estimate)}"
+    note = (
+        r.last_error or r.waiting_reason or ("interrupted; `run` resumes" if r.interrupted else "")
+    )
+    return {
+        "migration": r.name,
+        "state": r.status,
+        "rows": n(r.rows_processed),
+        "keys": keys,
+        "batches": n(r.batches),
+        "rows/s": "-" if r.rows_per_second is None else n(r.rows_per_second),
+        "ETA": _duration(r.eta_seconds),
+        "note": note,
+    }
+
+
+def count(value: float) -> str:
+    """A count in at most four characters: 950, 1.2k, 340k, 12M, 3.4G."""
+    if abs(value) < 1000:
+        return f"{value:.0f}"
+    for unit in ("k", "M", "G", "T"):
+        value /= 1000
+        text = f"{value:.1f}" if abs(value) < 9.95 else f"{value:.0f}"
+        if abs(float(text)) < 1000 or unit == "T":
+            return text.removesuffix(".0") + unit
+    raise AssertionError("unreachable")
 
 
 def _duration(seconds: float | None) -> str:
@@ -165,37 +220,49 @@ def _duration(seconds: float | None) -> str:
 
 
 class ProgressBar:
-    """A rich progress bar over the run's keys; shows rows changed, rate and ETA."""
+    """A rich progress bar over the run's keys: keys done of the estimate and rows changed,
+    both for the whole run (not only this process's share), the rate and the ETA in keys.
+    Every number is abbreviated as in the status table; narrow terminals drop the rate and
+    elapsed time, never the counts or the ETA."""
 
     def __init__(self, console: Console) -> None:
         from rich.progress import (  # noqa: PLC0415 -- rich costs ~25 ms; only the bar uses it
             BarColumn,
-            MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column  # noqa: PLC0415 -- as above
 
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("keys"),
-            TextColumn("{task.fields[rows]:,} rows changed"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.console = console
+        wide = console.width >= 100
+        columns: list[str | ProgressColumn] = [
+            TextColumn(
+                "[bold]{task.description}",
+                table_column=Column(
+                    no_wrap=True, overflow="ellipsis", max_width=40 if wide else 20
+                ),
+            ),
+            BarColumn(bar_width=None if wide else 10),
+            TextColumn("{task.fields[counts]}"),
+        ]
+        if wide:
+            columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
+        self._progress = Progress(*columns, console=console, transient=False)
         self._task: TaskID | None = None
+        self._rows = 0  # the run's rows changed before this process started
 
-    def start(self, name: str, done: int, total: int) -> None:
+    def start(self, name: str, done: int, total: int, rows: int = 0) -> None:
+        """Show the bar from the run's state at its start: ``done`` keys of ``total`` and
+        ``rows`` rows changed."""
+        self._rows = rows
         self._progress.start()
+        total = max(total, done)
         self._task = self._progress.add_task(
-            name, total=max(total, done) or None, completed=done, rows=0, rate=""
+            name, total=total or None, completed=done, counts=_counts(done, total, rows), rate=""
         )
 
     def advance(self, progress: Any, keys: int) -> None:
@@ -211,9 +278,14 @@ class ProgressBar:
             self._task,
             completed=completed,
             total=total,
-            rows=progress.rows,
-            rate=f"{speed:,.0f} keys/s" if speed else "",
+            counts=_counts(int(completed), int(total or 0), self._rows + progress.rows),
+            rate=f"{count(speed)} keys/s" if speed else "",
         )
 
     def stop(self) -> None:
         self._progress.stop()
+
+
+def _counts(done: int, total: int, rows: int) -> str:
+    keys = f"{count(done)}/{count(total)}" if total else count(done)
+    return f"{keys} keys {count(rows)} rows changed"

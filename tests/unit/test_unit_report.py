@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import io
+import re
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from cryptopi_batch.report import StatusRow, status_row
+from cryptopi_batch.report import ProgressBar, StatusRow, count, print_table, status_row
+
+ERROR = (
+    "KeyError: 'customr' (20250601_1200_fill_customer_names.py, line 12);"
+    " the checkpoint is kept and `run` resumes"
+)
+ROWS = [
+    StatusRow(
+        name="20250301_0930_backfill_confidence_of_every_value_in_the_matrix",
+        status="failed",
+        rows_processed=1_234_567_890,
+        keys_done=2_345_678_901,
+        keys_estimate=9_876_543_210,
+        batches=123_456,
+        rows_per_second=345_678.9,
+        last_error=ERROR,
+    ),
+    StatusRow(
+        name="20250302_1015_normalise_notes",
+        status="running",
+        rows_processed=40_000,
+        keys_done=40_000,
+        keys_estimate=299_259,
+        batches=4,
+        rows_per_second=38_092.7,
+        eta_seconds=6.8,
+    ),
+]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def record(**changes: Any) -> dict[str, Any]:
@@ -66,3 +98,67 @@ def test_rows_per_second_counts_rows_and_the_eta_counts_keys() -> None:
 def test_a_row_that_never_ran_has_no_rate() -> None:
     row = StatusRow.pending("20250301_0930_x")
     assert (row.rows_per_second, row.keys_per_second, row.eta_seconds) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0, "0"),
+        (999, "999"),
+        (1_000, "1k"),
+        (1_234, "1.2k"),
+        (9_960, "10k"),
+        (340_000, "340k"),
+        (999_600, "1M"),
+        (1_234_567, "1.2M"),
+        (3_400_000_000, "3.4G"),
+    ],
+)
+def test_counts_are_abbreviated_to_four_characters(value: int, shown: str) -> None:
+    assert count(value) == shown
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_status_table_fits_and_always_shows_the_state_and_the_whole_error(width: int) -> None:
+    console = Console(width=width, record=True)
+    print_table(ROWS, console)
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines), "\n".join(lines)
+    header = lines[0]
+    assert "state" in header
+    # The note column, wrapped or not, holds the whole error.
+    note_at = header.index("note")
+    note = "".join(line[note_at:].strip() for line in lines[1:])
+    assert "".join(ERROR.split()) in "".join(note.split())
+    for state in ("failed", "running"):
+        assert any(f" {state} " in line for line in lines), "\n".join(lines)
+    if width >= 200:  # room for every column, with exact numbers
+        assert "1,234,567,890" in "\n".join(lines)
+        assert header.split() == [
+            "migration",
+            "state",
+            "rows",
+            "keys",
+            "batches",
+            "rows/s",
+            "ETA",
+            "note",
+        ]
+    else:
+        assert "1.2G" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_progress_bar_fits_and_counts_the_whole_run(width: int) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=True)
+    bar = ProgressBar(console)
+    # A resumed run: 1.2M keys of 3M and 340k rows changed before this process started.
+    bar.start("20250301_0930_backfill_confidence_of_every_value", 1_200_000, 3_000_000, 340_000)
+    bar.advance(SimpleNamespace(rows=60_000), 100_000)
+    bar.stop()
+    # Each refresh erases the line and draws it again: the last drawing.
+    last = ANSI.sub("", out.getvalue().split("\x1b[2K")[-1]).strip()
+    assert len(last) <= width, last
+    assert "1.3M/3M keys 400k rows changed" in last, last
+    assert "ETA" in last
