@@ -217,8 +217,9 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     bar = _progress_bar() if not args.no_progress and args.log_format == "console" else None
     show_bar = bar is not None
     if bar is not None:
-        # The bar carries the per-batch numbers; the log keeps warnings and the summary.
-        logs.configure(args.log_format, level=logging.WARNING)
+        # The bar carries the per-batch numbers; the log keeps warnings and the summary,
+        # printed above the bar by its console.
+        logs.configure(args.log_format, level=logging.WARNING, console=bar.console)
     options = run_options(args, progress=show_bar)
     try:
         result = await commands.run(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog
 from rich.console import Console
 
+from cryptopi_batch import logs
 from cryptopi_batch.report import ProgressBar, StatusRow, count, print_table, status_row
 
 ERROR = (
@@ -162,3 +165,23 @@ def test_the_progress_bar_fits_and_counts_the_whole_run(width: int) -> None:
     assert len(last) <= width, last
     assert "1.3M/3M keys 400k rows changed" in last, last
     assert "ETA" in last
+
+
+def test_a_warning_while_the_bar_is_shown_stands_on_a_line_of_its_own() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True)
+    bar = ProgressBar(console)
+    logs.configure("console", level=logging.WARNING, console=bar.console)
+    try:
+        bar.start("20250301_0930_backfill_confidence", 0, 1_000, 0)
+        bar.advance(SimpleNamespace(rows=100), 100)
+        bar._progress.refresh()  # the bar is drawn, then a warning comes
+        structlog.get_logger().warning("batch_retrying", batch=7)
+        bar.advance(SimpleNamespace(rows=200), 100)
+        bar.stop()
+    finally:
+        logs.configure("console")
+    # What the terminal shows: each erase-line starts the line over.
+    screen = [ANSI.sub("", line.split("\x1b[2K")[-1]) for line in out.getvalue().split("\n")]
+    [warning] = [line for line in screen if "batch_retrying" in line]
+    assert re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z \[warning *\] batch_retrying +batch=7$", warning)
