@@ -256,7 +256,8 @@ class Runner:
                 except Exception as exc:
                     message += f" (not recorded in ops.backfills: {self._describe(exc)})"
                 log.error("run_failed", error=message)
-                raise BatchFailed(f"{self.name}: {message}")
+                # The original as the cause: --traceback shows the migration's frames.
+                raise BatchFailed(f"{self.name}: {message}") from self.failure
             try:
                 if self.stop_reason is None:
                     await self._on_control(
@@ -983,9 +984,9 @@ def _parse_crash(value: str | None) -> tuple[str, int] | None:
 
 
 def _describe(exc: BaseException) -> str:
-    state = getattr(exc, "sqlstate", None)
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__} ({state}): {text}" if state else f"{type(exc).__name__}: {text}"
+    from .errors import describe  # noqa: PLC0415 -- kept to this body while executor.py is split
+
+    return describe(exc)
 
 
 def _show(bound: tuple[str, ...] | None) -> str | None:

@@ -1241,3 +1241,37 @@ def test_rows_per_second_counts_rows_changed_and_keys_per_second_keys(
     assert (shown["rows_processed"], shown["keys_done"]) == (1_000, 2_000)
     assert shown["keys_per_second"] > 0
     assert shown["rows_per_second"] == pytest.approx(shown["keys_per_second"] / 2, rel=0.01)
+
+
+KEYERROR_MIGRATION = '''"""Fill names from a lookup with a typo in its key."""
+from cryptopi_batch import Backfill, Batch
+
+
+async def fill(batch: Batch) -> int:
+    row = {"customer": 1}
+    return row["customr"]
+
+
+migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100, process=fill)
+'''
+
+
+def test_a_process_error_names_the_migration_file_and_line(dsn: str, workdir: Path) -> None:
+    seed(dsn, 300)
+    filename = "20240101_0000_fill_names.py"
+    write_migration(workdir / "migrations", filename, KEYERROR_MIGRATION)
+    line = KEYERROR_MIGRATION.splitlines().index('    return row["customr"]') + 1
+
+    failed = cli("run", "fill_names", dsn=dsn, cwd=workdir)
+    assert failed.returncode == 1, failed.stderr
+    no_traceback(failed)
+    assert error_lines(failed.stderr) == [
+        f"cryptopi_batch: 20240101_0000_fill_names: KeyError: 'customr' ({filename}, line {line})"
+    ], failed.stderr
+    shown = json.loads(cli("status", "fill_names", "--json", dsn=dsn, cwd=workdir).stdout)
+    assert shown["last_error"] == f"KeyError: 'customr' ({filename}, line {line})"
+
+    traced = cli("run", "fill_names", "--traceback", dsn=dsn, cwd=workdir)
+    assert traced.returncode == 1, traced.stderr
+    assert f'{filename}", line {line}, in fill' in traced.stderr, traced.stderr
+    assert traced.stderr.rstrip().splitlines()[-1].startswith("cryptopi_batch: ")
