@@ -145,17 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CryptopiBatchError as exc:
         if args is not None and args.traceback:
             traceback.print_exc()
-        print(f"cryptopi_batch: {one_line(connection.redact(exc.message))}", file=sys.stderr)
+        logs.error_line(one_line(connection.redact(exc.message)), exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("cryptopi_batch: interrupted", file=sys.stderr)
+        logs.error_line("interrupted", exit_code=EXIT_STOPPED)
         return EXIT_STOPPED
     except Exception as exc:
         if args is not None and args.traceback:
             traceback.print_exc()
         text = one_line(connection.redact(f"{type(exc).__name__}: {exc}"))
-        print(
-            f"cryptopi_batch: unexpected error: {text} (--traceback shows where)", file=sys.stderr
+        logs.error_line(
+            f"unexpected error: {text} (--traceback shows where)", exit_code=EXIT_FAILED
         )
         return EXIT_FAILED
 
@@ -237,14 +237,22 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
         if bar is not None:
             bar.stop()
     if result.already_completed:
-        print(f"{result.name}: already completed; nothing to do", file=sys.stderr)
+        logs.line(
+            f"{result.name}: already completed; nothing to do",
+            event="run_already_completed",
+            migration=result.name,
+        )
     elif result.outcome is not None:
         o = result.outcome
         batches = "batch" if o.progress.batches == 1 else "batches"
-        print(
+        logs.line(
             f"{result.name}: completed: {o.progress.rows:,} rows changed in"
             f" {o.progress.batches:,} {batches}, {o.seconds:.1f} s",
-            file=sys.stderr,
+            event="run_summary",
+            migration=result.name,
+            rows=o.progress.rows,
+            batches=o.progress.batches,
+            seconds=round(o.seconds, 3),
         )
     return EXIT_OK
 
@@ -275,9 +283,11 @@ async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int
     code = _show(args, await commands.list_migrations(directory=directory, connection=connection))
     odd = misnamed(directory)
     if odd:
-        print(
+        logs.line(
             f"cryptopi_batch: left out, not named YYYYMMDD_HHMM_description: {', '.join(odd)}",
-            file=sys.stderr,
+            event="files_left_out",
+            level="warning",
+            files=odd,
         )
     return code
 

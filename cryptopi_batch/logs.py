@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+
+_json = False  # as configured: the CLI's own lines follow the log's format
+
+
+def line(text: str, *, event: str, level: str = "info", **fields: Any) -> None:
+    """One line of the command's own on stderr (a summary, an error): ``text`` as it is, or
+    with ``--log-format json`` an event like the log's, ``text`` in its ``message``."""
+    if not _json:
+        print(text, file=sys.stderr)
+        return
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    record = {"event": event, "level": level, "message": text, **fields, "timestamp": stamp}
+    print(json.dumps(record), file=sys.stderr)
+
+
+def error_line(message: str, *, exit_code: int) -> None:
+    """The CLI's one line for an error it exits with: ``cryptopi_batch: message``, or an
+    ``error`` event with the message and the exit code."""
+    line(f"cryptopi_batch: {message}", event="error", level="error", exit_code=exit_code)
 
 
 class _ConsoleLogger:
@@ -37,6 +59,8 @@ def configure(
 ) -> None:
     """Structured events to stderr: aligned console lines, or one JSON object per line.
     With ``console`` (the progress bar's), events are printed through it."""
+    global _json  # noqa: PLW0603 -- the application's one logging set-up, as structlog's
+    _json = fmt == "json"
     out = stream or sys.stderr
     # An interrupted connect leaves asyncpg futures whose errors asyncio reports when they
     # are collected ("Future exception was never retrieved"): noise after a Ctrl-C, never

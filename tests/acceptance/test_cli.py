@@ -833,7 +833,9 @@ def test_an_error_that_quotes_the_dsn_never_shows_its_password(
         assert "\n" not in kept
         # The error's own second line joins the first: one line for the run's outcome.
         [line] = error_lines(console.stderr)
-        assert line.endswith("; DETAIL: a second line"), console.stderr
+        assert line.endswith("; DETAIL: a second line (20240101_0000_quote_dsn.py, line 8)"), (
+            console.stderr
+        )
         assert console.stderr.rstrip("\n").splitlines()[-1] == line
     finally:
         execute(dsn, f"DROP OWNED BY {role}")
@@ -1095,11 +1097,12 @@ def test_a_raising_migration_fails_with_exit_1_and_resumes_with_force(
     failed = cli("run", name, "--log-format", "json", dsn=dsn, cwd=workdir)
     assert failed.returncode == 1, failed.stderr
     no_traceback(failed)
-    others = json_log_shape(failed.stderr)
-    assert len(others) == 1, failed.stderr
-    assert others[0].startswith("cryptopi_batch: ")
-    assert "ValueError" in others[0]
-    assert "bad data in batch three" in others[0]
+    assert json_log_shape(failed.stderr) == [], failed.stderr
+    last = json.loads(failed.stderr.splitlines()[-1])  # the error line is an event too
+    assert (last["event"], last["exit_code"]) == ("error", 1)
+    assert last["message"].startswith("cryptopi_batch: ")
+    assert "ValueError" in last["message"]
+    assert "bad data in batch three" in last["message"]
 
     # Two batches committed, the third rolled back with its error kept.
     agreement = checkpoint_agreement(dsn, name)
@@ -1275,3 +1278,28 @@ def test_a_process_error_names_the_migration_file_and_line(dsn: str, workdir: Pa
     assert traced.returncode == 1, traced.stderr
     assert f'{filename}", line {line}, in fill' in traced.stderr, traced.stderr
     assert traced.stderr.rstrip().splitlines()[-1].startswith("cryptopi_batch: ")
+
+
+def test_with_log_format_json_every_stderr_line_is_one_json_event(dsn: str, workdir: Path) -> None:
+    seed(dsn, 300)
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    write_migration(workdir / "migrations", "20240101_0001_fill_names.py", KEYERROR_MIGRATION)
+    (workdir / "migrations" / "not_a_migration.py").write_text("")
+
+    def events(*args: str, code: int) -> list[dict[str, Any]]:
+        result = cli(*args, "--log-format", "json", dsn=dsn, cwd=workdir)
+        assert result.returncode == code, result.stderr
+        assert json_log_shape(result.stderr) == [], result.stderr
+        return [json.loads(line) for line in result.stderr.splitlines()]
+
+    ran = events("run", "touch_all", code=0)
+    assert ran[-1]["event"] == "run_summary"
+    assert (ran[-1]["rows"], ran[-1]["batches"]) == (300, 3)
+    assert events("run", "touch_all", code=0)[-1]["event"] == "run_already_completed"
+    failed = events("run", "fill_names", code=1)[-1]
+    assert (failed["event"], failed["exit_code"]) == ("error", 1)
+    assert "KeyError: 'customr'" in failed["message"]
+    unknown = events("run", "nosuch", code=2)[-1]
+    assert (unknown["event"], unknown["exit_code"]) == ("error", 2)
+    assert unknown["message"].startswith("cryptopi_batch: no migration named 'nosuch'")
+    assert events("list", code=0)[-1]["files"] == ["not_a_migration.py"]
