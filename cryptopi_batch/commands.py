@@ -22,7 +22,7 @@ from .db import (
     close_quietly,
     transaction,
 )
-from .discovery import LoadedMigration, discover, load, resolve
+from .discovery import LoadedMigration, discover, load, resolve, shown
 from .errors import (
     ConnectionFailed,
     CouldNotStart,
@@ -81,7 +81,7 @@ async def run(
         # Running at any hour a migration that asks for off-peak hours would be worse than
         # not running it.
         raise UsageError(
-            f"{migration.file.path}: declares window=/timezone=, and off-peak"
+            f"{shown(migration.file.path)}: declares window=/timezone=, and off-peak"
             " windows are not built yet: the run would not keep to it; remove"
             " them to run at any time"
         )
@@ -198,12 +198,12 @@ async def _check_statement(
     try:
         await conn.prepare(statement)
     except asyncpg.InsufficientPrivilegeError as exc:
-        raise PermissionDenied(f"{migration.file.path}: {exc}") from None
+        raise PermissionDenied(f"{shown(migration.file.path)}: {exc}") from None
     except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
         raise  # the table is locked, or the server went away: see _setup_errors
     except asyncpg.PostgresError as exc:
         raise MigrationLoadError(
-            f"{migration.file.path}: its SQL does not prepare: {exc}"
+            f"{shown(migration.file.path)}: its SQL does not prepare: {exc}"
         ) from None
 
 
@@ -266,7 +266,7 @@ async def _start_or_resume(
             raise Stopped(f"{name} is paused; `resume {name}` lifts the pause")
         if row["source_checksum"] != migration.checksum and not settings.force:
             raise SourceChanged(
-                f"{migration.file.path} changed since its run started;"
+                f"{shown(migration.file.path)} changed since its run started;"
                 " rerun with --force to resume with the new source"
             )
         fresh = await conn.fetchrow(

@@ -1303,3 +1303,64 @@ def test_with_log_format_json_every_stderr_line_is_one_json_event(dsn: str, work
     assert (unknown["event"], unknown["exit_code"]) == ("error", 2)
     assert unknown["message"].startswith("cryptopi_batch: no migration named 'nosuch'")
     assert events("list", code=0)[-1]["files"] == ["not_a_migration.py"]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def documented_lines() -> set[str]:
+    """The CLI's lines quoted in docs/cli.md's code blocks."""
+    return {
+        line
+        for line in (DOCS / "cli.md").read_text().splitlines()
+        if line.startswith("cryptopi_batch: ")
+    }
+
+
+def test_the_error_lines_quoted_in_the_docs_are_the_real_ones(dsn: str, tmp_path: Path) -> None:
+    """Each case is run in a project whose files have the docs' names: its one error line is
+    quoted verbatim in docs/cli.md (paths relative to the current directory)."""
+    quoted = documented_lines()
+    seed(dsn, 1_000)
+
+    def project(name: str, files: dict[str, str]) -> Path:
+        root = tmp_path / name
+        for filename, text in files.items():
+            write_migration(root / "migrations", filename, text)
+        return root
+
+    def one_line(*args: str, cwd: Path, code: int) -> str:
+        result = cli(*args, dsn=dsn, cwd=cwd)
+        assert result.returncode == code, result.stderr
+        [line] = error_lines(result.stderr)
+        return line
+
+    two = project(
+        "two",
+        {
+            "20250301_0930_backfill_confidence.py": FAILING_MIGRATION,
+            "20250302_1015_normalise_notes.py": SQL_MIGRATION.format(
+                table=TABLE, key="id", batch_size=100
+            ),
+        },
+    )
+    lines = [
+        one_line("run", "2025", cwd=two, code=2),
+        one_line("run", "nosuch", cwd=two, code=2),
+    ]
+    # A run that failed, then a changed source.
+    assert cli("run", "backfill_confidence", dsn=dsn, cwd=two).returncode == 1
+    path = two / "migrations" / "20250301_0930_backfill_confidence.py"
+    path.write_text(FIXED_MIGRATION)
+    lines.append(one_line("run", "backfill_confidence", cwd=two, code=2))
+
+    broken = project("broken", {"20250101_0004_fix.py": '"""Fix."""\nx = (1 2)\n'})
+    lines.append(one_line("run", "fix", cwd=broken, code=2))
+    purge = SQL_MIGRATION.format(table=TABLE, key="id", batch_size=100).replace(
+        "batch_size=100,", "batch_size=100, destructive=True,"
+    )
+    destructive = project("destructive", {"20250112_0900_purge_notes.py": purge})
+    lines.append(one_line("run", "purge_notes", cwd=destructive, code=2))
+
+    for line in lines:
+        assert line in quoted, line
