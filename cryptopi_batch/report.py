@@ -145,7 +145,7 @@ def print_table(rows: list[StatusRow], console: Console) -> None:
             no_wrap=not flexible,
             overflow="fold",
             justify="right" if column in _NUMBERS else "left",
-            min_width=(_NOTE_MIN if column == "note" else _NAME_MIN) if flexible else None,
+            min_width=_width(column, cells) if flexible else None,
         )
     for row in cells:
         table.add_row(*(row[column] for column in shown))
@@ -153,29 +153,31 @@ def print_table(rows: list[StatusRow], console: Console) -> None:
 
 
 def _fit(rows: list[StatusRow], width: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and cells to show: exact numbers, else abbreviated ones, else fewer
+    columns; the name is folded only when even the fewest columns leave it no room."""
     columns = ["migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"]
-    for short in (False, True):
-        cells = [_cells(r, short=short) for r in rows]
-        for dropped in range(len(_DROPPED_FIRST) + 1):
-            if dropped and not short:
-                break  # abbreviate before dropping anything
-            shown = [c for c in columns if c not in _DROPPED_FIRST[:dropped]]
-            if _needed(shown, cells) <= width:
+    exact = [_cells(r, short=False) for r in rows]
+    short = [_cells(r, short=True) for r in rows]
+    tries = [(columns, exact)] + [
+        ([c for c in columns if c not in _DROPPED_FIRST[:dropped]], short)
+        for dropped in range(len(_DROPPED_FIRST) + 1)
+    ]
+    for fold in (False, True):
+        for shown, cells in tries:
+            if sum(_width(c, cells, fold=fold) + 2 for c in shown) <= width:  # rich pads 1+1
                 return shown, cells
-    return shown, cells
+    return tries[-1]
 
 
-def _needed(columns: list[str], cells: list[dict[str, str]]) -> int:
-    """The table's width with the name and note at most at their minimums (they wrap)."""
-    total = 0
-    for column in columns:
-        longest = max([len(column), *(len(row[column]) for row in cells)])
-        if column == "note":
-            longest = min(longest, _NOTE_MIN)
-        elif column == "migration":
-            longest = min(longest, _NAME_MIN)
-        total += longest + 2  # rich's padding, one each side
-    return total
+def _width(column: str, cells: list[dict[str, str]], *, fold: bool = True) -> int:
+    """The column's width at its narrowest: the note wraps down to its minimum, and the
+    name too if ``fold``."""
+    longest = max([len(column), *(len(row[column]) for row in cells)])
+    if column == "note":
+        return min(longest, _NOTE_MIN)
+    if column == "migration" and fold:
+        return min(longest, _NAME_MIN)
+    return longest
 
 
 def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:

@@ -185,3 +185,30 @@ def test_a_warning_while_the_bar_is_shown_stands_on_a_line_of_its_own() -> None:
     screen = [ANSI.sub("", line.split("\x1b[2K")[-1]) for line in out.getvalue().split("\n")]
     [warning] = [line for line in screen if "batch_retrying" in line]
     assert re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z \[warning *\] batch_retrying +batch=7$", warning)
+
+
+def test_at_80_columns_numbers_are_abbreviated_before_a_name_is_folded() -> None:
+    row = StatusRow(
+        name="20250601_1200_fill_order_totals",
+        status="completed",
+        rows_processed=100_000,
+        keys_done=100_000,
+        batches=20,
+        rows_per_second=271_350.0,
+        eta_seconds=0.0,
+    )
+    console = Console(width=80, record=True)
+    print_table([row], console)
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2, "\n".join(lines)  # the header and one line: nothing folded
+    assert all(len(line) <= 80 for line in lines)
+    # batches is left out first (the name, 31 characters, takes the room)
+    assert lines[0].split() == ["migration", "state", "rows", "keys", "rows/s", "ETA", "note"]
+    assert lines[1].split() == [
+        "20250601_1200_fill_order_totals",
+        "completed",
+        "100k",
+        "100k",
+        "271k",
+        "0:00:00",
+    ]
