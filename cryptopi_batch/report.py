@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -116,11 +117,12 @@ def print_json(rows: list[StatusRow], out: IO[str]) -> None:
 
 
 def table_console() -> Console:
-    """stdout; wide enough off a terminal that names are not cut when piped."""
+    """stdout; off a terminal 200 columns wide (names are not cut when piped) unless
+    ``$COLUMNS`` says otherwise."""
     from rich.console import Console  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
 
     probe = Console()
-    return probe if probe.is_terminal else Console(width=200)
+    return probe if probe.is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 
 
 _NUMBERS = ("rows", "keys", "batches", "rows/s", "ETA")
