@@ -145,17 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CryptopiBatchError as exc:
         if args is not None and args.traceback:
             traceback.print_exc()
-        print(f"cryptopi_batch: {one_line(connection.redact(exc.message))}", file=sys.stderr)
+        logs.error_line(one_line(connection.redact(exc.message)), exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("cryptopi_batch: interrupted", file=sys.stderr)
+        logs.error_line("interrupted", exit_code=EXIT_STOPPED)
         return EXIT_STOPPED
     except Exception as exc:
         if args is not None and args.traceback:
             traceback.print_exc()
         text = one_line(connection.redact(f"{type(exc).__name__}: {exc}"))
-        print(
-            f"cryptopi_batch: unexpected error: {text} (--traceback shows where)", file=sys.stderr
+        logs.error_line(
+            f"unexpected error: {text} (--traceback shows where)", exit_code=EXIT_FAILED
         )
         return EXIT_FAILED
 
@@ -217,8 +217,9 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     bar = _progress_bar() if not args.no_progress and args.log_format == "console" else None
     show_bar = bar is not None
     if bar is not None:
-        # The bar carries the per-batch numbers; the log keeps warnings and the summary.
-        logs.configure(args.log_format, level=logging.WARNING)
+        # The bar carries the per-batch numbers; the log keeps warnings and the summary,
+        # printed above the bar by its console.
+        logs.configure(args.log_format, level=logging.WARNING, console=bar.console)
     options = run_options(args, progress=show_bar)
     try:
         result = await commands.run(
@@ -227,21 +228,36 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
             connection=connection,
             options=options,
             handle_signals=True,
-            on_start=(lambda done, total: bar.start(args.name, done, total)) if bar else None,
+            on_start=(
+                (lambda done, total, rows: bar.start(args.name, done, total, rows)) if bar else None
+            ),
             on_progress=bar.advance if bar else None,
         )
     finally:
         if bar is not None:
             bar.stop()
     if result.already_completed:
-        print(f"{result.name}: already completed; nothing to do", file=sys.stderr)
+        logs.line(
+            f"{result.name}: already completed; nothing to do",
+            event="run_already_completed",
+            migration=result.name,
+        )
     elif result.outcome is not None:
         o = result.outcome
-        batches = "batch" if o.progress.batches == 1 else "batches"
-        print(
-            f"{result.name}: completed: {o.progress.rows:,} rows changed in"
-            f" {o.progress.batches:,} {batches}, {o.seconds:.1f} s",
-            file=sys.stderr,
+        # The run's numbers as ops.backfills has them; a resumed run also says what it did now.
+        t, now = o.total, o.progress
+        batches = "batch" if t.batches == 1 else "batches"
+        resumed = f" ({now.rows:,} now)" if (now.rows, now.batches) != (t.rows, t.batches) else ""
+        logs.line(
+            f"{result.name}: completed: {t.rows:,} rows changed in"
+            f" {t.batches:,} {batches}{resumed}, {o.seconds:.1f} s",
+            event="run_summary",
+            migration=result.name,
+            rows=t.rows,
+            batches=t.batches,
+            rows_now=now.rows,
+            batches_now=now.batches,
+            seconds=round(o.seconds, 3),
         )
     return EXIT_OK
 
@@ -272,9 +288,11 @@ async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int
     code = _show(args, await commands.list_migrations(directory=directory, connection=connection))
     odd = misnamed(directory)
     if odd:
-        print(
+        logs.line(
             f"cryptopi_batch: left out, not named YYYYMMDD_HHMM_description: {', '.join(odd)}",
-            file=sys.stderr,
+            event="files_left_out",
+            level="warning",
+            files=odd,
         )
     return code
 

@@ -22,7 +22,7 @@ from .db import (
     close_quietly,
     transaction,
 )
-from .discovery import LoadedMigration, discover, load, resolve
+from .discovery import LoadedMigration, discover, load, resolve, shown
 from .errors import (
     ConnectionFailed,
     CouldNotStart,
@@ -72,7 +72,8 @@ async def run(
 
     Everything that can refuse the run (the name, the file, the connection, the table and
     key, a changed source, a cancelled run) is checked before anything is written.
-    ``on_start(keys_done, keys_total)`` is called once the run is about to start batches,
+    ``on_start(keys_done, keys_total, rows_processed)`` is called once the run is about to
+    start batches, with the run's numbers so far (of every process and session);
     ``on_progress`` with the run's counters as they change.
     """
     from .progress import Progress  # noqa: PLC0415 -- with the runner, below
@@ -83,7 +84,7 @@ async def run(
         # Running at any hour a migration that asks for off-peak hours would be worse than
         # not running it.
         raise UsageError(
-            f"{migration.file.path}: declares window=/timezone=, and off-peak"
+            f"{shown(migration.file.path)}: declares window=/timezone=, and off-peak"
             " windows are not built yet: the run would not keep to it; remove"
             " them to run at any time"
         )
@@ -117,7 +118,9 @@ async def run(
         if row is None or row["status"] == "completed":
             return RunResult(migration.name, True, None)
         if on_start is not None:
-            on_start(int(row["keys_done"]), int(row["keys_estimate"] or 0))
+            on_start(
+                int(row["keys_done"]), int(row["keys_estimate"] or 0), int(row["rows_processed"])
+            )
         runner = Runner(
             name=migration.name,
             filename=migration.file.filename,
@@ -201,12 +204,12 @@ async def _check_statement(
     try:
         await conn.prepare(statement)
     except asyncpg.InsufficientPrivilegeError as exc:
-        raise PermissionDenied(f"{migration.file.path}: {exc}") from None
+        raise PermissionDenied(f"{shown(migration.file.path)}: {exc}") from None
     except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
         raise  # the table is locked, or the server went away: see _setup_errors
     except asyncpg.PostgresError as exc:
         raise MigrationLoadError(
-            f"{migration.file.path}: its SQL does not prepare: {exc}"
+            f"{shown(migration.file.path)}: its SQL does not prepare: {exc}"
         ) from None
 
 
@@ -269,7 +272,7 @@ async def _start_or_resume(
             raise Stopped(f"{name} is paused; `resume {name}` lifts the pause")
         if row["source_checksum"] != migration.checksum and not settings.force:
             raise SourceChanged(
-                f"{migration.file.path} changed since its run started;"
+                f"{shown(migration.file.path)} changed since its run started;"
                 " rerun with --force to resume with the new source"
             )
         fresh = await conn.fetchrow(

@@ -59,6 +59,15 @@ class LoadedMigration:
         return self.file.name
 
 
+def shown(path: Path) -> str:
+    """``path`` as messages show it: relative to the current directory when it is under it
+    (``migrations/20250301_0930_x.py``), else as it is."""
+    for base in (Path.cwd(), Path.cwd().resolve()):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
 def migrations_dir(explicit: str | None = None, cwd: Path | None = None) -> Path:
     """``--migrations-dir``, else $CRYPTOPI_BATCH_MIGRATIONS, else pyproject.toml's
     ``[tool.cryptopi_batch] migrations``, else ``migrations/``."""
@@ -74,7 +83,7 @@ def migrations_dir(explicit: str | None = None, cwd: Path | None = None) -> Path
         try:
             tool = tomllib.loads(pyproject.read_text()).get("tool", {})
         except tomllib.TOMLDecodeError as exc:
-            raise MigrationLoadError(f"{pyproject}: {exc}") from None
+            raise MigrationLoadError(f"{shown(pyproject)}: {exc}") from None
         configured = tool.get("cryptopi_batch", {}).get("migrations")
         if configured:
             return base / str(configured)
@@ -84,7 +93,7 @@ def migrations_dir(explicit: str | None = None, cwd: Path | None = None) -> Path
 def discover(directory: Path) -> list[MigrationFile]:
     """Every migration file in ``directory``, in file-name (and so chronological) order."""
     if not directory.is_dir():
-        raise MigrationNotFound(f"migrations directory not found: {directory}")
+        raise MigrationNotFound(f"migrations directory not found: {shown(directory)}")
     return sorted(
         (MigrationFile(p) for p in directory.iterdir() if p.is_file() and FILE_NAME.match(p.name)),
         key=lambda f: f.filename,
@@ -158,25 +167,27 @@ def load(file: MigrationFile) -> LoadedMigration:
     module_name = f"cryptopi_batch_migrations.{file.name}"
     spec = importlib.util.spec_from_file_location(module_name, file.path)
     if spec is None or spec.loader is None:
-        raise MigrationLoadError(f"{file.path}: cannot be imported")
+        raise MigrationLoadError(f"{shown(file.path)}: cannot be imported")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
-        raise MigrationLoadError(f"{file.path}:{exc.lineno}: syntax error: {exc.msg}") from None
+        raise MigrationLoadError(
+            f"{shown(file.path)}:{exc.lineno}: syntax error: {exc.msg}"
+        ) from None
     except MigrationDefinitionError as exc:
-        raise MigrationLoadError(f"{file.path}:{_line_in(exc, file.path)}: {exc}") from None
+        raise MigrationLoadError(f"{shown(file.path)}:{_line_in(exc, file.path)}: {exc}") from None
     except (Exception, SystemExit) as exc:  # SystemExit: a file that calls sys.exit()
         raise MigrationLoadError(
-            f"{file.path}:{_line_in(exc, file.path)}: {type(exc).__name__}: {exc}"
+            f"{shown(file.path)}:{_line_in(exc, file.path)}: {type(exc).__name__}: {exc}"
         ) from None
     finally:
         sys.modules.pop(module_name, None)
     backfill = getattr(module, "migration", None)
     if not isinstance(backfill, Backfill):
         raise MigrationLoadError(
-            f"{file.path}: defines no module-level `migration = Backfill(...)`"
+            f"{shown(file.path)}: defines no module-level `migration = Backfill(...)`"
         )
     description = (module.__doc__ or "").strip().splitlines()
     return LoadedMigration(file, backfill, description[0] if description else "", file.checksum())

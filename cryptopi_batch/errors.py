@@ -6,6 +6,16 @@ default message and ``exit_code`` is what the CLI exits with (see docs/cli.md).
 
 from __future__ import annotations
 
+import sysconfig
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+_LIBRARIES = {
+    Path(p).resolve()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    if (p := sysconfig.get_paths().get(key))
+}
+
 
 def one_line(text: str) -> str:
     """``text`` on one line: PostgreSQL's errors carry their DETAIL and HINT on lines of
@@ -14,12 +24,37 @@ def one_line(text: str) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """``exc`` on one line, with its class and SQLSTATE: as logged and as kept in the ops
-    tables."""
+    """``exc`` on one line as the user sees it: its type, its SQLSTATE if PostgreSQL's, its
+    text, and where it was raised when that is in the user's code (a migration's
+    ``process=``), e.g. ``KeyError: 'customr' (20250601_1200_x.py, line 12)``."""
     state = getattr(exc, "sqlstate", None)
     text = str(exc).strip() or type(exc).__name__
-    name = type(exc).__name__
-    return one_line(f"{name} ({state}): {text}" if state else f"{name}: {text}")
+    head = f"{type(exc).__name__} ({state}): {text}" if state else f"{type(exc).__name__}: {text}"
+    where = origin(exc)
+    return f"{head} ({where})" if where else head
+
+
+def origin(exc: BaseException) -> str | None:
+    """``file, line N`` of the innermost frame of ``exc``'s traceback that is the user's:
+    not in this package, the standard library or an installed package (asyncpg, anyio);
+    ``None`` if there is none, e.g. for a migration's SQL."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if _users(filename):
+            found = f"{Path(filename).name}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _users(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen …>, <string>: not a file to show
+        return False
+    path = Path(filename).resolve()
+    if path.is_relative_to(_PACKAGE) or any(path.is_relative_to(p) for p in _LIBRARIES):
+        return False
+    return not {"site-packages", "dist-packages"} & set(path.parts)
 
 
 class CryptopiBatchError(Exception):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -28,6 +30,7 @@ class StatusRow:
     batches: int = 0
     batch_size: int | None = None
     rows_per_second: float | None = None
+    keys_per_second: float | None = None
     eta_seconds: float | None = None
     percent: float | None = None
     live_workers: int = 0
@@ -48,7 +51,12 @@ class StatusRow:
         return cls(name=name, status="completed")
 
 
-def status_row(r: asyncpg.Record) -> StatusRow:
+_MOVING = ("running", "waiting")
+"""The reported states with an ETA: a stopped run (paused, cancelled, failed, interrupted)
+has none, as nothing is moving it forward."""
+
+
+def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
     """Derive the reported state from an ``ops.backfills`` row with its live workers.
 
     A run whose stored state is ``running`` but has no live worker was interrupted
@@ -63,28 +71,31 @@ def status_row(r: asyncpg.Record) -> StatusRow:
     elif stored == "running" and r["waiting_reason"]:
         status = "waiting"
     keys_done = int(r["keys_done"])
+    rows_done = int(r["rows_processed"])
     estimate = int(r["keys_estimate"]) if r["keys_estimate"] is not None else None
     elapsed = float(r["elapsed"] or 0)
-    rate = r["recent_rate"]
-    if rate is None and elapsed > 0:
-        rate = keys_done / elapsed
+    keys_rate, rows_rate = r["recent_keys_rate"], r["recent_rows_rate"]
+    if keys_rate is None and elapsed > 0:
+        keys_rate, rows_rate = keys_done / elapsed, rows_done / elapsed
     eta = None
     if stored == "completed":
         eta = 0.0
-    elif rate and estimate is not None:
-        eta = max(estimate - keys_done, 0) / rate
+    elif status in _MOVING and keys_rate and estimate is not None:
+        # Keys, not rows: a batch covers its keys whether or not the work changes them.
+        eta = max(estimate - keys_done, 0) / keys_rate
     percent = None
     if estimate:
         percent = 100.0 if stored == "completed" else min(100.0, 100.0 * keys_done / estimate)
     return StatusRow(
         name=r["name"],
         status=status,
-        rows_processed=int(r["rows_processed"]),
+        rows_processed=rows_done,
         keys_done=keys_done,
         keys_estimate=estimate,
         batches=int(r["batches_done"]),
         batch_size=int(r["batch_size"]),
-        rows_per_second=round(float(rate), 1) if rate is not None else None,
+        rows_per_second=round(float(rows_rate), 1) if rows_rate is not None else None,
+        keys_per_second=round(float(keys_rate), 1) if keys_rate is not None else None,
         eta_seconds=round(eta, 1) if eta is not None else None,
         percent=round(percent, 2) if percent is not None else None,
         live_workers=live,
@@ -108,47 +119,103 @@ def print_json(rows: list[StatusRow], out: IO[str]) -> None:
 
 
 def table_console() -> Console:
-    """stdout; wide enough off a terminal that names are not cut when piped."""
+    """stdout; off a terminal 200 columns wide (names are not cut when piped) unless
+    ``$COLUMNS`` says otherwise."""
     from rich.console import Console  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
 
     probe = Console()
-    return probe if probe.is_terminal else Console(width=200)
+    return probe if probe.is_terminal or os.environ.get("COLUMNS") else Console(width=200)
+
+
+_NUMBERS = ("rows", "keys", "batches", "rows/s", "ETA")
+# Dropped in this order when the table does not fit; the name, state and note never are.
+_DROPPED_FIRST = ("batches", "rows/s", "keys", "rows", "ETA")
+_NOTE_MIN = 24  # the note wraps within at least this many columns
+_NAME_MIN = 16  # and the name folds within at least this many
 
 
 def print_table(rows: list[StatusRow], console: Console) -> None:
+    """The status table, fitted to the console's width: exact numbers if they fit, else
+    abbreviated ones (1.2M), then fewer columns; the state and the note (a failed run's
+    error) are always shown, the note wrapped if need be."""
     from rich.table import Table  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
 
+    shown, cells = _fit(rows, console.width)
     table = Table(box=None, header_style="bold")
-    for column in ("migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"):
+    for column in shown:
+        flexible = column in ("migration", "note")
         table.add_column(
             column,
-            no_wrap=column != "note",
-            justify="right" if column in ("rows", "keys", "batches", "rows/s", "ETA") else "left",
+            no_wrap=not flexible,
+            overflow="fold",
+            justify="right" if column in _NUMBERS else "left",
+            min_width=_width(column, cells) if flexible else None,
         )
-    for r in rows:
-        keys = f"{r.keys_done:,}"
-        if r.keys_estimate and r.status != "completed":
-            keys += f" / ~{r.keys_estimate:,}"
-        note = (
-            r.last_error
-            or r.waiting_reason
-            or ("interrupted; `run` resumes" if r.interrupted else "")
-        )
-        table.add_row(
-            r.name,
-            r.status,
-            f"{r.rows_processed:,}",
-            keys,
-            f"{r.batches:,}",
-            _num(r.rows_per_second),
-            _duration(r.eta_seconds),
-            note,
-        )
+    for row in cells:
+        table.add_row(*(row[column] for column in shown))
     console.print(table)
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+def _fit(rows: list[StatusRow], width: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and cells to show: exact numbers, else abbreviated ones, else fewer
+    columns; the name is folded only when even the fewest columns leave it no room."""
+    columns = ["migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"]
+    exact = [_cells(r, short=False) for r in rows]
+    short = [_cells(r, short=True) for r in rows]
+    tries = [(columns, exact)] + [
+        ([c for c in columns if c not in _DROPPED_FIRST[:dropped]], short)
+        for dropped in range(len(_DROPPED_FIRST) + 1)
+    ]
+    for fold in (False, True):
+        for shown, cells in tries:
+            if sum(_width(c, cells, fold=fold) + 2 for c in shown) <= width:  # rich pads 1+1
+                return shown, cells
+    return tries[-1]
+
+
+def _width(column: str, cells: list[dict[str, str]], *, fold: bool = True) -> int:
+    """The column's width at its narrowest: the note wraps down to its minimum, and the
+    name too if ``fold``."""
+    longest = max([len(column), *(len(row[column]) for row in cells)])
+    if column == "note":
+        return min(longest, _NOTE_MIN)
+    if column == "migration" and fold:
+        return min(longest, _NAME_MIN)
+    return longest
+
+
+def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
+    def n(value: float) -> str:
+        return count(value) if short else f"{value:,.0f}"
+
+    keys = n(r.keys_done)
+    if r.keys_estimate and r.status != "completed":
+        keys += f" / ~{n(r.keys_estimate)}"
+    note = (
+        r.last_error or r.waiting_reason or ("interrupted; `run` resumes" if r.interrupted else "")
+    )
+    return {
+        "migration": r.name,
+        "state": r.status,
+        "rows": n(r.rows_processed),
+        "keys": keys,
+        "batches": n(r.batches),
+        "rows/s": "-" if r.rows_per_second is None else n(r.rows_per_second),
+        "ETA": _duration(r.eta_seconds),
+        "note": note,
+    }
+
+
+def count(value: float) -> str:
+    """A count in at most four characters: 950, 1.2k, 340k, 12M, 3.4G."""
+    if abs(value) < 1000:
+        return f"{value:.0f}"
+    for unit in ("k", "M", "G", "T"):
+        value /= 1000
+        text = f"{value:.1f}" if abs(value) < 9.95 else f"{value:.0f}"
+        if abs(float(text)) < 1000 or unit == "T":
+            return text.removesuffix(".0") + unit
+    raise AssertionError("unreachable")
 
 
 def _duration(seconds: float | None) -> str:
@@ -159,37 +226,47 @@ def _duration(seconds: float | None) -> str:
 
 
 class ProgressBar:
-    """A rich progress bar over the run's keys; shows rows changed, rate and ETA."""
+    """A rich progress bar over the run's keys: keys done of the estimate and rows changed,
+    both for the whole run (not only this process's share), the rate and the ETA in keys.
+    Every number is abbreviated as in the status table; narrow terminals drop the rate and
+    elapsed time, never the counts or the ETA."""
 
     def __init__(self, console: Console) -> None:
         from rich.progress import (  # noqa: PLC0415 -- rich costs ~25 ms; only the bar uses it
             BarColumn,
-            MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column  # noqa: PLC0415 -- as above
 
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("keys"),
-            TextColumn("{task.fields[rows]:,} rows changed"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        self.console = console
+        wide = console.width >= 100
+        columns: list[str | ProgressColumn] = [
+            TextColumn(
+                "[bold]{task.description}",
+                table_column=Column(
+                    no_wrap=True, overflow="ellipsis", max_width=40 if wide else 20
+                ),
+            ),
+            BarColumn(bar_width=None if wide else 10),
+            TextColumn("{task.fields[counts]}"),
+        ]
+        if wide:
+            columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
+        self._progress = Progress(*columns, console=console, transient=False)
         self._task: TaskID | None = None
 
-    def start(self, name: str, done: int, total: int) -> None:
+    def start(self, name: str, done: int, total: int, rows: int = 0) -> None:
+        """Show the bar from the run's state at its start: ``done`` keys of ``total`` and
+        ``rows`` rows changed."""
         self._progress.start()
+        total = max(total, done)
         self._task = self._progress.add_task(
-            name, total=max(total, done) or None, completed=done, rows=0, rate=""
+            name, total=total or None, completed=done, counts=_counts(done, total, rows), rate=""
         )
 
     def advance(self, progress: Progress) -> None:
@@ -206,9 +283,14 @@ class ProgressBar:
             self._task,
             completed=completed,
             total=total,
-            rows=progress.rows,
-            rate=f"{speed:,.0f} keys/s" if speed else "",
+            counts=_counts(int(completed), int(total or 0), progress.rows),
+            rate=f"{count(speed)} keys/s" if speed else "",
         )
 
     def stop(self) -> None:
         self._progress.stop()
+
+
+def _counts(done: int, total: int, rows: int) -> str:
+    keys = f"{count(done)}/{count(total)}" if total else count(done)
+    return f"{keys} keys {count(rows)} rows changed"

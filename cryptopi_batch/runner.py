@@ -20,7 +20,7 @@ import structlog
 from .admission import Admission
 from .control import Control
 from .db import ConnectionSettings, close_quietly, pg_interval
-from .errors import BatchFailed, Stopped, describe
+from .errors import BatchFailed, Stopped, describe, one_line
 from .keys import Bound
 from .keysql import RangeQueries
 from .migration import Work
@@ -207,4 +207,4 @@ class Runner:
     def _describe(self, exc: BaseException) -> str:
         """``exc`` as logged and as kept in the ops tables: one line, and no password of the
         connection's (a migration's own error may quote its DSN)."""
-        return self.connection.redact(describe(exc))
+        return one_line(self.connection.redact(describe(exc)))

@@ -161,16 +161,19 @@ SELECT f.*,
        (SELECT count(*) FROM ops.backfill_workers w
          WHERE w.backfill = f.name AND w.stopped_at IS NULL
            AND w.heartbeat_at > now() - make_interval(secs => $2)) AS live_workers,
-       -- keys per second over the last minute of work (of the last run, if stopped)
-       (SELECT sum(b.keys)::float8
-               / GREATEST(extract(epoch FROM max(b.finished_at) - min(b.claimed_at)), 0.001)
-          FROM ops.backfill_batches b
-         WHERE b.backfill = f.name AND b.status = 'done'
-           AND b.finished_at > (SELECT max(l.finished_at) FROM ops.backfill_batches l
-                                 WHERE l.backfill = f.name) - interval '60 seconds'
-       ) AS recent_rate,
+       r.keys / r.seconds AS recent_keys_rate,
+       r.rows / r.seconds AS recent_rows_rate,
        extract(epoch FROM f.updated_at - f.started_at) AS elapsed
   FROM ops.backfills f
+  -- keys and rows per second over the last minute of work (of the last run, if stopped)
+  LEFT JOIN LATERAL (
+       SELECT sum(b.keys)::float8 AS keys, sum(b.rows)::float8 AS rows,
+              GREATEST(extract(epoch FROM max(b.finished_at) - min(b.claimed_at)), 0.001)
+                  AS seconds
+         FROM ops.backfill_batches b
+        WHERE b.backfill = f.name AND b.status = 'done'
+          AND b.finished_at > (SELECT max(l.finished_at) FROM ops.backfill_batches l
+                                WHERE l.backfill = f.name) - interval '60 seconds') r ON true
  WHERE $1::text IS NULL OR f.name = $1
  ORDER BY f.name;
 

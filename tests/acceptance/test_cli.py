@@ -833,7 +833,9 @@ def test_an_error_that_quotes_the_dsn_never_shows_its_password(
         assert "\n" not in kept
         # The error's own second line joins the first: one line for the run's outcome.
         [line] = error_lines(console.stderr)
-        assert line.endswith("; DETAIL: a second line"), console.stderr
+        assert line.endswith("; DETAIL: a second line (20240101_0000_quote_dsn.py, line 8)"), (
+            console.stderr
+        )
         assert console.stderr.rstrip("\n").splitlines()[-1] == line
     finally:
         execute(dsn, f"DROP OWNED BY {role}")
@@ -1095,11 +1097,12 @@ def test_a_raising_migration_fails_with_exit_1_and_resumes_with_force(
     failed = cli("run", name, "--log-format", "json", dsn=dsn, cwd=workdir)
     assert failed.returncode == 1, failed.stderr
     no_traceback(failed)
-    others = json_log_shape(failed.stderr)
-    assert len(others) == 1, failed.stderr
-    assert others[0].startswith("cryptopi_batch: ")
-    assert "ValueError" in others[0]
-    assert "bad data in batch three" in others[0]
+    assert json_log_shape(failed.stderr) == [], failed.stderr
+    last = json.loads(failed.stderr.splitlines()[-1])  # the error line is an event too
+    assert (last["event"], last["exit_code"]) == ("error", 1)
+    assert last["message"].startswith("cryptopi_batch: ")
+    assert "ValueError" in last["message"]
+    assert "bad data in batch three" in last["message"]
 
     # Two batches committed, the third rolled back with its error kept.
     agreement = checkpoint_agreement(dsn, name)
@@ -1215,3 +1218,149 @@ def test_a_libpq_key_value_dsn_runs_like_its_url(dsn: str, workdir: Path) -> Non
     assert "unsupported key 'options'" in bad.stderr
     if url.password:
         assert unquote(url.password) not in bad.stderr + bad.stdout
+
+
+# --- what status and the bar report (issue 9, items 12-17, 20) ------------------------------
+
+
+def test_rows_per_second_counts_rows_changed_and_keys_per_second_keys(
+    dsn: str, workdir: Path
+) -> None:
+    """A migration that changes every second row: its rate in rows is half its rate in keys
+    (the ETA's rate), over the same batches."""
+    seed(dsn, 2_000)
+    name = "20240101_0000_touch_even"
+    write_migration(
+        workdir / "migrations",
+        f"{name}.py",
+        SQL_MIGRATION.format(table=TABLE, key="id", batch_size=100).replace(
+            "WHERE {range}", "WHERE {range} AND id % 2 = 0"
+        ),
+    )
+    assert cli("run", name, dsn=dsn, cwd=workdir).returncode == 0
+    status = cli("status", name, "--json", dsn=dsn, cwd=workdir)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert (shown["rows_processed"], shown["keys_done"]) == (1_000, 2_000)
+    assert shown["keys_per_second"] > 0
+    assert shown["rows_per_second"] == pytest.approx(shown["keys_per_second"] / 2, rel=0.01)
+
+
+KEYERROR_MIGRATION = '''"""Fill names from a lookup with a typo in its key."""
+from cryptopi_batch import Backfill, Batch
+
+
+async def fill(batch: Batch) -> int:
+    row = {"customer": 1}
+    return row["customr"]
+
+
+migration = Backfill(table="matrices.dyn_values", key="id", batch_size=100, process=fill)
+'''
+
+
+def test_a_process_error_names_the_migration_file_and_line(dsn: str, workdir: Path) -> None:
+    seed(dsn, 300)
+    filename = "20240101_0000_fill_names.py"
+    write_migration(workdir / "migrations", filename, KEYERROR_MIGRATION)
+    line = KEYERROR_MIGRATION.splitlines().index('    return row["customr"]') + 1
+
+    failed = cli("run", "fill_names", dsn=dsn, cwd=workdir)
+    assert failed.returncode == 1, failed.stderr
+    no_traceback(failed)
+    assert error_lines(failed.stderr) == [
+        f"cryptopi_batch: 20240101_0000_fill_names: KeyError: 'customr' ({filename}, line {line})"
+    ], failed.stderr
+    shown = json.loads(cli("status", "fill_names", "--json", dsn=dsn, cwd=workdir).stdout)
+    assert shown["last_error"] == f"KeyError: 'customr' ({filename}, line {line})"
+
+    traced = cli("run", "fill_names", "--traceback", dsn=dsn, cwd=workdir)
+    assert traced.returncode == 1, traced.stderr
+    assert f'{filename}", line {line}, in fill' in traced.stderr, traced.stderr
+    assert traced.stderr.rstrip().splitlines()[-1].startswith("cryptopi_batch: ")
+
+
+def test_with_log_format_json_every_stderr_line_is_one_json_event(dsn: str, workdir: Path) -> None:
+    seed(dsn, 300)
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    write_migration(workdir / "migrations", "20240101_0001_fill_names.py", KEYERROR_MIGRATION)
+    (workdir / "migrations" / "not_a_migration.py").write_text("")
+
+    def events(*args: str, code: int) -> list[dict[str, Any]]:
+        result = cli(*args, "--log-format", "json", dsn=dsn, cwd=workdir)
+        assert result.returncode == code, result.stderr
+        assert json_log_shape(result.stderr) == [], result.stderr
+        return [json.loads(line) for line in result.stderr.splitlines()]
+
+    ran = events("run", "touch_all", code=0)
+    assert ran[-1]["event"] == "run_summary"
+    assert (ran[-1]["rows"], ran[-1]["batches"]) == (300, 3)
+    assert events("run", "touch_all", code=0)[-1]["event"] == "run_already_completed"
+    failed = events("run", "fill_names", code=1)[-1]
+    assert (failed["event"], failed["exit_code"]) == ("error", 1)
+    assert "KeyError: 'customr'" in failed["message"]
+    unknown = events("run", "nosuch", code=2)[-1]
+    assert (unknown["event"], unknown["exit_code"]) == ("error", 2)
+    assert unknown["message"].startswith("cryptopi_batch: no migration named 'nosuch'")
+    assert events("list", code=0)[-1]["files"] == ["not_a_migration.py"]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def documented_lines() -> set[str]:
+    """The CLI's lines quoted in docs/cli.md's code blocks."""
+    return {
+        line
+        for line in (DOCS / "cli.md").read_text().splitlines()
+        if line.startswith("cryptopi_batch: ")
+    }
+
+
+def test_the_error_lines_quoted_in_the_docs_are_the_real_ones(dsn: str, tmp_path: Path) -> None:
+    """Each case is run in a project whose files have the docs' names: its one error line is
+    quoted verbatim in docs/cli.md (paths relative to the current directory)."""
+    quoted = documented_lines()
+    seed(dsn, 1_000)
+
+    def project(name: str, files: dict[str, str]) -> Path:
+        root = tmp_path / name
+        for filename, text in files.items():
+            write_migration(root / "migrations", filename, text)
+        return root
+
+    def one_line(*args: str, cwd: Path, code: int) -> str:
+        result = cli(*args, dsn=dsn, cwd=cwd)
+        assert result.returncode == code, result.stderr
+        [line] = error_lines(result.stderr)
+        return line
+
+    two = project(
+        "two",
+        {
+            "20250301_0930_backfill_confidence.py": FAILING_MIGRATION,
+            "20250302_1015_normalise_notes.py": SQL_MIGRATION.format(
+                table=TABLE, key="id", batch_size=100
+            ),
+        },
+    )
+    lines = [
+        one_line("run", "2025", cwd=two, code=2),
+        one_line("run", "nosuch", cwd=two, code=2),
+    ]
+    # A run that failed, then a changed source.
+    assert cli("run", "backfill_confidence", dsn=dsn, cwd=two).returncode == 1
+    path = two / "migrations" / "20250301_0930_backfill_confidence.py"
+    path.write_text(FIXED_MIGRATION)
+    lines.append(one_line("run", "backfill_confidence", cwd=two, code=2))
+
+    broken = project("broken", {"20250101_0004_fix.py": '"""Fix."""\nx = (1 2)\n'})
+    lines.append(one_line("run", "fix", cwd=broken, code=2))
+    purge = SQL_MIGRATION.format(table=TABLE, key="id", batch_size=100).replace(
+        "batch_size=100,", "batch_size=100, destructive=True,"
+    )
+    destructive = project("destructive", {"20250112_0900_purge_notes.py": purge})
+    lines.append(one_line("run", "purge_notes", cwd=destructive, code=2))
+
+    for line in lines:
+        assert line in quoted, line

@@ -1,0 +1,214 @@
+"""What ``status`` shows, from rows shaped like ``status_rows``, without a database."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import structlog
+from rich.console import Console
+
+from cryptopi_batch import logs
+from cryptopi_batch.report import ProgressBar, StatusRow, count, print_table, status_row
+
+ERROR = (
+    "KeyError: 'customr' (20250601_1200_fill_customer_names.py, line 12);"
+    " the checkpoint is kept and `run` resumes"
+)
+ROWS = [
+    StatusRow(
+        name="20250301_0930_backfill_confidence_of_every_value_in_the_matrix",
+        status="failed",
+        rows_processed=1_234_567_890,
+        keys_done=2_345_678_901,
+        keys_estimate=9_876_543_210,
+        batches=123_456,
+        rows_per_second=345_678.9,
+        last_error=ERROR,
+    ),
+    StatusRow(
+        name="20250302_1015_normalise_notes",
+        status="running",
+        rows_processed=40_000,
+        keys_done=40_000,
+        keys_estimate=299_259,
+        batches=4,
+        rows_per_second=38_092.7,
+        eta_seconds=6.8,
+    ),
+]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    """A ``status_rows`` row: a run a third done, 100 keys and 50 rows per second lately."""
+    now = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
+    row: dict[str, Any] = {
+        "name": "20250301_0930_backfill_confidence",
+        "status": "running",
+        "rows_processed": 500,
+        "keys_done": 1_000,
+        "keys_estimate": 3_000,
+        "batches_done": 10,
+        "batch_size": 100,
+        "live_workers": 1,
+        "last_error": None,
+        "waiting_reason": None,
+        "recent_keys_rate": 100.0,
+        "recent_rows_rate": 50.0,
+        "elapsed": 10.0,
+        "started_at": now,
+        "updated_at": now,
+        "completed_at": None,
+    }
+    row.update(changes)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("changes", "state", "eta"),
+    [
+        ({}, "running", 20.0),
+        ({"waiting_reason": "window closed"}, "waiting", 20.0),
+        ({"status": "completed", "completed_at": datetime.now(UTC)}, "completed", 0.0),
+        ({"status": "paused"}, "paused", None),
+        ({"status": "cancelled"}, "cancelled", None),
+        ({"status": "failed", "last_error": "KeyError: 'x'"}, "failed", None),
+        ({"live_workers": 0}, "pending", None),  # interrupted: nothing is running it
+    ],
+)
+def test_only_a_running_or_waiting_run_has_an_eta(
+    changes: dict[str, Any], state: str, eta: float | None
+) -> None:
+    row = status_row(record(**changes))
+    assert (row.status, row.eta_seconds) == (state, eta)
+
+
+def test_rows_per_second_counts_rows_and_the_eta_counts_keys() -> None:
+    row = status_row(record())
+    assert (row.rows_per_second, row.keys_per_second) == (50.0, 100.0)
+    assert row.eta_seconds == 20.0  # 2,000 keys left at 100 keys/s
+    # No recent batch: the run's averages over its elapsed time.
+    average = status_row(record(recent_keys_rate=None, recent_rows_rate=None))
+    assert (average.rows_per_second, average.keys_per_second) == (50.0, 100.0)
+
+
+def test_a_row_that_never_ran_has_no_rate() -> None:
+    row = StatusRow.pending("20250301_0930_x")
+    assert (row.rows_per_second, row.keys_per_second, row.eta_seconds) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0, "0"),
+        (999, "999"),
+        (1_000, "1k"),
+        (1_234, "1.2k"),
+        (9_960, "10k"),
+        (340_000, "340k"),
+        (999_600, "1M"),
+        (1_234_567, "1.2M"),
+        (3_400_000_000, "3.4G"),
+    ],
+)
+def test_counts_are_abbreviated_to_four_characters(value: int, shown: str) -> None:
+    assert count(value) == shown
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_status_table_fits_and_always_shows_the_state_and_the_whole_error(width: int) -> None:
+    console = Console(width=width, record=True)
+    print_table(ROWS, console)
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines), "\n".join(lines)
+    header = lines[0]
+    assert "state" in header
+    # The note column, wrapped or not, holds the whole error.
+    note_at = header.index("note")
+    note = "".join(line[note_at:].strip() for line in lines[1:])
+    assert "".join(ERROR.split()) in "".join(note.split())
+    for state in ("failed", "running"):
+        assert any(f" {state} " in line for line in lines), "\n".join(lines)
+    if width >= 200:  # room for every column, with exact numbers
+        assert "1,234,567,890" in "\n".join(lines)
+        assert header.split() == [
+            "migration",
+            "state",
+            "rows",
+            "keys",
+            "batches",
+            "rows/s",
+            "ETA",
+            "note",
+        ]
+    else:
+        assert "1.2G" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_progress_bar_fits_and_counts_the_whole_run(width: int) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=True)
+    bar = ProgressBar(console)
+    # A resumed run: 1.2M keys of 3M and 340k rows changed before this process started.
+    bar.start("20250301_0930_backfill_confidence_of_every_value", 1_200_000, 3_000_000, 340_000)
+    bar.advance(SimpleNamespace(rows=60_000), 100_000)
+    bar.stop()
+    # Each refresh erases the line and draws it again: the last drawing.
+    last = ANSI.sub("", out.getvalue().split("\x1b[2K")[-1]).strip()
+    assert len(last) <= width, last
+    assert "1.3M/3M keys 400k rows changed" in last, last
+    assert "ETA" in last
+
+
+def test_a_warning_while_the_bar_is_shown_stands_on_a_line_of_its_own() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True)
+    bar = ProgressBar(console)
+    logs.configure("console", level=logging.WARNING, console=bar.console)
+    try:
+        bar.start("20250301_0930_backfill_confidence", 0, 1_000, 0)
+        bar.advance(SimpleNamespace(rows=100), 100)
+        bar._progress.refresh()  # the bar is drawn, then a warning comes
+        structlog.get_logger().warning("batch_retrying", batch=7)
+        bar.advance(SimpleNamespace(rows=200), 100)
+        bar.stop()
+    finally:
+        logs.configure("console")
+    # What the terminal shows: each erase-line starts the line over.
+    screen = [ANSI.sub("", line.split("\x1b[2K")[-1]) for line in out.getvalue().split("\n")]
+    [warning] = [line for line in screen if "batch_retrying" in line]
+    assert re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z \[warning *\] batch_retrying +batch=7$", warning)
+
+
+def test_at_80_columns_numbers_are_abbreviated_before_a_name_is_folded() -> None:
+    row = StatusRow(
+        name="20250601_1200_fill_order_totals",
+        status="completed",
+        rows_processed=100_000,
+        keys_done=100_000,
+        batches=20,
+        rows_per_second=271_350.0,
+        eta_seconds=0.0,
+    )
+    console = Console(width=80, record=True)
+    print_table([row], console)
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2, "\n".join(lines)  # the header and one line: nothing folded
+    assert all(len(line) <= 80 for line in lines)
+    # batches is left out first (the name, 31 characters, takes the room)
+    assert lines[0].split() == ["migration", "state", "rows", "keys", "rows/s", "ETA", "note"]
+    assert lines[1].split() == [
+        "20250601_1200_fill_order_totals",
+        "completed",
+        "100k",
+        "100k",
+        "271k",
+        "0:00:00",
+    ]
