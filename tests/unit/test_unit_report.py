@@ -6,7 +6,6 @@ import io
 import logging
 import re
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ import structlog
 from rich.console import Console
 
 from cryptopi_batch import logs
+from cryptopi_batch.progress import Progress
 from cryptopi_batch.report import ProgressBar, StatusRow, count, print_table, status_row
 
 ERROR = (
@@ -158,7 +158,8 @@ def test_the_progress_bar_fits_and_counts_the_whole_run(width: int) -> None:
     bar = ProgressBar(console)
     # A resumed run: 1.2M keys of 3M and 340k rows changed before this process started.
     bar.start("20250301_0930_backfill_confidence_of_every_value", 1_200_000, 3_000_000, 340_000)
-    bar.advance(SimpleNamespace(rows=60_000), 100_000)
+    # The run's counters after one more batch (progress.Tally hands the bar the run's).
+    bar.advance(Progress(rows=400_000, keys=1_300_000, batches=13))
     bar.stop()
     # Each refresh erases the line and draws it again: the last drawing.
     last = ANSI.sub("", out.getvalue().split("\x1b[2K")[-1]).strip()
@@ -174,10 +175,10 @@ def test_a_warning_while_the_bar_is_shown_stands_on_a_line_of_its_own() -> None:
     logs.configure("console", level=logging.WARNING, console=bar.console)
     try:
         bar.start("20250301_0930_backfill_confidence", 0, 1_000, 0)
-        bar.advance(SimpleNamespace(rows=100), 100)
+        bar.advance(Progress(rows=100, keys=100, batches=1))
         bar._progress.refresh()  # the bar is drawn, then a warning comes
         structlog.get_logger().warning("batch_retrying", batch=7)
-        bar.advance(SimpleNamespace(rows=200), 100)
+        bar.advance(Progress(rows=200, keys=200, batches=2))
         bar.stop()
     finally:
         logs.configure("console")
