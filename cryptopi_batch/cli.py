@@ -304,7 +304,9 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
 
     from . import demo  # noqa: PLC0415 -- the embedded server is only needed here
 
-    # The example migration first: without it, no server is started nor table seeded.
+    # The embedded server's package and the example migration first: without them, no
+    # server is started nor table seeded.
+    demo.require_embedded()
     commands.find_migration(_directory(args), "backfill_confidence")
     console = Console(stderr=True)
     console.print(f"Starting an embedded PostgreSQL in {args.data_dir} …")
