@@ -263,7 +263,7 @@ def _progress_bar() -> ProgressBar | None:
 
 
 async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
-    directory = _directory(args) if args.name else None
+    directory = _directory(args) if args.name is not None else None
     return _show(args, await commands.status(args.name, directory=directory, connection=connection))
 
 

@@ -107,11 +107,24 @@ def misnamed(directory: Path) -> list[str]:
     )
 
 
+def clean_name(wanted: str) -> str:
+    """The name part of what the user typed (a path to the file, a shell's completion,
+    names it too). One without a letter or digit (``""``, blanks, ``.``, ``/``, ``.py``)
+    is refused: the empty string is a prefix of every name, and `run "$UNSET"` must
+    never run anything."""
+    cleaned = Path(wanted).name.removesuffix(".py").removesuffix(".sql")
+    if not any(c.isalnum() for c in cleaned):
+        raise MigrationNotFound(
+            f"migration name {wanted!r} names nothing: give the file name, its"
+            " description, or a unique prefix of either"
+        )
+    return cleaned
+
+
 def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
     """The one file that ``wanted`` names: its full name, a unique prefix of it, or its
     description part (or a unique prefix of that)."""
-    # A path to the file (a shell's completion) names it too.
-    wanted = Path(wanted).name.removesuffix(".py").removesuffix(".sql")
+    wanted = clean_name(wanted)
     matchers: list[Callable[[MigrationFile], bool]] = [
         lambda f: f.name == wanted,
         lambda f: f.description == wanted,

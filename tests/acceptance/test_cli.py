@@ -1166,6 +1166,28 @@ def test_full_name_prefix_and_description_name_the_same_migration(dsn: str, work
     assert json.loads(shown.stdout)["name"] == name
 
 
+# A name with no letter or digit in it, as a script with an unset variable or a slip of
+# the shell passes it: the empty string is a prefix of every name.
+BLANK_NAMES = ["", " ", "\t", ".", "/", "..", "./", ".py", "migrations/.sql", "_", "-"]
+
+
+@pytest.mark.parametrize("typed", BLANK_NAMES, ids=repr)
+def test_a_blank_name_is_refused_by_every_command_and_runs_nothing(
+    dsn: str, workdir: Path, typed: str
+) -> None:
+    seed(dsn, 300)
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")  # the only one
+    for command in ("run", "status", "pause", "resume", "cancel"):
+        result = cli(command, typed, dsn=dsn, cwd=workdir)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"cryptopi_batch: migration name {typed!r} names nothing: give the file name,"
+            " its description, or a unique prefix of either"
+        ], command
+    _all_untouched_main(dsn)
+
+
 # --- 9. where the connection comes from -------------------------------------------------
 
 

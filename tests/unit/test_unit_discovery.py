@@ -342,3 +342,14 @@ def test_files_not_named_as_migrations_are_listed_and_named_in_the_unknown_name_
     assert [f.filename for f in discover(mdir)] == ["20240301_1200_backfill_confidence.py"]
     with pytest.raises(MigrationNotFound, match=r"fix-units\.py is not named YYYYMMDD_HHMM"):
         resolve(discover(mdir), "20250101_0060_fix-units")
+
+
+@pytest.mark.parametrize("wanted", ["", " ", "\t\n", ".", "/", "..", "./.py", ".sql", "_", "-_-"])
+def test_a_name_without_a_letter_or_digit_names_nothing(files, wanted):
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(files[:1], wanted)  # one file: every name has the empty string as prefix
+    assert info.value.message == (
+        f"migration name {wanted!r} names nothing: give the file name, its description,"
+        " or a unique prefix of either"
+    )
+    assert info.value.exit_code == 2
