@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(handler, args, connection, backend="asyncio")
     except CryptopiBatchError as exc:
         if args is not None and args.traceback:
-            traceback.print_exc()
+            _print_traceback(connection)
         print(f"cryptopi_batch: {one_line(connection.redact(exc.message))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -152,12 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STOPPED
     except Exception as exc:
         if args is not None and args.traceback:
-            traceback.print_exc()
+            _print_traceback(connection)
         text = one_line(connection.redact(f"{type(exc).__name__}: {exc}"))
         print(
             f"cryptopi_batch: unexpected error: {text} (--traceback shows where)", file=sys.stderr
         )
         return EXIT_FAILED
+
+
+def _print_traceback(connection: ConnectionSettings) -> None:
+    """The traceback being handled, with every password of ``connection`` redacted (an
+    exception's message may quote the DSN)."""
+    print(connection.redact(traceback.format_exc()), file=sys.stderr, end="")
 
 
 @contextlib.contextmanager
