@@ -748,6 +748,48 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     _all_untouched(dsn)
 
 
+# process= that the first batch would fail on: each refused when the file loads.
+BAD_PROCESSES = {
+    "plain-function": ("def work(batch):\n    return 0\n", "work", "not a plain function"),
+    "lambda": ("", "lambda batch: 0", "not a plain function"),
+    "class": ("class Work:\n    def __init__(self, batch):\n        pass\n", "Work", "a class"),
+    "async-generator": (
+        "async def work(batch):\n    yield 0\n",
+        "work",
+        "not an async generator",
+    ),
+    "no-argument": ("async def work():\n    return 0\n", "work", "it takes ()"),
+    "two-arguments": (
+        "async def work(batch, other):\n    return 0\n",
+        "work",
+        "it takes (batch, other)",
+    ),
+    "not-callable": ("", '"UPDATE x"', "not an object of type str"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROCESSES))
+def test_a_process_that_is_not_an_async_function_of_one_batch_is_refused_at_load(
+    dsn: str, workdir: Path, case: str
+) -> None:
+    seed(dsn, 300)
+    definition, value_text, complaint = BAD_PROCESSES[case]
+    path = write_migration(
+        workdir / "migrations",
+        "20240101_0000_bad_process.py",
+        '"""A process= the first batch would fail on."""\n'
+        "from cryptopi_batch import Backfill\n\n"
+        f"{definition}\n"
+        f'migration = Backfill(table="{TABLE}", key="id", process={value_text})\n',
+    )
+    line_no = path.read_text().splitlines().index(path.read_text().splitlines()[-1]) + 1
+    result = cli("run", "bad_process", dsn=dsn, cwd=workdir)
+    line = _assert_could_not_start(result, [f"{path}:{line_no}: Backfill process= must"])
+    assert complaint in line
+    assert result.stdout == ""
+    _all_untouched_main(dsn)
+
+
 def test_a_wrong_password_exits_2_and_never_shows_a_password(
     dsn: str, workdir: Path, pg_server: PgServer
 ) -> None:

@@ -228,6 +228,11 @@ def test_a_sql_file_does_not_load_as_a_backfill(mdir):
         ('sql="UPDATE t SET x = 1 WHERE {range}", synchronous_commit="off"', "synchronous_commit"),
         ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=True', "batch_size"),
         ('sql="UPDATE t SET x = 1 WHERE {range}", destructive="no"', "destructive="),
+        ("process=lambda batch: 0", "process= must be an async function"),
+        ("process=print", "process= must be an async function"),
+        ("process=Backfill", "not a class"),
+        ("process=work.__get__(1)", "it takes ()"),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", down=lambda b: 0', "down= must be an async"),
     ],
 )
 def test_definition_errors_name_the_file_and_line(mdir, arguments, complaint):
