@@ -516,6 +516,48 @@ def test_a_signal_while_still_connecting_exits_3(
     assert running.stderr_lines == ["cryptopi_batch: interrupted"]
 
 
+def _ended_before_cryptopi_batch_ran(signum: int, code: int, stderr: str) -> bool:
+    """A signal that lands in the interpreter's own start-up (its first ~10-15 ms, before
+    the first line of cryptopi_batch runs: site.py, an editable install's import hook)
+    ends the process as it ends any program: by the signal, or by Python's own
+    KeyboardInterrupt there, whose traceback holds no frame of cryptopi_batch."""
+    if code == -signum and stderr == "":
+        return True
+    return signum == signal.SIGINT and f"{os.sep}cryptopi_batch{os.sep}" not in stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_at_any_moment_of_start_up_exits_3_without_a_traceback(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """From the package's first line on (imports ~50 ms, argument parsing, connecting):
+    exit 3 and one line, never a KeyboardInterrupt traceback or a death by SIGTERM."""
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    outcomes = {}
+    with socket.socket() as silent:  # accepts and never answers: the run waits in connect
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        dsn = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/x"
+        for delay in (0, 0.02, 0.05, 0.1, 0.2, 0.3):
+            proc = subprocess.Popen(
+                cli_argv("run", "touch_all"),
+                env=cli_env(dsn),
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(delay)
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+            outcomes[delay] = (proc.returncode, err)
+            assert out == ""
+    for delay, (code, err) in outcomes.items():
+        if delay < 0.05 and _ended_before_cryptopi_batch_ran(signum, code, err):
+            continue
+        assert (code, err) == (3, "cryptopi_batch: interrupted\n"), (delay, code, err)
+
+
 # --- 3. a second signal: roll the batch back, exit at once ----------------------------
 
 
