@@ -15,7 +15,9 @@ from pathlib import Path
 from .errors import MigrationDefinitionError, MigrationLoadError, MigrationNotFound
 from .migration import Backfill
 
-FILE_NAME = re.compile(r"^(?P<stamp>\d{8}_\d{4})_(?P<description>\w+)\.(?P<ext>py|sql)$")
+# The stamp is ASCII digits only (\d also takes Arabic-Indic, fullwidth and other digits,
+# which would sort and compare apart from the ASCII ones).
+FILE_NAME = re.compile(r"^(?P<stamp>[0-9]{8}_[0-9]{4})_(?P<description>\w+)\.(?P<ext>py|sql)$")
 DEFAULT_DIR = "migrations"
 ENV_DIR = "CRYPTOPI_BATCH_MIGRATIONS"
 

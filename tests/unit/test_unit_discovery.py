@@ -358,3 +358,20 @@ def test_a_name_without_a_letter_or_digit_names_nothing(files, wanted):
         " or a unique prefix of either"
     )
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661_\u0661\u0662\u0660\u0660_arabic.py",
+        "\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11_\uff11\uff12\uff10\uff10_fullwidth.py",
+        "2024010\u0661_1200_one_arabic_digit.py",
+        "20240101_120\u09e6_one_bengali_digit.py",
+        "\U0001d7d0\U0001d7ce\U0001d7d0\U0001d7d220240101_1200_math_digits.py",
+    ],
+)
+def test_a_stamp_takes_ascii_digits_only(mdir, filename):
+    write(mdir, filename)
+    write(mdir, "20240101_1200_ascii.py")
+    assert [f.filename for f in discover(mdir)] == ["20240101_1200_ascii.py"]
+    assert misnamed(mdir) == [filename]
