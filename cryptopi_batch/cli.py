@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(handler, args, connection, backend="asyncio")
     except CryptopiBatchError as exc:
         if args is not None and args.traceback:
-            traceback.print_exc()
+            _print_traceback(connection)
         logs.error_line(one_line(connection.redact(exc.message)), exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -152,12 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STOPPED
     except Exception as exc:
         if args is not None and args.traceback:
-            traceback.print_exc()
+            _print_traceback(connection)
         text = one_line(connection.redact(f"{type(exc).__name__}: {exc}"))
         logs.error_line(
             f"unexpected error: {text} (--traceback shows where)", exit_code=EXIT_FAILED
         )
         return EXIT_FAILED
+
+
+def _print_traceback(connection: ConnectionSettings) -> None:
+    """The traceback being handled, with every password of ``connection`` redacted (an
+    exception's message may quote the DSN)."""
+    print(connection.redact(traceback.format_exc()), file=sys.stderr, end="")
 
 
 @contextlib.contextmanager
@@ -279,7 +285,7 @@ def _progress_bar() -> ProgressBar | None:
 
 
 async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
-    directory = _directory(args) if args.name else None
+    directory = _directory(args) if args.name is not None else None
     return _show(args, await commands.status(args.name, directory=directory, connection=connection))
 
 
@@ -322,7 +328,9 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
 
     from . import demo  # noqa: PLC0415 -- the embedded server is only needed here
 
-    # The example migration first: without it, no server is started nor table seeded.
+    # The embedded server's package and the example migration first: without them, no
+    # server is started nor table seeded.
+    demo.require_embedded()
     commands.find_migration(_directory(args), "backfill_confidence")
     console = Console(stderr=True)
     console.print(f"Starting an embedded PostgreSQL in {args.data_dir} …")

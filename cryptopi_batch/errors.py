@@ -126,3 +126,7 @@ class Stopped(CryptopiBatchError):
 
 class LeaseLost(CryptopiBatchError):
     """This worker no longer owns the batch: another worker took it over."""
+
+
+class MissingDependency(CouldNotStart):
+    """A command needs a package that is not installed."""

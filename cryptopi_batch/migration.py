@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,8 +55,10 @@ class Backfill:
             raise MigrationDefinitionError("Backfill sql= must contain {range}")
         if self.down is not None and isinstance(self.down, str) and not has_range(self.down):
             raise MigrationDefinitionError("Backfill down= SQL must contain {range}")
-        if self.process is not None and not callable(self.process):
-            raise MigrationDefinitionError("Backfill process= must be an async function")
+        if self.process is not None:
+            _check_process("process=", self.process)
+        if self.down is not None and not isinstance(self.down, str):
+            _check_process("down=", self.down)
         if self.synchronous_commit is not None and not isinstance(self.synchronous_commit, bool):
             raise MigrationDefinitionError("Backfill synchronous_commit= must be True or False")
         if (
@@ -80,6 +83,39 @@ class Backfill:
     @property
     def work(self) -> Work:
         return self.sql if self.sql is not None else self.process  # type: ignore[return-value]
+
+
+def _check_process(option: str, work: object) -> None:
+    """Refuse, when the file loads, a ``process=`` (or ``down=``) that the first batch
+    would fail on: not an ``async def`` function (a plain function, a lambda, a class, an
+    async generator) or not callable with the one :class:`Batch`."""
+    call = None if inspect.isclass(work) else getattr(work, "__call__", None)  # noqa: B004
+    if not (inspect.iscoroutinefunction(work) or inspect.iscoroutinefunction(call)):
+        raise MigrationDefinitionError(
+            f"Backfill {option} must be an async function (async def process(batch)),"
+            f" not {_kind(work)}"
+        )
+    assert callable(work)
+    try:
+        signature = inspect.signature(work)
+    except (TypeError, ValueError):  # no signature to read: the call decides
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise MigrationDefinitionError(
+            f"Backfill {option} must take one argument, the Batch; it takes {signature}"
+        ) from None
+
+
+def _kind(work: object) -> str:
+    if inspect.isasyncgenfunction(work):
+        return "an async generator"
+    if inspect.isclass(work):
+        return "a class"
+    if inspect.isfunction(work) or inspect.ismethod(work):
+        return "a plain function"
+    return f"an object of type {type(work).__name__}"
 
 
 class Batch:

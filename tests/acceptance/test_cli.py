@@ -516,6 +516,48 @@ def test_a_signal_while_still_connecting_exits_3(
     assert running.stderr_lines == ["cryptopi_batch: interrupted"]
 
 
+def _ended_before_cryptopi_batch_ran(signum: int, code: int, stderr: str) -> bool:
+    """A signal that lands in the interpreter's own start-up (its first ~10-15 ms, before
+    the first line of cryptopi_batch runs: site.py, an editable install's import hook)
+    ends the process as it ends any program: by the signal, or by Python's own
+    KeyboardInterrupt there, whose traceback holds no frame of cryptopi_batch."""
+    if code == -signum and stderr == "":
+        return True
+    return signum == signal.SIGINT and f"{os.sep}cryptopi_batch{os.sep}" not in stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_at_any_moment_of_start_up_exits_3_without_a_traceback(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """From the package's first line on (imports ~50 ms, argument parsing, connecting):
+    exit 3 and one line, never a KeyboardInterrupt traceback or a death by SIGTERM."""
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    outcomes = {}
+    with socket.socket() as silent:  # accepts and never answers: the run waits in connect
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        dsn = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/x"
+        for delay in (0, 0.02, 0.05, 0.1, 0.2, 0.3):
+            proc = subprocess.Popen(
+                cli_argv("run", "touch_all"),
+                env=cli_env(dsn),
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(delay)
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+            outcomes[delay] = (proc.returncode, err)
+            assert out == ""
+    for delay, (code, err) in outcomes.items():
+        if delay < 0.05 and _ended_before_cryptopi_batch_ran(signum, code, err):
+            continue
+        assert (code, err) == (3, "cryptopi_batch: interrupted\n"), (delay, code, err)
+
+
 # --- 3. a second signal: roll the batch back, exit at once ----------------------------
 
 
@@ -748,6 +790,48 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     _all_untouched(dsn)
 
 
+# process= that the first batch would fail on: each refused when the file loads.
+BAD_PROCESSES = {
+    "plain-function": ("def work(batch):\n    return 0\n", "work", "not a plain function"),
+    "lambda": ("", "lambda batch: 0", "not a plain function"),
+    "class": ("class Work:\n    def __init__(self, batch):\n        pass\n", "Work", "a class"),
+    "async-generator": (
+        "async def work(batch):\n    yield 0\n",
+        "work",
+        "not an async generator",
+    ),
+    "no-argument": ("async def work():\n    return 0\n", "work", "it takes ()"),
+    "two-arguments": (
+        "async def work(batch, other):\n    return 0\n",
+        "work",
+        "it takes (batch, other)",
+    ),
+    "not-callable": ("", '"UPDATE x"', "not an object of type str"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROCESSES))
+def test_a_process_that_is_not_an_async_function_of_one_batch_is_refused_at_load(
+    dsn: str, workdir: Path, case: str
+) -> None:
+    seed(dsn, 300)
+    definition, value_text, complaint = BAD_PROCESSES[case]
+    path = write_migration(
+        workdir / "migrations",
+        "20240101_0000_bad_process.py",
+        '"""A process= the first batch would fail on."""\n'
+        "from cryptopi_batch import Backfill\n\n"
+        f"{definition}\n"
+        f'migration = Backfill(table="{TABLE}", key="id", process={value_text})\n',
+    )
+    line_no = path.read_text().splitlines().index(path.read_text().splitlines()[-1]) + 1
+    result = cli("run", "bad_process", dsn=dsn, cwd=workdir)
+    line = _assert_could_not_start(result, [f"{path}:{line_no}: Backfill process= must"])
+    assert complaint in line
+    assert result.stdout == ""
+    _all_untouched_main(dsn)
+
+
 def test_a_wrong_password_exits_2_and_never_shows_a_password(
     dsn: str, workdir: Path, pg_server: PgServer
 ) -> None:
@@ -840,6 +924,102 @@ def test_an_error_that_quotes_the_dsn_never_shows_its_password(
     finally:
         execute(dsn, f"DROP OWNED BY {role}")
         execute(pg_server.admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+PASSWORD = "S3cr/et#Pw?x@Q"
+
+
+def password_pieces(*secrets: str) -> set[str]:
+    """Every run of 4 characters of each secret."""
+    return {s[i : i + 4] for s in secrets for i in range(len(s) - 3)}
+
+
+def _secret_sources(dsn: str, tmp: Path) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """Ways a password reaches the CLI, each wrong or malformed: the environment to run
+    with, and the secrets in it."""
+    parts = urlsplit(dsn)
+    host, port, db = parts.hostname, parts.port, parts.path.lstrip("/")
+    where = f"{host}:{port}/{db}"
+    pgpass = tmp / "pgpass"
+    pgpass.write_text(f"{host}:{port}:*:cb_nobody:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    broken = tmp / "pgpass_broken"
+    broken.write_text(f"{PASSWORD} not a line of five fields\n")
+    broken.chmod(0o600)
+    pg_vars = {"DATABASE_URL": "", "PGHOST": str(host), "PGPORT": str(port), "PGDATABASE": db}
+    pg_vars["PGUSER"] = "cb_nobody"
+    return {
+        "url-raw": ({"DATABASE_URL": f"postgresql://cb_nobody:{PASSWORD}@{where}"}, [PASSWORD]),
+        **{
+            f"url-raw-{c}": (
+                {"DATABASE_URL": f"postgresql://cb_nobody:S3cr{c}etPwQz@{where}"},
+                [f"S3cr{c}etPwQz"],
+            )
+            for c in "/#?@["
+        },
+        "url-digits-slash": (
+            {"DATABASE_URL": f"postgresql://cb_nobody:{port}/S3cretPw@{where}"},
+            ["S3cretPw"],
+        ),
+        "url-encoded-wrong": (
+            {"DATABASE_URL": f"postgresql://cb_nobody:{quote(PASSWORD, safe='')}@{where}"},
+            [PASSWORD],
+        ),
+        "url-query": (
+            {"DATABASE_URL": f"postgresql://{where}?user=cb_nobody&password=S3cr&etPwQz"},
+            ["S3cr&etPwQz"],
+        ),
+        "kv-wrong": (
+            {
+                "DATABASE_URL": f"host={host} port={port} dbname={db} user=cb_nobody"
+                f" password={PASSWORD}"
+            },
+            [PASSWORD],
+        ),
+        "kv-space": (
+            {"DATABASE_URL": f"host={host} port={port} password=S3cr etPwQz"},
+            ["S3cr etPwQz"],
+        ),
+        "kv-key": (
+            {"DATABASE_URL": f"host={host} port={port} password=S3cr etPwQz=1"},
+            ["S3cr etPwQz=1"],
+        ),
+        "kv-quote": (
+            {"DATABASE_URL": f"host={host} port={port} password='S3cr/et#Pw"},
+            ["S3cr/et#Pw"],
+        ),
+        "pgpassword": ({**pg_vars, "PGPASSWORD": PASSWORD}, [PASSWORD]),
+        "pgpassword-bad-port": (
+            {**pg_vars, "PGPASSWORD": PASSWORD, "PGPORT": "S3cr/et"},
+            [PASSWORD],
+        ),
+        "pgpass": ({**pg_vars, "PGPASSFILE": str(pgpass)}, [PASSWORD]),
+        "pgpass-broken": ({**pg_vars, "PGPASSFILE": str(broken)}, [PASSWORD]),
+    }
+
+
+@pytest.mark.parametrize("traceback", [False, True], ids=["plain", "traceback"])
+def test_no_error_path_shows_any_piece_of_a_password(
+    dsn: str, workdir: Path, tmp_path: Path, traceback: bool
+) -> None:
+    """A password with the characters that end a URL's parts (raw or percent-encoded,
+    whole or in pieces), in a URL, a key/value DSN, $PGPASSWORD or a password file: each
+    wrong or malformed, each refused with exit 2 on one line that holds no run of 4 of
+    its characters, also with --traceback."""
+    seed(dsn, 100)
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")
+    flags = ["--traceback"] if traceback else []
+    for case, (env, secrets) in _secret_sources(dsn, tmp_path).items():
+        for command in (["run", "touch_all"], ["status"]):
+            result = cli(*command, *flags, dsn=None, cwd=workdir, env=env)
+            assert result.returncode == 2, (case, result.stderr)
+            shown = {p for p in password_pieces(*secrets) if p in result.stdout + result.stderr}
+            assert not shown, (case, shown, result.stderr)
+            lines = result.stderr.splitlines()
+            assert lines[-1].startswith("cryptopi_batch: cannot connect"), (case, lines)
+            if not traceback:
+                assert len(lines) == 1, (case, result.stderr)
+    _all_untouched_main(dsn)
 
 
 def test_commands_without_privileges_on_the_ops_tables_exit_2(
@@ -1169,6 +1349,28 @@ def test_full_name_prefix_and_description_name_the_same_migration(dsn: str, work
     assert json.loads(shown.stdout)["name"] == name
 
 
+# A name with no letter or digit in it, as a script with an unset variable or a slip of
+# the shell passes it: the empty string is a prefix of every name.
+BLANK_NAMES = ["", " ", "\t", ".", "/", "..", "./", ".py", "migrations/.sql", "_", "-"]
+
+
+@pytest.mark.parametrize("typed", BLANK_NAMES, ids=repr)
+def test_a_blank_name_is_refused_by_every_command_and_runs_nothing(
+    dsn: str, workdir: Path, typed: str
+) -> None:
+    seed(dsn, 300)
+    sql_migration(workdir / "migrations", "20240101_0000_touch_all.py")  # the only one
+    for command in ("run", "status", "pause", "resume", "cancel"):
+        result = cli(command, typed, dsn=dsn, cwd=workdir)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"cryptopi_batch: migration name {typed!r} names nothing: give the file name,"
+            " its description, or a unique prefix of either"
+        ], command
+    _all_untouched_main(dsn)
+
+
 # --- 9. where the connection comes from -------------------------------------------------
 
 
@@ -1215,7 +1417,7 @@ def test_a_libpq_key_value_dsn_runs_like_its_url(dsn: str, workdir: Path) -> Non
     bad = cli("status", "--dsn", key_value + " options=-cwork_mem=1MB", dsn=None, cwd=workdir)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0, bad.stderr
-    assert "unsupported key 'options'" in bad.stderr
+    assert "unsupported key at character" in bad.stderr
     if url.password:
         assert unquote(url.password) not in bad.stderr + bad.stdout
 

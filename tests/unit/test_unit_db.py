@@ -11,6 +11,8 @@ from cryptopi_batch.db import (
     DIRECT_STATEMENT_CACHE,
     STATEMENT_CACHE_ENV,
     ConnectionSettings,
+    InvalidDsn,
+    check_url,
     parse_dsn,
 )
 from cryptopi_batch.errors import UsageError
@@ -166,8 +168,8 @@ def test_a_url_or_no_dsn_passes_as_it_is(dsn: str | None):
 @pytest.mark.parametrize(
     ("dsn", "complaint"),
     [
-        ("host=db options=-cfoo=bar", "unsupported key 'options'"),
-        ("host=db port=five", "port 'five' is not a number"),
+        ("host=db options=-cfoo=bar", "unsupported key at character 9"),
+        ("host=db port=five", "port is not a number"),
         ("host=db 'stray'", "not key=value pairs at character 9"),
         ("password=secret host", "not key=value pairs"),
     ],
@@ -207,3 +209,91 @@ def test_a_statement_cache_that_is_not_a_count_is_a_usage_error(
     monkeypatch.setenv(STATEMENT_CACHE_ENV, value)
     with pytest.raises(UsageError, match=STATEMENT_CACHE_ENV):
         ConnectionSettings.from_env(None)
+
+
+# --- no parse error quotes any part of a password ------------------------------------------
+
+PASSWORD = "S3cr/et#Pw?x@Q"
+
+
+def pieces(secret: str, size: int = 4) -> set[str]:
+    """Every run of ``size`` characters of ``secret``."""
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+# A password with the characters that end a URL's parts, raw, and pieces of it; what each
+# DSN must be refused for, in words that quote none of it.
+BAD_DSNS = {
+    "url-all": (f"postgresql://alice:{PASSWORD}@db:5432/app", "an '@' after the URL's host"),
+    "url-slash": ("postgresql://alice:S3cr/etPw@db/app", "an '@' after the URL's host"),
+    "url-hash": ("postgresql://alice:S3cr#etPw@db/app", "an '@' after the URL's host"),
+    "url-question": ("postgresql://alice:S3cr?etPw@db/app", "an '@' after the URL's host"),
+    "url-at": ("postgresql://alice:S3cr@etPw@db/app", "more than one '@'"),
+    "url-digits-slash": ("postgresql://alice:1234/S3cretPw@db/app", "an '@' after"),
+    "url-bracket": ("postgresql://alice:S3cr[etPw@db/app", "'[' or ']'"),
+    "url-port": ("postgresql://alice:S3cretPw@db:S3cr/app", "port is not a number"),
+    "url-port-range": ("postgresql://alice:S3cretPw@db:99999/app", "port is not a number"),
+    "url-query": ("postgresql://db/app?password=S3cr&etPw", "query is not name=value"),
+    "url-scheme": ("S3cr://alice:etPw@db/app", "starts with postgresql://"),
+    "kv-space": ("host=db password=S3cr etPw", "not key=value pairs at character 23"),
+    "kv-key": ("host=db password=S3cr etPw=1", "unsupported key at character 23"),
+    "kv-quote": ("host=db password='S3cr/et#Pw", "not key=value pairs at character 18"),
+    "kv-port": ("host=db port=S3cretPw password=S3cretPw", "port is not a number"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DSNS))
+def test_a_dsn_that_cannot_be_used_is_refused_without_quoting_it(case: str) -> None:
+    dsn, complaint = BAD_DSNS[case]
+    with pytest.raises(InvalidDsn) as info:
+        parse_dsn(dsn)
+    message = str(info.value)
+    assert complaint in message
+    secret_pieces = pieces(PASSWORD) | pieces("S3cretPw") | pieces("etPw=1")
+    assert not {p for p in secret_pieces if p in message}, message
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://alice:S3cr%2Fet%23Pw%3Fx%40Q@db:5432/app",
+        "postgresql://alice:p:w@db/app",
+        "postgresql://alice@[::1]:5432,db2:5433/app?sslmode=require&user=bob%40corp",
+        "postgresql:///app?host=/var/run/postgresql&port=5433",
+        "postgres://db",
+    ],
+)
+def test_a_url_asyncpg_reads_as_meant_passes_the_check(dsn: str) -> None:
+    check_url(dsn)
+
+
+def test_every_piece_a_parser_could_cut_from_a_password_is_masked(monkeypatch, tmp_path):
+    """A misread DSN's parts are pieces of its password between the characters where a
+    parser ends a part (here / # ? @): each of 4 characters or more is masked wherever it
+    appears; text that merely shares characters with the password is left as it is."""
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    settings = ConnectionSettings(dsn=f"postgresql://alice:{PASSWORD}@db/app")
+    for piece in ("S3cr", "et#Pw", "et#Pw?x@Q", "S3cr/et", "Pw?x@Q", PASSWORD):
+        text = settings.redact(f"invalid literal for int() with base 10: {piece!r} at db")
+        assert text == "invalid literal for int() with base 10: '***' at db", piece
+    assert settings.redact("S3c and w?x@ and 3cr/e stay") == "S3c and w?x@ and 3cr/e stay"
+
+
+def test_passwords_in_the_password_file_are_redacted(monkeypatch, tmp_path):
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(
+        "# host:port:db:user:password\n"
+        "db:5432:*:alice:Pgp4ss\\:word\n"
+        "not an entry: the driver refuses the file, never quoting it\n"
+    )
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    text = ConnectionSettings(dsn="postgresql://alice@db/app").redact(
+        "seen Pgp4ss:word; the driver refuses the file"
+    )
+    assert text == "seen ***; the driver refuses the file"
+    # A passfile= in a key/value DSN is read instead.
+    other = tmp_path / "other"
+    other.write_text("*:*:*:*:KvFil3Secret\n")
+    kv = ConnectionSettings(dsn=f"host=db passfile={other}")
+    assert "KvFil3Secret" not in kv.redact("KvFil3Secret")

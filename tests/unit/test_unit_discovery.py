@@ -228,6 +228,11 @@ def test_a_sql_file_does_not_load_as_a_backfill(mdir):
         ('sql="UPDATE t SET x = 1 WHERE {range}", synchronous_commit="off"', "synchronous_commit"),
         ('sql="UPDATE t SET x = 1 WHERE {range}", batch_size=True', "batch_size"),
         ('sql="UPDATE t SET x = 1 WHERE {range}", destructive="no"', "destructive="),
+        ("process=lambda batch: 0", "process= must be an async function"),
+        ("process=print", "process= must be an async function"),
+        ("process=Backfill", "not a class"),
+        ("process=work.__get__(1)", "it takes ()"),
+        ('sql="UPDATE t SET x = 1 WHERE {range}", down=lambda b: 0', "down= must be an async"),
     ],
 )
 def test_definition_errors_name_the_file_and_line(mdir, arguments, complaint):
@@ -342,3 +347,31 @@ def test_files_not_named_as_migrations_are_listed_and_named_in_the_unknown_name_
     assert [f.filename for f in discover(mdir)] == ["20240301_1200_backfill_confidence.py"]
     with pytest.raises(MigrationNotFound, match=r"fix-units\.py is not named YYYYMMDD_HHMM"):
         resolve(discover(mdir), "20250101_0060_fix-units")
+
+
+@pytest.mark.parametrize("wanted", ["", " ", "\t\n", ".", "/", "..", "./.py", ".sql", "_", "-_-"])
+def test_a_name_without_a_letter_or_digit_names_nothing(files, wanted):
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(files[:1], wanted)  # one file: every name has the empty string as prefix
+    assert info.value.message == (
+        f"migration name {wanted!r} names nothing: give the file name, its description,"
+        " or a unique prefix of either"
+    )
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661_\u0661\u0662\u0660\u0660_arabic.py",
+        "\uff12\uff10\uff12\uff14\uff10\uff11\uff10\uff11_\uff11\uff12\uff10\uff10_fullwidth.py",
+        "2024010\u0661_1200_one_arabic_digit.py",
+        "20240101_120\u09e6_one_bengali_digit.py",
+        "\U0001d7d0\U0001d7ce\U0001d7d0\U0001d7d220240101_1200_math_digits.py",
+    ],
+)
+def test_a_stamp_takes_ascii_digits_only(mdir, filename):
+    write(mdir, filename)
+    write(mdir, "20240101_1200_ascii.py")
+    assert [f.filename for f in discover(mdir)] == ["20240101_1200_ascii.py"]
+    assert misnamed(mdir) == [filename]

