@@ -826,7 +826,8 @@ def test_a_process_that_is_not_an_async_function_of_one_batch_is_refused_at_load
     )
     line_no = path.read_text().splitlines().index(path.read_text().splitlines()[-1]) + 1
     result = cli("run", "bad_process", dsn=dsn, cwd=workdir)
-    line = _assert_could_not_start(result, [f"{path}:{line_no}: Backfill process= must"])
+    shown = path.relative_to(workdir)  # paths under the current directory are shown relative
+    line = _assert_could_not_start(result, [f"{shown}:{line_no}: Backfill process= must"])
     assert complaint in line
     assert result.stdout == ""
     _all_untouched_main(dsn)
