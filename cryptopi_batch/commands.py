@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import store
+from . import schema, store
 from .db import (
     Connection,
     ConnectionSettings,
@@ -36,7 +36,7 @@ from .errors import (
 from .keys import KeyRange, as_bound, render_range
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, resolve_settings
-from .store import Target
+from .target import Target, estimate_rows, inspect_target
 
 if TYPE_CHECKING:
     from .executor import Outcome, ProgressHook
@@ -109,7 +109,7 @@ async def run(
                 # one have run nothing yet.
                 for spare in await _opened(opening, cancel=True):
                     spare.terminate()
-            await store.ensure_schema(conn, settings.timeouts.local(statement=False))
+            await schema.ensure_schema(conn, settings.timeouts.local(statement=False))
             row = await _start_or_resume(conn, migration, target, settings)
         if row is None or row["status"] == "completed":
             return RunResult(migration.name, True, None)
@@ -180,7 +180,7 @@ async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) ->
     if isinstance(backfill.work, str):
         verb = backfill.work.lstrip().split(None, 1)[0].upper()
         needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
-    target = await store.inspect_target(conn, backfill.table, backfill.key_columns, needed)
+    target = await inspect_target(conn, backfill.table, backfill.key_columns, needed)
     if isinstance(backfill.work, str):
         await _check_statement(conn, migration, target, backfill.work)
     return target
@@ -237,7 +237,7 @@ async def _start_or_resume(
                 [c.type for c in target.key.columns],
                 None if end is None else list(end),
                 settings.batch_size,
-                await store.estimate_rows(conn, target),
+                await estimate_rows(conn, target),
                 migration.checksum,
                 "up",
             )
@@ -250,7 +250,7 @@ async def _start_or_resume(
             end = await store.last_key(conn, target)
             if end is None or list(end) == list(row["end_key"] or []):
                 return row
-            estimate = await store.estimate_rows(conn, target)
+            estimate = await estimate_rows(conn, target)
             await conn.execute(
                 store.query("catch_up_backfill"),
                 name,
@@ -288,7 +288,7 @@ async def status(
     try:
         applied = False
         async with _setup_errors(connection):  # a refused privilege: exit 2, as for `run`
-            if await store.schema_version(conn) == 0:
+            if await schema.schema_version(conn) == 0:
                 rows: list[asyncpg.Record] = []
             else:
                 rows = await conn.fetch(store.query("status_rows"), wanted, LIVE_WITHIN)
@@ -311,7 +311,7 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
         by_name: dict[str, StatusRow] = {}
         applied: set[str] = set()
         async with _setup_errors(connection):
-            if await store.schema_version(conn) > 0:
+            if await schema.schema_version(conn) > 0:
                 by_name = {
                     r["name"]: status_row(r)
                     for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)
@@ -357,7 +357,7 @@ async def control(
     conn = await connection.connect_or_fail()
     try:
         async with _setup_errors(connection):
-            if await store.schema_version(conn) == 0:
+            if await schema.schema_version(conn) == 0:
                 raise UsageError(f"{resolved} has not started; nothing to {command}")
             changed = await conn.fetchval(
                 store.query("set_status"), resolved, target, list(applies_to)

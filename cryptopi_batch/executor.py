@@ -39,7 +39,8 @@ from .keys import Bound, KeyRange, as_bound
 from .migration import Batch, Work, run_work
 from .retry import Fault, classify
 from .settings import RunSettings, TimeoutPolicy
-from .store import Claim, RangeQueries, Target
+from .store import Claim, RangeQueries
+from .target import Target
 from .throttle import Pacer, next_batch_size, shrink_after_timeout
 
 log = structlog.get_logger("cryptopi_batch")

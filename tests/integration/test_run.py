@@ -31,11 +31,12 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import commands, store
+from cryptopi_batch import commands, schema, store
 from cryptopi_batch.db import Connection, ConnectionSettings, Ending
 from cryptopi_batch.errors import Stopped
 from cryptopi_batch.executor import Runner, _pid_namespace
 from cryptopi_batch.settings import TimeoutPolicy
+from cryptopi_batch.target import inspect_target
 
 pytestmark = pytest.mark.anyio
 
@@ -550,7 +551,7 @@ async def test_a_file_already_recorded_in_ops_migrations_is_not_run_again(
     `--restart` runs it all the same."""
     await seed_table(conn, rows=300)
     name = write_migration(tmp_path, "touch_recorded", sql_migration(TABLE, batch_size=100))
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     await conn.execute("INSERT INTO ops.migrations (filename) VALUES ($1)", f"{name}.py")
     connection = ConnectionSettings(dsn=dsn)
 
@@ -658,7 +659,7 @@ async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_name
         child.pid,
         namespace,
     )
-    target = await store.inspect_target(conn, TABLE, ("id",))
+    target = await inspect_target(conn, TABLE, ("id",))
     held = await store.claim(
         conn, name, token, 3600, store.RangeQueries(target), size=100, timeouts=TimeoutPolicy()
     )
@@ -693,12 +694,12 @@ async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0s")
     await back_to_schema_version_1(conn)
-    assert await store.schema_version(conn) == 1
+    assert await schema.schema_version(conn) == 1
 
     results = await run_together(dsn, tmp_path, name)
 
     assert len(results) == 2
-    assert await store.schema_version(conn) == store.SCHEMA_VERSION == 2
+    assert await schema.schema_version(conn) == schema.SCHEMA_VERSION == 2
     assert (
         await conn.fetchval(
             "SELECT count(*) FROM ops.backfill_workers WHERE pid_namespace IS NOT NULL"
@@ -730,7 +731,7 @@ async def test_the_range_lookup_is_an_index_range_scan(conn: asyncpg.Connection,
         await conn.execute("ANALYZE words")
         table, key = "words", ("k",)
         lower, upper = ("4",), ("c",)
-    target = await store.inspect_target(conn, table, key)
+    target = await inspect_target(conn, table, key)
     queries = store.RangeQueries(target)
 
     for sql, params in (

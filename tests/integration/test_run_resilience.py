@@ -30,12 +30,13 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import commands, executor, store
+from cryptopi_batch import commands, executor, schema, store
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.embedded import EmbeddedCluster
 from cryptopi_batch.executor import Runner
 from cryptopi_batch.keys import KeyRange
 from cryptopi_batch.settings import RunOptions, TimeoutPolicy, resolve_settings
+from cryptopi_batch.target import inspect_target
 
 pytestmark = pytest.mark.anyio
 
@@ -180,7 +181,7 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
                 "SELECT token FROM ops.backfill_workers WHERE backfill = $1 AND stopped_at IS NULL",
                 name,
             )
-            target = await store.inspect_target(watcher, TABLE, ("id",))
+            target = await inspect_target(watcher, TABLE, ("id",))
             # A real claim from the frontier under the runner's token, with an hour's
             # lease: the runner never learns of it.
             c = await store.claim(
@@ -251,7 +252,7 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
     try:
         await seed_table(conn, rows=300)
         name = write_migration(tmp_path, "touch_judged", _slow_migration(0, 50))
-        await store.ensure_schema(conn)
+        await schema.ensure_schema(conn)
         await conn.execute(
             "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
             " end_key, batch_size, source_checksum) VALUES ($1, $1 || '.py', $2, '{id}',"
@@ -271,7 +272,7 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
             token if ours else other,
         )
         migration = commands.find_migration(tmp_path, name)
-        target = await store.inspect_target(conn, TABLE, ("id",))
+        target = await inspect_target(conn, TABLE, ("id",))
         runner = Runner(
             name=name,
             filename=migration.file.filename,
