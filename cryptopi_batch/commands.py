@@ -26,17 +26,17 @@ from .discovery import LoadedMigration, discover, load, resolve
 from .errors import (
     ConnectionFailed,
     CouldNotStart,
-    MigrationLoadError,
     PermissionDenied,
     RunCancelled,
     SourceChanged,
     Stopped,
     UsageError,
 )
-from .keys import KeyRange, as_bound, render_range
+from .keys import as_bound
+from .preflight import check_declared, preflight
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, resolve_settings
-from .target import Target, estimate_rows, inspect_target
+from .target import Target, estimate_rows
 
 if TYPE_CHECKING:
     from .executor import Outcome, ProgressHook
@@ -69,21 +69,15 @@ async def run(
 ) -> RunResult:
     """Run migration ``name``, or resume it where it stopped.
 
-    Everything that can refuse the run (the name, the file, the connection, the table and
-    key, a changed source, a cancelled run) is checked before anything is written.
+    Everything that can refuse the run (the name, the file, the connection, the
+    pre-flight's checks, a changed source, a cancelled run) is checked before anything is
+    written.
     ``on_start(keys_done, keys_total)`` is called once the run is about to start batches.
     """
     from .executor import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
     migration = find_migration(directory, name)
-    if migration.backfill.window is not None or migration.backfill.timezone is not None:
-        # Running at any hour a migration that asks for off-peak hours would be worse than
-        # not running it.
-        raise UsageError(
-            f"{migration.file.path}: declares window=/timezone=, and off-peak"
-            " windows are not built yet: the run would not keep to it; remove"
-            " them to run at any time"
-        )
+    check_declared(migration)  # before connecting: no server can make it runnable
     settings = resolve_settings(options or RunOptions(), migration.backfill)
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
@@ -96,20 +90,16 @@ async def run(
     ]
     try:
         async with _setup_errors(connection):
-            # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE):
-            # never queue long behind DDL, as no batch does either.
-            async with transaction(conn, settings.timeouts.local(statement=False)):
-                # The server session's own pid, against the one announced at connect: a
-                # pooler announces its own.
-                pooled = await conn.fetchval("SELECT pg_backend_pid()") != conn.get_server_pid()
-                target = await _check_target(conn, migration)
-            connection = connection.behind_pooler(pooled)
+            checked = await preflight(conn, migration, settings)
+            target = checked.target
+            connection = connection.behind_pooler(checked.pooled)
             if connection.statement_cache_size != direct.statement_cache_size:
                 # Behind a pooler: the workers connect without a cache. Those opened with
                 # one have run nothing yet.
                 for spare in await _opened(opening, cancel=True):
                     spare.terminate()
-            await schema.ensure_schema(conn, settings.timeouts.local(statement=False))
+            if checked.ops.version < schema.SCHEMA_VERSION:
+                await schema.ensure_schema(conn, settings.timeouts.local(statement=False))
             row = await _start_or_resume(conn, migration, target, settings)
         if row is None or row["status"] == "completed":
             return RunResult(migration.name, True, None)
@@ -171,36 +161,6 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
     except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
         raise ConnectionFailed(
             connection.redact(f"lost the connection while starting: {exc or type(exc).__name__}")
-        ) from None
-
-
-async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:
-    backfill = migration.backfill
-    needed = ["SELECT"]
-    if isinstance(backfill.work, str):
-        verb = backfill.work.lstrip().split(None, 1)[0].upper()
-        needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
-    target = await inspect_target(conn, backfill.table, backfill.key_columns, needed)
-    if isinstance(backfill.work, str):
-        await _check_statement(conn, migration, target, backfill.work)
-    return target
-
-
-async def _check_statement(
-    conn: asyncpg.Connection, migration: LoadedMigration, target: Target, sql: str
-) -> None:
-    """Prepare (never run) the migration's SQL, so a typo fails before anything is written."""
-    probe = KeyRange(("",) * target.key.width, ("",) * target.key.width)
-    statement, _ = render_range(sql, target.key, probe, 0)
-    try:
-        await conn.prepare(statement)
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise PermissionDenied(f"{migration.file.path}: {exc}") from None
-    except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
-        raise  # the table is locked, or the server went away: see _setup_errors
-    except asyncpg.PostgresError as exc:
-        raise MigrationLoadError(
-            f"{migration.file.path}: its SQL does not prepare: {exc}"
         ) from None
 
 

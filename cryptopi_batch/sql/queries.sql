@@ -222,3 +222,8 @@ SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1);
 -- A table never analysed, counted once at a run's first start. {table}: the quoted name
 -- from the catalog (target.estimate_rows).
 SELECT count(*) FROM {table};
+
+-- preflight_session --
+-- The server session a run's checks see. pid: the server process's own (a pooler
+-- announces its own at connect).
+SELECT pg_backend_pid() AS pid;

@@ -1,0 +1,103 @@
+"""The checks before a run, shared by the commands that start one: everything that can
+refuse a migration on this server, writing nothing.
+
+:func:`preflight` inspects the session and the target table, prepares the migration's SQL
+and checks the privileges it needs, in one transaction under the run's lock timeout, and
+returns a :class:`Preflight` that `run` consumes. Whatever it raises is a
+:class:`CouldNotStart` (exit 2), or a server error the caller maps to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from .db import transaction
+from .discovery import LoadedMigration
+from .errors import MigrationLoadError, PermissionDenied, UsageError
+from .keys import KeyRange, render_range
+from .schema import schema_version
+from .settings import RunSettings
+from .store import query
+from .target import Target, inspect_target
+
+
+@dataclass(frozen=True)
+class OpsState:
+    """The ops schema as the pre-flight found it."""
+
+    version: int  # the installed ops schema's version; 0: none
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the pre-flight found: all a run needs to start, nothing written yet."""
+
+    migration: LoadedMigration
+    target: Target
+    pooled: bool  # the connection is behind a pooler (its server session may change)
+    ops: OpsState
+    estimated_rows: int | None  # the planner's estimate; None: the table was never analysed
+
+
+def check_declared(migration: LoadedMigration) -> None:
+    """What the migration declares that no run can keep to; needs no server."""
+    if migration.backfill.window is not None or migration.backfill.timezone is not None:
+        # Running at any hour a migration that asks for off-peak hours would be worse than
+        # not running it.
+        raise UsageError(
+            f"{migration.file.path}: declares window=/timezone=, and off-peak"
+            " windows are not built yet: the run would not keep to it; remove"
+            " them to run at any time"
+        )
+
+
+async def preflight(
+    conn: asyncpg.Connection, migration: LoadedMigration, settings: RunSettings
+) -> Preflight:
+    """Check everything that can refuse ``migration`` on ``conn``'s server, writing
+    nothing: the session, the ops schema, the table and key, the SQL and its privileges."""
+    check_declared(migration)
+    # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE): never
+    # queue long behind DDL, as no batch does either.
+    async with transaction(conn, settings.timeouts.local(statement=False)):
+        session = await conn.fetchrow(query("preflight_session"))
+        assert session is not None
+        # The server session's own pid, against the one announced at connect: a pooler
+        # announces its own.
+        pooled = session["pid"] != conn.get_server_pid()
+        target = await _check_target(conn, migration)
+        ops = OpsState(await schema_version(conn))
+    estimate = target.estimate if target.estimate >= 0 else None
+    return Preflight(migration, target, pooled, ops, estimate)
+
+
+async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:
+    backfill = migration.backfill
+    needed = ["SELECT"]
+    if isinstance(backfill.work, str):
+        verb = backfill.work.lstrip().split(None, 1)[0].upper()
+        needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
+    target = await inspect_target(conn, backfill.table, backfill.key_columns, needed)
+    if isinstance(backfill.work, str):
+        await _check_statement(conn, migration, target, backfill.work)
+    return target
+
+
+async def _check_statement(
+    conn: asyncpg.Connection, migration: LoadedMigration, target: Target, sql: str
+) -> None:
+    """Prepare (never run) the migration's SQL, so a typo fails before anything is written."""
+    probe = KeyRange(("",) * target.key.width, ("",) * target.key.width)
+    statement, _ = render_range(sql, target.key, probe, 0)
+    try:
+        await conn.prepare(statement)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(f"{migration.file.path}: {exc}") from None
+    except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
+        raise  # the table is locked, or the server went away: the caller says so
+    except asyncpg.PostgresError as exc:
+        raise MigrationLoadError(
+            f"{migration.file.path}: its SQL does not prepare: {exc}"
+        ) from None
