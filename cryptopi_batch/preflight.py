@@ -15,7 +15,7 @@ import asyncpg
 
 from .db import transaction
 from .discovery import LoadedMigration
-from .errors import MigrationLoadError, PermissionDenied, UsageError
+from .errors import MigrationDefinitionError, MigrationLoadError, PermissionDenied, UsageError
 from .keys import KeyRange, render_range
 from .schema import schema_version
 from .settings import RunSettings
@@ -81,23 +81,40 @@ async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) ->
         needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
     target = await inspect_target(conn, backfill.table, backfill.key_columns, needed)
     if isinstance(backfill.work, str):
-        await _check_statement(conn, migration, target, backfill.work)
+        await _check_statement(conn, migration, target, backfill.work, "SQL")
+    if isinstance(backfill.down, str):
+        await _check_statement(conn, migration, target, backfill.down, "down= SQL")
     return target
 
 
 async def _check_statement(
-    conn: asyncpg.Connection, migration: LoadedMigration, target: Target, sql: str
+    conn: asyncpg.Connection, migration: LoadedMigration, target: Target, sql: str, what: str
 ) -> None:
-    """Prepare (never run) the migration's SQL, so a typo fails before anything is written."""
-    probe = KeyRange(("",) * target.key.width, ("",) * target.key.width)
-    statement, _ = render_range(sql, target.key, probe, 0)
-    try:
-        await conn.prepare(statement)
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise PermissionDenied(f"{migration.file.path}: {exc}") from None
-    except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
-        raise  # the table is locked, or the server went away: the caller says so
-    except asyncpg.PostgresError as exc:
-        raise MigrationLoadError(
-            f"{migration.file.path}: its SQL does not prepare: {exc}"
-        ) from None
+    """Prepare (never run) the migration's SQL in both forms a batch runs it in (the first
+    batch's, bounded above only, and the later ones'), so a typo fails before anything is
+    written; and prove that ``{range}`` is in the SQL itself: each form takes exactly the
+    bounds' parameters, as text. ``{range}`` in a comment or a string literal expands
+    there, harmlessly, and would leave the statement unbounded."""
+    path, width = migration.file.path, target.key.width
+    probe = ("",) * width
+    for rng in (KeyRange(None, probe), KeyRange(probe, probe)):
+        statement, bounds = render_range(sql, target.key, rng, 0)
+        try:
+            prepared = await conn.prepare(statement)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise PermissionDenied(f"{path}: {exc}") from None
+        except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
+            raise  # the table is locked, or the server went away: the caller says so
+        except asyncpg.PostgresError as exc:
+            raise MigrationLoadError(f"{path}: its {what} does not prepare: {exc}") from None
+        types = [t.name for t in prepared.get_parameters()]
+        if len(types) < len(bounds):
+            raise MigrationDefinitionError(
+                f"{path}: {{range}} must appear in its {what} itself, not in a comment"
+                " or a string literal"
+            )
+        if types != ["text"] * len(bounds):
+            raise MigrationDefinitionError(
+                f"{path}: its {what} takes parameters of its own ($n), and a migration"
+                " in SQL passes none: use process= to pass values"
+            )
