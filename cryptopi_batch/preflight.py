@@ -15,7 +15,13 @@ import asyncpg
 
 from .db import transaction
 from .discovery import LoadedMigration
-from .errors import MigrationDefinitionError, MigrationLoadError, PermissionDenied, UsageError
+from .errors import (
+    CouldNotStart,
+    MigrationDefinitionError,
+    MigrationLoadError,
+    PermissionDenied,
+    UsageError,
+)
 from .keys import KeyRange, render_range
 from .schema import schema_version
 from .settings import RunSettings
@@ -28,6 +34,44 @@ class OpsState:
     """The ops schema as the pre-flight found it."""
 
     version: int  # the installed ops schema's version; 0: none
+    migrations: bool  # ops.migrations exists (in a shape a run can record into)
+
+
+MIGRATIONS_SHAPE = (
+    "it needs id (an integer with a default, e.g. serial), filename text and applied_at"
+    " timestamptz (with a default), and any other column nullable or with a default"
+)
+"""The columns of ops.migrations that a run's completion needs: it inserts the file name
+alone and reads ``id`` back."""
+
+_INTEGERS = ("smallint", "integer", "bigint")
+_TIMESTAMPS = ("timestamp with time zone", "timestamp without time zone")
+
+
+def migrations_shape_problems(columns: dict[str, str], filled: set[str]) -> list[str]:
+    """What keeps a run from recording its file in an ops.migrations of these ``columns``
+    (name: type as format_type spells it) of which ``filled`` are filled without a value
+    (nullable, or a default); empty when nothing does. Checked before anything is
+    written: an insert that fails at the run's end would leave a finished run unrecorded."""
+    problems: list[str] = []
+    for name, types, what in (
+        ("id", _INTEGERS, "an integer"),
+        ("filename", ("text", "character varying"), "text"),
+        ("applied_at", _TIMESTAMPS, "timestamptz"),
+    ):
+        if name not in columns:
+            problems.append(f"no column {name}")
+        elif columns[name].split("(", 1)[0] not in types:
+            problems.append(f"{name} is {columns[name]}, not {what}")
+    for name in ("id", "applied_at"):
+        if name in columns and name not in filled:
+            problems.append(f"{name} has no default")
+    problems += [
+        f"{name} is NOT NULL without a default"
+        for name in columns
+        if name not in ("id", "filename", "applied_at") and name not in filled
+    ]
+    return problems
 
 
 @dataclass(frozen=True)
@@ -67,8 +111,17 @@ async def preflight(
         # The server session's own pid, against the one announced at connect: a pooler
         # announces its own.
         pooled = session["pid"] != conn.get_server_pid()
+        if session["migrations"]:
+            columns = dict(
+                zip(session["migrations_columns"], session["migrations_types"], strict=True)
+            )
+            problems = migrations_shape_problems(columns, set(session["migrations_filled"]))
+            if problems:
+                raise CouldNotStart(
+                    f"ops.migrations has another shape: {', '.join(problems)}; {MIGRATIONS_SHAPE}"
+                )
         target = await _check_target(conn, migration)
-        ops = OpsState(await schema_version(conn))
+        ops = OpsState(await schema_version(conn), migrations=session["migrations"])
     estimate = target.estimate if target.estimate >= 0 else None
     return Preflight(migration, target, pooled, ops, estimate)
 

@@ -147,9 +147,10 @@ WITH done AS (
        AND NOT EXISTS (SELECT 1 FROM ops.backfill_batches
                         WHERE backfill = $1 AND status <> 'done')
     RETURNING name)
+-- ($2::text: the seed's filename may be a varchar, see preflight.MIGRATIONS_SHAPE.)
 INSERT INTO ops.migrations (filename)
-SELECT $2 FROM done
- WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $2)
+SELECT $2::text FROM done
+ WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $2::text)
 RETURNING id;
 
 -- set_status --
@@ -224,6 +225,20 @@ SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1);
 SELECT count(*) FROM {table};
 
 -- preflight_session --
--- The server session a run's checks see. pid: the server process's own (a pooler
--- announces its own at connect).
-SELECT pg_backend_pid() AS pid;
+-- The server session a run's checks see, and the seed's ops.migrations. pid: the server
+-- process's own (a pooler announces its own at connect). The columns of ops.migrations,
+-- when it exists: their names and types, and those that an INSERT of the file name alone
+-- fills (nullable, or with a default, an identity or a generation expression).
+WITH m AS (
+    SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type,
+           NOT a.attnotnull OR a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+               AS filled,
+           a.attnum
+      FROM pg_attribute a
+     WHERE a.attrelid = to_regclass('ops.migrations') AND a.attnum > 0
+       AND NOT a.attisdropped)
+SELECT pg_backend_pid() AS pid,
+       to_regclass('ops.migrations') IS NOT NULL AS migrations,
+       ARRAY(SELECT name FROM m ORDER BY attnum) AS migrations_columns,
+       ARRAY(SELECT type FROM m ORDER BY attnum) AS migrations_types,
+       ARRAY(SELECT name FROM m WHERE filled ORDER BY attnum) AS migrations_filled;

@@ -8,9 +8,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 from helpers import seed_table
-from run_support import sql_migration, write_migration
+from run_support import assert_completed, run, sql_migration, write_migration
 
 from cryptopi_batch.discovery import LoadedMigration, discover, load, resolve
+from cryptopi_batch.errors import CouldNotStart
 from cryptopi_batch.keys import KeyColumn
 from cryptopi_batch.preflight import preflight
 from cryptopi_batch.settings import RunSettings
@@ -45,3 +46,88 @@ async def test_preflight_finds_the_target_and_the_ops_schema_and_writes_nothing(
     assert found.ops.version == 0
     assert found.estimated_rows == 300  # analysed by seed_table
     await nothing_written(conn)
+
+
+# --- ops.migrations of another shape ------------------------------------------------------
+
+# Made before the first run (by the seed's tooling, or by hand): the columns after
+# "CREATE TABLE ops.migrations".
+OTHER_SHAPES = {
+    "no_filename": (
+        "(id serial PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())",
+        "no column filename, name is NOT NULL without a default",
+    ),
+    "integer_filename": (
+        "(id serial PRIMARY KEY, filename integer NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())",
+        "filename is integer, not text",
+    ),
+    "no_id": (
+        "(filename text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        "no column id",
+    ),
+    "id_without_default": (
+        "(id integer PRIMARY KEY, filename text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())",
+        "id has no default",
+    ),
+    "no_applied_at": ("(id serial PRIMARY KEY, filename text NOT NULL)", "no column applied_at"),
+    "required_extra_column": (
+        "(id serial PRIMARY KEY, filename text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now(),"
+        " checksum text NOT NULL)",
+        "checksum is NOT NULL without a default",
+    ),
+}
+
+SHAPES_THAT_WORK = {
+    "seed": "(id serial PRIMARY KEY, filename text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())",
+    "extra_columns": "(id serial PRIMARY KEY, filename text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now(), checksum text,"
+    " applied_by text NOT NULL DEFAULT current_user)",
+    "identity_and_varchar": "(id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " filename varchar(255) NOT NULL, applied_at timestamp DEFAULT now())",
+}
+
+
+@pytest.mark.parametrize("shape", list(OTHER_SHAPES))
+async def test_an_ops_migrations_of_another_shape_exits_2_and_creates_nothing(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, shape: str
+) -> None:
+    await seed_table(conn, rows=100)
+    columns, problem = OTHER_SHAPES[shape]
+    await conn.execute(f"CREATE SCHEMA ops; CREATE TABLE ops.migrations {columns}")
+    name = write_migration(tmp_path, "touch_all", sql_migration(TABLE))
+
+    with pytest.raises(CouldNotStart) as refused:
+        await run(dsn, tmp_path, name)
+
+    assert refused.value.exit_code == 2
+    assert refused.value.message == (
+        f"ops.migrations has another shape: {problem}; it needs id (an integer with a"
+        " default, e.g. serial), filename text and applied_at timestamptz (with a default),"
+        " and any other column nullable or with a default"
+    )
+    tables = await conn.fetchval(
+        "SELECT array_agg(relname::text) FROM pg_class WHERE relnamespace = 'ops'::regnamespace"
+        " AND relkind = 'r'"
+    )
+    assert tables == ["migrations"]  # nothing else created
+    assert await conn.fetchval("SELECT count(*) FROM ops.migrations") == 0
+    assert await conn.fetchval(f"SELECT sum(touched) FROM {TABLE}") == 0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES_THAT_WORK))
+async def test_an_ops_migrations_a_run_can_record_into_is_used_as_it_is(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, shape: str
+) -> None:
+    await seed_table(conn, rows=250)
+    await conn.execute(f"CREATE SCHEMA ops; CREATE TABLE ops.migrations {SHAPES_THAT_WORK[shape]}")
+    name = write_migration(tmp_path, "touch_all", sql_migration(TABLE))
+
+    result = await run(dsn, tmp_path, name)
+
+    assert not result.already_completed
+    await assert_completed(conn, name, TABLE, 250)
