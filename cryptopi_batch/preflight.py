@@ -97,6 +97,21 @@ def check_declared(migration: LoadedMigration) -> None:
         )
 
 
+def read_only_message(*, standby: bool) -> str:
+    """Why a run cannot write here: a hot standby (``pg_is_in_recovery()``), or a session
+    whose transactions are read-only by default (``default_transaction_read_only``)."""
+    if standby:
+        return (
+            "the server is read-only: it is a standby in recovery, so the DSN points at a"
+            " replica; point it at the primary"
+        )
+    return (
+        "the session is read-only: default_transaction_read_only is on (for the role, the"
+        " database or the server), and a run must write; turn it off for the role that runs"
+        " migrations"
+    )
+
+
 async def preflight(
     conn: asyncpg.Connection, migration: LoadedMigration, settings: RunSettings
 ) -> Preflight:
@@ -105,9 +120,13 @@ async def preflight(
     check_declared(migration)
     # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE): never
     # queue long behind DDL, as no batch does either.
-    async with transaction(conn, settings.timeouts.local(statement=False)):
+    # READ ONLY: the server itself holds the checks to writing nothing.
+    checks = "SET TRANSACTION READ ONLY; " + settings.timeouts.local(statement=False)
+    async with transaction(conn, checks):
         session = await conn.fetchrow(query("preflight_session"))
         assert session is not None
+        if session["standby"] or session["read_only"]:
+            raise CouldNotStart(read_only_message(standby=session["standby"]))
         # The server session's own pid, against the one announced at connect: a pooler
         # announces its own.
         pooled = session["pid"] != conn.get_server_pid()

@@ -226,7 +226,9 @@ SELECT count(*) FROM {table};
 
 -- preflight_session --
 -- The server session a run's checks see, and the seed's ops.migrations. pid: the server
--- process's own (a pooler announces its own at connect). The columns of ops.migrations,
+-- process's own (a pooler announces its own at connect). standby, read_only: whether the
+-- server or the session's default refuses writes (the checks' own transaction is read
+-- only, whatever the default). The columns of ops.migrations,
 -- when it exists: their names and types, and those that an INSERT of the file name alone
 -- fills (nullable, or with a default, an identity or a generation expression).
 WITH m AS (
@@ -238,6 +240,8 @@ WITH m AS (
      WHERE a.attrelid = to_regclass('ops.migrations') AND a.attnum > 0
        AND NOT a.attisdropped)
 SELECT pg_backend_pid() AS pid,
+       pg_is_in_recovery() AS standby,
+       current_setting('default_transaction_read_only')::boolean AS read_only,
        to_regclass('ops.migrations') IS NOT NULL AS migrations,
        ARRAY(SELECT name FROM m ORDER BY attnum) AS migrations_columns,
        ARRAY(SELECT type FROM m ORDER BY attnum) AS migrations_types,

@@ -3,7 +3,9 @@ written: no ops schema, no row of the user's table changed."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -13,7 +15,7 @@ from run_support import assert_completed, run, sql_migration, write_migration
 from cryptopi_batch.discovery import LoadedMigration, discover, load, resolve
 from cryptopi_batch.errors import CouldNotStart
 from cryptopi_batch.keys import KeyColumn
-from cryptopi_batch.preflight import preflight
+from cryptopi_batch.preflight import preflight, read_only_message
 from cryptopi_batch.settings import RunSettings
 
 pytestmark = pytest.mark.anyio
@@ -131,3 +133,43 @@ async def test_an_ops_migrations_a_run_can_record_into_is_used_as_it_is(
 
     assert not result.already_completed
     await assert_completed(conn, name, TABLE, 250)
+
+
+# --- a read-only server or session ------------------------------------------------------
+
+
+def as_user(dsn: str, user: str, password: str) -> str:
+    parts = urlsplit(dsn)
+    netloc = f"{user}:{password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.mark.parametrize("scope", ["role", "database"])
+async def test_a_read_only_session_exits_2_and_writes_nothing(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, scope: str
+) -> None:
+    """default_transaction_read_only on the role or the database: one line that says the
+    session is read-only (it used to be an "unexpected error", exit 1)."""
+    await seed_table(conn, rows=100)
+    name = write_migration(tmp_path, "touch_all", sql_migration(TABLE))
+    role, password = f"cb_ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.execute(
+        f"CREATE ROLE {role} LOGIN PASSWORD '{password}';"
+        f' GRANT CREATE ON DATABASE "{database}" TO {role};'
+        f" GRANT USAGE ON SCHEMA matrices TO {role}; GRANT SELECT, UPDATE ON {TABLE} TO {role}"
+    )
+    if scope == "role":
+        await conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+    else:
+        await conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    try:
+        with pytest.raises(CouldNotStart) as refused:
+            await run(as_user(dsn, role, password), tmp_path, name)
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+    assert refused.value.exit_code == 2
+    assert refused.value.message == read_only_message(standby=False)
+    assert refused.value.message.startswith("the session is read-only: ")
+    await nothing_written(conn)

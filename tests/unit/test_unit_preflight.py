@@ -1,10 +1,11 @@
-"""The pre-flight's decisions that need no server: the shape of ops.migrations."""
+"""The pre-flight's decisions that need no server: the shape of ops.migrations, the
+message for a read-only server."""
 
 from __future__ import annotations
 
 import pytest
 
-from cryptopi_batch.preflight import migrations_shape_problems
+from cryptopi_batch.preflight import migrations_shape_problems, read_only_message
 
 SEED = {"id": "integer", "filename": "text", "applied_at": "timestamp with time zone"}
 SEED_FILLED = {"id", "applied_at"}  # serial, DEFAULT now()
@@ -68,3 +69,17 @@ def test_shapes_a_run_cannot_record_into_are_named(
     columns: dict[str, str], filled: set[str], problems: list[str]
 ) -> None:
     assert migrations_shape_problems(columns, filled) == problems
+
+
+def test_a_standby_is_named_as_a_replica() -> None:
+    """pg_is_in_recovery(): the DSN points at a replica (no replica in the suite: the
+    branch is the same check as above, with this message)."""
+    message = read_only_message(standby=True)
+    assert message.startswith("the server is read-only: ")
+    assert "the DSN points at a replica" in message
+
+
+def test_a_read_only_session_is_not_called_a_replica() -> None:
+    message = read_only_message(standby=False)
+    assert message.startswith("the session is read-only: default_transaction_read_only is on")
+    assert "replica" not in message
