@@ -27,9 +27,11 @@ def _version_files() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+# The schema is created only when it is missing: CREATE SCHEMA IF NOT EXISTS asks for CREATE
+# on the database first, which a role given an existing ops schema may well lack.
 _LOCKED_VERSION_TABLE = (
     f"SELECT pg_advisory_xact_lock(hashtext('{_LOCK_KEY}'));"
-    " CREATE SCHEMA IF NOT EXISTS ops;"
+    " DO $$BEGIN IF to_regnamespace('ops') IS NULL THEN CREATE SCHEMA ops; END IF; END$$;"
     " CREATE TABLE IF NOT EXISTS ops.batch_schema_version ("
     " component text PRIMARY KEY, version integer NOT NULL,"
     " upgraded_at timestamptz NOT NULL DEFAULT now());"

@@ -173,3 +173,34 @@ async def test_a_read_only_session_exits_2_and_writes_nothing(
     assert refused.value.message == read_only_message(standby=False)
     assert refused.value.message.startswith("the session is read-only: ")
     await nothing_written(conn)
+
+
+# --- an existing ops schema, without CREATE on the database ------------------------------
+
+
+@pytest.mark.parametrize("given", ["owned", "granted"])
+async def test_an_existing_ops_schema_is_used_without_create_on_the_database(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, given: str
+) -> None:
+    """An administrator made schema ops for a role that may not create schemas: the role's
+    run creates its tables there and completes (CREATE SCHEMA IF NOT EXISTS refused it)."""
+    await seed_table(conn, rows=250)
+    name = write_migration(tmp_path, "touch_all", sql_migration(TABLE))
+    role, password = f"cb_ops_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    await conn.execute(
+        f"CREATE ROLE {role} LOGIN PASSWORD '{password}';"
+        f" GRANT USAGE ON SCHEMA matrices TO {role}; GRANT SELECT, UPDATE ON {TABLE} TO {role}"
+    )
+    if given == "owned":
+        await conn.execute(f"CREATE SCHEMA ops AUTHORIZATION {role}")
+    else:
+        await conn.execute(f"CREATE SCHEMA ops; GRANT USAGE, CREATE ON SCHEMA ops TO {role}")
+    try:
+        assert not await conn.fetchval(
+            "SELECT has_database_privilege($1, current_database(), 'CREATE')", role
+        )
+        result = await run(as_user(dsn, role, password), tmp_path, name)
+        assert not result.already_completed
+        await assert_completed(conn, name, TABLE, 250)
+    finally:
+        await conn.execute(f"DROP OWNED BY {role} CASCADE; DROP ROLE {role}")
