@@ -147,26 +147,25 @@ async def preflight(
 
 async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:
     backfill = migration.backfill
-    needed = ["SELECT"]
+    # SELECT: the range lookups read the key. What the SQL itself needs, its EXPLAIN finds.
+    target = await inspect_target(conn, backfill.table, backfill.key_columns, ["SELECT"])
     if isinstance(backfill.work, str):
-        verb = backfill.work.lstrip().split(None, 1)[0].upper()
-        needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
-    target = await inspect_target(conn, backfill.table, backfill.key_columns, needed)
-    if isinstance(backfill.work, str):
-        await _check_statement(conn, migration, target, backfill.work, "SQL")
+        statement = await _check_statement(conn, migration, target, backfill.work, "SQL")
+        await _check_privileges(conn, migration, statement, 2 * target.key.width)
     if isinstance(backfill.down, str):
+        # Prepared only: nothing runs it yet, and `run` need not be allowed what it does.
         await _check_statement(conn, migration, target, backfill.down, "down= SQL")
     return target
 
 
 async def _check_statement(
     conn: asyncpg.Connection, migration: LoadedMigration, target: Target, sql: str, what: str
-) -> None:
+) -> str:
     """Prepare (never run) the migration's SQL in both forms a batch runs it in (the first
     batch's, bounded above only, and the later ones'), so a typo fails before anything is
     written; and prove that ``{range}`` is in the SQL itself: each form takes exactly the
     bounds' parameters, as text. ``{range}`` in a comment or a string literal expands
-    there, harmlessly, and would leave the statement unbounded."""
+    there, harmlessly, and would leave the statement unbounded. Returns the later form."""
     path, width = migration.file.path, target.key.width
     probe = ("",) * width
     for rng in (KeyRange(None, probe), KeyRange(probe, probe)):
@@ -190,3 +189,22 @@ async def _check_statement(
                 f"{path}: its {what} takes parameters of its own ($n), and a migration"
                 " in SQL passes none: use process= to pass values"
             )
+    return statement
+
+
+async def _check_privileges(
+    conn: asyncpg.Connection, migration: LoadedMigration, statement: str, bounds: int
+) -> None:
+    """The privileges ``statement`` needs, as its batches will need them: column by column
+    (an ``UPDATE`` of one column needs ``UPDATE`` on that column only), on every table it
+    reads or writes. A prepare checks none of them; EXPLAIN (never ANALYZE: nothing runs)
+    starts the executor, which does. The bounds are NULL: the plan does not matter."""
+    try:
+        async with conn.transaction():  # a savepoint: an error leaves the checks' going
+            await conn.fetch(query("explain").format(statement=statement), *[None] * bounds)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermissionDenied(f"{migration.file.path}: {exc}") from None
+    except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
+        raise
+    except asyncpg.PostgresError:
+        pass  # a statement EXPLAIN does not take (it prepared): its first batch will tell

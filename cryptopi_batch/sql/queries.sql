@@ -220,8 +220,8 @@ SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
 SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1);
 
 -- count_rows --
--- A table never analysed, counted once at a run's first start. {table}: the quoted name
--- from the catalog (target.estimate_rows).
+-- A table never analysed, counted once at a run's first start. The table: its quoted
+-- name from the catalog, put in by str.format (target.estimate_rows).
 SELECT count(*) FROM {table};
 
 -- preflight_session --
@@ -246,3 +246,9 @@ SELECT pg_backend_pid() AS pid,
        ARRAY(SELECT name FROM m ORDER BY attnum) AS migrations_columns,
        ARRAY(SELECT type FROM m ORDER BY attnum) AS migrations_types,
        ARRAY(SELECT name FROM m WHERE filled ORDER BY attnum) AS migrations_filled;
+
+-- explain --
+-- The pre-flight's privilege check of a migration's statement (its SQL with the range
+-- expanded, put in by str.format): EXPLAIN starts the executor, which checks the
+-- privileges the statement needs, column by column; nothing runs.
+EXPLAIN {statement}

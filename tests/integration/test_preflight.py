@@ -204,3 +204,47 @@ async def test_an_existing_ops_schema_is_used_without_create_on_the_database(
         await assert_completed(conn, name, TABLE, 250)
     finally:
         await conn.execute(f"DROP OWNED BY {role} CASCADE; DROP ROLE {role}")
+
+
+# --- the privileges the statement needs -----------------------------------------------
+
+# What the role may do beyond SELECT on the table, and whether the migration's UPDATE of
+# `touched` may then run.
+GRANTS = {
+    "column_update": ("GRANT UPDATE (touched) ON {table} TO {role}", True),
+    "table_update": ("GRANT UPDATE ON {table} TO {role}", True),
+    "other_column_update": ("GRANT UPDATE (note) ON {table} TO {role}", False),
+    "no_update": ("", False),
+}
+
+
+@pytest.mark.parametrize("grant", list(GRANTS))
+async def test_the_privileges_the_statement_needs_are_checked_column_by_column(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, grant: str
+) -> None:
+    """UPDATE on the one column the statement sets is enough (it was refused, as UPDATE on
+    the table was asked for); without it, exit 2 before anything is written."""
+    await seed_table(conn, rows=250)
+    name = write_migration(tmp_path, "touch_all", sql_migration(TABLE))
+    role, password = f"cb_col_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    statement, allowed = GRANTS[grant]
+    await conn.execute(
+        f"CREATE ROLE {role} LOGIN PASSWORD '{password}';"
+        f" GRANT USAGE ON SCHEMA matrices TO {role}; GRANT SELECT ON {TABLE} TO {role};"
+        f" CREATE SCHEMA ops AUTHORIZATION {role}; {statement.format(table=TABLE, role=role)}"
+    )
+    try:
+        if allowed:
+            await run(as_user(dsn, role, password), tmp_path, name)
+            await assert_completed(conn, name, TABLE, 250)
+        else:
+            with pytest.raises(CouldNotStart) as refused:
+                await run(as_user(dsn, role, password), tmp_path, name)
+            assert refused.value.exit_code == 2
+            assert refused.value.message.endswith(
+                f"{name}.py: permission denied for table dyn_values"
+            )
+            assert not await conn.fetchval("SELECT to_regclass('ops.backfills') IS NOT NULL")
+            assert await conn.fetchval(f"SELECT sum(touched) FROM {TABLE}") == 0
+    finally:
+        await conn.execute(f"DROP OWNED BY {role} CASCADE; DROP ROLE {role}")
