@@ -121,7 +121,7 @@ async def preflight(
     # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE): never
     # queue long behind DDL, as no batch does either.
     # READ ONLY: the server itself holds the checks to writing nothing.
-    checks = "SET TRANSACTION READ ONLY; " + settings.timeouts.local(statement=False)
+    checks = query("read_only") + " " + settings.timeouts.local(statement=False)
     async with transaction(conn, checks):
         session = await conn.fetchrow(query("preflight_session"))
         assert session is not None

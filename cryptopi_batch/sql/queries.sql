@@ -224,6 +224,10 @@ SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1);
 -- name from the catalog, put in by str.format (target.estimate_rows).
 SELECT count(*) FROM {table};
 
+-- read_only --
+-- The pre-flight's transaction: whatever it checks, the server holds it to writing nothing.
+SET TRANSACTION READ ONLY;
+
 -- preflight_session --
 -- The server session a run's checks see, and the seed's ops.migrations. pid: the server
 -- process's own (a pooler announces its own at connect). standby, read_only: whether the
