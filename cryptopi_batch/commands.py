@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import store
+from . import schema, store
 from .db import (
     Connection,
     ConnectionSettings,
@@ -26,17 +26,17 @@ from .discovery import LoadedMigration, discover, load, resolve, shown
 from .errors import (
     ConnectionFailed,
     CouldNotStart,
-    MigrationLoadError,
     PermissionDenied,
     RunCancelled,
     SourceChanged,
     Stopped,
     UsageError,
 )
-from .keys import KeyRange, as_bound, render_range
+from .keys import as_bound
+from .preflight import check_declared, preflight
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, resolve_settings
-from .store import Target
+from .target import Target, estimate_rows
 
 if TYPE_CHECKING:
     from .progress import ProgressHook
@@ -70,24 +70,17 @@ async def run(
 ) -> RunResult:
     """Run migration ``name``, or resume it where it stopped.
 
-    Everything that can refuse the run (the name, the file, the connection, the table and
-    key, a changed source, a cancelled run) is checked before anything is written.
-    ``on_start(keys_done, keys_total, rows_processed)`` is called once the run is about to
-    start batches, with the run's numbers so far (of every process and session);
+    Everything that can refuse the run (the name, the file, the connection, the
+    pre-flight's checks, a changed source, a cancelled run) is checked before anything is
+    written. ``on_start(keys_done, keys_total, rows_processed)`` is called once the run is
+    about to start batches, with the run's numbers so far (of every process and session);
     ``on_progress`` with the run's counters as they change.
     """
     from .progress import Progress  # noqa: PLC0415 -- with the runner, below
     from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
     migration = find_migration(directory, name)
-    if migration.backfill.window is not None or migration.backfill.timezone is not None:
-        # Running at any hour a migration that asks for off-peak hours would be worse than
-        # not running it.
-        raise UsageError(
-            f"{shown(migration.file.path)}: declares window=/timezone=, and off-peak"
-            " windows are not built yet: the run would not keep to it; remove"
-            " them to run at any time"
-        )
+    check_declared(migration)  # before connecting: no server can make it runnable
     settings = resolve_settings(options or RunOptions(), migration.backfill)
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
@@ -100,20 +93,16 @@ async def run(
     ]
     try:
         async with _setup_errors(connection):
-            # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE):
-            # never queue long behind DDL, as no batch does either.
-            async with transaction(conn, settings.timeouts.local(statement=False)):
-                # The server session's own pid, against the one announced at connect: a
-                # pooler announces its own.
-                pooled = await conn.fetchval("SELECT pg_backend_pid()") != conn.get_server_pid()
-                target = await _check_target(conn, migration)
-            connection = connection.behind_pooler(pooled)
+            checked = await preflight(conn, migration, settings)
+            target = checked.target
+            connection = connection.behind_pooler(checked.pooled)
             if connection.statement_cache_size != direct.statement_cache_size:
                 # Behind a pooler: the workers connect without a cache. Those opened with
                 # one have run nothing yet.
                 for spare in await _opened(opening, cancel=True):
                     spare.terminate()
-            await store.ensure_schema(conn, settings.timeouts.local(statement=False))
+            if checked.ops.version < schema.SCHEMA_VERSION:
+                await schema.ensure_schema(conn, settings.timeouts.local(statement=False))
             row = await _start_or_resume(conn, migration, target, settings)
         if row is None or row["status"] == "completed":
             return RunResult(migration.name, True, None)
@@ -183,36 +172,6 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
         ) from None
 
 
-async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:
-    backfill = migration.backfill
-    needed = ["SELECT"]
-    if isinstance(backfill.work, str):
-        verb = backfill.work.lstrip().split(None, 1)[0].upper()
-        needed += [verb] if verb in ("UPDATE", "DELETE", "INSERT") else []
-    target = await store.inspect_target(conn, backfill.table, backfill.key_columns, needed)
-    if isinstance(backfill.work, str):
-        await _check_statement(conn, migration, target, backfill.work)
-    return target
-
-
-async def _check_statement(
-    conn: asyncpg.Connection, migration: LoadedMigration, target: Target, sql: str
-) -> None:
-    """Prepare (never run) the migration's SQL, so a typo fails before anything is written."""
-    probe = KeyRange(("",) * target.key.width, ("",) * target.key.width)
-    statement, _ = render_range(sql, target.key, probe, 0)
-    try:
-        await conn.prepare(statement)
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise PermissionDenied(f"{shown(migration.file.path)}: {exc}") from None
-    except (asyncpg.LockNotAvailableError, asyncpg.PostgresConnectionError):
-        raise  # the table is locked, or the server went away: see _setup_errors
-    except asyncpg.PostgresError as exc:
-        raise MigrationLoadError(
-            f"{shown(migration.file.path)}: its SQL does not prepare: {exc}"
-        ) from None
-
-
 async def _start_or_resume(
     conn: asyncpg.Connection, migration: LoadedMigration, target: Target, settings: RunSettings
 ) -> asyncpg.Record | None:
@@ -246,7 +205,7 @@ async def _start_or_resume(
                 [c.type for c in target.key.columns],
                 None if end is None else list(end),
                 settings.batch_size,
-                await store.estimate_rows(conn, target),
+                await estimate_rows(conn, target),
                 migration.checksum,
                 "up",
             )
@@ -259,7 +218,7 @@ async def _start_or_resume(
             end = await store.last_key(conn, target)
             if end is None or list(end) == list(row["end_key"] or []):
                 return row
-            estimate = await store.estimate_rows(conn, target)
+            estimate = await estimate_rows(conn, target)
             await conn.execute(
                 store.query("catch_up_backfill"),
                 name,
@@ -297,7 +256,7 @@ async def status(
     try:
         applied = False
         async with _setup_errors(connection):  # a refused privilege: exit 2, as for `run`
-            if await store.schema_version(conn) == 0:
+            if await schema.schema_version(conn) == 0:
                 rows: list[asyncpg.Record] = []
             else:
                 rows = await conn.fetch(store.query("status_rows"), wanted, LIVE_WITHIN)
@@ -320,7 +279,7 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
         by_name: dict[str, StatusRow] = {}
         applied: set[str] = set()
         async with _setup_errors(connection):
-            if await store.schema_version(conn) > 0:
+            if await schema.schema_version(conn) > 0:
                 by_name = {
                     r["name"]: status_row(r)
                     for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)
@@ -368,7 +327,7 @@ async def control(
     conn = await connection.connect_or_fail()
     try:
         async with _setup_errors(connection):
-            if await store.schema_version(conn) == 0:
+            if await schema.schema_version(conn) == 0:
                 raise UsageError(f"{resolved} has not started; nothing to {command}")
             changed = await conn.fetchval(
                 store.query("set_status"), resolved, target, list(applies_to)

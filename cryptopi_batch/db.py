@@ -296,7 +296,7 @@ class Connection(asyncpg.Connection):
     """An asyncpg connection that can send a transaction's own settings with its ``BEGIN``,
     in the same round trip (a batch then costs one round trip less), and that calls
     :attr:`on_reply` each time the server answers a request, with rows or with an error (a
-    silent connection is one that stopped answering: see executor's ``_bounded``)."""
+    silent connection is one that stopped answering: see ``sessions.Sessions.bounded``)."""
 
     _cryptopi_begin: str | None = None
     on_reply: Callable[[], None] | None = None

@@ -14,7 +14,7 @@ from .keys import Bound, KeyRange
 if TYPE_CHECKING:
     import asyncpg
 
-    from .store import Target
+    from .target import Target
 
 
 class RangeQueries:

@@ -52,7 +52,7 @@ _RECONNECT_STATES = {
 def classify(
     exc: BaseException, *, conn_closed: bool = False, ran_past_timeout: bool = False
 ) -> Fault:
-    """Map an exception from a batch to what the executor should do about it.
+    """Map an exception from a batch to what the worker should do about it.
 
     ``conn_closed`` tells whether the connection the error came from is closed;
     ``ran_past_timeout`` whether the batch ran at least its statement timeout (a 57014

@@ -29,7 +29,8 @@ from .sessions import Sessions
 from .settings import RunSettings
 from .states import RunState
 from .stopping import StopSignal
-from .store import RunCounters, RunStore, Target
+from .store import RunCounters, RunStore
+from .target import Target
 from .throttle import BatchSizer
 from .worker import BatchWorker, CrashPoint, Crew
 

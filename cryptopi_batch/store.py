@@ -1,8 +1,11 @@
-"""The ops tables: schema, claims, checkpoints, heartbeats and control state.
+"""The ops tables: claims, checkpoints, heartbeats and control state; and the loader of
+``sql/queries.sql``'s named blocks (:func:`query`), which every module that talks to the ops
+tables uses.
 
 Static SQL lives in ``sql/queries.sql`` as named blocks; the few queries over the user's
 table depend on its key and are built here from :mod:`keys`. Functions take a connection
-and run in the caller's transaction unless they say otherwise.
+and run in the caller's transaction unless they say otherwise. The ops schema itself is
+:mod:`schema`'s; the user's table is inspected by :mod:`target`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from .db import pg_interval, transaction
-from .errors import PermissionDenied, TargetInvalid
-from .keys import Bound, KeyColumn, KeyRange, KeySpec, as_bound, quote_qualified, split_qualified
+from .keys import Bound, KeyRange, as_bound
 from .keysql import RangeQueries
 from .planner import split_range
 from .settings import TimeoutPolicy
@@ -29,13 +31,13 @@ from .states import RangeState, RunState
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-SCHEMA_VERSION = 2
-_LOCK_KEY = "cryptopi_batch.schema"
+    from .target import Target
+
 _BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
 
 
 @functools.cache
-def _sql_dir() -> Traversable:
+def sql_dir() -> Traversable:
     """The package's SQL files: beside this module when installed as files (the usual
     case, without the ~3 ms of imports importlib.resources costs), else (a zip) through
     importlib.resources."""
@@ -49,7 +51,7 @@ def _sql_dir() -> Traversable:
 
 @functools.cache
 def _queries() -> dict[str, str]:
-    text = _sql_dir().joinpath("queries.sql").read_text(encoding="utf-8")
+    text = sql_dir().joinpath("queries.sql").read_text(encoding="utf-8")
     parts = _BLOCK.split(text)
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
@@ -57,172 +59,6 @@ def _queries() -> dict[str, str]:
 def query(name: str) -> str:
     """The named block of ``sql/queries.sql``."""
     return _queries()[name]
-
-
-def _version_files() -> list[tuple[int, str]]:
-    folder = _sql_dir().joinpath("versions")
-    found = [
-        (int(f.name.split("_", 1)[0]), f.read_text(encoding="utf-8"))
-        for f in folder.iterdir()
-        if f.name.endswith(".sql")
-    ]
-    return sorted(found)
-
-
-_LOCKED_VERSION_TABLE = (
-    f"SELECT pg_advisory_xact_lock(hashtext('{_LOCK_KEY}'));"
-    " CREATE SCHEMA IF NOT EXISTS ops;"
-    " CREATE TABLE IF NOT EXISTS ops.batch_schema_version ("
-    " component text PRIMARY KEY, version integer NOT NULL,"
-    " upgraded_at timestamptz NOT NULL DEFAULT now());"
-)
-_SET_VERSION = (
-    "INSERT INTO ops.batch_schema_version (component, version) VALUES"
-    f" ('cryptopi_batch', {SCHEMA_VERSION}) ON CONFLICT (component) DO UPDATE"
-    " SET version = EXCLUDED.version, upgraded_at = now()"
-    " WHERE ops.batch_schema_version.version < EXCLUDED.version;"
-)
-
-
-async def schema_version(conn: asyncpg.Connection) -> int:
-    """The installed ops schema version; 0 when none is installed. Writes nothing."""
-    if not await conn.fetchval(query("schema_version")):
-        return 0
-    return int(await conn.fetchval(query("schema_version_read")) or 0)
-
-
-async def ensure_schema(conn: asyncpg.Connection, settings: str = "") -> None:
-    """Create or upgrade the ops schema, once, however many runners start together.
-
-    A transaction-scoped advisory lock serialises the upgrade (it works through PgBouncer's
-    transaction pooling, unlike a session lock); the version is re-read under the lock.
-    ``settings`` (``SET LOCAL …``) apply to that transaction: `run` gives it its lock
-    timeout, so an upgrade that must alter a table in use never queues long for it.
-    """
-    if await schema_version(conn) >= SCHEMA_VERSION:
-        return
-    try:
-        # The lock and the version table come with BEGIN; the upgrade and its version
-        # with one message: a first run's set-up costs four round trips, not ten.
-        async with transaction(conn, settings + _LOCKED_VERSION_TABLE):
-            current = int(await conn.fetchval(query("schema_version_read")) or 0)
-            upgrade = [sql for version, sql in _version_files() if version > current]
-            await conn.execute("\n".join([*upgrade, _SET_VERSION]))
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise PermissionDenied(f"cannot create the ops schema: {exc}") from None
-
-
-# --- the user's table ---------------------------------------------------------------
-
-# Only text[] among the arrays: asyncpg knows it without asking the server (a bool[] or an
-# int8[] costs each new connection a type introspection query, ~5 ms on a cold one).
-# The table, its key columns (in the key's order; a NULL type: no such column), whether a
-# unique index covers exactly the key (its columns, in order, with no predicate and no
-# expressions: only then is "key > cursor" a total order over the rows), and the privileges
-# of $4 it lacks: one round trip.
-_INSPECT = """
-SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
-       k.types, k.nullable,
-       EXISTS (
-           SELECT FROM pg_index i
-            WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-              AND i.indnkeyatts = cardinality($3::text[])
-              AND (SELECT array_agg(a.attname::text ORDER BY x.n)
-                     FROM unnest(i.indkey) WITH ORDINALITY AS x(attnum, n)
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = x.attnum
-                    WHERE x.n <= i.indnkeyatts) = $3::text[]) AS unique_index,
-       ARRAY(SELECT p FROM unnest($4::text[]) WITH ORDINALITY AS q(p, n)
-              WHERE NOT has_table_privilege(c.oid, p) ORDER BY q.n) AS missing_privileges
-  FROM pg_class c
-  JOIN pg_namespace ns ON ns.oid = c.relnamespace
- CROSS JOIN LATERAL (
-       SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY w.n) AS types,
-              COALESCE(array_agg(w.name ORDER BY w.n) FILTER (WHERE NOT a.attnotnull),
-                       '{}') AS nullable
-         FROM unnest($3::text[]) WITH ORDINALITY AS w(name, n)
-         LEFT JOIN pg_attribute a
-           ON a.attrelid = c.oid AND a.attname = w.name AND a.attnum > 0
-          AND NOT a.attisdropped) k
- WHERE c.relname = $2 AND ns.nspname = COALESCE($1, current_schema())
-   AND c.relkind IN ('r', 'p')
-"""
-
-
-# What else a name in pg_class may be (relkind), for the message when it is not a table.
-_NOT_TABLES = {
-    "v": "a view",
-    "m": "a materialized view",
-    "f": "a foreign table",
-    "S": "a sequence",
-    "i": "an index",
-    "I": "an index",
-    "c": "a composite type",
-}
-
-
-@dataclass(frozen=True)
-class Target:
-    """The table a migration batches over, checked against the catalog."""
-
-    table: str  # as regclass prints it
-    key: KeySpec
-    estimate: int  # pg_class.reltuples: -1 when never analysed
-
-    @property
-    def quoted(self) -> str:
-        return quote_qualified(self.table)
-
-
-async def inspect_target(
-    conn: asyncpg.Connection,
-    table: str,
-    key: tuple[str, ...],
-    privileges: Sequence[str] = ("SELECT",),
-) -> Target:
-    """Check that ``table`` exists, ``key`` is NOT NULL and covered by a unique index, and
-    the session has ``privileges`` on the table.
-
-    Reads the catalog only, in one query. Raises :class:`TargetInvalid` (or
-    :class:`PermissionDenied`) with one line that says what is wrong.
-    """
-    parts = split_qualified(table)
-    schema, name = (None, parts[0]) if len(parts) == 1 else parts
-    row = await conn.fetchrow(_INSPECT, schema, name, list(key), list(privileges))
-    if row is None:
-        kind = await conn.fetchval(
-            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", table
-        )
-        if kind in _NOT_TABLES:
-            raise TargetInvalid(f"{table} is {_NOT_TABLES[kind]}, not a table")
-        raise TargetInvalid(f"table {table} does not exist")
-    types = dict(zip(key, row["types"], strict=True))
-    missing = [k for k in key if types[k] is None]
-    if missing:
-        raise TargetInvalid(f"table {table} has no column {', '.join(missing)}")
-    nullable = list(row["nullable"])
-    if nullable:
-        raise TargetInvalid(
-            f"key column {', '.join(nullable)} of {table} is nullable; a key must be NOT NULL"
-        )
-    if not row["unique_index"]:
-        raise TargetInvalid(
-            f"key ({', '.join(key)}) of {table} is not covered by a unique"
-            " index or primary key on exactly those columns"
-        )
-    if row["missing_privileges"]:
-        raise PermissionDenied(
-            f"permission denied: {row['missing_privileges'][0]} on {row['table_name']}"
-        )
-    spec = KeySpec(tuple(KeyColumn(k, types[k]) for k in key))
-    return Target(row["table_name"], spec, int(row["estimate"]))
-
-
-async def estimate_rows(conn: asyncpg.Connection, target: Target) -> int:
-    """The planner's row estimate; a table never analysed is counted (once, at a run's first
-    start only: resuming never scans the table)."""
-    if target.estimate >= 0:
-        return target.estimate
-    return int(await conn.fetchval(f"SELECT count(*) FROM {target.quoted}"))
 
 
 async def last_key(conn: asyncpg.Connection, target: Target) -> Bound | None:

@@ -28,7 +28,8 @@ from .retry import Fault, Faults
 from .sessions import Sessions
 from .settings import RunSettings
 from .stopping import StopSignal
-from .store import Claim, RangeRow, RunStore, Target, batch_settings
+from .store import Claim, RangeRow, RunStore, batch_settings
+from .target import Target
 from .throttle import BatchSizer
 
 log = structlog.get_logger("cryptopi_batch")

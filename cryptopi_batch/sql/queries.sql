@@ -1,5 +1,6 @@
--- Every static query of the ops schema, by name. store.py loads them with `query(name)`.
--- Queries over the migration's own table depend on its key and are built in store.py.
+-- Every static query of the ops schema and of the catalog, by name. store.py loads them
+-- with `query(name)`. Queries over the migration's own table depend on its key and are
+-- built in store.py.
 
 -- schema_version --
 SELECT to_regclass('ops.batch_schema_version') IS NOT NULL AS present;
@@ -146,9 +147,10 @@ WITH done AS (
        AND NOT EXISTS (SELECT 1 FROM ops.backfill_batches
                         WHERE backfill = $1 AND status <> 'done')
     RETURNING name)
+-- ($2::text: the seed's filename may be a varchar, see preflight.MIGRATIONS_SHAPE.)
 INSERT INTO ops.migrations (filename)
-SELECT $2 FROM done
- WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $2)
+SELECT $2::text FROM done
+ WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $2::text)
 RETURNING id;
 
 -- set_status --
@@ -212,3 +214,78 @@ SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
   JOIN unnest($1::int[], $2::timestamptz[], $3::bool[]) AS b(pid, at, whole)
     ON a.pid = b.pid
    AND CASE WHEN b.whole THEN a.backend_start ELSE a.xact_start END = b.at;
+
+-- inspect_target --
+-- The migration's table ($1 its schema, NULL: the search path's; $2 its name): its key
+-- columns $3 (in the key's order; a NULL type: no such column), whether a unique index
+-- covers exactly the key (its columns, in order, with no predicate and no expressions:
+-- only then is "key > cursor" a total order over the rows), and the privileges of $4 it
+-- lacks: one round trip. (Only text[] among the arrays: asyncpg knows it without asking
+-- the server; a bool[] or an int8[] costs each new connection a type introspection
+-- query, ~5 ms on a cold one.)
+SELECT c.oid::regclass::text AS table_name, c.reltuples::bigint AS estimate,
+       k.types, k.nullable,
+       EXISTS (
+           SELECT FROM pg_index i
+            WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+              AND i.indnkeyatts = cardinality($3::text[])
+              AND (SELECT array_agg(a.attname::text ORDER BY x.n)
+                     FROM unnest(i.indkey) WITH ORDINALITY AS x(attnum, n)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = x.attnum
+                    WHERE x.n <= i.indnkeyatts) = $3::text[]) AS unique_index,
+       ARRAY(SELECT p FROM unnest($4::text[]) WITH ORDINALITY AS q(p, n)
+              WHERE NOT has_table_privilege(c.oid, p) ORDER BY q.n) AS missing_privileges
+  FROM pg_class c
+  JOIN pg_namespace ns ON ns.oid = c.relnamespace
+ CROSS JOIN LATERAL (
+       SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY w.n) AS types,
+              COALESCE(array_agg(w.name ORDER BY w.n) FILTER (WHERE NOT a.attnotnull),
+                       '{}') AS nullable
+         FROM unnest($3::text[]) WITH ORDINALITY AS w(name, n)
+         LEFT JOIN pg_attribute a
+           ON a.attrelid = c.oid AND a.attname = w.name AND a.attnum > 0
+          AND NOT a.attisdropped) k
+ WHERE c.relname = $2 AND ns.nspname = COALESCE($1, current_schema())
+   AND c.relkind IN ('r', 'p');
+
+-- relkind --
+-- What a name that is not a table is instead (for the message).
+SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1);
+
+-- count_rows --
+-- A table never analysed, counted once at a run's first start. The table: its quoted
+-- name from the catalog, put in by str.format (target.estimate_rows).
+SELECT count(*) FROM {table};
+
+-- read_only --
+-- The pre-flight's transaction: whatever it checks, the server holds it to writing nothing.
+SET TRANSACTION READ ONLY;
+
+-- preflight_session --
+-- The server session a run's checks see, and the seed's ops.migrations. pid: the server
+-- process's own (a pooler announces its own at connect). standby, read_only: whether the
+-- server or the session's default refuses writes (the checks' own transaction is read
+-- only, whatever the default). The columns of ops.migrations,
+-- when it exists: their names and types, and those that an INSERT of the file name alone
+-- fills (nullable, or with a default, an identity or a generation expression).
+WITH m AS (
+    SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type,
+           NOT a.attnotnull OR a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+               AS filled,
+           a.attnum
+      FROM pg_attribute a
+     WHERE a.attrelid = to_regclass('ops.migrations') AND a.attnum > 0
+       AND NOT a.attisdropped)
+SELECT pg_backend_pid() AS pid,
+       pg_is_in_recovery() AS standby,
+       current_setting('default_transaction_read_only')::boolean AS read_only,
+       to_regclass('ops.migrations') IS NOT NULL AS migrations,
+       ARRAY(SELECT name FROM m ORDER BY attnum) AS migrations_columns,
+       ARRAY(SELECT type FROM m ORDER BY attnum) AS migrations_types,
+       ARRAY(SELECT name FROM m WHERE filled ORDER BY attnum) AS migrations_filled;
+
+-- explain --
+-- The pre-flight's privilege check of a migration's statement (its SQL with the range
+-- expanded, put in by str.format): EXPLAIN starts the executor, which checks the
+-- privileges the statement needs, column by column; nothing runs.
+EXPLAIN {statement}

@@ -1567,3 +1567,78 @@ def test_the_error_lines_quoted_in_the_docs_are_the_real_ones(dsn: str, tmp_path
 
     for line in lines:
         assert line in quoted, line
+
+
+# --- the pre-flight: what only the server can tell ------------------------------------------
+
+TOUCH = "UPDATE matrices.dyn_values SET touched = touched + 1"
+
+# {range} where it expands harmlessly and binds nothing: the statement would be unbounded.
+RANGE_NOT_IN_SQL = {
+    "line_comment": f"{TOUCH} -- {{range}}",
+    "block_comment": f"{TOUCH} /* {{range}} */",
+    "string": f"{TOUCH} WHERE note <> '{{range}}'",
+    "escape_string": f"{TOUCH} WHERE note <> E'{{range}}'",
+    "dollar_quoted": f"{TOUCH} WHERE note <> $$ {{range}} $$",
+    "tagged_dollar_quoted": f"{TOUCH} WHERE note <> $tag$ {{range}} $tag$",
+}
+
+
+def range_migration(directory: Path, filename: str, sql: str, down: str | None = None) -> Path:
+    declared = "" if down is None else f", down={down!r}"
+    return write_migration(
+        directory,
+        filename,
+        '"""Touch every row."""\nfrom cryptopi_batch import Backfill\n\n'
+        f'migration = Backfill(table="{TABLE}", key="id", batch_size=100, sql={sql!r}'
+        f"{declared})\n",
+    )
+
+
+@pytest.mark.parametrize("form", ["sql", "down"])
+@pytest.mark.parametrize("case", list(RANGE_NOT_IN_SQL))
+def test_range_in_a_comment_or_a_literal_exits_2_and_writes_nothing(
+    dsn: str, workdir: Path, case: str, form: str
+) -> None:
+    """The prepared statement must take the range's bounds: {range} where it binds nothing
+    is refused before anything is written, in sql= and in down=."""
+    seed(dsn, 300)
+    hidden = RANGE_NOT_IN_SQL[case]
+    filename = "20240101_0000_touch_all.py"
+    if form == "sql":
+        range_migration(workdir / "migrations", filename, hidden)
+    else:
+        range_migration(workdir / "migrations", filename, f"{TOUCH} WHERE {{range}}", hidden)
+    result = cli("run", "touch_all", dsn=dsn, cwd=workdir)
+    line = _assert_could_not_start(result, [filename])
+    its = "SQL" if form == "sql" else "down= SQL"
+    assert line.endswith(
+        f"{{range}} must appear in its {its} itself, not in a comment or a string literal"
+    ), line
+    assert not has_ops_schema(dsn)
+    assert touched_sum(dsn) == 0
+
+
+def test_range_in_the_sql_itself_runs_beside_one_in_a_comment(dsn: str, workdir: Path) -> None:
+    """A {range} that binds its bounds is enough: one more in a comment does not matter."""
+    rows = 300
+    seed(dsn, rows)
+    filename = "20240101_0000_touch_all.py"
+    range_migration(
+        workdir / "migrations",
+        filename,
+        f"{TOUCH} WHERE {{range}} -- {{range}}",
+        down=f"UPDATE {TABLE} AS t SET touched = t.touched - 1 WHERE {{range:t}} /* {{range}} */",
+    )
+    result = cli("run", "touch_all", dsn=dsn, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert_exactly_once(dsn, "20240101_0000_touch_all", filename, rows)
+
+
+def test_sql_with_parameters_of_its_own_exits_2(dsn: str, workdir: Path) -> None:
+    seed(dsn, 300)
+    filename = "20240101_0000_touch_all.py"
+    range_migration(workdir / "migrations", filename, f"{TOUCH} WHERE {{range}} AND id <> $2")
+    result = cli("run", "touch_all", dsn=dsn, cwd=workdir)
+    _assert_could_not_start(result, [filename, "parameters of its own"])
+    assert not has_ops_schema(dsn)

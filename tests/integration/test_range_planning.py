@@ -30,11 +30,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cryptopi_batch import store
+from cryptopi_batch import schema, store
 from cryptopi_batch.keys import Bound, KeyRange, as_bound
 from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.settings import TimeoutPolicy
 from cryptopi_batch.store import RunStore
+from cryptopi_batch.target import inspect_target
 
 pytestmark = pytest.mark.anyio
 
@@ -187,7 +188,7 @@ async def _setup(
 ) -> tuple[Context, Plan]:
     """The kind's table holding exactly ``values``, and the run's row as a start (or a
     resume from the checkpoint) writes it."""
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     if await conn.fetchval("SELECT to_regclass($1) IS NULL", kind.table):
         await conn.execute(kind.ddl)
     await conn.execute(f"TRUNCATE {kind.table}")
@@ -200,7 +201,7 @@ async def _setup(
     end = index.bounds[end_at]
     checkpoint = None if checkpoint_at is None else index.bounds[checkpoint_at]
 
-    target = await store.inspect_target(conn, kind.table, tuple(c for c, _ in kind.columns))
+    target = await inspect_target(conn, kind.table, tuple(c for c, _ in kind.columns))
     await conn.execute("DELETE FROM ops.backfills WHERE name = $1", NAME)  # and its batches
     await conn.execute(
         store.query("insert_backfill"),
@@ -548,9 +549,9 @@ test_text_keys_in_a_linguistic_collation = _property_of("text_linguistic")
 async def test_an_empty_table_hands_out_nothing(conn: asyncpg.Connection) -> None:
     """No key at start: no end key, exhausted from the start, no claim."""
     kind = KINDS["sparse_bigint"]
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     await conn.execute(kind.ddl)
-    target = await store.inspect_target(conn, kind.table, ("k",))
+    target = await inspect_target(conn, kind.table, ("k",))
     assert await store.last_key(conn, target) is None
     await conn.execute(
         store.query("insert_backfill"),

@@ -32,7 +32,7 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import commands, store
+from cryptopi_batch import commands, schema
 from cryptopi_batch.control import pid_namespace
 from cryptopi_batch.db import Connection, ConnectionSettings, Ending
 from cryptopi_batch.errors import Stopped
@@ -40,6 +40,7 @@ from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.sessions import Sessions
 from cryptopi_batch.settings import TimeoutPolicy
 from cryptopi_batch.store import RunStore
+from cryptopi_batch.target import inspect_target
 
 pytestmark = pytest.mark.anyio
 
@@ -554,7 +555,7 @@ async def test_a_file_already_recorded_in_ops_migrations_is_not_run_again(
     `--restart` runs it all the same."""
     await seed_table(conn, rows=300)
     name = write_migration(tmp_path, "touch_recorded", sql_migration(TABLE, batch_size=100))
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     await conn.execute("INSERT INTO ops.migrations (filename) VALUES ($1)", f"{name}.py")
     connection = ConnectionSettings(dsn=dsn)
 
@@ -662,7 +663,7 @@ async def test_a_runner_gone_from_this_host_is_retired_only_in_the_same_pid_name
         child.pid,
         namespace,
     )
-    target = await store.inspect_target(conn, TABLE, ("id",))
+    target = await inspect_target(conn, TABLE, ("id",))
     held = await RunStore(name, token, RangeQueries(target), 3600).claim(
         conn, size=100, timeouts=TimeoutPolicy()
     )
@@ -700,7 +701,7 @@ async def test_a_runner_that_dies_mid_run_on_this_host_is_retired_by_the_heartbe
     )
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0s")  # the run's row and ops schema
-    target = await store.inspect_target(conn, TABLE, ("id",))
+    target = await inspect_target(conn, TABLE, ("id",))
     token = uuid.uuid4()
     peer = await anyio.open_process(["sleep", "60"])
     try:
@@ -760,12 +761,12 @@ async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_duration="0s")
     await back_to_schema_version_1(conn)
-    assert await store.schema_version(conn) == 1
+    assert await schema.schema_version(conn) == 1
 
     results = await run_together(dsn, tmp_path, name)
 
     assert len(results) == 2
-    assert await store.schema_version(conn) == store.SCHEMA_VERSION == 2
+    assert await schema.schema_version(conn) == schema.SCHEMA_VERSION == 2
     assert (
         await conn.fetchval(
             "SELECT count(*) FROM ops.backfill_workers WHERE pid_namespace IS NOT NULL"
@@ -797,7 +798,7 @@ async def test_the_range_lookup_is_an_index_range_scan(conn: asyncpg.Connection,
         await conn.execute("ANALYZE words")
         table, key = "words", ("k",)
         lower, upper = ("4",), ("c",)
-    target = await store.inspect_target(conn, table, key)
+    target = await inspect_target(conn, table, key)
     queries = RangeQueries(target)
 
     for sql, params in (

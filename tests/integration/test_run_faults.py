@@ -26,13 +26,14 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import commands, store
+from cryptopi_batch import commands, schema, store
 from cryptopi_batch.db import APPLICATION_NAME
 from cryptopi_batch.errors import BatchFailed, CouldNotStart, SourceChanged, Stopped
 from cryptopi_batch.keys import KeyRange
 from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.settings import TimeoutPolicy
 from cryptopi_batch.store import RunStore
+from cryptopi_batch.target import inspect_target
 
 pytestmark = pytest.mark.anyio
 
@@ -370,7 +371,7 @@ async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_laps
     await seed_table(conn, rows=300)
     name = write_migration(tmp_path, "touch_split", sql_migration(TABLE, batch_size=50))
     migration = commands.find_migration(tmp_path, name)
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     # What a run stopped after shrinking its batches leaves: the key space handed out, and
     # one pending remainder six times the batch size.
     await conn.execute(
@@ -518,7 +519,7 @@ async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
     batch's lock timeout (then the caller retries), and changes nothing."""
     await seed_table(conn, rows=300)
     name = write_migration(tmp_path, "touch_cut", sql_migration(TABLE, batch_size=50))
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     await conn.execute(
         "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
         " end_key, frontier, exhausted, batch_size, source_checksum) VALUES ($1, $1 || '.py',"
@@ -533,7 +534,7 @@ async def test_a_split_behind_a_table_lock_gives_up_after_the_lock_timeout(
         name,
         token,
     )
-    ranges = RangeQueries(await store.inspect_target(conn, TABLE, ("id",)))
+    ranges = RangeQueries(await inspect_target(conn, TABLE, ("id",)))
     claim = store.Claim(batch_id, KeyRange(None, ("300",)), 300, 0)
     holder, splitter = await connect(dsn), await connect(dsn)
     try:
@@ -586,7 +587,7 @@ async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
     make endless; the run then completes."""
     await seed_table(conn, rows=300)
     name = write_migration(tmp_path, "touch_behind", sql_migration(TABLE, batch_size=100))
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     holder, watcher = await connect(dsn), await connect(dsn)
     longest = 0.0
     try:
@@ -649,13 +650,13 @@ async def test_a_schema_upgrade_waits_for_a_table_in_use_no_longer_than_the_lock
             with anyio.fail_after(10), pytest.raises(CouldNotStart) as refused:
                 await run(dsn, tmp_path, name, lock_timeout="200ms")
             assert refused.value.exit_code == 2
-            assert await store.schema_version(conn) == 1
+            assert await schema.schema_version(conn) == 1
     finally:
         await holder.close()
     result = await run(dsn, tmp_path, name)
     assert result.outcome is not None
     assert result.outcome.completed
-    assert await store.schema_version(conn) == store.SCHEMA_VERSION
+    assert await schema.schema_version(conn) == schema.SCHEMA_VERSION
 
 
 async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
@@ -667,7 +668,7 @@ async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
     fails."""
     await seed_table(conn, rows=300)
     name = write_migration(tmp_path, "touch_claims", sql_migration(TABLE, batch_size=100))
-    await store.ensure_schema(conn)
+    await schema.ensure_schema(conn)
     await conn.execute("""
         CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN

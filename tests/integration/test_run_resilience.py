@@ -30,12 +30,13 @@ from run_support import (
     write_migration,
 )
 
-from cryptopi_batch import sessions, store
+from cryptopi_batch import schema, sessions, store
 from cryptopi_batch.embedded import EmbeddedCluster
 from cryptopi_batch.keys import KeyRange
 from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.settings import TimeoutPolicy
 from cryptopi_batch.store import RunStore
+from cryptopi_batch.target import inspect_target
 from cryptopi_batch.worker import Verdict, verdict
 
 pytestmark = pytest.mark.anyio
@@ -186,7 +187,7 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
                 "SELECT token FROM ops.backfill_workers WHERE backfill = $1 AND stopped_at IS NULL",
                 name,
             )
-            target = await store.inspect_target(watcher, TABLE, ("id",))
+            target = await inspect_target(watcher, TABLE, ("id",))
             # A real claim from the frontier under the runner's token, with an hour's
             # lease: the runner never learns of it.
             c = await RunStore(name, token, RangeQueries(target), 3600).claim(
@@ -251,7 +252,7 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
     try:
         await seed_table(conn, rows=300)
         name = write_migration(tmp_path, "touch_judged", _slow_migration(0, 50))
-        await store.ensure_schema(conn)
+        await schema.ensure_schema(conn)
         await conn.execute(
             "INSERT INTO ops.backfills (name, filename, table_name, key_columns, key_types,"
             " end_key, batch_size, source_checksum) VALUES ($1, $1 || '.py', $2, '{id}',"
@@ -270,7 +271,7 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
             status,
             token if ours else other,
         )
-        target = await store.inspect_target(conn, TABLE, ("id",))
+        target = await inspect_target(conn, TABLE, ("id",))
         runs = RunStore(name, token, RangeQueries(target), 60)
         claim = store.Claim(batch_id, KeyRange(("100",), ("150",)), 50, 0)
 

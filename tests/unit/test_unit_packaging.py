@@ -14,7 +14,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from cryptopi_batch import store
+from cryptopi_batch import schema
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "cryptopi_batch"
@@ -47,9 +47,9 @@ def test_the_sql_files_are_found_when_the_package_is_imported_from_a_zip(tmp_pat
             if f.is_file() and "__pycache__" not in f.parts:
                 z.write(f, f.relative_to(ROOT))
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from cryptopi_batch import store;"
+        "import sys; sys.path.insert(0, sys.argv[1]); from cryptopi_batch import schema, store;"
         " assert store.__file__.startswith(sys.argv[1]), store.__file__;"
-        " print(len(store._queries()), [v for v, _ in store._version_files()])"
+        " print(len(store._queries()), [v for v, _ in schema._version_files()])"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, str(archive)],
@@ -61,7 +61,7 @@ def test_the_sql_files_are_found_when_the_package_is_imported_from_a_zip(tmp_pat
     assert out.returncode == 0, out.stderr
     queries, versions = out.stdout.split(" ", 1)
     assert int(queries) > 10
-    assert versions.strip() == str(list(range(1, store.SCHEMA_VERSION + 1)))
+    assert versions.strip() == str(list(range(1, schema.SCHEMA_VERSION + 1)))
 
 
 def test_the_embedded_server_is_an_extra_not_a_runtime_dependency() -> None:

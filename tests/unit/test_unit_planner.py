@@ -1,6 +1,6 @@
 """Property tests of ``split_range`` against a simulated index.
 
-The next range from the frontier is planned in SQL now (``store.RangeQueries``); its
+The next range from the frontier is planned in SQL now (``keysql.RangeQueries``); its
 properties are tested on a real server in tests/integration/test_range_planning.py. What is
 left in Python is cutting a claimed range after its n-th key, a key the database finds. Here
 that key comes from a sorted list of unique keys (the index), ordered by the keys' real

@@ -11,7 +11,8 @@ import pytest
 import cryptopi_batch
 from cryptopi_batch import store
 from cryptopi_batch.keys import KeyColumn, KeyRange, KeySpec
-from cryptopi_batch.store import RangeQueries, Target
+from cryptopi_batch.store import RangeQueries
+from cryptopi_batch.target import Target
 
 PACKAGE = Path(cryptopi_batch.__file__).parent
 QUERIES = resources.files("cryptopi_batch").joinpath("sql/queries.sql").read_text()

@@ -1,5 +1,5 @@
 -- Version 1 of the ops schema of cryptopi_batch. Applied under a transaction-scoped
--- advisory lock, in one transaction with the version bump (see store.ensure_schema).
+-- advisory lock, in one transaction with the version bump (see schema.ensure_schema).
 
 -- The seed's tracking table: created when missing, adopted as it is when present.
 CREATE TABLE IF NOT EXISTS ops.migrations (
