@@ -25,7 +25,8 @@ from cryptopi_batch.sessions import Sessions
 from cryptopi_batch.settings import RunSettings, ThrottlePolicy
 from cryptopi_batch.states import RangeState, RunState
 from cryptopi_batch.stopping import StopSignal
-from cryptopi_batch.store import Claim, RangeRow, RunCounters, RunStore, Target
+from cryptopi_batch.store import Claim, RangeRow, RunCounters, RunStore
+from cryptopi_batch.target import Target
 from cryptopi_batch.throttle import BatchSizer
 from cryptopi_batch.worker import BatchWorker, Crew, Verdict, verdict
 
