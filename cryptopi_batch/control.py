@@ -143,7 +143,7 @@ class Control:
                         if beats % 5 == 0:
                             retired = await self._retire_dead_peers(self.conn, host, namespace)
                             if retired:
-                                log.info("workers_retired", count=retired)
+                                log.info("runners_retired", count=retired)
             except Exception as exc:  # also asyncpg's InternalClientError on a killed backend
                 if isinstance(exc, TimeoutError):
                     self.conn.terminate()

@@ -115,7 +115,7 @@ class Runner:
                     f" {self._describe(exc)}; no batch ran, `run` resumes"
                 ) from None
             if retired:
-                log.info("workers_retired", count=retired)
+                log.info("runners_retired", count=retired)
             with structlog.contextvars.bound_contextvars(migration=self.name):
                 log.info(
                     "run_started",

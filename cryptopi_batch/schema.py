@@ -13,7 +13,7 @@ from .db import transaction
 from .errors import PermissionDenied
 from .store import query, sql_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LOCK_KEY = "cryptopi_batch.schema"
 
 

@@ -766,7 +766,7 @@ async def test_two_runners_upgrade_a_version_1_ops_schema_and_resume_its_run(
     results = await run_together(dsn, tmp_path, name)
 
     assert len(results) == 2
-    assert await schema.schema_version(conn) == schema.SCHEMA_VERSION == 2
+    assert await schema.schema_version(conn) == schema.SCHEMA_VERSION == 3
     assert (
         await conn.fetchval(
             "SELECT count(*) FROM ops.backfill_workers WHERE pid_namespace IS NOT NULL"
