@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from . import schema, store
+from . import schema
 from .db import (
     Connection,
     ConnectionSettings,
@@ -33,9 +33,12 @@ from .errors import (
     UsageError,
 )
 from .keys import as_bound
+from .keysql import RangeQueries
 from .preflight import check_declared, preflight
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, resolve_settings
+from .states import RunState
+from .store import OPS
 from .target import Target, estimate_rows
 
 if TYPE_CHECKING:
@@ -184,47 +187,40 @@ async def _start_or_resume(
     # every other runner's checkpoint needs. No statement timeout: a first start on a
     # table never analysed counts its rows.
     async with transaction(conn, settings.timeouts.local(statement=False)):
-        row = await conn.fetchrow(store.query("lock_backfill"), name)
+        row = await OPS.lock_run(conn, name)
         if row is not None and settings.restart:
-            await conn.execute(store.query("delete_backfill"), name)
+            await OPS.delete_run(conn, name)
             row = None
         if (
             row is None
             and not settings.restart
-            and await conn.fetchval(store.query("is_applied"), migration.file.filename)
+            and await OPS.is_applied(conn, migration.file.filename)
         ):
             return None
+        keys = RangeQueries(target)
         if row is None:
-            end = await store.last_key(conn, target)
-            await conn.execute(
-                store.query("insert_backfill"),
-                name,
-                migration.file.filename,
-                target.table,
-                list(target.key.names),
-                [c.type for c in target.key.columns],
-                None if end is None else list(end),
-                settings.batch_size,
-                await estimate_rows(conn, target),
-                migration.checksum,
-                "up",
+            await OPS.insert_run(
+                conn,
+                name=name,
+                filename=migration.file.filename,
+                target=target,
+                end=await keys.last_key(conn),
+                batch_size=settings.batch_size,
+                estimate=await estimate_rows(conn, target),
+                checksum=migration.checksum,
             )
-            row = await conn.fetchrow(store.query("lock_backfill"), name)
+            row = await OPS.lock_run(conn, name)
             assert row is not None
         status = row["status"]
         if status == "completed":
             if not settings.catch_up:
                 return row
-            end = await store.last_key(conn, target)
+            end = await keys.last_key(conn)
             if end is None or list(end) == list(row["end_key"] or []):
                 return row
             estimate = await estimate_rows(conn, target)
-            await conn.execute(
-                store.query("catch_up_backfill"),
-                name,
-                list(end),
-                max(estimate - int(row["keys_done"]), 0),
-            )
+            more = max(estimate - int(row["keys_done"]), 0)
+            await OPS.extend_run(conn, name, end=end, more_keys=more)
         elif status == "cancelled":
             raise RunCancelled(f"{name} was cancelled; `run --restart` starts it again")
         elif status == "paused":
@@ -234,8 +230,8 @@ async def _start_or_resume(
                 f"{shown(migration.file.path)} changed since its run started;"
                 " rerun with --force to resume with the new source"
             )
-        fresh = await conn.fetchrow(
-            store.query("reopen_backfill"), name, migration.checksum, settings.batch_size
+        fresh = await OPS.reopen_run(
+            conn, name, checksum=migration.checksum, batch_size=settings.batch_size
         )
         assert fresh is not None  # the row is locked by this transaction
         return fresh
@@ -259,9 +255,9 @@ async def status(
             if await schema.schema_version(conn) == 0:
                 rows: list[asyncpg.Record] = []
             else:
-                rows = await conn.fetch(store.query("status_rows"), wanted, LIVE_WITHIN)
-                if wanted is not None and not rows:
-                    applied = bool(await conn.fetchval(store.query("is_applied"), filename))
+                rows = await OPS.status_rows(conn, wanted, live_within=LIVE_WITHIN)
+                if filename is not None and not rows:
+                    applied = await OPS.is_applied(conn, filename)
         found = [status_row(r) for r in rows]
         if wanted is not None and not found:
             # As `list` says: recorded in ops.migrations without a batched run, it is done.
@@ -282,12 +278,10 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
             if await schema.schema_version(conn) > 0:
                 by_name = {
                     r["name"]: status_row(r)
-                    for r in await conn.fetch(store.query("status_rows"), None, LIVE_WITHIN)
+                    for r in await OPS.status_rows(conn, None, live_within=LIVE_WITHIN)
                 }
-            if await conn.fetchval("SELECT to_regclass('ops.migrations') IS NOT NULL"):
-                applied = {
-                    r["filename"] for r in await conn.fetch(store.query("applied_filenames"))
-                }
+            if await OPS.has_migrations_table(conn):
+                applied = await OPS.applied_filenames(conn)
         # A batched run's own row speaks for it (also after --restart of a completed run);
         # ops.migrations only for files without one (applied by other tooling, .sql files).
         return [
@@ -302,15 +296,15 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
 @dataclass(frozen=True)
 class ControlResult:
     name: str
-    status: str
+    status: RunState
     changed: bool
 
 
-_CONTROL: dict[str, tuple[str, tuple[str, ...]]] = {
-    # command: (new status, statuses it applies to)
-    "pause": ("paused", ("running", "failed")),
-    "resume": ("running", ("paused",)),
-    "cancel": ("cancelled", ("running", "paused", "failed")),
+_CONTROL: dict[str, tuple[RunState, tuple[RunState, ...]]] = {
+    # command: (new state, states it applies to)
+    "pause": (RunState.PAUSED, (RunState.RUNNING, RunState.FAILED)),
+    "resume": (RunState.RUNNING, (RunState.PAUSED,)),
+    "cancel": (RunState.CANCELLED, (RunState.RUNNING, RunState.PAUSED, RunState.FAILED)),
 }
 
 
@@ -329,12 +323,10 @@ async def control(
         async with _setup_errors(connection):
             if await schema.schema_version(conn) == 0:
                 raise UsageError(f"{resolved} has not started; nothing to {command}")
-            changed = await conn.fetchval(
-                store.query("set_status"), resolved, target, list(applies_to)
-            )
-            row = await conn.fetchrow(store.query("get_backfill"), resolved)
+            changed = await OPS.set_state(conn, resolved, target, when=applies_to)
+            row = await OPS.run_row(conn, resolved)
         if row is None:
             raise UsageError(f"{resolved} has not started; nothing to {command}")
-        return ControlResult(resolved, row["status"], changed is not None)
+        return ControlResult(resolved, RunState(row["status"]), changed)
     finally:
         await close_quietly(conn)

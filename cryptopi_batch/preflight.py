@@ -25,7 +25,7 @@ from .errors import (
 from .keys import KeyRange, render_range
 from .schema import schema_version
 from .settings import RunSettings
-from .store import query
+from .sqlfiles import query
 from .target import Target, inspect_target
 
 

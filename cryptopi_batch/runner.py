@@ -19,7 +19,7 @@ import structlog
 
 from .admission import Admission
 from .control import Control
-from .db import ConnectionSettings, close_quietly, pg_interval
+from .db import ConnectionSettings, begin_with, close_quietly, pg_interval
 from .errors import BatchFailed, Stopped, describe, one_line
 from .keys import Bound
 from .keysql import RangeQueries
@@ -98,10 +98,11 @@ class Runner:
             sizer=BatchSizer(s.throttle, s.batch_size),
             tally=Tally(self.start, self.on_progress),
             describe=self._describe,
-            begin="BEGIN; "
-            + t.local(
-                idle_in_transaction_session_timeout=pg_interval(s.lease_seconds),
-                synchronous_commit="on" if t.synchronous_commit else "off",
+            begin=begin_with(
+                t.local(
+                    idle_in_transaction_session_timeout=pg_interval(s.lease_seconds),
+                    synchronous_commit="on" if t.synchronous_commit else "off",
+                )
             ),
             spare=list(self.connections),
             crash=CrashPoint.from_env(),

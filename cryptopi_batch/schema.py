@@ -11,7 +11,7 @@ import asyncpg
 
 from .db import transaction
 from .errors import PermissionDenied
-from .store import query, sql_dir
+from .sqlfiles import query, sql_dir
 
 SCHEMA_VERSION = 3
 _LOCK_KEY = "cryptopi_batch.schema"

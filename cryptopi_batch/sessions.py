@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -21,10 +21,10 @@ import asyncpg
 import structlog
 from tenacity import RetryCallState
 
-from . import store
-from .db import ConnectionSettings, close_quietly, ours
+from .db import ConnectionSettings, close_quietly, ours, pg_interval
 from .retry import Fault, Faults, RetryPolicy
-from .store import ServerSession
+from .settings import TimeoutPolicy
+from .sqlfiles import query
 
 log = structlog.get_logger("cryptopi_batch")
 T = TypeVar("T")
@@ -36,6 +36,41 @@ REPLY_MARGIN = 5.0
 Xact = tuple[int, datetime, bool]
 """A server session to end if need be: pid, a start time, and whether that is the session's
 start (a direct connection) or its transaction's (behind a pooler)."""
+
+
+ServerSession = tuple[int, datetime]
+"""A server session's pid and a start: the session's own, or its transaction's."""
+
+
+async def session_identity(conn: asyncpg.Connection) -> ServerSession | None:
+    """The server session ``conn`` talks to (pid, backend start)."""
+    row = await conn.fetchrow(query("session_identity"))
+    return None if row is None else (row["pid"], row["backend_start"])
+
+
+async def batch_settings(
+    conn: asyncpg.Connection, timeouts: TimeoutPolicy, idle: float
+) -> ServerSession:
+    """Set a batch transaction's settings as a statement of their own (behind a pooler);
+    returns the session and the transaction's start, naming this very transaction."""
+    row = await conn.fetchrow(
+        query("batch_settings"),
+        pg_interval(timeouts.lock_timeout),
+        pg_interval(timeouts.statement_timeout),
+        pg_interval(idle),
+        "on" if timeouts.synchronous_commit else "off",
+    )
+    assert row is not None  # a SELECT without FROM returns its row
+    return row["pid"], row["xact_start"]
+
+
+async def end_sessions(
+    conn: asyncpg.Connection, sessions: Sequence[tuple[int, datetime, bool]]
+) -> None:
+    """End each session named by its pid and a start: the session's own (``True``) or its
+    transaction's (``False``: only while it is still in that transaction)."""
+    pids, starts, whole = (list(x) for x in zip(*sessions, strict=True))
+    await conn.execute(query("end_sessions"), pids, starts, whole)
 
 
 class Sessions:
@@ -72,9 +107,9 @@ class Sessions:
         """The server session of ``conn`` (pid, start), asked once per connection, if it
         talks to the server directly: then the pid the server announced at connect is its
         own. Behind a pooler (another pid) ``None``: its session may change with every
-        transaction, which must then name itself (``store.batch_settings``)."""
+        transaction, which must then name itself (:func:`batch_settings`)."""
         if conn not in self._direct:
-            session = await store.session_identity(conn)
+            session = await session_identity(conn)
             direct = session is not None and session[0] == conn.get_server_pid()
             self._direct[conn] = session if direct else None
         return self._direct[conn]
@@ -95,7 +130,7 @@ class Sessions:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await self._connection.connect()
-                await store.end_sessions(conn, xacts)
+                await end_sessions(conn, xacts)
             except Exception as exc:  # best effort, whatever the connection raises
                 log.warning("abort_cleanup_failed", error=self._describe(exc))
             finally:

@@ -10,13 +10,10 @@ and run in the caller's transaction unless they say otherwise. The ops schema it
 
 from __future__ import annotations
 
-import functools
-import re
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -26,49 +23,11 @@ from .keys import Bound, KeyRange, as_bound
 from .keysql import RangeQueries
 from .planner import split_range
 from .settings import TimeoutPolicy
+from .sqlfiles import query
 from .states import RangeState, RunState
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
-
     from .target import Target
-
-_BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
-
-
-@functools.cache
-def sql_dir() -> Traversable:
-    """The package's SQL files: beside this module when installed as files (the usual
-    case, without the ~3 ms of imports importlib.resources costs), else (a zip) through
-    importlib.resources."""
-    beside = Path(__file__).with_name("sql")
-    if beside.is_dir():
-        return beside
-    from importlib import resources  # noqa: PLC0415 -- see above
-
-    return resources.files("cryptopi_batch").joinpath("sql")
-
-
-@functools.cache
-def _queries() -> dict[str, str]:
-    text = sql_dir().joinpath("queries.sql").read_text(encoding="utf-8")
-    parts = _BLOCK.split(text)
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
-
-
-def query(name: str) -> str:
-    """The named block of ``sql/queries.sql``."""
-    return _queries()[name]
-
-
-async def last_key(conn: asyncpg.Connection, target: Target) -> Bound | None:
-    """The largest key now: the run's fixed upper end. One index probe."""
-    k = target.key
-    row = await conn.fetchrow(
-        f"SELECT {k.text_values('t')} FROM {target.quoted} t"
-        f" ORDER BY {k.order_by('t', descending=True)} LIMIT 1"
-    )
-    return None if row is None else tuple(row[0])
 
 
 @dataclass(frozen=True)
@@ -353,38 +312,89 @@ class RunStore:
         return Settled(RunState(row["status"]), None if row["id"] is None else Claim.from_row(row))
 
 
-# --- server sessions: naming the session a transaction runs in, and ending it ----------
+class OpsStore:
+    """The ops tables as the commands see them: one typed method per query about runs and
+    applied migrations. Stateless; each method runs on the connection it is given, in the
+    caller's transaction (or none)."""
 
-ServerSession = tuple[int, datetime]
-"""A server session's pid and a start: the session's own, or its transaction's."""
+    async def run_row(self, conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
+        """A run's row of ops.backfills."""
+        return await conn.fetchrow(query("get_backfill"), name)
+
+    async def lock_run(self, conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
+        """A run's row, locked until the transaction ends (start, resume, restart)."""
+        return await conn.fetchrow(query("lock_backfill"), name)
+
+    async def delete_run(self, conn: asyncpg.Connection, name: str) -> None:
+        """Forget a run and its ranges (``--restart``)."""
+        await conn.execute(query("delete_backfill"), name)
+
+    async def insert_run(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        name: str,
+        filename: str,
+        target: Target,
+        end: Bound | None,
+        batch_size: int,
+        estimate: int,
+        checksum: str,
+    ) -> None:
+        """A new run over ``target``'s keys up to ``end`` (``None``: an empty table)."""
+        await conn.execute(
+            query("insert_backfill"),
+            name,
+            filename,
+            target.table,
+            list(target.key.names),
+            [c.type for c in target.key.columns],
+            None if end is None else list(end),
+            batch_size,
+            estimate,
+            checksum,
+            "up",
+        )
+
+    async def reopen_run(
+        self, conn: asyncpg.Connection, name: str, *, checksum: str, batch_size: int
+    ) -> asyncpg.Record | None:
+        """A run set running again (a resume), with the source and batch size it resumes
+        with; returns its row."""
+        return await conn.fetchrow(query("reopen_backfill"), name, checksum, batch_size)
+
+    async def extend_run(
+        self, conn: asyncpg.Connection, name: str, *, end: Bound, more_keys: int
+    ) -> None:
+        """A completed run reopened up to a new end (``--catch-up``)."""
+        await conn.execute(query("catch_up_backfill"), name, list(end), more_keys)
+
+    async def set_state(
+        self, conn: asyncpg.Connection, name: str, state: RunState, *, when: Sequence[RunState]
+    ) -> bool:
+        """Set a run's state if it is in one of ``when``; whether it was."""
+        changed = await conn.fetchval(query("set_status"), name, state, [str(s) for s in when])
+        return changed is not None
+
+    async def status_rows(
+        self, conn: asyncpg.Connection, name: str | None, *, live_within: float
+    ) -> list[asyncpg.Record]:
+        """Every run's row (or ``name``'s) with its live runners (a heartbeat within
+        ``live_within`` seconds) and its recent rates."""
+        return await conn.fetch(query("status_rows"), name, live_within)
+
+    async def has_migrations_table(self, conn: asyncpg.Connection) -> bool:
+        """Whether ops.migrations exists."""
+        return bool(await conn.fetchval(query("migrations_table")))
+
+    async def is_applied(self, conn: asyncpg.Connection, filename: str) -> bool:
+        """Whether ops.migrations records ``filename``."""
+        return bool(await conn.fetchval(query("is_applied"), filename))
+
+    async def applied_filenames(self, conn: asyncpg.Connection) -> set[str]:
+        """Every file name ops.migrations records."""
+        return {r["filename"] for r in await conn.fetch(query("applied_filenames"))}
 
 
-async def session_identity(conn: asyncpg.Connection) -> ServerSession | None:
-    """The server session ``conn`` talks to (pid, backend start)."""
-    row = await conn.fetchrow(query("session_identity"))
-    return None if row is None else (row["pid"], row["backend_start"])
-
-
-async def batch_settings(
-    conn: asyncpg.Connection, timeouts: TimeoutPolicy, idle: float
-) -> ServerSession:
-    """Set a batch transaction's settings as a statement of their own (behind a pooler);
-    returns the session and the transaction's start, naming this very transaction."""
-    row = await conn.fetchrow(
-        query("batch_settings"),
-        pg_interval(timeouts.lock_timeout),
-        pg_interval(timeouts.statement_timeout),
-        pg_interval(idle),
-        "on" if timeouts.synchronous_commit else "off",
-    )
-    assert row is not None  # a SELECT without FROM returns its row
-    return row["pid"], row["xact_start"]
-
-
-async def end_sessions(
-    conn: asyncpg.Connection, sessions: Sequence[tuple[int, datetime, bool]]
-) -> None:
-    """End each session named by its pid and a start: the session's own (``True``) or its
-    transaction's (``False``: only while it is still in that transaction)."""
-    pids, starts, whole = (list(x) for x in zip(*sessions, strict=True))
-    await conn.execute(query("end_sessions"), pids, starts, whole)
+OPS = OpsStore()
+"""The one ops store the commands use."""

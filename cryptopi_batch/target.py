@@ -14,7 +14,7 @@ import asyncpg
 
 from .errors import PermissionDenied, TargetInvalid
 from .keys import KeyColumn, KeySpec, quote_qualified, split_qualified
-from .store import query
+from .sqlfiles import query
 
 # What else a name in pg_class may be (relkind), for the message when it is not a table.
 _NOT_TABLES = {

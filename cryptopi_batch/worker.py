@@ -25,10 +25,10 @@ from .keys import Bound
 from .migration import Batch, Work, run_work
 from .progress import Tally
 from .retry import Fault, Faults
-from .sessions import Sessions
+from .sessions import Sessions, batch_settings
 from .settings import RunSettings
 from .stopping import StopSignal
-from .store import Claim, RangeRow, RunStore, batch_settings
+from .store import Claim, RangeRow, RunStore
 from .target import Target
 from .throttle import BatchSizer
 

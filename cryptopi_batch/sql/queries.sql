@@ -289,3 +289,30 @@ SELECT pg_backend_pid() AS pid,
 -- expanded, put in by str.format): EXPLAIN starts the executor, which checks the
 -- privileges the statement needs, column by column; nothing runs.
 EXPLAIN {statement}
+
+-- migrations_table --
+SELECT to_regclass('ops.migrations') IS NOT NULL;
+
+-- demo_reset --
+-- The demo starts over: its table and the ops schema, in the demo's own server only.
+DROP SCHEMA IF EXISTS ops CASCADE; DROP TABLE IF EXISTS matrices.dyn_values;
+
+-- demo_schema --
+-- The seed's table, as the demo and the benchmarks build it.
+CREATE SCHEMA IF NOT EXISTS matrices;
+CREATE TABLE matrices.dyn_values (
+    id bigint PRIMARY KEY,
+    matrix_id integer NOT NULL,
+    value double precision NOT NULL,
+    confidence numeric,
+    note text
+);
+
+-- demo_rows --
+-- $1 rows with confidence NULL (what the example migration fills).
+INSERT INTO matrices.dyn_values (id, matrix_id, value, note)
+SELECT g, g % 1000, random(), CASE WHEN g % 7 = 0 THEN ' Mixed Case ' END
+  FROM generate_series(1, $1::bigint) AS g;
+
+-- demo_analyze --
+ANALYZE matrices.dyn_values;

@@ -91,9 +91,14 @@ async def run_together(
 
 
 async def back_to_schema_version_1(conn: asyncpg.Connection) -> None:
-    """The ops schema as version 1 left it: without the column version 2 adds."""
+    """The ops schema as version 1 left it: without what versions 2 and 3 add."""
     await conn.execute(
-        "ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace;"
+        "ALTER TABLE ops.backfill_workers DROP COLUMN pid_namespace,"
+        " DROP COLUMN waiting_reason;"
+        " ALTER TABLE ops.backfills DROP COLUMN window_spec, DROP COLUMN window_timezone,"
+        " DROP COLUMN next_window_at, DROP COLUMN max_rows_per_second,"
+        " DROP COLUMN max_wal_bytes_per_second;"
+        " DROP TABLE ops.migration_files;"
         " UPDATE ops.batch_schema_version SET version = 1"
     )
 

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cryptopi_batch import schema, store
+from cryptopi_batch import schema, sqlfiles, store
 from cryptopi_batch.keys import Bound, KeyRange, as_bound
 from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.settings import TimeoutPolicy
@@ -204,7 +204,7 @@ async def _setup(
     target = await inspect_target(conn, kind.table, tuple(c for c, _ in kind.columns))
     await conn.execute("DELETE FROM ops.backfills WHERE name = $1", NAME)  # and its batches
     await conn.execute(
-        store.query("insert_backfill"),
+        sqlfiles.query("insert_backfill"),
         NAME,
         f"{NAME}.py",
         target.table,
@@ -552,9 +552,9 @@ async def test_an_empty_table_hands_out_nothing(conn: asyncpg.Connection) -> Non
     await schema.ensure_schema(conn)
     await conn.execute(kind.ddl)
     target = await inspect_target(conn, kind.table, ("k",))
-    assert await store.last_key(conn, target) is None
+    assert await RangeQueries(target).last_key(conn) is None
     await conn.execute(
-        store.query("insert_backfill"),
+        sqlfiles.query("insert_backfill"),
         NAME,
         f"{NAME}.py",
         target.table,

@@ -39,7 +39,7 @@ def test_package_data_declares_every_data_file() -> None:
 
 
 def test_the_sql_files_are_found_when_the_package_is_imported_from_a_zip(tmp_path: Path) -> None:
-    """Installed as files, store reads its SQL from beside itself; from a zip (a zipapp),
+    """Installed as files, the SQL is read from beside the package; from a zip (a zipapp),
     through importlib.resources."""
     archive = tmp_path / "packaged.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -47,9 +47,10 @@ def test_the_sql_files_are_found_when_the_package_is_imported_from_a_zip(tmp_pat
             if f.is_file() and "__pycache__" not in f.parts:
                 z.write(f, f.relative_to(ROOT))
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from cryptopi_batch import schema, store;"
-        " assert store.__file__.startswith(sys.argv[1]), store.__file__;"
-        " print(len(store._queries()), [v for v, _ in schema._version_files()])"
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        " from cryptopi_batch import schema, sqlfiles;"
+        " assert sqlfiles.__file__.startswith(sys.argv[1]), sqlfiles.__file__;"
+        " print(len(sqlfiles._queries()), [v for v, _ in schema._version_files()])"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, str(archive)],

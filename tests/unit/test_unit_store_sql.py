@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from importlib import resources
 from pathlib import Path
@@ -9,16 +10,16 @@ from pathlib import Path
 import pytest
 
 import cryptopi_batch
-from cryptopi_batch import store
+from cryptopi_batch import sqlfiles
 from cryptopi_batch.keys import KeyColumn, KeyRange, KeySpec
-from cryptopi_batch.store import RangeQueries
+from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.target import Target
 
 PACKAGE = Path(cryptopi_batch.__file__).parent
 QUERIES = resources.files("cryptopi_batch").joinpath("sql/queries.sql").read_text()
 BLOCK = re.compile(r"^-- (\w+) --$", re.MULTILINE)
-# query("name") and store.fetch(conn, "name", …): every way the package names a block.
-USE = re.compile(r"""\bquery\(\s*"(\w+)"\s*\)|\bfetch\(\s*\w+,\s*"(\w+)\"""")
+# query("name"): the way the package names a block.
+USE = re.compile(r"""\bquery\(\s*"(\w+)"\s*\)""")
 
 
 def placeholders(sql: str) -> set[int]:
@@ -29,7 +30,7 @@ def used_names() -> set[str]:
     names: set[str] = set()
     for path in PACKAGE.glob("*.py"):
         for m in USE.finditer(path.read_text()):
-            names.add(m.group(1) or m.group(2))
+            names.add(m.group(1))
     return names
 
 
@@ -42,7 +43,7 @@ def test_block_names_are_unique():
 def test_every_block_has_sql():
     for name in BLOCK.findall(QUERIES):
         body = "\n".join(
-            line for line in store.query(name).splitlines() if not line.lstrip().startswith("--")
+            line for line in sqlfiles.query(name).splitlines() if not line.lstrip().startswith("--")
         )
         assert body.strip(), f"block {name} holds no SQL"
 
@@ -57,14 +58,14 @@ def test_every_query_the_package_names_exists():
 def test_a_block_is_loaded_without_its_header_or_the_next_block():
     names = BLOCK.findall(QUERIES)
     for name in names:
-        text = store.query(name)
+        text = sqlfiles.query(name)
         assert not BLOCK.search(text)
         assert text == text.strip()
 
 
 def test_an_unknown_query_name_is_a_key_error():
     with pytest.raises(KeyError):
-        store.query("no_such_query")
+        sqlfiles.query("no_such_query")
 
 
 # --- RangeQueries -----------------------------------------------------------------------
@@ -110,3 +111,49 @@ def test_composite_identifiers_are_quoted():
     q = RangeQueries(COMPOSITE)
     assert '"app"."Order Lines"' in q.nth_after
     assert '"line""no"' in q.nth_after
+
+
+# Where SQL text may be written: the ops store and its named blocks' loader, the ops
+# schema, and the statements built from a migration's key. db.py sends transaction control
+# (BEGIN, COMMIT, ROLLBACK, SET LOCAL) and nothing else.
+SQL_HOMES = {"store.py", "sqlfiles.py", "schema.py", "keysql.py", "keys.py"}
+TRANSACTION_CONTROL = {"BEGIN", "COMMIT", "ROLLBACK", "SET"}
+SQL_TEXT = re.compile(
+    r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|ALTER|DROP|TRUNCATE|LOCK|ANALYZE|VACUUM"
+    r"|EXPLAIN|SET|BEGIN|COMMIT|ROLLBACK)\s+\S"
+)
+
+
+def sql_literals(path: Path) -> list[tuple[int, str]]:
+    """The string literals of ``path`` that read as SQL statements (docstrings aside)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and (m := SQL_TEXT.match(node.value))
+        ):
+            if path.name == "db.py" and m.group(1) in TRANSACTION_CONTROL:
+                continue
+            found.append((node.lineno, node.value[:50]))
+    return found
+
+
+def test_no_sql_text_outside_the_store_the_schema_and_the_key_renderer():
+    stray = {
+        path.name: found
+        for path in sorted(PACKAGE.glob("*.py"))
+        if path.name not in SQL_HOMES and (found := sql_literals(path))
+    }
+    assert stray == {}
+    # The scan finds SQL where it is: it is not blind.
+    assert sql_literals(PACKAGE / "keysql.py")
