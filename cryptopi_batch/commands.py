@@ -61,7 +61,7 @@ def find_migration(directory: Path, name: str) -> LoadedMigration:
     return load(resolve(discover(directory), name))
 
 
-async def run(
+async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks into it
     name: str,
     *,
     directory: Path,

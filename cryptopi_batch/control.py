@@ -48,7 +48,7 @@ class Ahead:
 class Control:
     """The control connection of one runner, and the ranges its worker tasks hold."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only: the parts a runner made for it
         self,
         *,
         conn: asyncpg.Connection,

@@ -49,7 +49,7 @@ _RECONNECT_STATES = {
 }
 
 
-def classify(
+def classify(  # noqa: PLR0911 -- a classification table: each case returns its fault
     exc: BaseException, *, conn_closed: bool = False, ran_past_timeout: bool = False
 ) -> Fault:
     """Map an exception from a batch to what the worker should do about it.

@@ -270,7 +270,7 @@ class RunStore:
         async with transaction(conn, timeouts.local()):
             return await self.ranges.nth(conn, rng, n)
 
-    async def checkpoint(
+    async def checkpoint(  # noqa: PLR0913 -- keyword-only: what a checkpoint records
         self,
         conn: asyncpg.Connection,
         c: Claim,
@@ -329,7 +329,7 @@ class OpsStore:
         """Forget a run and its ranges (``--restart``)."""
         await conn.execute(query("delete_backfill"), name)
 
-    async def insert_run(
+    async def insert_run(  # noqa: PLR0913 -- keyword-only: the columns of a new run
         self,
         conn: asyncpg.Connection,
         *,
