@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 
@@ -29,7 +29,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's default exits 2 with usage spam
+    def error(self, message: str) -> NoReturn:  # argparse's default exits 2 with usage spam
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -68,7 +68,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     connection: ConnectionSettings,
     options: RunOptions | None = None,
     handle_signals: bool = False,
-    on_start: Any = None,
+    on_start: Callable[[int, int, int], None] | None = None,
     on_progress: ProgressHook | None = None,
 ) -> RunResult:
     """Run migration ``name``, or resume it where it stopped.

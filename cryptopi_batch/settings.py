@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from .db import pg_interval, set_local
 from .errors import UsageError
 from .migration import Backfill
 from .retry import RetryPolicy
+
+T = TypeVar("T")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$")
 _UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
@@ -44,7 +46,7 @@ def parse_duration(
     return seconds
 
 
-def _count(value: Any, what: str, most: int) -> int:
+def _count(value: object, what: str, most: int) -> int:
     """A whole number from 1 to ``most``."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
         raise UsageError(f"{what} must be a whole number from 1 to {most:,}, not {value!r}")
@@ -123,7 +125,7 @@ class RunOptions:
     progress: bool = False
 
 
-def _pick(cli: Any, declared: Any) -> Any:
+def _pick(cli: T | None, declared: T) -> T:
     """The command line's value when given, else the migration's declaration."""
     return cli if cli is not None else declared
 
