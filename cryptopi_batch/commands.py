@@ -16,12 +16,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from . import schema
-from .db import (
-    Connection,
-    ConnectionSettings,
-    close_quietly,
-    transaction,
-)
+from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, discover, load, resolve, shown
 from .errors import (
     ConnectionFailed,
@@ -40,6 +35,7 @@ from .settings import RunOptions, RunSettings, resolve_settings
 from .states import RunState
 from .store import OPS
 from .target import Target, estimate_rows
+from .transactions import Connection, transaction
 
 if TYPE_CHECKING:
     from .progress import ProgressHook

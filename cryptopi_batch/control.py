@@ -19,11 +19,12 @@ import anyio.abc
 import asyncpg
 import structlog
 
-from .db import ConnectionSettings, pg_interval, transaction
+from .db import ConnectionSettings, pg_interval
 from .keys import Bound, KeyRange
 from .sessions import Sessions
 from .settings import RunSettings, TimeoutPolicy
 from .store import Claim, RunCounters, RunStore
+from .transactions import transaction
 
 log = structlog.get_logger("cryptopi_batch")
 T = TypeVar("T")

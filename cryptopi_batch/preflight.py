@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .db import transaction
 from .discovery import LoadedMigration, shown
 from .errors import (
     CouldNotStart,
@@ -27,6 +26,7 @@ from .schema import schema_version
 from .settings import RunSettings
 from .sqlfiles import query
 from .target import Target, inspect_target
+from .transactions import transaction
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import structlog
 
 from .admission import Admission
 from .control import Control
-from .db import ConnectionSettings, begin_with, close_quietly, pg_interval
+from .db import ConnectionSettings, close_quietly, pg_interval
 from .errors import BatchFailed, Stopped, describe, one_line
 from .keys import Bound
 from .keysql import RangeQueries
@@ -32,6 +32,7 @@ from .stopping import StopSignal
 from .store import RunCounters, RunStore
 from .target import Target
 from .throttle import BatchSizer
+from .transactions import begin_with
 from .worker import BatchWorker, CrashPoint, Crew
 
 log = structlog.get_logger("cryptopi_batch")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncpg
 
-from .db import transaction
 from .errors import PermissionDenied
 from .sqlfiles import query, sql_dir
+from .transactions import transaction
 
 SCHEMA_VERSION = 3
 _LOCK_KEY = "cryptopi_batch.schema"

@@ -21,10 +21,11 @@ import asyncpg
 import structlog
 from tenacity import RetryCallState
 
-from .db import ConnectionSettings, close_quietly, ours, pg_interval
+from .db import ConnectionSettings, close_quietly, pg_interval
 from .retry import Fault, Faults, RetryPolicy
 from .settings import TimeoutPolicy
 from .sqlfiles import query
+from .transactions import ours
 
 log = structlog.get_logger("cryptopi_batch")
 T = TypeVar("T")

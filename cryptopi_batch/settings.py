@@ -9,10 +9,11 @@ import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .db import pg_interval, set_local
+from .db import pg_interval
 from .errors import UsageError
 from .migration import Backfill
 from .retry import RetryPolicy
+from .transactions import set_local
 
 T = TypeVar("T")
 

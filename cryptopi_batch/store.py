@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from .db import pg_interval, transaction
+from .db import pg_interval
 from .keys import Bound, KeyRange, as_bound
 from .keysql import RangeQueries
 from .planner import split_range
 from .settings import TimeoutPolicy
 from .sqlfiles import query
 from .states import RangeState, RunState
+from .transactions import transaction
 
 if TYPE_CHECKING:
     from .target import Target

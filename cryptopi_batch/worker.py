@@ -19,7 +19,7 @@ from tenacity import RetryCallState
 
 from .admission import BatchDone, Go, Stop
 from .control import Control
-from .db import Ending, chained_transaction, close_quietly, ours
+from .db import close_quietly
 from .errors import LeaseLost
 from .keys import Bound
 from .migration import Batch, Work, run_work
@@ -31,6 +31,7 @@ from .stopping import StopSignal
 from .store import Claim, RangeRow, RunStore
 from .target import Target
 from .throttle import BatchSizer
+from .transactions import Ending, chained_transaction, ours
 
 log = structlog.get_logger("cryptopi_batch")
 

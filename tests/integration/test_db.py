@@ -1,14 +1,14 @@
-"""db.transaction: a transaction's own settings sent with its BEGIN, and what is left
-when that BEGIN fails; db.chained_transaction: a COMMIT that begins the next one."""
+"""transactions.transaction: a transaction's own settings sent with its BEGIN, and what is left
+when that BEGIN fails; transactions.chained_transaction: a COMMIT that begins the next one."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from cryptopi_batch.db import (
+from cryptopi_batch.db import ConnectionSettings
+from cryptopi_batch.transactions import (
     CommitUnknown,
-    ConnectionSettings,
     Ending,
     chained_transaction,
     set_local,

@@ -34,13 +34,14 @@ from run_support import (
 
 from cryptopi_batch import commands, schema
 from cryptopi_batch.control import pid_namespace
-from cryptopi_batch.db import Connection, ConnectionSettings, Ending
+from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.errors import Stopped
 from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.sessions import Sessions
 from cryptopi_batch.settings import TimeoutPolicy
 from cryptopi_batch.store import RunStore
 from cryptopi_batch.target import inspect_target
+from cryptopi_batch.transactions import Connection, Ending
 
 pytestmark = pytest.mark.anyio
 

@@ -114,8 +114,8 @@ def test_composite_identifiers_are_quoted():
 
 
 # Where SQL text may be written: the ops store and its named blocks' loader, the ops
-# schema, and the statements built from a migration's key. db.py sends transaction control
-# (BEGIN, COMMIT, ROLLBACK, SET LOCAL) and nothing else.
+# schema, and the statements built from a migration's key. transactions.py sends
+# transaction control (BEGIN, COMMIT, ROLLBACK, SET LOCAL) and nothing else.
 SQL_HOMES = {"store.py", "sqlfiles.py", "schema.py", "keysql.py", "keys.py"}
 TRANSACTION_CONTROL = {"BEGIN", "COMMIT", "ROLLBACK", "SET"}
 SQL_TEXT = re.compile(
@@ -142,7 +142,7 @@ def sql_literals(path: Path) -> list[tuple[int, str]]:
             and id(node) not in docstrings
             and (m := SQL_TEXT.match(node.value))
         ):
-            if path.name == "db.py" and m.group(1) in TRANSACTION_CONTROL:
+            if path.name == "transactions.py" and m.group(1) in TRANSACTION_CONTROL:
                 continue
             found.append((node.lineno, node.value[:50]))
     return found
