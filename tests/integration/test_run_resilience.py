@@ -31,13 +31,13 @@ from run_support import (
 )
 
 from cryptopi_batch import schema, sessions, store
+from cryptopi_batch.batch import Verdict, verdict
 from cryptopi_batch.embedded import EmbeddedCluster
 from cryptopi_batch.keys import KeyRange
 from cryptopi_batch.keysql import RangeQueries
 from cryptopi_batch.settings import TimeoutPolicy
 from cryptopi_batch.store import RunStore
 from cryptopi_batch.target import inspect_target
-from cryptopi_batch.worker import Verdict, verdict
 
 pytestmark = pytest.mark.anyio
 
@@ -242,7 +242,7 @@ async def test_a_batch_of_unknown_outcome_is_judged_by_its_id_token_and_range(
     dsn: str, tmp_path: Path, state: str
 ) -> None:
     """After a lost connection a batch's outcome is unknown: the runner reads its row back
-    (worker.verdict, called here directly on the row a crash could leave) before
+    (batch.verdict, called here directly on the row a crash could leave) before
     deciding whether to run it again. Done under its token and range: committed, counted.
     Still running under them: to be run again. Under another token, or its id naming
     another range (after a crash lost its claim, the id was issued again): no longer this

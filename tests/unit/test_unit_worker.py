@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from cryptopi_batch.admission import Admission
+from cryptopi_batch.batch import Verdict, verdict
 from cryptopi_batch.control import Control
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.errors import LeaseLost
@@ -28,7 +29,7 @@ from cryptopi_batch.stopping import StopSignal
 from cryptopi_batch.store import Claim, RangeRow, RunCounters, RunStore
 from cryptopi_batch.target import Target
 from cryptopi_batch.throttle import BatchSizer
-from cryptopi_batch.worker import BatchWorker, Crew, Verdict, verdict
+from cryptopi_batch.worker import BatchWorker, Crew
 
 pytestmark = pytest.mark.anyio
 
