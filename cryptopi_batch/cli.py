@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command, text in (
         ("pause", "running workers stop after their current batch"),
-        ("resume", "lift a pause (a stopped run continues with `run`)"),
-        ("cancel", "stop for good; `run` refuses it until --restart"),
+        ("resume", "lift a pause or a cancel, the checkpoint kept (then `run` continues)"),
+        ("cancel", "stop the run; `run` refuses it until `resume` or `run --restart`"),
     ):
         sub.add_parser(command, parents=[common], help=text).add_argument("name")
 
@@ -315,11 +315,16 @@ async def _control(args: argparse.Namespace, connection: ConnectionSettings) -> 
     result = await commands.control(
         args.command, args.name, directory=_directory(args), connection=connection
     )
-    verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[args.command]
-    if result.changed:
-        print(f"{result.name}: {verb}", file=sys.stderr)
-    else:
-        print(f"{result.name}: {result.status}; not {verb}", file=sys.stderr)
+    # Exit 0: the run is where the command asks (now or already); a command that cannot
+    # act raised UsageError (exit 2). docs/cli.md has the table.
+    logs.line(
+        result.line,
+        event="control",
+        command=args.command,
+        migration=result.name,
+        before=str(result.before),
+        status=str(result.status),
+    )
     return EXIT_OK
 
 
