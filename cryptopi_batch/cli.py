@@ -33,7 +33,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-NAME_HELP = "the migration: its file name, its description, or a unique prefix of either"
+NAME_HELP = (
+    "the migration: its file name, its description, a unique prefix of either, or whole"
+    " words of its description that only it has"
+)
 DURATION = "D"  # a duration's metavar: seconds, or 500ms, 30s, 5min, 2h
 JSON_HELP = "one JSON object per line instead of the table"
 

@@ -645,7 +645,12 @@ def _free_port() -> int:
 BAD_INPUTS: dict[str, dict[str, Any]] = {
     "unknown_name": {
         "name": "no_such_thing",
-        "expect": ["no_such_thing", "known:", "20240101_0000_touch_all"],
+        # Never the whole directory: where to look instead.
+        "expect": ["no migration named 'no_such_thing'; `list` shows the 12 migrations in "],
+    },
+    "misspelt_name": {
+        "name": "missing_tabel",
+        "expect": ["no migration named 'missing_tabel'; did you mean 20240102_0002_missing_table"],
     },
     "ambiguous_prefix": {
         "name": "20240101_00",
@@ -1348,6 +1353,41 @@ def test_full_name_prefix_and_description_name_the_same_migration(dsn: str, work
 
     shown = cli("status", "touch_all", "--json", dsn=dsn, cwd=workdir)
     assert json.loads(shown.stdout)["name"] == name
+
+
+def test_whole_words_of_the_description_name_a_migration(dsn: str, workdir: Path) -> None:
+    """`run total_cents` runs `…_fill_total_cents`; part of a word (`otal`) is unknown and
+    words in two descriptions (`total`) ambiguous: exit 2, one line, nothing written."""
+    rows = 300
+    seed(dsn, rows)
+    migrations = workdir / "migrations"
+    filename = "20250101_0000_fill_total_cents.py"
+    sql_migration(migrations, filename)
+    sql_migration(migrations, "20250102_0000_fill_order_totals.py")
+    sql_migration(migrations, "20250103_0000_drop_total_cache.py")
+    name = filename.removesuffix(".py")
+
+    for typed, line in [
+        (
+            "otal",
+            "cryptopi_batch: no migration named 'otal'; did you mean"
+            f" {name}, 20250103_0000_drop_total_cache, 20250102_0000_fill_order_totals",
+        ),
+        (
+            "total",
+            f"cryptopi_batch: migration name 'total' is ambiguous: {name},"
+            " 20250103_0000_drop_total_cache",
+        ),
+    ]:
+        refused = cli("run", typed, dsn=dsn, cwd=workdir)
+        assert (refused.returncode, refused.stderr.splitlines()) == (2, [line]), typed
+    _all_untouched_main(dsn)
+
+    done = cli("run", "total_cents", dsn=dsn, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert f"{name}: completed" in done.stderr
+    assert value(dsn, "SELECT array_agg(name) FROM ops.backfills") == [name]
+    assert_exactly_once(dsn, name, filename, rows)
 
 
 # A name with no letter or digit in it, as a script with an unset variable or a slip of
