@@ -33,12 +33,41 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _common_options() -> _Parser:
+NAME_HELP = (
+    "the migration: its file name, its description, a unique prefix of either, or whole"
+    " words of its description that only it has"
+)
+DURATION = "D"  # a duration's metavar: seconds, or 500ms, 30s, 5min, 2h
+JSON_HELP = "one JSON object per line instead of the table"
+
+
+def _common_options(*, dsn: bool = True) -> _Parser:
+    """The options every command takes (``demo`` all but ``--dsn``: it starts its own
+    server). Help text is plain: no markup, shown as it is."""
     common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--dsn", help="PostgreSQL URL (else $DATABASE_URL, else PG* variables)")
-    common.add_argument("--migrations-dir", help="where migration files live")
-    common.add_argument("--log-format", choices=("console", "json"))
-    common.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
+    if dsn:
+        common.add_argument(
+            "--dsn",
+            metavar="URL",
+            help="the database: a postgresql:// URL or key=value DSN"
+            " (else $DATABASE_URL, else the PG* variables)",
+        )
+    common.add_argument(
+        "--migrations-dir",
+        metavar="DIR",
+        help="where migration files live (else $CRYPTOPI_BATCH_MIGRATIONS, else"
+        " [tool.cryptopi_batch] migrations in ./pyproject.toml, else ./migrations)",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        help="console (default): lines for people; json: one JSON object per line",
+    )
+    common.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the Python traceback with an error, not only its one line",
+    )
     return common
 
 
@@ -83,50 +112,114 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", parents=[common], help="run a migration, or resume it")
-    run.add_argument("name")
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--workers", type=int)
-    run.add_argument("--max-rows-per-second", type=float)
-    run.add_argument("--sleep", help="pause between batches (e.g. 100ms)")
-    run.add_argument("--target-batch-seconds", help="adapt the batch size toward this")
-    run.add_argument("--lock-timeout", help="per batch transaction (default 2s)")
-    run.add_argument("--statement-timeout", help="per batch transaction (default 30s)")
+    run = sub.add_parser(
+        "run", parents=[common], help="run a migration, resume it, or join a run in progress"
+    )
+    run.add_argument("name", help=NAME_HELP)
+    run.add_argument(
+        "--batch-size", type=int, metavar="N", help="keys per batch at the start (at least 1)"
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="batches run at once by this process, one connection each (default 1)",
+    )
+    run.add_argument(
+        "--max-rows-per-second",
+        type=float,
+        metavar="R",
+        help="cap on the rows changed per second by this process",
+    )
+    run.add_argument("--sleep", metavar=DURATION, help="pause after each batch (e.g. 100ms)")
+    run.add_argument(
+        "--target-batch-seconds",
+        metavar=DURATION,
+        help="adapt the batch size so that a batch takes about this long (e.g. 2s)",
+    )
+    run.add_argument(
+        "--lock-timeout",
+        metavar=DURATION,
+        help="lock_timeout of each batch transaction (default 2s; 0: off)",
+    )
+    run.add_argument(
+        "--statement-timeout",
+        metavar=DURATION,
+        help="statement_timeout of each batch transaction (default 30s; 0: off)",
+    )
     run.add_argument(
         "--synchronous-commit",
         choices=("on", "off"),
-        help="per batch transaction (default off: see docs/running.md)",
+        help="synchronous_commit of each batch transaction (default off: see docs/running.md)",
     )
-    run.add_argument("--max-duration", help="stop (exit 3) after this long")
+    run.add_argument(
+        "--max-duration",
+        metavar=DURATION,
+        help="stop after this long, as after Ctrl-C (exit 3; run again to resume)",
+    )
     run.add_argument("--lease-seconds", type=float, help=argparse.SUPPRESS)
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--force", action="store_true", help="resume although the source changed")
-    run.add_argument("--restart", action="store_true", help="forget the checkpoint; start over")
+    run.add_argument(
+        "--no-progress", action="store_true", help="no progress bar: one log line per batch"
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="resume although the migration file changed since the run started",
+    )
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget the run's checkpoint and start from the first key",
+    )
     run.add_argument(
         "--catch-up",
         action="store_true",
         help="extend a completed run to keys inserted since it started",
     )
-    run.add_argument("--yes", action="store_true", help="confirm a destructive migration")
+    run.add_argument(
+        "--yes", action="store_true", help="confirm a migration declared destructive=True"
+    )
 
-    status = sub.add_parser("status", parents=[common], help="progress, rate, ETA, state")
-    status.add_argument("name", nargs="?")
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser(
+        "status", parents=[common], help="progress, rate, ETA and state of the recorded runs"
+    )
+    status.add_argument(
+        "name", nargs="?", help=f"{NAME_HELP} (default: every run recorded in the database)"
+    )
+    status.add_argument("--json", action="store_true", help=JSON_HELP)
 
     lst = sub.add_parser("list", parents=[common], help="every migration with its state")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help=JSON_HELP)
 
     for command, text in (
         ("pause", "running workers stop after their current batch"),
-        ("resume", "lift a pause (a stopped run continues with `run`)"),
-        ("cancel", "stop for good; `run` refuses it until --restart"),
+        ("resume", "lift a pause or a cancel, the checkpoint kept (then `run` continues)"),
+        ("cancel", "stop the run; `run` refuses it until `resume` or `run --restart`"),
     ):
-        sub.add_parser(command, parents=[common], help=text).add_argument("name")
+        sub.add_parser(command, parents=[common], help=text).add_argument("name", help=NAME_HELP)
 
-    demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
-    demo.add_argument("--rows", type=_positive_int, default=1_000_000)
-    demo.add_argument("--data-dir", default=".pgdata/demo")
-    demo.add_argument("--no-progress", action="store_true")
+    demo = sub.add_parser(
+        "demo",
+        parents=[_common_options(dsn=False)],
+        help="an embedded PostgreSQL of its own, a seeded table, the example migration",
+    )
+    demo.add_argument(
+        "--rows",
+        type=_positive_int,
+        default=1_000_000,
+        metavar="N",
+        help="rows to seed (default 1,000,000)",
+    )
+    demo.add_argument(
+        "--data-dir",
+        default=".pgdata/demo",
+        metavar="DIR",
+        help="where the embedded cluster lives (default .pgdata/demo)",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for choice in sub._choices_actions:  # a command's --help opens with its one line
+        command_parser = sub.choices[choice.dest]
+        command_parser.description = command_parser.description or choice.help
     return parser
 
 
@@ -315,11 +408,16 @@ async def _control(args: argparse.Namespace, connection: ConnectionSettings) -> 
     result = await commands.control(
         args.command, args.name, directory=_directory(args), connection=connection
     )
-    verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[args.command]
-    if result.changed:
-        print(f"{result.name}: {verb}", file=sys.stderr)
-    else:
-        print(f"{result.name}: {result.status}; not {verb}", file=sys.stderr)
+    # Exit 0: the run is where the command asks (now or already); a command that cannot
+    # act raised UsageError (exit 2). docs/cli.md has the table.
+    logs.line(
+        result.line,
+        event="control",
+        command=args.command,
+        migration=result.name,
+        before=str(result.before),
+        status=str(result.status),
+    )
     return EXIT_OK
 
 

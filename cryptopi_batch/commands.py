@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from . import schema
+from .control_rules import EXIT_OK, RunFacts, reply
 from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, discover, load, resolve, shown
 from .errors import (
@@ -31,7 +32,7 @@ from .keys import as_bound
 from .keysql import RangeQueries
 from .preflight import check_declared, preflight
 from .report import StatusRow, status_row
-from .settings import RunOptions, RunSettings, resolve_settings
+from .settings import RunOptions, RunSettings, TimeoutPolicy, resolve_settings
 from .states import RunState
 from .store import OPS
 from .target import Target, estimate_rows
@@ -218,7 +219,10 @@ async def _start_or_resume(
             more = max(estimate - int(row["keys_done"]), 0)
             await OPS.extend_run(conn, name, end=end, more_keys=more)
         elif status == "cancelled":
-            raise RunCancelled(f"{name} was cancelled; `run --restart` starts it again")
+            raise RunCancelled(
+                f"{name} was cancelled; `resume {name}` takes it up again from its"
+                " checkpoint, `run --restart` starts it over"
+            )
         elif status == "paused":
             raise Stopped(f"{name} is paused; `resume {name}` lifts the pause")
         if row["source_checksum"] != migration.checksum and not settings.force:
@@ -292,16 +296,13 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
 @dataclass(frozen=True)
 class ControlResult:
     name: str
-    status: RunState
-    changed: bool
+    before: RunState  # the stored state when the command was said
+    status: RunState  # the stored state after it
+    line: str  # what the command says (docs/cli.md, "pause, resume, cancel")
 
-
-_CONTROL: dict[str, tuple[RunState, tuple[RunState, ...]]] = {
-    # command: (new state, states it applies to)
-    "pause": (RunState.PAUSED, (RunState.RUNNING, RunState.FAILED)),
-    "resume": (RunState.RUNNING, (RunState.PAUSED,)),
-    "cancel": (RunState.CANCELLED, (RunState.RUNNING, RunState.PAUSED, RunState.FAILED)),
-}
+    @property
+    def changed(self) -> bool:
+        return self.status != self.before
 
 
 async def control(
@@ -309,20 +310,43 @@ async def control(
 ) -> ControlResult:
     """``pause``, ``resume`` or ``cancel`` a migration, from any host.
 
-    Running workers read the status in each batch's commit and stop after it (exit 3). A
-    migration that never started, or is already in the wanted state, is left as it is.
+    Running workers read the status in each batch's commit and stop after it (exit 3).
+    What each command does in each state is :func:`control_rules.reply`'s table: a run
+    already where the command asks is left as it is; one the command cannot act on (never
+    started, completed; a cancelled run paused) raises :class:`UsageError` (exit 2),
+    nothing changed.
     """
-    target, applies_to = _CONTROL[command]
-    resolved = resolve(discover(directory), name).name
+    file = resolve(discover(directory), name)
+    resolved = file.name
     conn = await connection.connect_or_fail()
     try:
         async with _setup_errors(connection):
             if await schema.schema_version(conn) == 0:
-                raise UsageError(f"{resolved} has not started; nothing to {command}")
-            changed = await OPS.set_state(conn, resolved, target, when=applies_to)
-            row = await OPS.run_row(conn, resolved)
-        if row is None:
-            raise UsageError(f"{resolved} has not started; nothing to {command}")
-        return ControlResult(resolved, RunState(row["status"]), changed)
+                decided = reply(command, RunFacts(resolved, None))
+                raise UsageError(decided.line)
+            # The row locked while deciding: a runner's checkpoint or another command
+            # waits, and the state decided on is the state changed.
+            async with transaction(conn, TimeoutPolicy().local()):
+                row = await OPS.lock_run(conn, resolved)
+                if row is None:
+                    applied = await OPS.has_migrations_table(conn) and await OPS.is_applied(
+                        conn, file.filename
+                    )
+                    # Recorded in ops.migrations without a run: completed, as `list` says.
+                    state = RunState.COMPLETED if applied else None
+                    raise UsageError(reply(command, RunFacts(resolved, state)).line)
+                before = RunState(row["status"])
+                facts = RunFacts(
+                    resolved,
+                    before,
+                    live_runners=await OPS.live_runners(conn, resolved, live_within=LIVE_WITHIN),
+                    keys_done=int(row["keys_done"]),
+                )
+                decided = reply(command, facts)
+                if decided.exit_code != EXIT_OK:
+                    raise UsageError(decided.line)
+                if decided.new_state is not None:
+                    await OPS.set_state(conn, resolved, decided.new_state, when=(before,))
+        return ControlResult(resolved, before, decided.new_state or before, decided.line)
     finally:
         await close_quietly(conn)

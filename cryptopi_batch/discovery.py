@@ -132,28 +132,56 @@ def clean_name(wanted: str) -> str:
     return cleaned
 
 
+CLOSEST = 5  # names an unknown name's message suggests, at most
+LISTED = 10  # candidates an ambiguous name's message lists, at most
+
+
 def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
-    """The one file that ``wanted`` names: its full name, a unique prefix of it, or its
-    description part (or a unique prefix of that)."""
+    """The one file that ``wanted`` names, tried in this order: its full name, its
+    description part, a unique prefix of the name, of the description, then whole
+    ``_``-separated words of the description (``total_cents`` names
+    ``…_fill_total_cents``; ``otal`` does not). A name that matches several at the first
+    step that matches any is ambiguous; one that matches none is suggested the closest
+    few names, never the whole directory."""
     wanted = clean_name(wanted)
     matchers: list[Callable[[MigrationFile], bool]] = [
         lambda f: f.name == wanted,
         lambda f: f.description == wanted,
         lambda f: f.name.startswith(wanted),
         lambda f: f.description.startswith(wanted),
+        lambda f: _has_words(f.description, wanted),
     ]
     for matcher in matchers:
         found = [f for f in files if matcher(f)]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            both = ", ".join(f.name for f in found)
-            raise MigrationNotFound(f"migration name {wanted!r} is ambiguous: {both}")
+            raise MigrationNotFound(
+                f"migration name {wanted!r} is ambiguous: {_listed([f.name for f in found])}"
+            )
+    raise MigrationNotFound(_unknown(files, wanted))
+
+
+def _has_words(description: str, wanted: str) -> bool:
+    """Whether ``wanted``'s ``_``-separated words are a run of whole words of
+    ``description``."""
+    want, words = wanted.split("_"), description.split("_")
+    if not all(want):  # `_x`, `x__y`: not words
+        return False
+    return any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1))
+
+
+def _listed(names: list[str]) -> str:
+    if len(names) <= LISTED:
+        return ", ".join(names)
+    return f"{', '.join(names[:LISTED])} and {len(names) - LISTED} more"
+
+
+def _unknown(files: list[MigrationFile], wanted: str) -> str:
+    """The message for a name that matches no file: the closest names (by their full
+    name or description), else how many there are and where."""
     import difflib  # noqa: PLC0415 -- only a name that matched nothing needs it
 
-    names = [f.name for f in files]
-    close = difflib.get_close_matches(wanted, names + [f.description for f in files], n=3)
-    hint = f"; did you mean {', '.join(close)}" if close else ""
     directory = files[0].path.parent if files else None
     odd = [
         n
@@ -161,12 +189,28 @@ def resolve(files: list[MigrationFile], wanted: str) -> MigrationFile:
         if Path(n).stem == wanted or Path(n).stem.startswith(wanted)
     ]
     if odd:
-        hint = (
-            f"; {', '.join(odd)} is not named YYYYMMDD_HHMM_description (letters,"
-            " digits and _ only), so it is not a migration"
+        return (
+            f"no migration named {wanted!r}; {', '.join(odd)} is not named"
+            " YYYYMMDD_HHMM_description (letters, digits and _ only), so it is not a migration"
         )
-    listing = ", ".join(names) if names else "(none)"
-    raise MigrationNotFound(f"no migration named {wanted!r}{hint}; known: {listing}")
+    # Each file by its name, its description, and each run of as many of the
+    # description's words as ``wanted`` has (`totl_cents` is close to `total_cents`).
+    size = wanted.count("_") + 1
+    by_key: dict[str, list[str]] = {}
+    for f in files:
+        words = f.description.split("_")
+        runs = ("_".join(words[i : i + size]) for i in range(len(words) - size + 1))
+        for key in {f.name, f.description, *runs}:
+            by_key.setdefault(key, []).append(f.name)
+    close: list[str] = []  # the closest first
+    for key in difflib.get_close_matches(wanted, list(by_key), n=max(len(by_key), 1)):
+        close.extend(name for name in by_key[key] if name not in close)
+    if close:
+        return f"no migration named {wanted!r}; did you mean {', '.join(close[:CLOSEST])}"
+    if directory is None:
+        return f"no migration named {wanted!r}: the migrations directory holds none"
+    count = f"{len(files)} migration{'' if len(files) == 1 else 's'}"
+    return f"no migration named {wanted!r}; `list` shows the {count} in {shown(directory)}/"
 
 
 def load(file: MigrationFile) -> LoadedMigration:

@@ -202,7 +202,10 @@ class Runner:
         if status is RunState.PAUSED:
             advice = f"`resume {self.name}` lifts the pause, then `run` continues"
         elif status is RunState.CANCELLED:
-            advice = "`run --restart` starts it again"
+            advice = (
+                f"`resume {self.name}` takes it up again from its checkpoint,"
+                " `run --restart` starts it over"
+            )
         else:
             advice = "`run` resumes"
         raise Stopped(f"{self.name}: {reason}; {advice}")

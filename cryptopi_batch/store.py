@@ -377,6 +377,11 @@ class OpsStore:
         changed = await conn.fetchval(query("set_status"), name, state, [str(s) for s in when])
         return changed is not None
 
+    async def live_runners(self, conn: asyncpg.Connection, name: str, *, live_within: float) -> int:
+        """How many of a run's runners are alive: not stopped, a heartbeat within
+        ``live_within`` seconds."""
+        return int(await conn.fetchval(query("live_runners"), name, live_within))
+
     async def status_rows(
         self, conn: asyncpg.Connection, name: str | None, *, live_within: float
     ) -> list[asyncpg.Record]:

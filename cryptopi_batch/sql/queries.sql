@@ -158,6 +158,11 @@ UPDATE ops.backfills SET status = $2, updated_at = now()
  WHERE name = $1 AND status = ANY($3::text[])
 RETURNING status;
 
+-- live_runners --
+SELECT count(*) FROM ops.backfill_workers
+ WHERE backfill = $1 AND stopped_at IS NULL
+   AND heartbeat_at > now() - make_interval(secs => $2);
+
 -- status_rows --
 SELECT f.*,
        (SELECT count(*) FROM ops.backfill_workers w

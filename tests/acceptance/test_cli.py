@@ -645,7 +645,12 @@ def _free_port() -> int:
 BAD_INPUTS: dict[str, dict[str, Any]] = {
     "unknown_name": {
         "name": "no_such_thing",
-        "expect": ["no_such_thing", "known:", "20240101_0000_touch_all"],
+        # Never the whole directory: where to look instead.
+        "expect": ["no migration named 'no_such_thing'; `list` shows the 12 migrations in "],
+    },
+    "misspelt_name": {
+        "name": "missing_tabel",
+        "expect": ["no migration named 'missing_tabel'; did you mean 20240102_0002_missing_table"],
     },
     "ambiguous_prefix": {
         "name": "20240101_00",
@@ -1350,6 +1355,41 @@ def test_full_name_prefix_and_description_name_the_same_migration(dsn: str, work
     assert json.loads(shown.stdout)["name"] == name
 
 
+def test_whole_words_of_the_description_name_a_migration(dsn: str, workdir: Path) -> None:
+    """`run total_cents` runs `…_fill_total_cents`; part of a word (`otal`) is unknown and
+    words in two descriptions (`total`) ambiguous: exit 2, one line, nothing written."""
+    rows = 300
+    seed(dsn, rows)
+    migrations = workdir / "migrations"
+    filename = "20250101_0000_fill_total_cents.py"
+    sql_migration(migrations, filename)
+    sql_migration(migrations, "20250102_0000_fill_order_totals.py")
+    sql_migration(migrations, "20250103_0000_drop_total_cache.py")
+    name = filename.removesuffix(".py")
+
+    for typed, line in [
+        (
+            "otal",
+            "cryptopi_batch: no migration named 'otal'; did you mean"
+            f" {name}, 20250103_0000_drop_total_cache, 20250102_0000_fill_order_totals",
+        ),
+        (
+            "total",
+            f"cryptopi_batch: migration name 'total' is ambiguous: {name},"
+            " 20250103_0000_drop_total_cache",
+        ),
+    ]:
+        refused = cli("run", typed, dsn=dsn, cwd=workdir)
+        assert (refused.returncode, refused.stderr.splitlines()) == (2, [line]), typed
+    _all_untouched_main(dsn)
+
+    done = cli("run", "total_cents", dsn=dsn, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert f"{name}: completed" in done.stderr
+    assert value(dsn, "SELECT array_agg(name) FROM ops.backfills") == [name]
+    assert_exactly_once(dsn, name, filename, rows)
+
+
 # A name with no letter or digit in it, as a script with an unset variable or a slip of
 # the shell passes it: the empty string is a prefix of every name.
 BLANK_NAMES = ["", " ", "\t", ".", "/", "..", "./", ".py", "migrations/.sql", "_", "-"]
@@ -1370,6 +1410,124 @@ def test_a_blank_name_is_refused_by_every_command_and_runs_nothing(
             " its description, or a unique prefix of either"
         ], command
     _all_untouched_main(dsn)
+
+
+# --- pause, resume, cancel: their lines and exit codes --------------------------------
+
+
+def test_pause_resume_and_cancel_say_plain_sentences_with_documented_exit_codes(
+    dsn: str, workdir: Path
+) -> None:
+    """Each step's exit code, its one line on stderr and the state it leaves in
+    ops.backfills (docs/cli.md's table); then `resume` takes a cancelled run up again and
+    `run` finishes it from its checkpoint, each row once."""
+    rows = 1_000
+    seed(dsn, rows)
+    migrations = workdir / "migrations"
+    filename = "20240101_0000_touch_all.py"
+    sql_migration(migrations, filename)  # 10 batches of 100
+    sql_migration(migrations, "20240202_0000_never_run.py")
+    name, never = filename.removesuffix(".py"), "20240202_0000_never_run"
+
+    def step(args: list[str], code: int, line: str, state: str | None) -> None:
+        result = cli(*args, dsn=dsn, cwd=workdir)
+        assert (result.returncode, result.stderr.splitlines()) == (code, [line]), args
+        assert result.stdout == ""
+        row = backfill(dsn, args[1]) if has_ops_schema(dsn) else None
+        assert (row["status"] if row else None) == state, args
+
+    # Never started: before the ops schema exists.
+    step(
+        ["pause", never],
+        2,
+        f"cryptopi_batch: {never} has not started; there is nothing to pause",
+        None,
+    )
+
+    # A run killed after its second batch; a second runner retires the dead one and stops
+    # before a batch of its own: 2 batches done, no runner alive.
+    crashed = cli(
+        "run", name, dsn=dsn, cwd=workdir, env={"CRYPTOPI_BATCH_CRASH_AT": "after_commit:2"}
+    )
+    assert crashed.returncode < 0, crashed.stderr
+    assert cli("run", name, "--max-duration", "0", dsn=dsn, cwd=workdir).returncode == 3
+    before = backfill(dsn, name)
+    assert before is not None
+    assert (before["status"], before["batches_done"]) == ("running", 2)
+
+    stop = "running workers stop after their current batch"
+    cancelled_hint = f"`resume {name}` takes it up again from its checkpoint"
+    for args, code, line, state in [
+        (["pause", name], 0, f"{name}: paused; {stop}", "paused"),
+        (["pause", name], 0, f"{name} is already paused", "paused"),
+        (["resume", name], 0, f"{name}: resumed; `run {name}` continues it", "running"),
+        (["resume", name], 0, f"{name} is not paused; `run {name}` continues it", "running"),
+        (
+            ["cancel", name],
+            0,
+            f"{name}: cancelled; {stop}; `resume {name}` undoes it, keeping the checkpoint",
+            "cancelled",
+        ),
+        (["cancel", name], 0, f"{name} is already cancelled", "cancelled"),
+        (
+            ["pause", name],
+            2,
+            f"cryptopi_batch: {name} was cancelled; there is nothing to pause ({cancelled_hint})",
+            "cancelled",
+        ),
+        (
+            ["run", name],
+            2,
+            f"cryptopi_batch: {name} was cancelled; {cancelled_hint},"
+            " `run --restart` starts it over",
+            "cancelled",
+        ),
+        (
+            ["resume", name],
+            0,
+            f"{name}: resumed with its checkpoint kept (200 keys done); `run {name}` continues it",
+            "running",
+        ),
+        (
+            ["pause", never],
+            2,
+            f"cryptopi_batch: {never} has not started; there is nothing to pause",
+            None,
+        ),
+    ]:
+        step(args, code, line, state)
+    after = backfill(dsn, name)
+    assert after is not None
+    for column in ("batches_done", "keys_done", "rows_processed", "frontier", "end_key"):
+        assert after[column] == before[column], column
+
+    # With --log-format json the reply is one event, its line the message.
+    shown = cli("resume", name, "--log-format", "json", dsn=dsn, cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    [event] = [json.loads(line) for line in shown.stderr.splitlines()]
+    assert (event["event"], event["message"], event["before"], event["status"]) == (
+        "control",
+        f"{name} is not paused; `run {name}` continues it",
+        "running",
+        "running",
+    )
+
+    done = cli("run", name, "--no-progress", dsn=dsn, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    # The 2 batches of before the cancel were not redone: 8 now.
+    assert re.fullmatch(
+        rf"{name}: completed: 1,000 rows changed in 10 batches \(800 now\), [0-9.]+ s",
+        done.stderr.splitlines()[-1],
+    )
+    assert_exactly_once(dsn, name, filename, rows)
+
+    for command in ("pause", "resume", "cancel"):
+        step(
+            [command, name],
+            2,
+            f"cryptopi_batch: {name} has completed; there is nothing to {command}",
+            "completed",
+        )
 
 
 # --- 9. where the connection comes from -------------------------------------------------
@@ -1556,6 +1714,14 @@ def test_the_error_lines_quoted_in_the_docs_are_the_real_ones(dsn: str, tmp_path
     path = two / "migrations" / "20250301_0930_backfill_confidence.py"
     path.write_text(FIXED_MIGRATION)
     lines.append(one_line("run", "backfill_confidence", cwd=two, code=2))
+    # The control commands' refusals, and `run` of a cancelled run.
+    lines.append(one_line("pause", "normalise_notes", cwd=two, code=2))
+    assert cli("cancel", "backfill_confidence", dsn=dsn, cwd=two).returncode == 0
+    lines.append(one_line("run", "backfill_confidence", cwd=two, code=2))
+    lines.append(one_line("pause", "backfill_confidence", cwd=two, code=2))
+    assert cli("resume", "backfill_confidence", dsn=dsn, cwd=two).returncode == 0
+    assert cli("run", "backfill_confidence", "--force", dsn=dsn, cwd=two).returncode == 0
+    lines.append(one_line("pause", "backfill_confidence", cwd=two, code=2))
 
     broken = project("broken", {"20250101_0004_fix.py": '"""Fix."""\nx = (1 2)\n'})
     lines.append(one_line("run", "fix", cwd=broken, code=2))

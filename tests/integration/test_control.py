@@ -45,7 +45,9 @@ async def _control(dsn: str, directory: Path, command: str, name: str) -> comman
 # What the runner's stop line tells the user to do next, after each command.
 _ADVICE = {
     "pause": "`resume {name}` lifts the pause, then `run` continues",
-    "cancel": "`run --restart` starts it again",
+    "cancel": (
+        "`resume {name}` takes it up again from its checkpoint, `run --restart` starts it over"
+    ),
 }
 
 
@@ -124,7 +126,7 @@ async def test_pause_stops_after_the_batch_in_flight_and_resume_lets_run_finish(
         await conn.close()
 
 
-async def test_cancel_stops_for_good_until_restart(dsn, tmp_path):
+async def test_cancel_stops_the_run_and_restart_starts_it_over(dsn, tmp_path):
     conn = await connect(dsn)
     try:
         await seed_table(conn, TABLE, ROWS)
@@ -134,8 +136,7 @@ async def test_cancel_stops_for_good_until_restart(dsn, tmp_path):
         with pytest.raises(RunCancelled) as refused:
             await run(dsn, tmp_path, name)
         assert refused.value.exit_code == 2
-        # resume does not lift a cancel
-        assert not (await _control(dsn, tmp_path, "resume", name)).changed
+        assert (await backfill(conn, name))["status"] == "cancelled"
 
         await conn.execute(f"UPDATE {TABLE} SET touched = 0")
         await run(dsn, tmp_path, name, restart=True)
@@ -144,22 +145,106 @@ async def test_cancel_stops_for_good_until_restart(dsn, tmp_path):
         await conn.close()
 
 
-async def test_control_of_a_migration_that_never_ran_is_refused(dsn, tmp_path):
-    name = write_migration(tmp_path, "slow_touch", SLOW)
-    with pytest.raises(UsageError, match="has not started"):
-        await _control(dsn, tmp_path, "pause", name)
+async def test_resume_of_a_cancelled_run_keeps_its_checkpoint_and_run_finishes_it(dsn, tmp_path):
+    """The way back from a cancel, besides --restart: `resume` sets the run running again
+    with every counter as it was; `run` then does only the batches left, each row once."""
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, TABLE, ROWS)
+        name = write_migration(tmp_path, "slow_touch", SLOW)
+        await _run_until_stopped(dsn, tmp_path, name, "cancel")
+        cancelled = await backfill(conn, name)
+        assert cancelled["status"] == "cancelled"
+        assert 0 < cancelled["batches_done"] < ROWS // 50
+
+        result = await _control(dsn, tmp_path, "resume", name)
+        assert (result.before, result.status, result.changed) == ("cancelled", "running", True)
+        assert result.line == (
+            f"{name}: resumed with its checkpoint kept"
+            f" ({cancelled['keys_done']:,} keys done); `run {name}` continues it"
+        )
+        resumed = await backfill(conn, name)
+        assert resumed["status"] == "running"
+        for column in ("batches_done", "keys_done", "rows_processed", "frontier", "end_key"):
+            assert resumed[column] == cancelled[column], column
+
+        finished = await run(dsn, tmp_path, name)
+        assert finished.outcome is not None
+        # Only the batches left were run: those done before the cancel were not redone.
+        assert finished.outcome.progress.batches == ROWS // 50 - cancelled["batches_done"]
+        assert finished.outcome.progress.rows == ROWS - cancelled["rows_processed"]
+        await assert_completed(conn, name, TABLE, ROWS)  # every row touched exactly once
+    finally:
+        await conn.close()
 
 
-async def test_pausing_a_completed_migration_changes_nothing(dsn, tmp_path):
+@pytest.mark.parametrize("command", ["pause", "resume", "cancel"])
+async def test_control_of_a_migration_that_never_ran_is_refused(dsn, tmp_path, command):
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, TABLE, 100)
+        other = write_migration(tmp_path, "other", SLOW, stamp="20260101_0001")
+        name = write_migration(tmp_path, "slow_touch", SLOW)
+        refusal = f"{name} has not started; there is nothing to {command}"
+        # Before the ops schema exists, and beside another migration's run.
+        with pytest.raises(UsageError) as before_schema:
+            await _control(dsn, tmp_path, command, name)
+        assert before_schema.value.message == refusal
+        await run(dsn, tmp_path, other)
+        with pytest.raises(UsageError) as beside_a_run:
+            await _control(dsn, tmp_path, command, name)
+        assert beside_a_run.value.message == refusal
+        assert beside_a_run.value.exit_code == 2
+        assert await conn.fetchval("SELECT count(*) FROM ops.backfills WHERE name = $1", name) == 0
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("command", ["pause", "resume", "cancel"])
+async def test_control_of_a_completed_migration_is_refused_and_changes_nothing(
+    dsn, tmp_path, command
+):
     conn = await connect(dsn)
     try:
         await seed_table(conn, TABLE, 100)
         name = write_migration(tmp_path, "slow_touch", SLOW)
         await run(dsn, tmp_path, name)
-        result = await _control(dsn, tmp_path, "pause", name)
-        assert not result.changed
-        assert result.status == "completed"
-        assert (await backfill(conn, name))["status"] == "completed"
+        completed = await backfill(conn, name)
+        with pytest.raises(UsageError) as refused:
+            await _control(dsn, tmp_path, command, name)
+        assert refused.value.exit_code == 2
+        assert refused.value.message == f"{name} has completed; there is nothing to {command}"
+        after = await backfill(conn, name)
+        assert (after["status"], after["updated_at"]) == ("completed", completed["updated_at"])
+    finally:
+        await conn.close()
+
+
+async def test_pause_twice_and_cancel_twice_say_so_and_change_nothing_more(dsn, tmp_path):
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, TABLE, ROWS)
+        name = write_migration(tmp_path, "slow_touch", SLOW)
+        await _run_until_stopped(dsn, tmp_path, name, "pause")
+        paused = await backfill(conn, name)
+        again = await _control(dsn, tmp_path, "pause", name)
+        assert (again.changed, again.status, again.line) == (
+            False,
+            "paused",
+            f"{name} is already paused",
+        )
+        assert (await backfill(conn, name))["updated_at"] == paused["updated_at"]
+
+        cancel = await _control(dsn, tmp_path, "cancel", name)
+        assert (cancel.before, cancel.status) == ("paused", "cancelled")
+        twice = await _control(dsn, tmp_path, "cancel", name)
+        assert (twice.changed, twice.line) == (False, f"{name} is already cancelled")
+        with pytest.raises(UsageError) as not_paused:  # a cancelled run is not paused
+            await _control(dsn, tmp_path, "pause", name)
+        assert not_paused.value.message.startswith(
+            f"{name} was cancelled; there is nothing to pause"
+        )
+        assert (await backfill(conn, name))["status"] == "cancelled"
     finally:
         await conn.close()
 

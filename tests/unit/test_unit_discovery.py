@@ -126,26 +126,132 @@ def test_an_ambiguous_name_lists_every_candidate(files, wanted):
         assert name in info.value.message
 
 
-def test_an_unknown_name_suggests_and_lists_the_known_ones(files):
+def test_an_unknown_name_suggests_the_closest_names(files):
     with pytest.raises(MigrationNotFound) as info:
         resolve(files, "backfil_confidense")
-    message = info.value.message
-    assert "did you mean" in message
-    assert "backfill_confidence" in message.split("did you mean", 1)[1]
-    for f in files:
-        assert f.name in message
+    assert info.value.message.startswith(
+        "no migration named 'backfil_confidense'; did you mean 20240301_1200_backfill_confidence"
+    )
 
 
-def test_an_unknown_name_without_close_matches_gives_no_hint(files):
+def test_an_unknown_name_without_close_matches_says_where_to_look(files, mdir):
     with pytest.raises(MigrationNotFound) as info:
         resolve(files, "zzzzzzzz")
-    assert "did you mean" not in info.value.message
-    assert "20240105_0900_add_slugs" in info.value.message
+    assert info.value.message == (
+        f"no migration named 'zzzzzzzz'; `list` shows the 4 migrations in {mdir}/"
+    )
 
 
-def test_resolve_in_an_empty_directory_says_none_are_known():
-    with pytest.raises(MigrationNotFound, match=r"\(none\)"):
+def test_resolve_in_an_empty_directory_says_there_are_none():
+    with pytest.raises(MigrationNotFound) as info:
         resolve([], "anything")
+    assert info.value.message == (
+        "no migration named 'anything': the migrations directory holds none"
+    )
+
+
+# Whole `_`-separated words of the description, after the exact names and the prefixes.
+WORDS = [
+    "20250101_0000_fill_total_cents.py",
+    "20250102_0000_fill_order_totals.py",
+    "20250103_0000_drop_total_cache.py",
+    "20250104_0000_add_user_email_index.py",
+    "20250105_0000_cents_rounding.py",
+]
+
+
+@pytest.fixture
+def worded(mdir: Path) -> list[MigrationFile]:
+    for name in WORDS:
+        write(mdir, name)
+    return discover(mdir)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "expected"),
+    [
+        ("total_cents", "20250101_0000_fill_total_cents"),  # the case
+        ("order_totals", "20250102_0000_fill_order_totals"),
+        ("totals", "20250102_0000_fill_order_totals"),
+        ("cache", "20250103_0000_drop_total_cache"),
+        ("total_cache", "20250103_0000_drop_total_cache"),
+        ("user_email", "20250104_0000_add_user_email_index"),  # words in the middle
+        ("email_index", "20250104_0000_add_user_email_index"),
+        ("user_email_index", "20250104_0000_add_user_email_index"),
+        # a prefix is tried first: `cents` begins cents_rounding's description
+        ("cents", "20250105_0000_cents_rounding"),
+        ("migrations/total_cents.py", "20250101_0000_fill_total_cents"),
+    ],
+)
+def test_whole_words_of_the_description_name_the_one_migration_that_has_them(
+    worded, wanted, expected
+):
+    assert resolve(worded, wanted).name == expected
+
+
+@pytest.mark.parametrize(
+    ("wanted", "candidates"),
+    [
+        ("total", ["20250101_0000_fill_total_cents", "20250103_0000_drop_total_cache"]),
+        ("fill", ["20250101_0000_fill_total_cents", "20250102_0000_fill_order_totals"]),
+    ],
+)
+def test_words_in_several_descriptions_are_ambiguous(worded, wanted, candidates):
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(worded, wanted)
+    assert info.value.message == (
+        f"migration name {wanted!r} is ambiguous: {', '.join(candidates)}"
+    )
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("wanted", "suggested"),
+    [
+        # part of a word is no word
+        ("otal", ["20250101_0000_fill_total_cents", "20250103_0000_drop_total_cache"]),
+        ("total_cent", ["20250101_0000_fill_total_cents"]),
+        ("otal_cents", ["20250101_0000_fill_total_cents"]),
+        ("ser_email", ["20250104_0000_add_user_email_index"]),
+        ("_cents", ["20250101_0000_fill_total_cents"]),
+        # words out of order, or not next to each other
+        ("cents_total", []),
+        ("user_index", ["20250104_0000_add_user_email_index"]),
+    ],
+)
+def test_what_is_not_whole_words_is_unknown_with_the_closest_names(worded, wanted, suggested):
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(worded, wanted)
+    message = info.value.message
+    assert message.startswith(f"no migration named {wanted!r}"), message
+    said = message.split("did you mean ", 1)[1].split(", ") if "did you mean" in message else []
+    assert set(suggested) <= set(said), message
+    assert len(said) <= 5
+
+
+def many(mdir: Path, count: int) -> list[MigrationFile]:
+    for i in range(1, count + 1):
+        write(mdir, f"20250101_00{i:02}_backfill_col_{i:02}.py")
+    return discover(mdir)
+
+
+def test_an_unknown_name_suggests_at_most_five_names_never_the_directory(mdir):
+    files = many(mdir, 12)
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(files, "backfil_col_1")
+    said = info.value.message.split("did you mean ", 1)[1].split(", ")
+    assert len(said) == 5
+    assert set(said) < {f.name for f in files}
+
+
+def test_an_ambiguous_name_lists_ten_candidates_and_counts_the_rest(mdir):
+    files = many(mdir, 12)
+    with pytest.raises(MigrationNotFound) as info:
+        resolve(files, "backfill_col")
+    listed = ", ".join(f.name for f in files[:10])
+    assert info.value.message == (
+        f"migration name 'backfill_col' is ambiguous: {listed} and 2 more"
+    )
 
 
 # --- load -------------------------------------------------------------------------------
