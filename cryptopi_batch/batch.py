@@ -21,6 +21,7 @@ from .keys import Bound
 from .migration import Batch, run_work
 from .retry import Fault, Faults
 from .sessions import batch_settings
+from .states import RangeState
 from .store import Claim, RangeRow
 from .transactions import Ending, chained_transaction, ours
 
@@ -44,7 +45,7 @@ def verdict(row: RangeRow | None, c: Claim, token: uuid.UUID) -> Verdict:
     range."""
     if row is None or row.runner != token or row.range != c.range:
         return Verdict.LOST
-    return Verdict.COMMITTED if row.status == "done" else Verdict.UNSETTLED
+    return Verdict.COMMITTED if row.status is RangeState.DONE else Verdict.UNSETTLED
 
 
 class BatchRun:

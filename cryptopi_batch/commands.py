@@ -104,7 +104,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
             if checked.ops.version < schema.SCHEMA_VERSION:
                 await schema.ensure_schema(conn, settings.timeouts.local(statement=False))
             row = await _start_or_resume(conn, migration, target, settings)
-        if row is None or row["status"] == "completed":
+        if row is None or row["status"] == RunState.COMPLETED:
             return RunResult(migration.name, True, None)
         if on_start is not None:
             on_start(
@@ -209,7 +209,7 @@ async def _start_or_resume(
             row = await OPS.lock_run(conn, name)
             assert row is not None
         status = row["status"]
-        if status == "completed":
+        if status == RunState.COMPLETED:
             if not settings.catch_up:
                 return row
             end = await keys.last_key(conn)
@@ -218,12 +218,12 @@ async def _start_or_resume(
             estimate = await estimate_rows(conn, target)
             more = max(estimate - int(row["keys_done"]), 0)
             await OPS.extend_run(conn, name, end=end, more_keys=more)
-        elif status == "cancelled":
+        elif status == RunState.CANCELLED:
             raise RunCancelled(
                 f"{name} was cancelled; `resume {name}` takes it up again from its"
                 " checkpoint, `run --restart` starts it over"
             )
-        elif status == "paused":
+        elif status == RunState.PAUSED:
             raise Stopped(f"{name} is paused; `resume {name}` lifts the pause")
         if row["source_checksum"] != migration.checksum and not settings.force:
             raise SourceChanged(

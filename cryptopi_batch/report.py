@@ -11,6 +11,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import asyncpg
 
+from .states import RunState
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import TaskID
@@ -43,15 +45,15 @@ class StatusRow:
 
     @classmethod
     def pending(cls, name: str) -> StatusRow:
-        return cls(name=name, status="pending")
+        return cls(name=name, status=RunState.PENDING)
 
     @classmethod
     def applied(cls, name: str) -> StatusRow:
         """A migration recorded in ops.migrations without a batched run (e.g. a .sql one)."""
-        return cls(name=name, status="completed")
+        return cls(name=name, status=RunState.COMPLETED)
 
 
-_MOVING = ("running", "waiting")
+_MOVING = (RunState.RUNNING, RunState.WAITING)
 """The reported states with an ETA: a stopped run (paused, cancelled, failed, interrupted)
 has none, as nothing is moving it forward."""
 
@@ -63,13 +65,13 @@ def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
     (signal, crash, deploy): it is reported ``pending`` with ``interrupted`` set, since
     nothing is running it and ``run`` resumes it.
     """
-    stored = r["status"]
+    stored = RunState(r["status"])
     live = int(r["live_workers"] or 0)
     status, interrupted = stored, False
-    if stored == "running" and live == 0:
-        status, interrupted = "pending", True
-    elif stored == "running" and r["waiting_reason"]:
-        status = "waiting"
+    if stored == RunState.RUNNING and live == 0:
+        status, interrupted = RunState.PENDING, True
+    elif stored == RunState.RUNNING and r["waiting_reason"]:
+        status = RunState.WAITING
     keys_done = int(r["keys_done"])
     rows_done = int(r["rows_processed"])
     estimate = int(r["keys_estimate"]) if r["keys_estimate"] is not None else None
@@ -78,14 +80,16 @@ def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
     if keys_rate is None and elapsed > 0:
         keys_rate, rows_rate = keys_done / elapsed, rows_done / elapsed
     eta = None
-    if stored == "completed":
+    if stored == RunState.COMPLETED:
         eta = 0.0
     elif status in _MOVING and keys_rate and estimate is not None:
         # Keys, not rows: a batch covers its keys whether or not the work changes them.
         eta = max(estimate - keys_done, 0) / keys_rate
     percent = None
     if estimate:
-        percent = 100.0 if stored == "completed" else min(100.0, 100.0 * keys_done / estimate)
+        percent = (
+            100.0 if stored == RunState.COMPLETED else min(100.0, 100.0 * keys_done / estimate)
+        )
     return StatusRow(
         name=r["name"],
         status=status,
@@ -189,7 +193,7 @@ def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
         return count(value) if short else f"{value:,.0f}"
 
     keys = n(r.keys_done)
-    if r.keys_estimate and r.status != "completed":
+    if r.keys_estimate and r.status != RunState.COMPLETED:
         keys += f" / ~{n(r.keys_estimate)}"
     note = (
         r.last_error or r.waiting_reason or ("interrupted; `run` resumes" if r.interrupted else "")
