@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="per batch transaction (default off: see docs/running.md)",
     )
     run.add_argument("--max-duration", help="stop (exit 3) after this long")
+    run.add_argument(
+        "--window",
+        help='run only in these hours, e.g. "Mon-Fri 22:00-06:00, Sat-Sun 00:00-24:00"',
+    )
+    run.add_argument("--timezone", help="the window's zone, e.g. Europe/Berlin (default UTC)")
+    run.add_argument(
+        "--exit-outside-window",
+        action="store_true",
+        help="outside the window exit 3 at once instead of waiting (for cron)",
+    )
+    run.add_argument("--until", help="stop (exit 3) by this instant, e.g. 2026-12-01T06:00+01:00")
     run.add_argument("--lease-seconds", type=float, help=argparse.SUPPRESS)
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--force", action="store_true", help="resume although the source changed")
@@ -210,6 +221,10 @@ def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
             None if args.synchronous_commit is None else args.synchronous_commit == "on"
         ),
         max_duration=args.max_duration,
+        window=args.window,
+        timezone=args.timezone,
+        exit_outside_window=args.exit_outside_window,
+        until=args.until,
         lease_seconds=args.lease_seconds,
         force=args.force,
         restart=args.restart,

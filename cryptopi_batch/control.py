@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +30,10 @@ log = structlog.get_logger("cryptopi_batch")
 T = TypeVar("T")
 
 CONTROL_IDLE = 5.0  # seconds a control step's transaction may wait between its statements
+LIVE_WITHIN = 10.0  # a runner beating within this many seconds is live (as `status` counts)
+
+Waiting = tuple[str | None, datetime | None]
+"""Why this runner waits (``None``: it works) and when its window opens next."""
 AHEAD_BOUND = 2.0  # how long a look-ahead may hold the control connection
 
 
@@ -71,6 +76,9 @@ class Control:
         # commits) and not yet committed done or given up. Only these leases are extended;
         # other ranges under this runner's token are orphans (see release_orphans).
         self.held: set[int] = set()
+        # Read at each beat; written to the ops tables when it changes (see set_waiting).
+        self.waiting: Callable[[], Waiting] = lambda: (None, None)
+        self._waiting_written: Waiting = (None, None)
         t = settings.timeouts
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, AHEAD_BOUND / 4),
@@ -140,6 +148,7 @@ class Control:
                         # One statement, no transaction: a connection lost mid-beat
                         # leaves no lock behind (it is bounded on this side).
                         counters = await self._store.heartbeat(self.conn, self.held)
+                        await self._report_waiting(self.conn)
                         if beats % 5 == 0:
                             retired = await self._retire_dead_peers(self.conn, host, namespace)
                             if retired:
@@ -154,6 +163,19 @@ class Control:
                 on_beat(counters)
             with anyio.move_on_after(interval):
                 await finished.wait()
+
+    async def _report_waiting(self, conn: asyncpg.Connection) -> None:
+        """This runner's waiting reason, written once per change."""
+        waiting = self.waiting()
+        if waiting == self._waiting_written:
+            return
+        reason, opens = waiting
+        await self._store.set_waiting(conn, reason, opens, live_within=LIVE_WITHIN)
+        self._waiting_written = waiting
+        if reason is not None:
+            log.info("run_waiting", reason=reason)
+        else:
+            log.info("run_goes_on")
 
     async def release_orphans(self, conn: asyncpg.Connection) -> None:
         """A connection to the server was lost: a commit this runner saw succeed may have

@@ -43,7 +43,8 @@ class DayRange:
     end: int
 
     def __str__(self) -> str:
-        return f"{_days_text(self.days)} {_clock(self.start)}-{_clock(self.end)}"
+        times = f"{_clock(self.start)}-{_clock(self.end)}"
+        return times if len(self.days) == 7 else f"{_days_text(self.days)} {times}"
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,8 @@ def _seconds(h: str, m: str, s: str | None, shown: str, what: str, *, end: bool)
 
 
 def parse_until(text: str, what: str = "--until") -> datetime:
-    """``--until``: an ISO instant with its UTC offset (``2026-12-01T06:00+01:00``, ``Z``);
-    one without is refused, not read in some zone."""
+    """``--until``: an ISO instant with its UTC offset (``2026-12-01T06:00+01:00``, ``Z``),
+    kept with that offset; one without is refused, not read in some zone."""
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -248,7 +249,7 @@ def parse_until(text: str, what: str = "--until") -> datetime:
             f'{what}: "{text}" has no UTC offset; write e.g. {text.strip()}+01:00 or'
             f" {text.strip()}Z"
         )
-    return at.astimezone(UTC)
+    return at
 
 
 def when(at: datetime, zone: ZoneInfo) -> str:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from .admission import GO, MARGIN, BatchDone, Decision, RecentDurations, Stop, Wait
 from .schedule import Window, when
+
+if TYPE_CHECKING:
+    from .settings import RunSettings
 
 WallClock = Callable[[], datetime]
 
@@ -61,3 +65,15 @@ class WindowGate:
 
     def record(self, done: BatchDone) -> None:
         self.recent.record(done)
+
+
+def not_now(settings: RunSettings, wall: datetime) -> str | None:
+    """Why a run started at ``wall`` would start no batch at all, decided before it writes
+    anything: outside its window with ``--exit-outside-window``, or past ``--until``."""
+    if settings.until is not None and wall >= settings.until:
+        return f"--until {settings.until.isoformat()} has passed"
+    if settings.window is not None and settings.exit_outside_window:
+        decision = WindowGate(settings.window, exit_outside=True, wall=lambda: wall).decide(0.0)
+        if isinstance(decision, Stop):
+            return decision.reason
+    return None

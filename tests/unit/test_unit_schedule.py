@@ -299,7 +299,7 @@ def test_exit_outside_window_stops() -> None:
     clock = Clock(utc("2026-12-04T12:00"))
     g = gate("22:00-23:00", "UTC", clock, exit_outside=True)
     assert g.decide(clock.mono) == Stop(
-        "outside the window Mon-Sun 22:00-23:00 UTC; it opens 22:00 UTC (Fri 2026-12-04)"
+        "outside the window 22:00-23:00 UTC; it opens 22:00 UTC (Fri 2026-12-04)"
     )
 
 
