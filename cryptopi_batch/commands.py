@@ -297,7 +297,8 @@ async def status(
                 rows = await OPS.status_rows(conn, wanted, live_within=LIVE_WITHIN)
                 if filename is not None and not rows:
                     applied = await OPS.is_applied(conn, filename)
-        found = [status_row(r) for r in rows]
+        now = utc_now()
+        found = [status_row(r, now) for r in rows]
         if wanted is not None and not found:
             # As `list` says: recorded in ops.migrations without a batched run, it is done.
             found = [(StatusRow.applied if applied else StatusRow.pending)(wanted)]
@@ -316,7 +317,7 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
         async with _setup_errors(connection):
             if await schema.schema_version(conn) > 0:
                 by_name = {
-                    r["name"]: status_row(r)
+                    r["name"]: status_row(r, utc_now())
                     for r in await OPS.status_rows(conn, None, live_within=LIVE_WITHIN)
                 }
             if await OPS.has_migrations_table(conn):

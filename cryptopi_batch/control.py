@@ -148,7 +148,7 @@ class Control:
                         # One statement, no transaction: a connection lost mid-beat
                         # leaves no lock behind (it is bounded on this side).
                         counters = await self._store.heartbeat(self.conn, self.held)
-                        await self._report_waiting(self.conn)
+                        await self._report_waiting(self.conn)  # never raises
                         if beats % 5 == 0:
                             retired = await self._retire_dead_peers(self.conn, host, namespace)
                             if retired:
@@ -165,12 +165,17 @@ class Control:
                 await finished.wait()
 
     async def _report_waiting(self, conn: asyncpg.Connection) -> None:
-        """This runner's waiting reason, written once per change."""
+        """This runner's waiting reason, written once per change (tried again next beat
+        if it fails)."""
         waiting = self.waiting()
         if waiting == self._waiting_written:
             return
         reason, opens = waiting
-        await self._store.set_waiting(conn, reason, opens, live_within=LIVE_WITHIN)
+        try:
+            await self._store.set_waiting(conn, reason, opens, live_within=LIVE_WITHIN)
+        except Exception as exc:  # only shown in status: the beat itself must go on
+            log.warning("waiting_not_recorded", error=self._describe(exc))
+            return
         self._waiting_written = waiting
         if reason is not None:
             log.info("run_waiting", reason=reason)

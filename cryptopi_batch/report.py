@@ -11,11 +11,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import asyncpg
 
+from .errors import UsageError
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import TaskID
 
     from .progress import Progress
+    from .schedule import Window
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class StatusRow:
     live_workers: int = 0
     last_error: str | None = None
     waiting_reason: str | None = None
+    window: str | None = None  # the window the run was last started with, and its zone
+    next_window_at: str | None = None  # while waiting outside it: when it opens next
     interrupted: bool = False
     started_at: str | None = None
     updated_at: str | None = None
@@ -56,12 +61,13 @@ _MOVING = ("running", "waiting")
 has none, as nothing is moving it forward."""
 
 
-def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
+def status_row(r: asyncpg.Record | Mapping[str, Any], now: datetime | None = None) -> StatusRow:
     """Derive the reported state from an ``ops.backfills`` row with its live workers.
 
     A run whose stored state is ``running`` but has no live worker was interrupted
     (signal, crash, deploy): it is reported ``pending`` with ``interrupted`` set, since
-    nothing is running it and ``run`` resumes it.
+    nothing is running it and ``run`` resumes it. A run with a window, asked about at
+    ``now``, has an ETA that counts only the window's open time.
     """
     stored = r["status"]
     live = int(r["live_workers"] or 0)
@@ -83,6 +89,10 @@ def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
     elif status in _MOVING and keys_rate and estimate is not None:
         # Keys, not rows: a batch covers its keys whether or not the work changes them.
         eta = max(estimate - keys_done, 0) / keys_rate
+        window = _window(r)
+        if window is not None and now is not None:
+            finish = window.finish(eta, now)
+            eta = None if finish is None else (finish - now).total_seconds()
     percent = None
     if estimate:
         percent = 100.0 if stored == "completed" else min(100.0, 100.0 * keys_done / estimate)
@@ -101,11 +111,25 @@ def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
         live_workers=live,
         last_error=r["last_error"],
         waiting_reason=r["waiting_reason"],
+        window=f"{r['window_spec']} {r['window_timezone']}" if r.get("window_spec") else None,
+        next_window_at=_iso(r.get("next_window_at")) if status == "waiting" else None,
         interrupted=interrupted,
         started_at=_iso(r["started_at"]),
         updated_at=_iso(r["updated_at"]),
         completed_at=_iso(r["completed_at"]),
     )
+
+
+def _window(r: asyncpg.Record | Mapping[str, Any]) -> Window | None:
+    """The run's stored window; ``None`` without one (or one this version cannot read)."""
+    from .schedule import parse_window  # noqa: PLC0415 -- zoneinfo only for a window
+
+    if not r.get("window_spec"):
+        return None
+    try:
+        return parse_window(r["window_spec"], r.get("window_timezone"))
+    except UsageError:
+        return None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -192,7 +216,10 @@ def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
     if r.keys_estimate and r.status != "completed":
         keys += f" / ~{n(r.keys_estimate)}"
     note = (
-        r.last_error or r.waiting_reason or ("interrupted; `run` resumes" if r.interrupted else "")
+        r.last_error
+        or r.waiting_reason
+        or ("interrupted; `run` resumes" if r.interrupted else "")
+        or (f"window {r.window}" if r.window and r.status != "completed" else "")
     )
     return {
         "migration": r.name,

@@ -91,10 +91,10 @@ working AS (
     SELECT EXISTS (SELECT FROM ops.backfill_workers o
                     WHERE o.backfill = $3 AND o.token <> $1 AND o.stopped_at IS NULL
                       AND o.waiting_reason IS NULL
-                      AND o.heartbeat_at > now() - make_interval(secs => $5)) AS any)
+                      AND o.heartbeat_at > now() - make_interval(secs => $5)) AS busy)
 UPDATE ops.backfills
-   SET waiting_reason = CASE WHEN NOT (SELECT any FROM working) THEN $2::text END,
-       next_window_at = CASE WHEN NOT (SELECT any FROM working) AND $2::text IS NOT NULL
+   SET waiting_reason = CASE WHEN NOT (SELECT busy FROM working) THEN $2::text END,
+       next_window_at = CASE WHEN NOT (SELECT busy FROM working) AND $2::text IS NOT NULL
                              THEN $4::timestamptz END
  WHERE name = $3;
 
