@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="progress, rate, ETA, state")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--watch", action="store_true", help="refresh every 2 s until Ctrl-C (then exit 0)"
+    )
 
     lst = sub.add_parser("list", parents=[common], help="every migration with its state")
     lst.add_argument("--json", action="store_true")
@@ -301,7 +304,52 @@ def _progress_bar() -> ProgressBar | None:
 
 async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     directory = _directory(args) if args.name is not None else None
+    if args.watch:
+        return await _watch(args, connection, directory)
     return _show(args, await commands.status(args.name, directory=directory, connection=connection))
+
+
+WATCH_EVERY = 2.0  # seconds between two refreshes of `status --watch`
+
+
+async def _watch(
+    args: argparse.Namespace, connection: ConnectionSettings, directory: Path | None
+) -> int:
+    """``status --watch``: the table redrawn in place on a terminal (printed anew each time
+    elsewhere, or as JSON lines with --json) every WATCH_EVERY seconds; SIGINT or SIGTERM
+    ends it with exit 0: watching changes nothing, so stopping it is not an interruption."""
+    from rich.live import Live  # noqa: PLC0415 -- rich costs ~25 ms; only --watch uses it
+
+    from .report import status_table  # noqa: PLC0415 -- as above
+
+    console = table_console()
+    live = (
+        Live(console=console, auto_refresh=False) if console.is_terminal and not args.json else None
+    )
+    async with anyio.create_task_group() as tg:
+
+        async def until_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(until_signal)
+        try:
+            if live is not None:
+                live.start()
+            while True:
+                rows = await commands.status(args.name, directory=directory, connection=connection)
+                if live is not None:
+                    live.update(status_table(rows, console.width), refresh=True)
+                else:
+                    _show(args, rows)
+                    sys.stdout.flush()
+                await anyio.sleep(WATCH_EVERY)
+        finally:
+            if live is not None:
+                live.stop()
+    return EXIT_OK
 
 
 async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int:

@@ -16,6 +16,7 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import TaskID
+    from rich.table import Table
 
     from .progress import Progress
     from .schedule import Window
@@ -162,9 +163,14 @@ def print_table(rows: list[StatusRow], console: Console) -> None:
     """The status table, fitted to the console's width: exact numbers if they fit, else
     abbreviated ones (1.2M), then fewer columns; the state and the note (a failed run's
     error) are always shown, the note wrapped if need be."""
+    console.print(status_table(rows, console.width))
+
+
+def status_table(rows: list[StatusRow], width: int) -> Table:
+    """The status table of :func:`print_table`, fitted to ``width`` columns."""
     from rich.table import Table  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
 
-    shown, cells = _fit(rows, console.width)
+    shown, cells = _fit(rows, width)
     table = Table(box=None, header_style="bold")
     for column in shown:
         flexible = column in ("migration", "note")
@@ -177,7 +183,7 @@ def print_table(rows: list[StatusRow], console: Console) -> None:
         )
     for row in cells:
         table.add_row(*(row[column] for column in shown))
-    console.print(table)
+    return table
 
 
 def _fit(rows: list[StatusRow], width: int) -> tuple[list[str], list[dict[str, str]]]:
