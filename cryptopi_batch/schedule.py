@@ -266,13 +266,13 @@ def _clock(seconds: int) -> str:
 
 
 def _days_text(days: frozenset[int]) -> str:
-    """``Mon-Fri``, ``Mon,Wed,Fri``, ``Mon-Sun`` (runs of three or more as ranges)."""
+    """``Mon-Fri``, ``Sat-Sun``, ``Fri-Mon``, ``Mon,Wed,Fri``: runs of days as ranges."""
     runs: list[list[int]] = []
     for d in sorted(days):
         if runs and runs[-1][-1] == d - 1:
             runs[-1].append(d)
         else:
             runs.append([d])
-    return ",".join(
-        f"{DAYS[r[0]]}-{DAYS[r[-1]]}" if len(r) >= 3 else ",".join(DAYS[d] for d in r) for r in runs
-    )
+    if len(runs) > 1 and runs[0][0] == 0 and runs[-1][-1] == 6:  # over the week's end
+        runs[-1] += runs.pop(0)
+    return ",".join(DAYS[r[0]] if len(r) == 1 else f"{DAYS[r[0]]}-{DAYS[r[-1]]}" for r in runs)

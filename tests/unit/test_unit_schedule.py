@@ -57,7 +57,7 @@ def test_overnight_range_wraps_to_the_next_day() -> None:
 
 def test_several_ranges_and_weekday_lists() -> None:
     w = parse_window("Mon,Wed,Fri 12:00-13:00, Sat-Sun 00:00-24:00", "Europe/Berlin")
-    assert w.spec == "Mon,Wed,Fri 12:00-13:00, Sat,Sun 00:00-24:00"
+    assert w.spec == "Mon,Wed,Fri 12:00-13:00, Sat-Sun 00:00-24:00"
     assert w.is_open(local("2026-12-04T12:30"))  # Friday
     assert not w.is_open(local("2026-12-03T12:30"))  # Thursday
     # Friday's range and the weekend are separate; the weekend is one interval.
@@ -68,6 +68,8 @@ def test_several_ranges_and_weekday_lists() -> None:
 
 def test_wrapping_weekday_range_and_no_weekdays_means_every_day() -> None:
     assert parse_window("Fri-Mon 10:00-11:00").ranges[0].days == {0, 4, 5, 6}
+    assert parse_window("Fri-Mon 10:00-11:00").spec == "Fri-Mon 10:00-11:00"
+    assert parse_window("sunday,Tue-Wed,mon 10:00-11:00").spec == "Sun-Wed 10:00-11:00"
     every = parse_window("10:00-11:00")
     assert every.ranges[0].days == set(range(7))
     assert every.next_opening(utc("2026-12-04T10:30")) == utc("2026-12-05T10:00")
