@@ -76,9 +76,10 @@ class Control:
         # commits) and not yet committed done or given up. Only these leases are extended;
         # other ranges under this runner's token are orphans (see release_orphans).
         self.held: set[int] = set()
-        # Read at each beat; written to the ops tables when it changes (see set_waiting).
+        # Read at each beat; written to the ops tables when it changes (see set_waiting),
+        # and at the first beat: a runner that joins a waiting run, working, clears it.
         self.waiting: Callable[[], Waiting] = lambda: (None, None)
-        self._waiting_written: Waiting = (None, None)
+        self._waiting_written: Waiting | None = None
         t = settings.timeouts
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, AHEAD_BOUND / 4),
@@ -171,6 +172,7 @@ class Control:
         if waiting == self._waiting_written:
             return
         reason, opens = waiting
+        written = self._waiting_written
         try:
             await self._store.set_waiting(conn, reason, opens, live_within=LIVE_WITHIN)
         except Exception as exc:  # only shown in status: the beat itself must go on
@@ -179,7 +181,7 @@ class Control:
         self._waiting_written = waiting
         if reason is not None:
             log.info("run_waiting", reason=reason)
-        else:
+        elif written is not None:
             log.info("run_goes_on")
 
     async def release_orphans(self, conn: asyncpg.Connection) -> None:

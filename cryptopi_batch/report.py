@@ -111,7 +111,8 @@ def status_row(r: asyncpg.Record | Mapping[str, Any], now: datetime | None = Non
         percent=round(percent, 2) if percent is not None else None,
         live_workers=live,
         last_error=r["last_error"],
-        waiting_reason=r["waiting_reason"],
+        # Only while waiting: a runner stopped while it waited leaves its reason behind.
+        waiting_reason=r["waiting_reason"] if status == "waiting" else None,
         window=f"{r['window_spec']} {r['window_timezone']}" if r.get("window_spec") else None,
         next_window_at=_iso(r.get("next_window_at")) if status == "waiting" else None,
         interrupted=interrupted,

@@ -8,6 +8,7 @@ test near midnight needs nothing special).
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -228,5 +229,92 @@ async def test_a_runner_with_another_window_is_told_and_keeps_its_own(dsn, tmp_p
         ]
         row = await backfill(conn, name)
         assert (row["window_spec"], row["window_timezone"]) == ("Sun 00:00-24:00", "Asia/Tokyo")
+    finally:
+        await conn.close()
+
+
+async def test_several_runners_waiting_show_once_and_each_keeps_its_reason(dsn, tmp_path):
+    conn = await connect(dsn)
+    try:
+        name = await _prepare(conn, tmp_path)
+        later = datetime.now(UTC) + timedelta(minutes=30)
+        window = span(later, later + timedelta(minutes=5))
+
+        async def both_wait() -> None:
+            while True:
+                if await conn.fetchval("SELECT to_regclass('ops.backfills')"):
+                    reasons = await conn.fetch(
+                        "SELECT waiting_reason FROM ops.backfill_workers"
+                        " WHERE backfill = $1 AND stopped_at IS NULL",
+                        name,
+                    )
+                    if len(reasons) == 2 and all(r["waiting_reason"] for r in reasons):
+                        break
+                await anyio.sleep(0.1)
+            rows = await commands.status(
+                None, directory=None, connection=ConnectionSettings(dsn=dsn)
+            )
+            assert [(r.name, r.status, r.live_workers) for r in rows] == [(name, "waiting", 2)]
+            await commands.control(
+                "pause", name, directory=tmp_path, connection=ConnectionSettings(dsn=dsn)
+            )
+
+        stops: list[Stopped] = []
+
+        async def runner() -> None:
+            try:
+                await run(dsn, tmp_path, name, window=window)
+            except Stopped as exc:
+                stops.append(exc)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(both_wait)
+                tg.start_soon(runner)
+                tg.start_soon(runner)
+        assert len(stops) == 2
+        assert (await backfill(conn, name))["batches_done"] == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_runner_that_joins_a_waiting_run_and_works_ends_its_waiting(dsn, tmp_path):
+    conn = await connect(dsn)
+    try:
+        name = await _prepare(conn, tmp_path)
+        now = datetime.now(UTC)
+        closed = span(now + timedelta(minutes=30), now + timedelta(minutes=35))
+        seen: list[str] = []
+
+        async def status_is(state: str) -> None:
+            while True:
+                if (
+                    await conn.fetchval("SELECT to_regclass('ops.backfills')")
+                    and (await _status(dsn, tmp_path, name)).status == state
+                ):
+                    return
+                await anyio.sleep(0.1)
+
+        async def runner(**options: object) -> None:
+            with pytest.raises(Stopped):
+                await run(dsn, tmp_path, name, **options)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(runner, window=closed))
+                await status_is("waiting")
+                tg.start_soon(runner)  # any time: it works, so the run is not waiting (its start
+                # clears the run's reason, its first beat writes its own: none)
+                await status_is("running")
+                reasons = await conn.fetch(
+                    "SELECT waiting_reason FROM ops.backfill_workers"
+                    " WHERE backfill = $1 AND stopped_at IS NULL ORDER BY started_at",
+                    name,
+                )
+                seen = [r["waiting_reason"] is not None for r in reasons]
+                await commands.control(
+                    "pause", name, directory=tmp_path, connection=ConnectionSettings(dsn=dsn)
+                )
+        assert seen == [True, False]  # the first still waits; the run does not
     finally:
         await conn.close()

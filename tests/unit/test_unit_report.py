@@ -238,3 +238,8 @@ def test_a_windowed_run_eta_counts_only_open_time_and_shows_the_next_opening() -
     table = Console(width=80, record=True)
     print_table([inside], table)
     assert "window 22:00-23:00 UTC" in table.export_text()
+
+
+def test_a_stale_waiting_reason_of_an_interrupted_run_is_not_shown() -> None:
+    row = status_row(record(live_workers=0, waiting_reason="outside window, opens 22:00 UTC"))
+    assert (row.status, row.interrupted, row.waiting_reason) == ("pending", True, None)
