@@ -318,3 +318,36 @@ async def test_a_runner_that_joins_a_waiting_run_and_works_ends_its_waiting(dsn,
         assert seen == [True, False]  # the first still waits; the run does not
     finally:
         await conn.close()
+
+
+async def test_the_eta_of_a_steady_run_is_within_20_percent_of_its_finish(dsn, tmp_path):
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, TABLE, 1000)
+        await conn.execute("CREATE TABLE public.batch_starts (at timestamptz NOT NULL)")
+        name = write_migration(tmp_path, "slow_touch", SLOW)  # 20 batches of about 0.5 s
+        samples: list[tuple[float, float, float]] = []  # (when, percent, eta)
+
+        async def sample() -> None:
+            while True:
+                if await conn.fetchval("SELECT to_regclass('ops.backfills')"):
+                    row = await _status(dsn, tmp_path, name)
+                    if row.status == "running" and row.percent and row.eta_seconds is not None:
+                        samples.append((time.monotonic(), row.percent, row.eta_seconds))
+                await anyio.sleep(0.5)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sample)
+                await run(dsn, tmp_path, name)
+                finished = time.monotonic()
+                tg.cancel_scope.cancel()
+        # From 10 % progress on, while at least 2 s are left (the status's own second of
+        # staleness would dominate after that): the predicted finish within ±20 % of the
+        # time that was actually left.
+        judged = [(t, eta) for t, percent, eta in samples if percent >= 10 and finished - t >= 2]
+        assert len(judged) >= 5, samples
+        errors = [abs(t + eta - finished) / (finished - t) for t, eta in judged]
+        assert max(errors) <= 0.2, (errors, samples, finished)
+    finally:
+        await conn.close()
