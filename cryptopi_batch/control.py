@@ -174,7 +174,8 @@ class Control:
         reason, opens = waiting
         written = self._waiting_written
         try:
-            await self._store.set_waiting(conn, reason, opens, live_within=LIVE_WITHIN)
+            async with transaction(conn, self._local):
+                await self._store.set_waiting(conn, reason, opens, live_within=LIVE_WITHIN)
         except Exception as exc:  # only shown in status: the beat itself must go on
             log.warning("waiting_not_recorded", error=self._describe(exc))
             return

@@ -155,7 +155,11 @@ class RunStore:
         live_within: float,
     ) -> None:
         """This runner waits for ``reason`` (``None``: it works); the run shows it, and
-        ``opens`` (its window's next opening), while each of its live runners waits."""
+        ``opens`` (its window's next opening), while each of its live runners waits. In the
+        caller's transaction: the run's row is locked first, so that two runners starting
+        to wait at once each see the other's reason (else each would find the other
+        working, and the run would not show as waiting)."""
+        await conn.execute(query("lock_backfill"), self.name)
         await conn.execute(query("set_waiting"), self.token, reason, self.name, opens, live_within)
 
     async def release_orphans(self, conn: asyncpg.Connection, held: Collection[int]) -> int:

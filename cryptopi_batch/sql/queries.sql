@@ -84,7 +84,8 @@ SELECT status, rows_processed, keys_done, batches_done FROM ops.backfills WHERE 
 -- set_waiting --
 -- This runner's reason to wait ($2; NULL: it works) and, shown once for the run, the run's:
 -- set while every live runner of it waits (a heartbeat within $5 seconds), with when its
--- window opens next ($4; NULL: not a window's wait), else cleared.
+-- window opens next ($4; NULL: not a window's wait), else cleared. After lock_backfill in
+-- the same transaction: runners that start waiting at once each see the other's reason.
 WITH w AS (
     UPDATE ops.backfill_workers SET waiting_reason = $2 WHERE token = $1),
 working AS (
