@@ -98,8 +98,10 @@ async def test_a_closing_window_lets_batches_in_flight_commit_waits_then_goes_on
         # While it waited, status said so, once for the run, with the next opening.
         assert waiting, "status never said waiting"
         row = waiting[0]
+        seconds = f":{opens:%S}" if opens.second else ""  # shown only when not 0
         assert (
-            row.waiting_reason == f"outside window, opens {clock(opens)} UTC ({opens:%a %Y-%m-%d})"
+            row.waiting_reason
+            == f"outside window, opens {opens:%H:%M}{seconds} UTC ({opens:%a %Y-%m-%d})"
         )
         assert row.next_window_at == opens.isoformat()
         assert row.window is not None
