@@ -32,8 +32,9 @@ spacing of pacing is routine and not reported.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from .settings import ThrottlePolicy
@@ -41,6 +42,7 @@ from .states import RunState
 from .throttle import Pacer
 
 MAX_WAIT = 60.0  # a worker re-asks at least this often: clocks jump, laptops sleep
+MARGIN = 1.0  # seconds a predicted batch end keeps from a window's end or a deadline
 
 
 @dataclass(frozen=True)
@@ -126,22 +128,56 @@ class Pacing:
                 self._reason = f"rate cap {policy.max_rows_per_second:g} rows/s"
 
 
+class RecentDurations:
+    """How long this process's last batches took: their p95 predicts the next one's end
+    (0 before the first: only the margin is kept then)."""
+
+    def __init__(self, keep: int = 50) -> None:
+        self._seconds: deque[float] = deque(maxlen=keep)
+
+    def record(self, done: BatchDone) -> None:
+        self._seconds.append(max(0.0, done.ended - done.started))
+
+    @property
+    def p95(self) -> float:
+        if not self._seconds:
+            return 0.0
+        ordered = sorted(self._seconds)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
 @dataclass(frozen=True)
 class Deadline:
-    """No batch starts at or after ``at``: ``Stop(reason)`` from then on."""
+    """No batch starts at or after ``at``: ``Stop(reason)`` from then on. With ``recent``
+    (``--until``), none starts that the recent p95 batch time and the margin would end
+    after ``at``."""
 
     at: float
     reason: str
     name: str = "deadline"
     may_wait: bool = False
+    recent: RecentDurations | None = field(default=None, compare=False)
 
     @classmethod
     def max_duration(cls, seconds: float, now: float) -> Deadline:
         """``--max-duration``, counted from ``now``: at 0 not even a first batch starts."""
         return cls(now + seconds, f"--max-duration {seconds:g}s reached")
 
+    @classmethod
+    def until(cls, seconds_left: float, text: str, now: float) -> Deadline:
+        """``--until``, ``seconds_left`` from ``now`` by the wall clock; predicted."""
+        return cls(now + seconds_left, f"--until {text} reached", "until", False, RecentDurations())
+
+    def stops_at(self) -> float:
+        """The first instant at which ``decide`` stops."""
+        return self.at - (0.0 if self.recent is None else self.recent.p95 + MARGIN)
+
     def decide(self, now: float) -> Decision:
-        return Stop(self.reason) if now >= self.at else GO
+        return Stop(self.reason) if now >= self.stops_at() else GO
+
+    def record(self, done: BatchDone) -> None:
+        if self.recent is not None:
+            self.recent.record(done)
 
 
 @dataclass
@@ -168,12 +204,19 @@ class Admission:
         self.waiting_reason: str | None = None  # of the last decide's reported wait
 
     @classmethod
-    def for_run(cls, throttle: ThrottlePolicy, max_duration: float | None, now: float) -> Admission:
-        """What a run admits by today: pacing, and ``--max-duration`` from ``now``."""
-        gates: list[Gate] = [Pacing(throttle)]
+    def for_run(
+        cls,
+        throttle: ThrottlePolicy,
+        max_duration: float | None,
+        now: float,
+        gates: Iterable[Gate] = (),
+    ) -> Admission:
+        """What a run admits: pacing, ``--max-duration`` from ``now``, and ``gates`` (a
+        window, ``--until``)."""
+        run_gates: list[Gate] = [Pacing(throttle)]
         if max_duration is not None:
-            gates.append(Deadline.max_duration(max_duration, now))
-        return cls(gates)
+            run_gates.append(Deadline.max_duration(max_duration, now))
+        return cls([*run_gates, *gates])
 
     @property
     def run_state(self) -> RunState:
@@ -214,7 +257,7 @@ class Admission:
         if not waits:
             return GO
         # Every deadline is after now here (else it stopped): wake there to stop.
-        ends = [g.at for g in self.gates if isinstance(g, Deadline)]
+        ends = [g.stops_at() for g in self.gates if isinstance(g, Deadline)]
         longest = max(waits, key=_until)
         return dataclasses.replace(longest, until=min([longest.until, *ends]))
 

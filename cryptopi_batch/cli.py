@@ -157,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=DURATION,
         help="stop after this long, as after Ctrl-C (exit 3; run again to resume)",
     )
+    run.add_argument(
+        "--window",
+        metavar="SPEC",
+        help='run only in these hours, e.g. "Mon-Fri 22:00-06:00, Sat-Sun 00:00-24:00"',
+    )
+    run.add_argument(
+        "--timezone", metavar="ZONE", help="the window's zone, e.g. Europe/Berlin (default UTC)"
+    )
+    run.add_argument(
+        "--exit-outside-window",
+        action="store_true",
+        help="outside the window exit 3 at once instead of waiting (for cron)",
+    )
+    run.add_argument(
+        "--until",
+        metavar="INSTANT",
+        help="stop (exit 3) by this instant, e.g. 2026-12-01T06:00+01:00",
+    )
     run.add_argument("--lease-seconds", type=float, help=argparse.SUPPRESS)
     run.add_argument(
         "--no-progress", action="store_true", help="no progress bar: one log line per batch"
@@ -187,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         "name", nargs="?", help=f"{NAME_HELP} (default: every run recorded in the database)"
     )
     status.add_argument("--json", action="store_true", help=JSON_HELP)
+    status.add_argument(
+        "--watch", action="store_true", help="refresh every 2 s until Ctrl-C (then exit 0)"
+    )
 
     lst = sub.add_parser("list", parents=[common], help="every migration with its state")
     lst.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -303,6 +324,10 @@ def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
             None if args.synchronous_commit is None else args.synchronous_commit == "on"
         ),
         max_duration=args.max_duration,
+        window=args.window,
+        timezone=args.timezone,
+        exit_outside_window=args.exit_outside_window,
+        until=args.until,
         lease_seconds=args.lease_seconds,
         force=args.force,
         restart=args.restart,
@@ -379,7 +404,52 @@ def _progress_bar() -> ProgressBar | None:
 
 async def _status(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     directory = _directory(args) if args.name is not None else None
+    if args.watch:
+        return await _watch(args, connection, directory)
     return _show(args, await commands.status(args.name, directory=directory, connection=connection))
+
+
+WATCH_EVERY = 2.0  # seconds between two refreshes of `status --watch`
+
+
+async def _watch(
+    args: argparse.Namespace, connection: ConnectionSettings, directory: Path | None
+) -> int:
+    """``status --watch``: the table redrawn in place on a terminal (printed anew each time
+    elsewhere, or as JSON lines with --json) every WATCH_EVERY seconds; SIGINT or SIGTERM
+    ends it with exit 0: watching changes nothing, so stopping it is not an interruption."""
+    from rich.live import Live  # noqa: PLC0415 -- rich costs ~25 ms; only --watch uses it
+
+    from .report import status_table  # noqa: PLC0415 -- as above
+
+    console = table_console()
+    live = (
+        Live(console=console, auto_refresh=False) if console.is_terminal and not args.json else None
+    )
+    async with anyio.create_task_group() as tg:
+
+        async def until_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(until_signal)
+        try:
+            if live is not None:
+                live.start()
+            while True:
+                rows = await commands.status(args.name, directory=directory, connection=connection)
+                if live is not None:
+                    live.update(status_table(rows, console.width), refresh=True)
+                else:
+                    _show(args, rows)
+                    sys.stdout.flush()
+                await anyio.sleep(WATCH_EVERY)
+        finally:
+            if live is not None:
+                live.stop()
+    return EXIT_OK
 
 
 async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
+import structlog
 
 from . import schema
 from .control_rules import EXIT_OK, RunFacts, reply
 from .db import ConnectionSettings, close_quietly
-from .discovery import LoadedMigration, discover, load, resolve, shown
+from .discovery import LoadedMigration, discover, load, project_settings, resolve, shown
 from .errors import (
     ConnectionFailed,
     CouldNotStart,
@@ -30,17 +31,20 @@ from .errors import (
 )
 from .keys import as_bound
 from .keysql import RangeQueries
-from .preflight import check_declared, preflight
+from .preflight import Preflight, preflight
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, TimeoutPolicy, resolve_settings
 from .states import RunState
 from .store import OPS
 from .target import Target, estimate_rows
 from .transactions import Connection, transaction
+from .window_gate import not_now, utc_now
 
 if TYPE_CHECKING:
     from .progress import ProgressHook
     from .runner import Outcome
+
+log = structlog.get_logger("cryptopi_batch")
 
 LIVE_WITHIN = 10.0
 """A runner whose heartbeat (each second) is older than this many seconds is not counted as
@@ -80,8 +84,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
     migration = find_migration(directory, name)
-    check_declared(migration)  # before connecting: no server can make it runnable
-    settings = resolve_settings(options or RunOptions(), migration.backfill)
+    settings = resolve_settings(options or RunOptions(), migration.backfill, project_settings())
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
     conn = await connection.connect_or_fail()
@@ -95,6 +98,10 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
         async with _setup_errors(connection):
             checked = await preflight(conn, migration, settings)
             target = checked.target
+            refused = not_now(settings, utc_now())
+            if refused is not None and not await _done(conn, migration, checked, settings):
+                # --exit-outside-window, a past --until: exit 3 having written nothing
+                raise Stopped(f"{migration.name}: {refused}; nothing was written")
             connection = connection.behind_pooler(checked.pooled)
             if connection.statement_cache_size != direct.statement_cache_size:
                 # Behind a pooler: the workers connect without a cache. Those opened with
@@ -106,6 +113,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
             row = await _start_or_resume(conn, migration, target, settings)
         if row is None or row["status"] == RunState.COMPLETED:
             return RunResult(migration.name, True, None)
+        await _record_window(conn, row, settings)
         if on_start is not None:
             on_start(
                 int(row["keys_done"]), int(row["keys_estimate"] or 0), int(row["rows_processed"])
@@ -237,6 +245,37 @@ async def _start_or_resume(
         return fresh
 
 
+async def _done(
+    conn: asyncpg.Connection, migration: LoadedMigration, checked: Preflight, settings: RunSettings
+) -> bool:
+    """Whether the run would find nothing to do (reading only): completed, or recorded in
+    ops.migrations without a run; such a run says so, in the window or not."""
+    if settings.restart or settings.catch_up:
+        return False
+    row = await OPS.run_row(conn, migration.name) if checked.ops.version > 0 else None
+    if row is not None:
+        return bool(row["status"] == RunState.COMPLETED)
+    return checked.ops.migrations and await OPS.is_applied(conn, migration.file.filename)
+
+
+async def _record_window(
+    conn: asyncpg.Connection, row: asyncpg.Record, settings: RunSettings
+) -> None:
+    """Record the window this runner keeps to; one started with another window than the
+    run's stored one is told so, and keeps its own."""
+    window = settings.window
+    mine = (window.spec, window.timezone) if window is not None else (None, None)
+    stored = (row["window_spec"], row["window_timezone"])
+    if stored != mine:
+        if stored[0] is not None:
+            log.warning(
+                "window_differs",
+                stored=f"{stored[0]} {stored[1]}",
+                used=str(window) if window is not None else "any time",
+            )
+        await OPS.record_window(conn, row["name"], *mine)
+
+
 async def status(
     name: str | None, *, directory: Path | None, connection: ConnectionSettings
 ) -> list[StatusRow]:
@@ -258,7 +297,8 @@ async def status(
                 rows = await OPS.status_rows(conn, wanted, live_within=LIVE_WITHIN)
                 if filename is not None and not rows:
                     applied = await OPS.is_applied(conn, filename)
-        found = [status_row(r) for r in rows]
+        now = utc_now()
+        found = [status_row(r, now) for r in rows]
         if wanted is not None and not found:
             # As `list` says: recorded in ops.migrations without a batched run, it is done.
             found = [(StatusRow.applied if applied else StatusRow.pending)(wanted)]
@@ -277,7 +317,7 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
         async with _setup_errors(connection):
             if await schema.schema_version(conn) > 0:
                 by_name = {
-                    r["name"]: status_row(r)
+                    r["name"]: status_row(r, utc_now())
                     for r in await OPS.status_rows(conn, None, live_within=LIVE_WITHIN)
                 }
             if await OPS.has_migrations_table(conn):

@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +31,10 @@ log = structlog.get_logger("cryptopi_batch")
 T = TypeVar("T")
 
 CONTROL_IDLE = 5.0  # seconds a control step's transaction may wait between its statements
+LIVE_WITHIN = 10.0  # a runner beating within this many seconds is live (as `status` counts)
+
+Waiting = tuple[str | None, datetime | None]
+"""Why this runner waits (``None``: it works) and when its window opens next."""
 AHEAD_BOUND = 2.0  # how long a look-ahead may hold the control connection
 
 
@@ -72,6 +77,10 @@ class Control:
         # commits) and not yet committed done or given up. Only these leases are extended;
         # other ranges under this runner's token are orphans (see release_orphans).
         self.held: set[int] = set()
+        # Read at each beat; written to the ops tables when it changes (see set_waiting),
+        # and at the first beat: a runner that joins a waiting run, working, clears it.
+        self.waiting: Callable[[], Waiting] = lambda: (None, None)
+        self._waiting_written: Waiting | None = None
         t = settings.timeouts
         self._ahead_timeouts = TimeoutPolicy(
             lock_timeout=_within(t.lock_timeout, AHEAD_BOUND / 4),
@@ -141,6 +150,7 @@ class Control:
                         # One statement, no transaction: a connection lost mid-beat
                         # leaves no lock behind (it is bounded on this side).
                         counters = await self._store.heartbeat(self.conn, self.held)
+                        await self._report_waiting(self.conn)  # never raises
                         if beats % 5 == 0:
                             retired = await self._retire_dead_peers(self.conn, host, namespace)
                             if retired:
@@ -155,6 +165,26 @@ class Control:
                 on_beat(counters)
             with anyio.move_on_after(interval):
                 await finished.wait()
+
+    async def _report_waiting(self, conn: asyncpg.Connection) -> None:
+        """This runner's waiting reason, written once per change (tried again next beat
+        if it fails)."""
+        waiting = self.waiting()
+        if waiting == self._waiting_written:
+            return
+        reason, opens = waiting
+        written = self._waiting_written
+        try:
+            async with transaction(conn, self._local):
+                await self._store.set_waiting(conn, reason, opens, live_within=LIVE_WITHIN)
+        except Exception as exc:  # only shown in status: the beat itself must go on
+            log.warning("waiting_not_recorded", error=self._describe(exc))
+            return
+        self._waiting_written = waiting
+        if reason is not None:
+            log.info("run_waiting", reason=reason)
+        elif written is not None:
+            log.info("run_goes_on")
 
     async def release_orphans(self, conn: asyncpg.Connection) -> None:
         """A connection to the server was lost: a commit this runner saw succeed may have

@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import MigrationDefinitionError, MigrationLoadError, MigrationNotFound
 from .migration import Backfill
@@ -78,18 +79,26 @@ def migrations_dir(explicit: str | None = None, cwd: Path | None = None) -> Path
         return base / explicit
     if os.environ.get(ENV_DIR):
         return base / os.environ[ENV_DIR]
-    pyproject = base / "pyproject.toml"
-    if pyproject.is_file():
-        import tomllib  # noqa: PLC0415 -- ~1.5 ms of imports, only where there is a pyproject
-
-        try:
-            tool = tomllib.loads(pyproject.read_text()).get("tool", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise MigrationLoadError(f"{shown(pyproject)}: {exc}") from None
-        configured = tool.get("cryptopi_batch", {}).get("migrations")
-        if configured:
-            return base / str(configured)
+    configured = project_settings(base).get("migrations")
+    if configured:
+        return base / str(configured)
     return base / DEFAULT_DIR
+
+
+def project_settings(cwd: Path | None = None) -> dict[str, Any]:
+    """The ``[tool.cryptopi_batch]`` table of ``pyproject.toml`` in the current directory
+    (``migrations``, ``window``, ``timezone``); empty without one."""
+    pyproject = (cwd or Path.cwd()) / "pyproject.toml"
+    if not pyproject.is_file():
+        return {}
+    import tomllib  # noqa: PLC0415 -- ~1.5 ms of imports, only where there is a pyproject
+
+    try:
+        tool = tomllib.loads(pyproject.read_text()).get("tool", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise MigrationLoadError(f"{shown(pyproject)}: {exc}") from None
+    table = tool.get("cryptopi_batch", {}) if isinstance(tool, dict) else {}
+    return table if isinstance(table, dict) else {}
 
 
 def discover(directory: Path) -> list[MigrationFile]:

@@ -19,7 +19,6 @@ from .errors import (
     MigrationDefinitionError,
     MigrationLoadError,
     PermissionDenied,
-    UsageError,
 )
 from .keys import KeyRange, render_range
 from .schema import schema_version
@@ -85,18 +84,6 @@ class Preflight:
     estimated_rows: int | None  # the planner's estimate; None: the table was never analysed
 
 
-def check_declared(migration: LoadedMigration) -> None:
-    """What the migration declares that no run can keep to; needs no server."""
-    if migration.backfill.window is not None or migration.backfill.timezone is not None:
-        # Running at any hour a migration that asks for off-peak hours would be worse than
-        # not running it.
-        raise UsageError(
-            f"{shown(migration.file.path)}: declares window=/timezone=, and off-peak"
-            " windows are not built yet: the run would not keep to it; remove"
-            " them to run at any time"
-        )
-
-
 def read_only_message(*, standby: bool) -> str:
     """Why a run cannot write here: a hot standby (``pg_is_in_recovery()``), or a session
     whose transactions are read-only by default (``default_transaction_read_only``)."""
@@ -117,7 +104,6 @@ async def preflight(
 ) -> Preflight:
     """Check everything that can refuse ``migration`` on ``conn``'s server, writing
     nothing: the session, the ops schema, the table and key, the SQL and its privileges."""
-    check_declared(migration)
     # Checking takes the table's locks (preparing an UPDATE takes ROW EXCLUSIVE): never
     # queue long behind DDL, as no batch does either.
     # READ ONLY: the server itself holds the checks to writing nothing.

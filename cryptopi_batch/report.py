@@ -11,13 +11,16 @@ from typing import IO, TYPE_CHECKING, Any
 
 import asyncpg
 
+from .errors import UsageError
 from .states import RunState
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import TaskID
+    from rich.table import Table
 
     from .progress import Progress
+    from .schedule import Window
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class StatusRow:
     live_workers: int = 0
     last_error: str | None = None
     waiting_reason: str | None = None
+    window: str | None = None  # the window the run was last started with, and its zone
+    next_window_at: str | None = None  # while waiting outside it: when it opens next
     interrupted: bool = False
     started_at: str | None = None
     updated_at: str | None = None
@@ -58,12 +63,13 @@ _MOVING = (RunState.RUNNING, RunState.WAITING)
 has none, as nothing is moving it forward."""
 
 
-def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
+def status_row(r: asyncpg.Record | Mapping[str, Any], now: datetime | None = None) -> StatusRow:
     """Derive the reported state from an ``ops.backfills`` row with its live workers.
 
     A run whose stored state is ``running`` but has no live worker was interrupted
     (signal, crash, deploy): it is reported ``pending`` with ``interrupted`` set, since
-    nothing is running it and ``run`` resumes it.
+    nothing is running it and ``run`` resumes it. A run with a window, asked about at
+    ``now``, has an ETA that counts only the window's open time.
     """
     stored = RunState(r["status"])
     live = int(r["live_workers"] or 0)
@@ -85,6 +91,10 @@ def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
     elif status in _MOVING and keys_rate and estimate is not None:
         # Keys, not rows: a batch covers its keys whether or not the work changes them.
         eta = max(estimate - keys_done, 0) / keys_rate
+        window = _window(r)
+        if window is not None and now is not None:
+            finish = window.finish(eta, now)
+            eta = None if finish is None else (finish - now).total_seconds()
     percent = None
     if estimate:
         percent = (
@@ -104,12 +114,27 @@ def status_row(r: asyncpg.Record | Mapping[str, Any]) -> StatusRow:
         percent=round(percent, 2) if percent is not None else None,
         live_workers=live,
         last_error=r["last_error"],
-        waiting_reason=r["waiting_reason"],
+        # Only while waiting: a runner stopped while it waited leaves its reason behind.
+        waiting_reason=r["waiting_reason"] if status == "waiting" else None,
+        window=f"{r['window_spec']} {r['window_timezone']}" if r.get("window_spec") else None,
+        next_window_at=_iso(r.get("next_window_at")) if status == "waiting" else None,
         interrupted=interrupted,
         started_at=_iso(r["started_at"]),
         updated_at=_iso(r["updated_at"]),
         completed_at=_iso(r["completed_at"]),
     )
+
+
+def _window(r: asyncpg.Record | Mapping[str, Any]) -> Window | None:
+    """The run's stored window; ``None`` without one (or one this version cannot read)."""
+    from .schedule import parse_window  # noqa: PLC0415 -- zoneinfo only for a window
+
+    if not r.get("window_spec"):
+        return None
+    try:
+        return parse_window(r["window_spec"], r.get("window_timezone"))
+    except UsageError:
+        return None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -142,9 +167,14 @@ def print_table(rows: list[StatusRow], console: Console) -> None:
     """The status table, fitted to the console's width: exact numbers if they fit, else
     abbreviated ones (1.2M), then fewer columns; the state and the note (a failed run's
     error) are always shown, the note wrapped if need be."""
+    console.print(status_table(rows, console.width))
+
+
+def status_table(rows: list[StatusRow], width: int) -> Table:
+    """The status table of :func:`print_table`, fitted to ``width`` columns."""
     from rich.table import Table  # noqa: PLC0415 -- rich costs ~25 ms; only tables use it
 
-    shown, cells = _fit(rows, console.width)
+    shown, cells = _fit(rows, width)
     table = Table(box=None, header_style="bold")
     for column in shown:
         flexible = column in ("migration", "note")
@@ -157,7 +187,7 @@ def print_table(rows: list[StatusRow], console: Console) -> None:
         )
     for row in cells:
         table.add_row(*(row[column] for column in shown))
-    console.print(table)
+    return table
 
 
 def _fit(rows: list[StatusRow], width: int) -> tuple[list[str], list[dict[str, str]]]:
@@ -196,7 +226,10 @@ def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
     if r.keys_estimate and r.status != RunState.COMPLETED:
         keys += f" / ~{n(r.keys_estimate)}"
     note = (
-        r.last_error or r.waiting_reason or ("interrupted; `run` resumes" if r.interrupted else "")
+        r.last_error
+        or r.waiting_reason
+        or ("interrupted; `run` resumes" if r.interrupted else "")
+        or (f"window {r.window}" if r.window and r.status != "completed" else "")
     )
     return {
         "migration": r.name,

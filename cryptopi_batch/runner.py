@@ -17,8 +17,8 @@ import anyio
 import asyncpg
 import structlog
 
-from .admission import Admission
-from .control import Control
+from .admission import Admission, Deadline
+from .control import Control, Waiting
 from .db import ConnectionSettings, close_quietly, pg_interval
 from .errors import BatchFailed, Stopped, describe, one_line
 from .keys import Bound
@@ -33,6 +33,7 @@ from .store import RunCounters, RunStore
 from .target import Target
 from .throttle import BatchSizer
 from .transactions import begin_with
+from .window_gate import WallClock, WindowGate, utc_now
 from .worker import BatchWorker, CrashPoint, Crew
 
 log = structlog.get_logger("cryptopi_batch")
@@ -67,6 +68,7 @@ class Runner:
     # runner owns them from here.
     connections: list[asyncpg.Connection] = field(default_factory=list)
     token: uuid.UUID = field(default_factory=uuid.uuid4)
+    wall: WallClock = utc_now  # the window's and --until's clock
 
     async def execute(self, conn: asyncpg.Connection) -> Outcome:
         """Run until the migration completes, fails, or is stopped.
@@ -86,7 +88,12 @@ class Runner:
             describe=self._describe,
             end_key=self.end_key,
         )
-        stop = StopSignal(Admission.for_run(s.throttle, s.max_duration, started))
+        window = self._window_gate()
+        admission = Admission.for_run(
+            s.throttle, s.max_duration, started, [g for g in (window, self._until(started)) if g]
+        )
+        stop = StopSignal(admission)
+        control.waiting = lambda: _waiting(admission, window)
         t = s.timeouts
         crew = Crew(
             store=store,
@@ -210,7 +217,28 @@ class Runner:
             advice = "`run` resumes"
         raise Stopped(f"{self.name}: {reason}; {advice}")
 
+    def _window_gate(self) -> WindowGate | None:
+        window = self.settings.window
+        if window is None:
+            return None
+        return WindowGate(window, exit_outside=self.settings.exit_outside_window, wall=self.wall)
+
+    def _until(self, now: float) -> Deadline | None:
+        """``--until``, on this process's monotonic clock from the wall clock's now."""
+        until = self.settings.until
+        if until is None:
+            return None
+        return Deadline.until((until - self.wall()).total_seconds(), until.isoformat(), now)
+
     def _describe(self, exc: BaseException) -> str:
         """``exc`` as logged and as kept in the ops tables: one line, and no password of the
         connection's (a migration's own error may quote its DSN)."""
         return one_line(self.connection.redact(describe(exc)))
+
+
+def _waiting(admission: Admission, window: WindowGate | None) -> Waiting:
+    """What the heartbeat reports: the admission's reported wait, with the window's next
+    opening when it is the window that waits."""
+    reason = admission.waiting_reason
+    opens = window.opens_at if window is not None and reason is not None else None
+    return reason, opens

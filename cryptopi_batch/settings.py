@@ -1,18 +1,23 @@
 """One immutable settings object for a run, made of small policies.
 
-Precedence: command-line option, else what the migration declares, else the default here.
+Precedence: command-line option, else what the migration declares, else (for the window
+and its zone) the project's ``[tool.cryptopi_batch]`` in pyproject.toml, else the default
+here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 from .db import pg_interval
 from .errors import UsageError
 from .migration import Backfill
 from .retry import RetryPolicy
+from .schedule import Window, parse_until, parse_window, zone_named
 from .transactions import set_local
 
 T = TypeVar("T")
@@ -97,6 +102,9 @@ class RunSettings:
     timeouts: TimeoutPolicy = field(default_factory=TimeoutPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_duration: float | None = None
+    window: Window | None = None  # None: any time
+    exit_outside_window: bool = False
+    until: datetime | None = None  # an aware instant
     lease_seconds: float = 60.0
     force: bool = False
     restart: bool = False
@@ -118,6 +126,10 @@ class RunOptions:
     statement_timeout: str | float | None = None
     synchronous_commit: bool | None = None
     max_duration: str | float | None = None
+    window: str | None = None
+    timezone: str | None = None
+    exit_outside_window: bool = False
+    until: str | None = None
     lease_seconds: float | None = None
     force: bool = False
     restart: bool = False
@@ -131,8 +143,36 @@ def _pick(cli: T | None, declared: T) -> T:
     return cli if cli is not None else declared
 
 
-def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
-    """Merge the command line over the migration's declarations over the defaults."""
+def _window(options: RunOptions, backfill: Backfill, project: Mapping[str, Any]) -> Window | None:
+    """The window and its zone, each from the command line, else the migration, else the
+    project; an error names where the bad value came from."""
+    sources = (
+        (options.window, options.timezone, "--window", "--timezone"),
+        (backfill.window, backfill.timezone, "window=", "timezone="),
+        (project.get("window"), project.get("timezone"), *_PROJECT),
+    )
+    spec = next(((value, what) for value, _, what, _ in sources if value is not None), None)
+    zone = next(((value, what) for _, value, _, what in sources if value is not None), None)
+    for value, what in (x for x in (spec, zone) if x is not None):
+        if not isinstance(value, str):
+            raise UsageError(f"{what} must be a string, not {value!r}")
+    if zone is not None:
+        zone_named(zone[0], zone[1])  # a bad zone is refused also without a window
+    if spec is None:
+        return None
+    if zone is None:
+        return parse_window(spec[0], None, spec[1])
+    return parse_window(spec[0], zone[0], spec[1], zone[1])
+
+
+_PROJECT = ("[tool.cryptopi_batch] window", "[tool.cryptopi_batch] timezone")
+
+
+def resolve_settings(
+    options: RunOptions, backfill: Backfill, project: Mapping[str, Any] | None = None
+) -> RunSettings:
+    """Merge the command line over the migration's declarations over the project's
+    ``[tool.cryptopi_batch]`` (``project``: the window and its zone) over the defaults."""
     defaults = RunSettings()
     # Each value comes from the command line or the migration: the message names both.
     batch_size = _count(
@@ -188,6 +228,9 @@ def resolve_settings(options: RunOptions, backfill: Backfill) -> RunSettings:
             ),
         ),
         max_duration=parse_duration(options.max_duration, "--max-duration"),
+        window=_window(options, backfill, project or {}),
+        exit_outside_window=options.exit_outside_window,
+        until=None if options.until is None else parse_until(options.until),
         lease_seconds=lease,
         force=options.force,
         restart=options.restart,

@@ -147,6 +147,22 @@ class RunStore:
             return RunCounters(RunState.CANCELLED, 0, 0, 0)
         return RunCounters.from_row(row)
 
+    async def set_waiting(
+        self,
+        conn: asyncpg.Connection,
+        reason: str | None,
+        opens: datetime | None,
+        *,
+        live_within: float,
+    ) -> None:
+        """This runner waits for ``reason`` (``None``: it works); the run shows it, and
+        ``opens`` (its window's next opening), while each of its live runners waits. In the
+        caller's transaction: the run's row is locked first, so that two runners starting
+        to wait at once each see the other's reason (else each would find the other
+        working, and the run would not show as waiting)."""
+        await conn.execute(query("lock_backfill"), self.name)
+        await conn.execute(query("set_waiting"), self.token, reason, self.name, opens, live_within)
+
     async def release_orphans(self, conn: asyncpg.Connection, held: Collection[int]) -> int:
         """Ranges under this token that no worker task holds go back to pending now;
         returns how many."""
@@ -369,6 +385,13 @@ class OpsStore:
     ) -> None:
         """A completed run reopened up to a new end (``--catch-up``)."""
         await conn.execute(query("catch_up_backfill"), name, list(end), more_keys)
+
+    async def record_window(
+        self, conn: asyncpg.Connection, name: str, spec: str | None, zone: str | None
+    ) -> None:
+        """The window (normalised) and its zone the run is started with (``None``: any
+        time)."""
+        await conn.execute(query("record_window"), name, spec, zone)
 
     async def set_state(
         self, conn: asyncpg.Connection, name: str, state: RunState, *, when: Sequence[RunState]

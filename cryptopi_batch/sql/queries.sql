@@ -81,6 +81,24 @@ l AS (
      WHERE worker = $1 AND status = 'running' AND id = ANY($4::text[]::bigint[]))
 SELECT status, rows_processed, keys_done, batches_done FROM ops.backfills WHERE name = $2;
 
+-- set_waiting --
+-- This runner's reason to wait ($2; NULL: it works) and, shown once for the run, the run's:
+-- set while every live runner of it waits (a heartbeat within $5 seconds), with when its
+-- window opens next ($4; NULL: not a window's wait), else cleared. After lock_backfill in
+-- the same transaction: runners that start waiting at once each see the other's reason.
+WITH w AS (
+    UPDATE ops.backfill_workers SET waiting_reason = $2 WHERE token = $1),
+working AS (
+    SELECT EXISTS (SELECT FROM ops.backfill_workers o
+                    WHERE o.backfill = $3 AND o.token <> $1 AND o.stopped_at IS NULL
+                      AND o.waiting_reason IS NULL
+                      AND o.heartbeat_at > now() - make_interval(secs => $5)) AS busy)
+UPDATE ops.backfills
+   SET waiting_reason = CASE WHEN NOT (SELECT busy FROM working) THEN $2::text END,
+       next_window_at = CASE WHEN NOT (SELECT busy FROM working) AND $2::text IS NOT NULL
+                             THEN $4::timestamptz END
+ WHERE name = $3;
+
 -- release_orphans --
 -- After the runner lost its connection to the server (a restart, a failover): ranges under
 -- its token that none of its workers holds go back to pending at once. They exist when a
@@ -152,6 +170,10 @@ INSERT INTO ops.migrations (filename)
 SELECT $2::text FROM done
  WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $2::text)
 RETURNING id;
+
+-- record_window --
+-- The window (normalised) and zone a run was last started with; NULL: any time.
+UPDATE ops.backfills SET window_spec = $2, window_timezone = $3 WHERE name = $1;
 
 -- set_status --
 UPDATE ops.backfills SET status = $2, updated_at = now()

@@ -689,7 +689,25 @@ BAD_INPUTS: dict[str, dict[str, Any]] = {
     },
     # PostgreSQL's HINT joins the message on its one line.
     "sql_typo": {"name": "sql_typo", "expect": ["does not prepare", "lenght", "; HINT:"]},
-    "window_declared": {"name": "in_a_window", "expect": ["window=", "not built yet"]},
+    "window_declared_invalid": {
+        "name": "in_a_window",
+        "expect": ['window=: "Sun 03:00-25:00": no such time of day "25:00"'],
+    },
+    "window_bad_weekday": {
+        "name": "touch_all",
+        "args": ["--window", "Mon-Fry 22:00-06:00"],
+        "expect": ['--window: "Mon-Fry 22:00-06:00": unknown weekday "Fry"'],
+    },
+    "window_bad_zone": {
+        "name": "touch_all",
+        "args": ["--window", "22:00-06:00", "--timezone", "Europe/Berln"],
+        "expect": ['--timezone: unknown time zone "Europe/Berln"'],
+    },
+    "until_without_offset": {
+        "name": "touch_all",
+        "args": ["--until", "2026-12-01T06:00"],
+        "expect": ['--until: "2026-12-01T06:00" has no UTC offset'],
+    },
     "batch_size_past_int4": {
         "name": "touch_all",
         "args": ["--batch-size", "2147483648"],
@@ -738,7 +756,7 @@ def _bad_input_dir(directory: Path) -> None:
         directory,
         "20240102_0008_in_a_window.py",
         '"""Off-peak only."""\nfrom cryptopi_batch import Backfill\n\n'
-        f'migration = Backfill(table="{TABLE}", key="id", window="Sun 03:00-04:00",'
+        f'migration = Backfill(table="{TABLE}", key="id", window="Sun 03:00-25:00",'
         ' sql="UPDATE matrices.dyn_values SET touched = touched + 1'
         ' WHERE {range}")\n',
     )

@@ -15,6 +15,7 @@ from cryptopi_batch.discovery import (
     load,
     migrations_dir,
     misnamed,
+    project_settings,
     resolve,
 )
 from cryptopi_batch.errors import MigrationLoadError, MigrationNotFound
@@ -481,3 +482,19 @@ def test_a_stamp_takes_ascii_digits_only(mdir, filename):
     write(mdir, "20240101_1200_ascii.py")
     assert [f.filename for f in discover(mdir)] == ["20240101_1200_ascii.py"]
     assert misnamed(mdir) == [filename]
+
+
+def test_project_settings_reads_tool_cryptopi_batch(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.cryptopi_batch]\nmigrations = "db/migrations"\n'
+        'window = "Mon-Fri 22:00-06:00"\ntimezone = "Europe/Berlin"\n'
+    )
+    assert project_settings(tmp_path) == {
+        "migrations": "db/migrations",
+        "window": "Mon-Fri 22:00-06:00",
+        "timezone": "Europe/Berlin",
+    }
+    assert migrations_dir(cwd=tmp_path) == tmp_path / "db/migrations"
+    (tmp_path / "pyproject.toml").write_text('[tool]\ncryptopi_batch = "x"\n')
+    assert project_settings(tmp_path) == {}
+    assert project_settings(tmp_path / "nowhere") == {}

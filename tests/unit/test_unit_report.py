@@ -213,3 +213,33 @@ def test_at_80_columns_numbers_are_abbreviated_before_a_name_is_folded() -> None
         "271k",
         "0:00:00",
     ]
+
+
+def test_a_windowed_run_eta_counts_only_open_time_and_shows_the_next_opening() -> None:
+    # 2,000 keys left at 100 keys/s: 20 s of work; the window opens at 22:00 UTC.
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    opens = datetime(2026, 12, 4, 22, 0, tzinfo=UTC)
+    row = status_row(
+        record(
+            window_spec="22:00-23:00",
+            window_timezone="UTC",
+            waiting_reason="outside window, opens 22:00 UTC (Fri 2026-12-04)",
+            next_window_at=opens,
+        ),
+        now,
+    )
+    assert row.status == "waiting"
+    assert row.eta_seconds == 10 * 3600 + 20
+    assert row.window == "22:00-23:00 UTC"
+    assert row.next_window_at == opens.isoformat()
+    # Working inside it: no next opening shown; the window is the table's note.
+    inside = status_row(record(window_spec="22:00-23:00", window_timezone="UTC"), opens)
+    assert (inside.status, inside.next_window_at, inside.eta_seconds) == ("running", None, 20.0)
+    table = Console(width=80, record=True)
+    print_table([inside], table)
+    assert "window 22:00-23:00 UTC" in table.export_text()
+
+
+def test_a_stale_waiting_reason_of_an_interrupted_run_is_not_shown() -> None:
+    row = status_row(record(live_workers=0, waiting_reason="outside window, opens 22:00 UTC"))
+    assert (row.status, row.interrupted, row.waiting_reason) == ("pending", True, None)

@@ -208,3 +208,90 @@ def test_synchronous_commit_on_the_command_line(argv: list[str], expected: bool 
 def test_synchronous_commit_is_one_of_on_and_off() -> None:
     with pytest.raises(UsageError, match="synchronous-commit"):
         build_parser().parse_args(["run", "x", "--synchronous-commit", "maybe"])
+
+
+@pytest.mark.parametrize(
+    ("options", "declared", "project", "spec", "zone"),
+    [
+        ({}, {}, {}, None, None),
+        (
+            {},
+            {},
+            {"window": "22:00-06:00", "timezone": "Europe/Berlin"},
+            "22:00-06:00",
+            "Europe/Berlin",
+        ),
+        (
+            {},
+            {"window": "Sat 00:00-24:00"},
+            {"window": "22:00-06:00", "timezone": "Europe/Berlin"},
+            "Sat 00:00-24:00",
+            "Europe/Berlin",  # each key by its own precedence
+        ),
+        (
+            {"window": "Mon-Fri 01:00-02:00", "timezone": "Asia/Tokyo"},
+            {"window": "Sat 00:00-24:00", "timezone": "Europe/Berlin"},
+            {"window": "22:00-06:00"},
+            "Mon-Fri 01:00-02:00",
+            "Asia/Tokyo",
+        ),
+        ({"window": "22:00-06:00"}, {}, {}, "22:00-06:00", "UTC"),  # the default zone
+    ],
+)
+def test_window_precedence_command_line_migration_project(options, declared, project, spec, zone):
+    window = resolve_settings(RunOptions(**options), backfill(**declared), project).window
+    if spec is None:
+        assert window is None
+    else:
+        assert window is not None
+        assert (window.spec, window.timezone) == (spec, zone)
+
+
+@pytest.mark.parametrize(
+    ("options", "declared", "project", "complaint"),
+    [
+        (
+            {"window": "Mon-Fry 22:00-06:00"},
+            {},
+            {},
+            '--window: "Mon-Fry 22:00-06:00": unknown weekday "Fry"',
+        ),
+        ({}, {"window": "25:00-06:00"}, {}, 'window=: "25:00-06:00": no such time of day'),
+        ({}, {}, {"window": "Mon"}, '[tool.cryptopi_batch] window: "Mon": weekdays without'),
+        ({}, {}, {"window": 22}, "[tool.cryptopi_batch] window must be a string, not 22"),
+        ({"timezone": "Mars/Olympus"}, {}, {}, '--timezone: unknown time zone "Mars/Olympus"'),
+        (
+            {},
+            {"window": "22:00-06:00", "timezone": "Berlin"},
+            {},
+            'timezone=: unknown time zone "Berlin"',
+        ),
+        ({"until": "2026-12-01T06:00"}, {}, {}, '--until: "2026-12-01T06:00" has no UTC offset'),
+    ],
+)
+def test_invalid_windows_name_where_they_came_from(options, declared, project, complaint):
+    with pytest.raises(UsageError) as caught:
+        resolve_settings(RunOptions(**options), backfill(**declared), project)
+    assert caught.value.message.startswith(complaint)
+
+
+def test_window_options_on_the_command_line() -> None:
+    args = build_parser().parse_args(
+        [
+            "run",
+            "x",
+            "--window",
+            "Sat 00:00-24:00",
+            "--timezone",
+            "Europe/Berlin",
+            "--exit-outside-window",
+            "--until",
+            "2026-12-01T06:00+01:00",
+        ]
+    )
+    settings = resolve_settings(run_options(args, progress=False), backfill())
+    assert settings.window is not None
+    assert str(settings.window) == "Sat 00:00-24:00 Europe/Berlin"
+    assert settings.exit_outside_window
+    assert settings.until is not None
+    assert settings.until.isoformat() == "2026-12-01T06:00:00+01:00"
