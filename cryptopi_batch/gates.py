@@ -84,8 +84,6 @@ class HealthGate:
     ``since``: when the gate was made; with no reading ``stale_after`` after it, it holds.
     """
 
-    may_wait = True
-
     def __init__(
         self,
         name: str,
@@ -111,6 +109,15 @@ class HealthGate:
     @property
     def holding(self) -> bool:
         return self.reason is not None
+
+    @property
+    def may_wait(self) -> bool:
+        """Whether it may answer wait soon: holding, pacing, or without a good reading. Only
+        then does no batch's COMMIT carry the next BEGIN: a signal comfortably under its
+        limit keeps the chaining's round trip saved. (Should it hold right after such a
+        COMMIT, the next transaction waits open but empty: no snapshot, xid or lock.)"""
+        r = self.reading
+        return self.holding or r is None or r.error is not None or self.pause() > 0
 
     def observe(self, reading: Reading) -> None:
         """A new sample: hold past the limit (or on a failed one), let go under the margin."""

@@ -176,3 +176,19 @@ def test_the_admission_reports_a_held_gates_reason():
     gate.observe(Reading(0.5, 1.0))
     assert admission.decide(1.0) == GO
     assert admission.waiting_reason is None
+
+
+def test_may_wait_only_when_holding_pacing_or_without_a_good_reading():
+    """Under half its limit a gate lets a COMMIT carry the next BEGIN (no wait is near)."""
+    gate = lag_gate()
+    assert gate.may_wait  # no reading yet
+    gate.observe(Reading(0.0, 4.0))
+    assert not gate.may_wait
+    gate.observe(Reading(1.0, 6.0))
+    assert gate.may_wait  # pacing
+    gate.observe(Reading(2.0, 11.0))
+    assert gate.may_wait  # holding
+    gate.observe(Reading(3.0, 1.0))
+    assert not gate.may_wait
+    gate.observe(Reading(4.0, error="timed out"))
+    assert gate.may_wait

@@ -1,0 +1,180 @@
+"""The health probes: one typed method per ``health_*`` named block of ``sql/queries.sql``,
+each in a short transaction of its own under a short statement and lock timeout, so that a
+slow catalog read or a lock queue never holds the sampler (:mod:`sampler`) for long.
+
+They read only the server's statistics views and ``ops.backfills`` (and, for a check, what
+its query reads, in a READ ONLY transaction); cryptopi_batch's own sessions are told apart
+by their ``application_name``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+
+from .db import APPLICATION_NAME, pg_interval, set_local, transaction
+from .migration import Check
+from .sqlfiles import query
+
+T = TypeVar("T")
+
+PROBE_TIMEOUT = 1.0  # each probe's statement and lock timeout, seconds
+
+
+class CheckFailed(Exception):
+    """A check's answer was neither a boolean nor a text (nor NULL)."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A standby as the primary sees it (``pg_stat_replication``); ``None``: not readable."""
+
+    name: str
+    seconds: float | None
+    bytes: float | None
+    replay_position: float | None
+
+
+@dataclass(frozen=True)
+class ReplicaSide:
+    """A standby as it sees itself (through ``--replica-dsn``)."""
+
+    standby: bool
+    seconds: float | None
+    replay_position: float | None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Something holding back the xmin horizon; ``seconds`` ``None``: its age is unknown."""
+
+    who: str
+    xmin: str
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The longest wait of a session behind one of ours."""
+
+    seconds: float
+    pid: int
+    blocker: int
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """The run's budgets, its rows so far, and its live runners' worker tasks."""
+
+    max_rows_per_second: float | None
+    max_wal_bytes_per_second: float | None
+    rows_processed: int
+    live_workers: int
+
+
+class HealthProbes:
+    """The probes (see the module's docstring). ``timeout``: each one's statement timeout."""
+
+    def __init__(self, timeout: float = PROBE_TIMEOUT) -> None:
+        self.settings = set_local(
+            statement_timeout=pg_interval(timeout), lock_timeout=pg_interval(timeout)
+        )
+
+    async def _short(
+        self, conn: asyncpg.Connection, op: Callable[[], Awaitable[T]], *, read_only: bool = False
+    ) -> T:
+        settings = query("read_only") + " " + self.settings if read_only else self.settings
+        async with transaction(conn, settings):
+            return await op()
+
+    async def wal(self, conn: asyncpg.Connection) -> tuple[float, int]:
+        """The primary's WAL position (bytes) and its max_connections."""
+        row = await self._short(conn, lambda: conn.fetchrow(query("health_wal")))
+        assert row is not None
+        return float(row["position"]), int(row["max_connections"])
+
+    async def replicas(self, conn: asyncpg.Connection) -> list[Replica]:
+        rows = await self._short(conn, lambda: conn.fetch(query("health_replicas")))
+        return [
+            Replica(r["name"] or "", r["seconds"], r["bytes"], r["replay_position"]) for r in rows
+        ]
+
+    async def replica_side(self, conn: asyncpg.Connection) -> ReplicaSide:
+        row = await self._short(conn, lambda: conn.fetchrow(query("health_replica_side")))
+        assert row is not None
+        return ReplicaSide(row["standby"], row["seconds"], row["replay_position"])
+
+    async def xmin_holders(self, conn: asyncpg.Connection) -> list[Holder]:
+        rows = await self._short(
+            conn, lambda: conn.fetch(query("health_xmin_holders"), APPLICATION_NAME)
+        )
+        return [Holder(r["who"], r["xmin"], r["seconds"]) for r in rows]
+
+    async def blocked(self, conn: asyncpg.Connection) -> Blocked | None:
+        row = await self._short(
+            conn, lambda: conn.fetchrow(query("health_blocked"), APPLICATION_NAME)
+        )
+        return None if row is None else Blocked(row["seconds"] or 0.0, row["pid"], row["blocker"])
+
+    async def active(self, conn: asyncpg.Connection) -> int:
+        return int(
+            await self._short(conn, lambda: conn.fetchval(query("health_active"), APPLICATION_NAME))
+        )
+
+    async def wraparound(self, conn: asyncpg.Connection, table: str) -> int | None:
+        """The pid of an autovacuum preventing wraparound on ``table``, if one runs."""
+        pid = await self._short(conn, lambda: conn.fetchval(query("health_wraparound"), table))
+        return None if pid is None else int(pid)
+
+    async def check(self, conn: asyncpg.Connection, check: str | Check) -> str | None:
+        """A check's reason to wait, or ``None`` to go: ``--check`` SQL (its first column
+        of its first row) or the migration's callable, in a READ ONLY transaction."""
+
+        async def ask() -> object:
+            if isinstance(check, str):
+                return await conn.fetchval(check)
+            return await check(conn)
+
+        answer = await self._short(conn, ask, read_only=True)
+        if answer is None or answer is True:
+            return None
+        if answer is False:
+            return "returned false"
+        if isinstance(answer, str):
+            return answer.strip() or "returned an empty reason"
+        raise CheckFailed(f"returned {answer!r}, not a boolean or a text")
+
+    async def budget(
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        *,
+        live_within: float,
+        rows_per_second: float | None,
+        wal_bytes_per_second: float | None,
+    ) -> BudgetRow | None:
+        """The run's budgets, storing those given; ``None`` if the run's row is gone."""
+        row = await self._short(
+            conn,
+            lambda: conn.fetchrow(
+                query("health_budget"), name, live_within, rows_per_second, wal_bytes_per_second
+            ),
+        )
+        if row is None:
+            return None
+        return BudgetRow(
+            row["max_rows_per_second"],
+            row["max_wal_bytes_per_second"],
+            int(row["rows_processed"]),
+            int(row["live_workers"]),
+        )
+
+    async def set_waiting_reason(
+        self, conn: asyncpg.Connection, token: uuid.UUID, reason: str | None
+    ) -> None:
+        """This runner's reason to wait (``None``: none), on its row and the run's."""
+        await self._short(conn, lambda: conn.execute(query("set_waiting_reason"), token, reason))
