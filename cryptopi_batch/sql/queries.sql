@@ -325,14 +325,14 @@ SELECT pg_is_in_recovery() AS standby,
 
 -- health_xmin_holders --
 -- What holds back the xmin horizon, other than cryptopi_batch's own sessions ($1 its
--- application_name): transactions with a snapshot (client backends; a walsender's is a
+-- application_name): transactions with an xid or a snapshot (client backends; a walsender's is a
 -- standby's hot_standby_feedback), prepared transactions, replication slots. seconds:
 -- the transaction's age, NULL where the server does not know it (a walsender, a slot:
 -- the sampler counts from when it first saw that xmin).
-SELECT 'pid ' || pid AS who, backend_xmin::text AS xmin,
+SELECT 'pid ' || pid AS who, COALESCE(backend_xmin, backend_xid)::text AS xmin,
        extract(epoch FROM now() - xact_start)::float8 AS seconds
   FROM pg_stat_activity
- WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+ WHERE (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AND pid <> pg_backend_pid()
    AND backend_type IN ('client backend', 'walsender')
    AND application_name IS DISTINCT FROM $1
 UNION ALL
