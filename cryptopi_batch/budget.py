@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 WINDOW = 5.0  # seconds of samples a rate is measured over
+WORST_ROW = 8192.0  # WAL bytes a row is taken to cost before it is measured: a full page
 KEEP = 600.0  # seconds of WAL positions kept (replica lag's estimate looks this far back)
 
 
@@ -79,11 +80,12 @@ class RowCost:
         return self.last
 
     def rows_cap(self, wal_budget: float | None) -> float | None:
-        """Rows per second that keep WAL under ``wal_budget`` bytes per second."""
-        cost = self.bytes_per_row()
-        if wal_budget is None or cost is None or cost <= 0:
+        """Rows per second that keep WAL under ``wal_budget`` bytes per second; until the
+        cost is measured, each row is taken to cost a full page (a slow, safe start)."""
+        if wal_budget is None:
             return None
-        return wal_budget / cost
+        cost = self.bytes_per_row()
+        return wal_budget / (WORST_ROW if cost is None or cost <= 0 else cost)
 
 
 def combined(*caps: float | None) -> float | None:

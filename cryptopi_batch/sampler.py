@@ -309,11 +309,13 @@ class Sampler:
             return
         pacing.pacer.policy = replace(pacing.pacer.policy, max_rows_per_second=mine)
         if self._share is None or mine is None or abs(mine - self._share) > 0.05 * self._share:
+            wal = self.history.rate(now)
             log.info(
                 "budget_share",
                 rows_per_second=None if mine is None else round(mine, 1),
                 live_workers=live,
                 workers=self.workers,
+                wal_bytes_per_second=None if wal is None else round(wal),
             )
         self._share = mine
 

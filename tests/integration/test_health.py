@@ -41,9 +41,11 @@ async def status_of(dsn: str, directory: Path, name: str) -> StatusRow:
 async def until(what: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
     """Poll ``what`` until it answers something true; that answer."""
     with anyio.fail_after(timeout):
-        while not (answer := await what()):
+        while True:
+            answer = await what()
+            if answer:
+                return answer
             await anyio.sleep(0.1)
-    return answer
 
 
 async def waiting(dsn: str, directory: Path, name: str, prefix: str) -> StatusRow:
@@ -269,3 +271,78 @@ async def test_a_paused_replica_holds_the_run_until_replay_resumes(
     finally:
         await sconn.close()
     await assert_completed(conn, name, TABLE, rows)
+
+
+async def _rate(conn: asyncpg.Connection, name: str, skip_first: float) -> float:
+    """The migration's rows per second from its batches' finish times, leaving out the
+    first ``skip_first`` seconds (runners still registering) and the last half second (one
+    runner done, the other on its last batch)."""
+    batches = await conn.fetch(
+        "SELECT extract(epoch FROM finished_at)::float8 AS at, rows FROM ops.backfill_batches"
+        " WHERE backfill = $1 ORDER BY finished_at",
+        name,
+    )
+    lo, hi = batches[0]["at"] + skip_first, batches[-1]["at"] - 0.5
+    assert hi - lo > 3, "too short a run to measure"
+    inside = [b for b in batches if lo < b["at"] <= hi]
+    # Rows between the first and the last batch inside, over the time between them.
+    return float(sum(b["rows"] for b in inside[1:]) / (inside[-1]["at"] - inside[0]["at"]))
+
+
+async def test_two_runners_share_the_migrations_rate_budget(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two runners with --max-rows-per-second R change R rows a second together (not 2R):
+    the budget is stored with the run and each takes its workers' share."""
+    rows, budget = 12_000, 2_000.0
+    await seed_table(conn, rows=rows)
+    name = write_migration(tmp_path, "budgeted", sql_migration(TABLE, batch_size=100))
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):
+            tg.start_soon(lambda: run(dsn, tmp_path, name, max_rows_per_second=budget))
+    f = await assert_completed(conn, name, TABLE, rows)
+    assert f["max_rows_per_second"] == budget
+    runners = await conn.fetchval(
+        "SELECT count(DISTINCT worker) FROM ops.backfill_batches WHERE backfill = $1", name
+    )
+    assert runners == 2
+    rate = await _rate(conn, name, skip_first=1.5)
+    assert abs(rate - budget) / budget < 0.1, rate
+
+
+async def test_two_runners_share_the_migrations_wal_budget(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two runners with --max-wal-rate W: the server's WAL rate while they run stays
+    within 10 % of W (all of the server's WAL is put down to the run)."""
+    rows, budget = 20_000, 300_000.0
+    await seed_table(conn, rows=rows)
+    name = write_migration(tmp_path, "wal_budgeted", sql_migration(TABLE, batch_size=100))
+    positions: list[tuple[float, float]] = []
+    done = anyio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            at = time.monotonic()
+            lsn = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+            positions.append((at, float(lsn)))
+            await anyio.sleep(0.25)
+
+    async def runners() -> None:
+        async with anyio.create_task_group() as inner:
+            for _ in range(2):
+                inner.start_soon(lambda: run(dsn, tmp_path, name, max_wal_rate="300kB"))
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(runners)
+    f = await assert_completed(conn, name, TABLE, rows)
+    assert f["max_wal_bytes_per_second"] == budget
+    # After the first seconds (a row's WAL is taken to be a page until measured), up to
+    # the last second (one runner may be done).
+    start, end = positions[0][0] + 6, positions[-1][0] - 1
+    assert end - start > 3, "too short a run to measure"
+    inside = [p for p in positions if start <= p[0] <= end]
+    rate = (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+    assert abs(rate - budget) / budget < 0.1, rate
