@@ -92,6 +92,7 @@ class Sampler:
     _conn: asyncpg.Connection | None = None
     _replicas: dict[int, asyncpg.Connection | None] = field(default_factory=dict)
     _reported: str | None = None
+    _holder_logged: str | None = None
     _share: float | None = None
     _default_connections: bool = True
 
@@ -320,16 +321,28 @@ class Sampler:
         self._share = mine
 
     async def _report(self, conn: asyncpg.Connection) -> None:
-        """The admission's reason to wait, recorded and logged when it changes."""
+        """The admission's reason to wait: recorded whenever its text changes (``status``
+        shows the value as last seen), logged when what holds the run changes (another
+        gate, or none), not as its value moves."""
         reason = self.admission.waiting_reason
-        if reason == self._reported:
-            return
-        result = await self._probe(
-            conn, lambda c: self.probes.set_waiting_reason(c, self.token, reason)
-        )
-        if not isinstance(result, Exception):
-            log.info("throttle_changed", waiting_reason=reason, was=self._reported)
+        if reason != self._reported:
+            result = await self._probe(
+                conn, lambda c: self.probes.set_waiting_reason(c, self.token, reason)
+            )
+            if isinstance(result, Exception):
+                return
             self._reported = reason
+        holder = self._holder(reason)
+        if holder != self._holder_logged:
+            log.info("throttle_changed", gate=holder, waiting_reason=reason)
+            self._holder_logged = holder
+
+    def _holder(self, reason: str | None) -> str | None:
+        """The gate a reason is from (the longest label it starts with), else the reason."""
+        if reason is None:
+            return None
+        labels = [g.label for g in self.gates if reason.startswith(g.label)]
+        return max(labels, key=len) if labels else reason
 
     # --- connections --------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from cryptopi_batch import sampler as sampler_module
 from cryptopi_batch.admission import Admission, Pacing
@@ -194,3 +195,29 @@ async def test_the_rate_budget_is_shared_by_live_workers():
     await s.sample()
     pacing = next(g for g in s.admission.gates if isinstance(g, Pacing))
     assert pacing.pacer.policy.max_rows_per_second == 250.0
+
+
+async def test_throttle_changed_is_logged_when_the_holding_gate_changes_not_its_value():
+    probes = FakeProbes({"xmin_holders": [Holder("pid 7", "1", 2000.0)]})
+    s = make(probes)
+    with capture_logs() as logs:
+        for t, age in enumerate([2000.0, 2001.0, 2002.0]):
+            probes.answers["xmin_holders"] = [Holder("pid 7", "1", age)]
+            await s.sample()
+            s.admission.decide(float(t) * 100)  # a worker asks again after its back-off
+        probes.answers["xmin_holders"] = []
+        await s.sample()
+        s.admission.decide(1000.0)
+        await s.sample()
+    changes = [(e["gate"], e["waiting_reason"]) for e in logs if e["event"] == "throttle_changed"]
+    assert changes == [
+        ("transaction age", "transaction age 2000 s > 1800 s (pid 7)"),
+        (None, None),
+    ]
+    # Each value was recorded for status, then none.
+    assert probes.waiting == [
+        "transaction age 2000 s > 1800 s (pid 7)",
+        "transaction age 2001 s > 1800 s (pid 7)",
+        "transaction age 2002 s > 1800 s (pid 7)",
+        None,
+    ]
