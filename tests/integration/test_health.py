@@ -195,6 +195,34 @@ async def test_a_session_blocked_behind_a_batch_shrinks_the_batches(
     assert waited[0] < 3.5  # the batch's own 3 s, no more
 
 
+async def test_too_many_active_sessions_hold_the_run(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two application sessions running a query at once, past --max-active-connections 1:
+    the run waits; they finish: it completes. The run's own sessions do not count."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "busy", sql_migration(TABLE, batch_size=100))
+    busy = [await connect(dsn) for _ in range(2)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for session in busy:
+                tg.start_soon(session.execute, "SELECT pg_sleep(3)")
+            await until(
+                lambda: conn.fetchval(
+                    "SELECT count(*) = 2 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)'"
+                )
+            )
+            tg.start_soon(lambda: run(dsn, tmp_path, name, max_active_connections=1))
+            row = await waiting(dsn, tmp_path, name, "active connections ")
+            assert row.waiting_reason is not None
+            assert row.waiting_reason.endswith(" > 1"), row.waiting_reason
+            assert row.rows_processed == 0
+    finally:
+        for session in busy:
+            await session.close()
+    await assert_completed(conn, name, TABLE, 300)
+
+
 def _chown_to(cluster: EmbeddedCluster, path: Path) -> None:
     if cluster.system_user is not None:
         entry = pwd.getpwnam(cluster.system_user)
