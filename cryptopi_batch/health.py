@@ -37,6 +37,7 @@ class Replica:
     seconds: float | None
     bytes: float | None
     replay_position: float | None
+    reply_age: float = 0.0  # seconds since the standby last reported its position
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,14 @@ class HealthProbes:
     async def replicas(self, conn: asyncpg.Connection) -> list[Replica]:
         rows = await self._short(conn, lambda: conn.fetch(query("health_replicas")))
         return [
-            Replica(r["name"] or "", r["seconds"], r["bytes"], r["replay_position"]) for r in rows
+            Replica(
+                r["name"] or "",
+                r["seconds"],
+                r["bytes"],
+                r["replay_position"],
+                r["reply_age"] or 0.0,
+            )
+            for r in rows
         ]
 
     async def replica_side(self, conn: asyncpg.Connection) -> ReplicaSide:

@@ -198,11 +198,14 @@ class Sampler:
 
     def _primary_side_lag(self, r: Replica, now: float) -> float | None:
         """A standby's lag as the primary sees it: its replay lag, or, where that is not
-        measured (NULL when idle, stale while replay is paused), how long ago the primary
-        was where the standby's replay is. ``None``: the row's columns are hidden."""
+        measured (NULL when idle, stale while replay is paused), how long before its last
+        report the primary was past the standby's replay position (as of that report: a
+        standby that reports seldom while idle is not taken to fall behind in between).
+        ``None``: the row's columns are hidden."""
         if r.bytes is None or r.replay_position is None:
             return None
-        behind = self.history.behind(r.replay_position, now) if r.bytes > 0 else 0.0
+        reported = now - r.reply_age
+        behind = self.history.behind(r.replay_position, reported) if r.bytes > 0 else 0.0
         return max(r.seconds or 0.0, behind)
 
     async def _transaction_age(self, conn: asyncpg.Connection) -> None:

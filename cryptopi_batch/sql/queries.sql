@@ -305,12 +305,14 @@ SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS position,
 
 -- health_replicas --
 -- Replica lag seen on the primary, one row per standby streaming from it: replay lag in
--- time (NULL when idle or not yet measured) and in bytes, and the replay position. A role
--- without pg_read_all_stats sees the rows with these columns NULL.
+-- time (NULL when idle or not yet measured) and in bytes, the replay position, and how
+-- old the standby's last report of it is. A role without pg_read_all_stats sees the rows
+-- with these columns NULL.
 SELECT application_name AS name,
        extract(epoch FROM replay_lag)::float8 AS seconds,
        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS bytes,
-       pg_wal_lsn_diff(replay_lsn, '0/0')::float8 AS replay_position
+       pg_wal_lsn_diff(replay_lsn, '0/0')::float8 AS replay_position,
+       GREATEST(extract(epoch FROM now() - reply_time), 0)::float8 AS reply_age
   FROM pg_stat_replication;
 
 -- health_replica_side --
@@ -346,12 +348,15 @@ SELECT 'replication slot ' || slot_name, COALESCE(xmin, catalog_xmin)::text, NUL
 
 -- health_blocked --
 -- The longest-waiting session blocked by one of cryptopi_batch's sessions ($1 its
--- application_name), not one of its own: how long it has waited (since its statement
--- began), its pid and the blocker's. Only lock waiters are asked pg_blocking_pids().
+-- application_name), not one of its own: how long it has waited (since its lock wait
+-- began, else since its statement did), its pid and the blocker's. Only lock waiters are
+-- asked pg_blocking_pids().
 WITH waiting AS MATERIALIZED (
-    SELECT pid, query_start FROM pg_stat_activity
-     WHERE wait_event_type = 'Lock' AND application_name IS DISTINCT FROM $1)
-SELECT extract(epoch FROM now() - w.query_start)::float8 AS seconds, w.pid,
+    SELECT a.pid, COALESCE((SELECT min(l.waitstart) FROM pg_locks l
+                             WHERE l.pid = a.pid AND NOT l.granted), a.query_start) AS since
+      FROM pg_stat_activity a
+     WHERE a.wait_event_type = 'Lock' AND a.application_name IS DISTINCT FROM $1)
+SELECT extract(epoch FROM now() - w.since)::float8 AS seconds, w.pid,
        b.pid AS blocker
   FROM waiting w
  CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS bp(pid)

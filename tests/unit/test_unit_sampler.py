@@ -3,6 +3,7 @@ silence makes of its gate, the batch size cut on blocking, and the budget's shar
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,3 +222,20 @@ async def test_throttle_changed_is_logged_when_the_holding_gate_changes_not_its_
         "transaction age 2002 s > 1800 s (pid 7)",
         None,
     ]
+
+
+@pytest.mark.parametrize(("reply_age", "holding"), [(0.0, True), (12.0, False)])
+async def test_replica_lag_from_positions_counts_to_the_standbys_last_report(
+    reply_age: float, holding: bool
+):
+    """The primary passed the standby's replay position 15 s ago: 15 s behind if it just
+    said so; if its report is 12 s old, only 3 s are known (it may have caught up since)."""
+    now = time.monotonic()
+    probes = FakeProbes({"replicas": [Replica("standby-a", None, 4096.0, 150.0, reply_age)]})
+    s = make(probes)
+    s.history.add(now - 20, 100.0)
+    s.history.add(now - 15, 200.0)
+    await s.sample()
+    assert gate(s, "replica-lag").holding is holding
+    reading = gate(s, "replica-lag").reading
+    assert reading.value == pytest.approx(15.0 - reply_age, abs=0.5)
