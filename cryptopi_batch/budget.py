@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 WINDOW = 5.0  # seconds of samples a rate is measured over
 WORST_ROW = 8192.0  # WAL bytes a row is taken to cost before it is measured: a full page
@@ -86,6 +87,44 @@ class RowCost:
             return None
         cost = self.bytes_per_row()
         return wal_budget / (WORST_ROW if cost is None or cost <= 0 else cost)
+
+
+@dataclass
+class Shares:
+    """One runner's share of its migration's budgets (rows per second; ``None``: no cap),
+    re-balanced on each reading of the run's row."""
+
+    workers: int  # this runner's worker tasks
+    cost: RowCost = field(default_factory=RowCost)
+    share: float | None = None
+
+    def update(self, at: float, wal_position: float | None, row: BudgetReading) -> bool:
+        """The share from the run's budgets and live workers; whether it changed."""
+        if wal_position is not None:
+            self.cost.add(at, wal_position, row.rows_processed)
+        cap = combined(row.max_rows_per_second, self.cost.rows_cap(row.max_wal_bytes_per_second))
+        mine = share(cap, self.workers, max(row.live_workers, self.workers))
+        changed, self.share = mine != self.share, mine
+        return changed
+
+    def moved(self, before: float | None) -> bool:
+        """Whether the share moved by more than 5 % from ``before`` (worth a log line)."""
+        if before is None or self.share is None:
+            return before != self.share
+        return abs(self.share - before) > 0.05 * before
+
+
+class BudgetReading(Protocol):
+    """What :meth:`Shares.update` reads of the run's row."""
+
+    @property
+    def max_rows_per_second(self) -> float | None: ...
+    @property
+    def max_wal_bytes_per_second(self) -> float | None: ...
+    @property
+    def rows_processed(self) -> int: ...
+    @property
+    def live_workers(self) -> int: ...
 
 
 def combined(*caps: float | None) -> float | None:

@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+import anyio
 import asyncpg
+import structlog
 
-from .db import APPLICATION_NAME, pg_interval, set_local, transaction
+from .budget import WalHistory
+from .db import (
+    APPLICATION_NAME,
+    ConnectionSettings,
+    close_quietly,
+    pg_interval,
+    set_local,
+    transaction,
+)
 from .migration import Check
 from .sqlfiles import query
 
 T = TypeVar("T")
+log = structlog.get_logger("cryptopi_batch")
 
 PROBE_TIMEOUT = 1.0  # each probe's statement and lock timeout, seconds
+PROBE_BOUND = 3.0  # a probe with no answer after this long has failed (its connection too)
 
 
 class CheckFailed(Exception):
@@ -75,6 +87,32 @@ class BudgetRow:
     max_wal_bytes_per_second: float | None
     rows_processed: int
     live_workers: int
+
+
+def primary_side_lag(r: Replica, history: WalHistory, now: float) -> float | None:
+    """A standby's lag as the primary sees it: its replay lag, or, where that is not
+    measured (NULL when idle, stale while replay is paused), how long before its last
+    report the primary was past the standby's replay position (as of that report: a standby
+    that reports seldom while idle is not taken to fall behind in between). ``None``: the
+    row's columns are hidden."""
+    if r.bytes is None or r.replay_position is None:
+        return None
+    behind = history.behind(r.replay_position, now - r.reply_age) if r.bytes > 0 else 0.0
+    return max(r.seconds or 0.0, behind)
+
+
+def oldest(
+    holders: list[Holder], first_seen: dict[tuple[str, str], float], now: float
+) -> tuple[float, str, dict[tuple[str, str], float]]:
+    """The oldest holder's age and name (``0, ""`` for none), and when each holder's xmin
+    was first seen (the age of those the server gives none)."""
+    seen: dict[tuple[str, str], float] = {}
+    found = (0.0, "")
+    for h in holders:
+        key = (h.who, h.xmin)
+        seen[key] = first_seen.get(key, now)
+        found = max(found, (h.seconds if h.seconds is not None else now - seen[key], h.who))
+    return found[0], found[1], seen
 
 
 class HealthProbes:
@@ -186,3 +224,66 @@ class HealthProbes:
     ) -> None:
         """This runner's reason to wait (``None``: none), on its row and the run's."""
         await self._short(conn, lambda: conn.execute(query("set_waiting_reason"), token, reason))
+
+
+@dataclass
+class ProbeConnections:
+    """The sampler's connections: one to the server, one to each ``--replica-dsn`` replica.
+    A probe is bounded on this side too: one with no answer within :data:`PROBE_BOUND`
+    failed, and its connection (its state unknown) is dropped, made anew next time."""
+
+    connection: ConnectionSettings
+    describe: Callable[[BaseException], str]
+    conn: asyncpg.Connection | None = None
+    replicas: dict[int, asyncpg.Connection | None] = field(default_factory=dict)
+
+    async def probe(
+        self,
+        conn: asyncpg.Connection,
+        probe: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        replica: int | None = None,
+    ) -> T | Exception:
+        """``probe``'s answer, or the exception it failed with (a timeout included)."""
+        try:
+            with anyio.fail_after(PROBE_BOUND, shield=True):
+                return await probe(conn)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) or conn.is_closed()):
+                return exc
+            conn.terminate()
+            if replica is None:
+                self.conn = None
+            else:
+                self.replicas[replica] = None
+            if isinstance(exc, TimeoutError):
+                return TimeoutError(f"no answer within {PROBE_BOUND:g} s")
+            return exc
+
+    async def primary(self) -> asyncpg.Connection | None:
+        """The connection to the server, made if need be; ``None`` if it cannot be."""
+        if self.conn is None or self.conn.is_closed():
+            try:
+                with anyio.fail_after(PROBE_BOUND):
+                    self.conn = await self.connection.connect(timeout=PROBE_BOUND)
+            except Exception as exc:
+                log.warning("health_connect_failed", error=self.describe(exc))
+                self.conn = None
+        return self.conn
+
+    async def replica(self, i: int, dsn: str) -> asyncpg.Connection | None:
+        """The connection to the ``i``-th replica, made if need be."""
+        conn = self.replicas.get(i)
+        if conn is None or conn.is_closed():
+            try:
+                with anyio.fail_after(PROBE_BOUND):
+                    conn = await replace(self.connection, dsn=dsn).connect(timeout=PROBE_BOUND)
+            except Exception:
+                conn = None
+            self.replicas[i] = conn
+        return conn
+
+    async def close(self) -> None:
+        for c in [self.conn, *self.replicas.values()]:
+            with anyio.move_on_after(2):
+                await close_quietly(c)

@@ -25,10 +25,10 @@ import structlog
 
 from . import gates as g
 from .admission import Admission, Gate, Pacing
-from .budget import RowCost, WalHistory, combined, share
-from .db import ConnectionSettings, close_quietly
+from .budget import Shares, WalHistory
+from .db import ConnectionSettings
 from .gates import GatePolicy, HealthGate, Reading
-from .health import HealthProbes, Replica
+from .health import HealthProbes, ProbeConnections, oldest, primary_side_lag
 from .migration import Check
 from .settings import HealthLimits
 from .throttle import BatchSizer
@@ -37,7 +37,6 @@ log = structlog.get_logger("cryptopi_batch")
 T = TypeVar("T")
 
 INTERVAL = 1.0  # seconds between samples, at most this often
-PROBE_BOUND = 3.0  # a probe with no answer after this long has failed (its connection too)
 LIVE_WITHIN = 5.0  # a runner with a heartbeat this recent is live (for the budgets' shares)
 
 
@@ -87,16 +86,16 @@ class Sampler:
     describe: Callable[[BaseException], str]
     probes: HealthProbes = field(default_factory=HealthProbes)
     history: WalHistory = field(default_factory=WalHistory)
-    cost: RowCost = field(default_factory=RowCost)
     _first_seen: dict[tuple[str, str], float] = field(default_factory=dict)
-    _conn: asyncpg.Connection | None = None
-    _replicas: dict[int, asyncpg.Connection | None] = field(default_factory=dict)
+    conns: ProbeConnections = field(init=False)
     _reported: str | None = None
     _holder_logged: str | None = None
-    _share: float | None = None
+    shares: Shares = field(init=False)
     _default_connections: bool = True
 
     def __post_init__(self) -> None:
+        self.conns = ProbeConnections(self.connection, self.describe)
+        self.shares = Shares(self.workers)
         self._default_connections = self.limits.max_active_connections is None
         active = self._by_name(g.ACTIVE_CONNECTIONS)
         if active is not None and self.limits.max_active_connections is not None:
@@ -130,9 +129,16 @@ class Sampler:
             with anyio.CancelScope(shield=True):
                 await self._close()
 
+    async def _close(self) -> None:
+        """Clear this runner's reason to wait (it no longer waits), close the connections."""
+        conn = self.conns.conn
+        if conn is not None and not conn.is_closed() and self._reported is not None:
+            await self._probe(conn, lambda c: self.probes.set_waiting_reason(c, self.token, None))
+        await self.conns.close()
+
     async def sample(self) -> None:
         """One round: every probe, the gates' readings, the budgets, the waiting reason."""
-        conn = await self._connect()
+        conn = await self.conns.primary()
         if conn is None:
             for gate in self.gates:
                 gate.observe(Reading(time.monotonic(), error="no connection to the server"))
@@ -165,7 +171,7 @@ class Sampler:
             return
         lags: list[tuple[float, str]] = [(0.0, "")]
         for r in seen:
-            lag = self._primary_side_lag(r, now)
+            lag = primary_side_lag(r, self.history, now)
             if lag is None:
                 gate.observe(
                     Reading(now, error="pg_stat_replication is not readable (pg_read_all_stats)")
@@ -174,11 +180,11 @@ class Sampler:
             lags.append((lag, r.name or "replica"))
         for i, dsn in enumerate(self.limits.replica_dsns, start=1):
             where = f"replica-{i}"
-            replica = await self._replica_conn(i, dsn)
+            replica = await self.conns.replica(i, dsn)
             side = (
                 ConnectionError("no connection")
                 if replica is None
-                else await self._probe(replica, self.probes.replica_side, replica=i)
+                else await self.conns.probe(replica, self.probes.replica_side, replica=i)
             )
             if isinstance(side, Exception):
                 text = replace(self.connection, dsn=dsn).redact(self.describe(side))
@@ -196,18 +202,6 @@ class Sampler:
         value, where = max(lags)
         gate.observe(Reading(now, value, where))
 
-    def _primary_side_lag(self, r: Replica, now: float) -> float | None:
-        """A standby's lag as the primary sees it: its replay lag, or, where that is not
-        measured (NULL when idle, stale while replay is paused), how long before its last
-        report the primary was past the standby's replay position (as of that report: a
-        standby that reports seldom while idle is not taken to fall behind in between).
-        ``None``: the row's columns are hidden."""
-        if r.bytes is None or r.replay_position is None:
-            return None
-        reported = now - r.reply_age
-        behind = self.history.behind(r.replay_position, reported) if r.bytes > 0 else 0.0
-        return max(r.seconds or 0.0, behind)
-
     async def _transaction_age(self, conn: asyncpg.Connection) -> None:
         gate = self._by_name(g.TRANSACTION_AGE)
         if gate is None:
@@ -217,15 +211,8 @@ class Sampler:
         if isinstance(holders, Exception):
             gate.observe(Reading(now, error=self.describe(holders)))
             return
-        seen: dict[tuple[str, str], float] = {}
-        oldest = (0.0, "")
-        for h in holders:
-            key = (h.who, h.xmin)
-            seen[key] = self._first_seen.get(key, now)
-            age = h.seconds if h.seconds is not None else now - seen[key]
-            oldest = max(oldest, (age, h.who))
-        self._first_seen = seen
-        gate.observe(Reading(now, oldest[0], oldest[1]))
+        age, who, self._first_seen = oldest(holders, self._first_seen, now)
+        gate.observe(Reading(now, age, who))
 
     async def _blocking(self, conn: asyncpg.Connection) -> None:
         gate = self._by_name(g.BLOCKING)
@@ -303,25 +290,28 @@ class Sampler:
         if isinstance(row, Exception) or row is None:
             return  # the last share stays
         now = time.monotonic()
-        if wal_position is not None:
-            self.cost.add(now, wal_position, row.rows_processed)
-        live = max(row.live_workers, self.workers)
-        cap = combined(row.max_rows_per_second, self.cost.rows_cap(row.max_wal_bytes_per_second))
-        mine = share(cap, self.workers, live)
-        pacing = next((x for x in self.admission.gates if isinstance(x, Pacing)), None)
-        if pacing is None or mine == self._share:
+        before = self.shares.share
+        if not self.shares.update(now, wal_position, row):
             return
-        pacing.pacer.policy = replace(pacing.pacer.policy, max_rows_per_second=mine)
-        if self._share is None or mine is None or abs(mine - self._share) > 0.05 * self._share:
+        pacing = next((x for x in self.admission.gates if isinstance(x, Pacing)), None)
+        if pacing is not None:
+            pacing.pacer.policy = replace(
+                pacing.pacer.policy, max_rows_per_second=self.shares.share
+            )
+        if self.shares.moved(before):
             wal = self.history.rate(now)
             log.info(
                 "budget_share",
-                rows_per_second=None if mine is None else round(mine, 1),
-                live_workers=live,
+                rows_per_second=None if self.shares.share is None else round(self.shares.share, 1),
+                live_workers=max(row.live_workers, self.workers),
                 workers=self.workers,
                 wal_bytes_per_second=None if wal is None else round(wal),
             )
-        self._share = mine
+
+    async def _probe(
+        self, conn: asyncpg.Connection, probe: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T | Exception:
+        return await self.conns.probe(conn, probe)
 
     async def _report(self, conn: asyncpg.Connection) -> None:
         """The admission's reason to wait: recorded whenever its text changes (``status``
@@ -335,74 +325,18 @@ class Sampler:
             if isinstance(result, Exception):
                 return
             self._reported = reason
-        holder = self._holder(reason)
+        holder = holding_gate(self.gates, reason)
         if holder != self._holder_logged:
             log.info("throttle_changed", gate=holder, waiting_reason=reason)
             self._holder_logged = holder
 
-    def _holder(self, reason: str | None) -> str | None:
-        """The gate a reason is from (the longest label it starts with), else the reason."""
-        if reason is None:
-            return None
-        labels = [g.label for g in self.gates if reason.startswith(g.label)]
-        return max(labels, key=len) if labels else reason
 
-    # --- connections --------------------------------------------------------------
-
-    async def _probe(
-        self,
-        conn: asyncpg.Connection,
-        probe: Callable[[asyncpg.Connection], Awaitable[T]],
-        *,
-        replica: int | None = None,
-    ) -> T | Exception:
-        """``probe``'s answer, or the exception it failed with (a timeout included)."""
-        try:
-            with anyio.fail_after(PROBE_BOUND, shield=True):
-                return await probe(conn)
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) or conn.is_closed():
-                conn.terminate()  # its state is unknown: made anew at the next round
-                if replica is None:
-                    self._conn = None
-                else:
-                    self._replicas[replica] = None
-                return (
-                    TimeoutError(f"no answer within {PROBE_BOUND:g} s")
-                    if isinstance(exc, TimeoutError)
-                    else exc
-                )
-            return exc
-
-    async def _connect(self) -> asyncpg.Connection | None:
-        if self._conn is None or self._conn.is_closed():
-            try:
-                with anyio.fail_after(PROBE_BOUND):
-                    self._conn = await self.connection.connect(timeout=PROBE_BOUND)
-            except Exception as exc:
-                log.warning("health_connect_failed", error=self.describe(exc))
-                self._conn = None
-        return self._conn
-
-    async def _replica_conn(self, i: int, dsn: str) -> asyncpg.Connection | None:
-        conn = self._replicas.get(i)
-        if conn is None or conn.is_closed():
-            try:
-                with anyio.fail_after(PROBE_BOUND):
-                    conn = await replace(self.connection, dsn=dsn).connect(timeout=PROBE_BOUND)
-            except Exception:
-                conn = None
-            self._replicas[i] = conn
-        return conn
-
-    async def _close(self) -> None:
-        """Clear this runner's reason to wait (it no longer waits), close the connections."""
-        conn = self._conn
-        if conn is not None and not conn.is_closed() and self._reported is not None:
-            await self._probe(conn, lambda c: self.probes.set_waiting_reason(c, self.token, None))
-        for c in [self._conn, *self._replicas.values()]:
-            with anyio.move_on_after(2):
-                await close_quietly(c)
+def holding_gate(gates: list[HealthGate], reason: str | None) -> str | None:
+    """The gate a reason is from (the longest label it starts with), else the reason."""
+    if reason is None:
+        return None
+    labels = [x.label for x in gates if reason.startswith(x.label)]
+    return max(labels, key=len) if labels else reason
 
 
 def health_gates(admission: Admission, gates: list[HealthGate]) -> None:

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from cryptopi_batch import sampler as sampler_module
+from cryptopi_batch import health
 from cryptopi_batch.admission import Admission, Pacing
 from cryptopi_batch.health import Blocked, BudgetRow, Holder, Replica
 from cryptopi_batch.sampler import Sampler, build_gates
@@ -94,7 +94,7 @@ def make(probes: FakeProbes, limits: HealthLimits | None = None, **kw: Any) -> S
         describe=lambda exc: str(exc) or type(exc).__name__,
         probes=probes,  # type: ignore[arg-type]
     )
-    s._conn = FakeConn()  # type: ignore[assignment]
+    s.conns.conn = FakeConn()  # type: ignore[assignment]
     return s
 
 
@@ -149,9 +149,9 @@ async def test_each_probe_feeds_its_gate(probe, answer, gate_name, reason):
 async def test_a_probe_that_does_not_answer_holds_its_gate_and_drops_the_connection(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    monkeypatch.setattr(sampler_module, "PROBE_BOUND", 0.05)
+    monkeypatch.setattr(health, "PROBE_BOUND", 0.05)
     s = make(FakeProbes({"active": "hang"}))
-    conn = s._conn
+    conn = s.conns.conn
     await s.sample()
     assert gate(s, "active-connections").reason == (
         "active connections unknown: no answer within 0.05 s"
