@@ -32,6 +32,7 @@ from .errors import (
     Stopped,
     UsageError,
 )
+from .health import prepare_check
 from .keys import as_bound
 from .keysql import RangeQueries
 from .preflight import check_declared, preflight
@@ -97,6 +98,7 @@ async def run(
     try:
         async with _setup_errors(connection):
             checked = await preflight(conn, migration, settings)
+            await prepare_check(conn, settings.health.check, settings.timeouts.local())
             target = checked.target
             connection = connection.behind_pooler(checked.pooled)
             if connection.statement_cache_size != direct.statement_cache_size:

@@ -27,6 +27,7 @@ from .db import (
     set_local,
     transaction,
 )
+from .errors import UsageError
 from .migration import Check
 from .sqlfiles import query
 
@@ -113,6 +114,27 @@ def oldest(
         seen[key] = first_seen.get(key, now)
         found = max(found, (h.seconds if h.seconds is not None else now - seen[key], h.who))
     return found[0], found[1], seen
+
+
+CHECK_TYPES = ("bool", "text", "varchar", "bpchar", "name", "unknown")
+
+
+async def prepare_check(conn: asyncpg.Connection, sql: str | None, settings: str) -> None:
+    """``--check``'s SQL prepared before the run starts (in a transaction with ``settings``,
+    the batch's timeouts), so that a typo, a missing table or a query that returns neither
+    a boolean nor a text exits 2 instead of holding the run for ever."""
+    if sql is None:
+        return
+    what = "--check (or check=)"
+    try:
+        async with transaction(conn, settings):
+            prepared = await conn.prepare(sql)
+    except asyncpg.PostgresError as exc:
+        raise UsageError(f"{what} does not prepare: {exc}") from None
+    columns = prepared.get_attributes()
+    if not columns or columns[0].type.name not in CHECK_TYPES:
+        returns = f"type {columns[0].type.name}" if columns else "no column"
+        raise UsageError(f"{what} must return a boolean or a text, not {returns}")
 
 
 class HealthProbes:

@@ -711,6 +711,21 @@ BAD_INPUTS: dict[str, dict[str, Any]] = {
         "args": ["--max-replica-lag", "soon"],
         "expect": ["--max-replica-lag (or max_replica_lag=): not a duration: 'soon'"],
     },
+    "check_typo": {
+        "name": "touch_all",
+        "args": ["--check", "SELEC true"],
+        "expect": ['--check (or check=) does not prepare: syntax error at or near "SELEC"'],
+    },
+    "check_missing_table": {
+        "name": "touch_all",
+        "args": ["--check", "SELECT reason FROM no_such_flags"],
+        "expect": ['--check (or check=) does not prepare: relation "no_such_flags" does not'],
+    },
+    "check_returns_a_number": {
+        "name": "touch_all",
+        "args": ["--check", "SELECT 1"],
+        "expect": ["--check (or check=) must return a boolean or a text, not type int4"],
+    },
     "replica_dsn_bad_port": {
         "name": "touch_all",
         "args": ["--replica-dsn", "postgresql://u:hunter2@replica:99999/db"],
