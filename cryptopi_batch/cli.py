@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--yes", action="store_true", help="confirm a migration declared destructive=True"
     )
+    _health_options(run)
 
     status = sub.add_parser(
         "status", parents=[common], help="progress, rate, ETA and state of the recorded runs"
@@ -242,6 +243,39 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser = sub.choices[choice.dest]
         command_parser.description = command_parser.description or choice.help
     return parser
+
+
+def _health_options(run: argparse.ArgumentParser) -> None:
+    """``run``'s health gates and the WAL budget (docs/operating.md)."""
+    gates = run.add_argument_group("health gates and budgets (see docs/operating.md)")
+    gates.add_argument("--max-replica-lag", help="wait while a replica lags more (default 10s)")
+    gates.add_argument(
+        "--replica-dsn",
+        action="append",
+        default=[],
+        help="also ask this replica for its lag (repeatable)",
+    )
+    gates.add_argument(
+        "--max-transaction-age",
+        help="wait while an older transaction holds back vacuum (default 30min)",
+    )
+    gates.add_argument(
+        "--max-blocking",
+        help="shrink batches and wait when a session waits on ours longer (default 1s)",
+    )
+    gates.add_argument(
+        "--max-active-connections",
+        type=int,
+        help="wait while more sessions are active (default half of max_connections)",
+    )
+    gates.add_argument("--check", help="SQL returning true (go), false or a reason (wait)")
+    gates.add_argument(
+        "--no-gate", action="append", default=[], help="switch one gate off (repeatable)"
+    )
+    gates.add_argument("--no-gates", action="store_true", help="switch every health gate off")
+    gates.add_argument(
+        "--max-wal-rate", help="WAL bytes per second for the whole migration (e.g. 20MB)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -334,6 +368,15 @@ def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
         catch_up=args.catch_up,
         yes=args.yes,
         progress=progress,
+        max_replica_lag=args.max_replica_lag,
+        replica_dsn=tuple(args.replica_dsn),
+        max_transaction_age=args.max_transaction_age,
+        max_blocking=args.max_blocking,
+        max_active_connections=args.max_active_connections,
+        check=args.check,
+        no_gate=tuple(args.no_gate),
+        no_gates=args.no_gates,
+        max_wal_rate=args.max_wal_rate,
     )
 
 

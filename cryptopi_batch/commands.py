@@ -29,6 +29,7 @@ from .errors import (
     Stopped,
     UsageError,
 )
+from .health import prepare_check
 from .keys import as_bound
 from .keysql import RangeQueries
 from .preflight import Preflight, preflight
@@ -97,6 +98,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     try:
         async with _setup_errors(connection):
             checked = await preflight(conn, migration, settings)
+            await prepare_check(conn, settings.health.check, settings.timeouts.local())
             target = checked.target
             refused = not_now(settings, utc_now())
             if refused is not None and not await _done(conn, migration, checked, settings):

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 Process = Callable[["Batch"], Awaitable[int | None]]
 """``async def process(batch) -> rows``: the Python form of a batch's work."""
 
+Check = Callable[["asyncpg.Connection"], Awaitable[bool | str | None]]
+"""``async def check(conn) -> bool | str | None``: a health check of the migration's own,
+asked about once a second: ``True`` or ``None`` is go, ``False`` or a reason is wait."""
+
 Work = str | Process
 """A batch's work: SQL with ``{range}``, or a ``process`` coroutine function."""
 
@@ -46,6 +50,15 @@ class Backfill:
     synchronous_commit: bool | None = None
     window: str | None = None
     timezone: str | None = None
+    # Health gates and the WAL budget (see docs/operating.md); None: the default.
+    max_replica_lag: float | str | None = None
+    max_transaction_age: float | str | None = None
+    max_blocking: float | str | None = None
+    max_active_connections: int | None = None
+    check: str | None = None
+    checks: tuple[Check, ...] = ()
+    no_gate: tuple[str, ...] = ()
+    max_wal_rate: float | str | None = None
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +86,14 @@ class Backfill:
             split_qualified(self.table)
         except ValueError as exc:
             raise MigrationDefinitionError(f"Backfill table=: {exc}") from None
+        if not isinstance(self.checks, (tuple, list)) or not all(
+            inspect.iscoroutinefunction(c) for c in self.checks
+        ):
+            raise MigrationDefinitionError(
+                "Backfill checks= must be a list of async functions (async def check(conn))"
+            )
+        if isinstance(self.no_gate, str) or not isinstance(self.no_gate, (tuple, list)):
+            raise MigrationDefinitionError("Backfill no_gate= must be a list of gate names")
         if not self.key_columns or not all(isinstance(k, str) and k for k in self.key_columns):
             raise MigrationDefinitionError("Backfill key= must name one column or a tuple of them")
 

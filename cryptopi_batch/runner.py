@@ -25,6 +25,7 @@ from .keys import Bound
 from .keysql import RangeQueries
 from .migration import Work
 from .progress import Progress, ProgressHook, Tally
+from .sampler import Sampler, build_gates, health_gates
 from .sessions import Sessions
 from .settings import RunSettings
 from .states import RunState
@@ -153,6 +154,8 @@ class Runner:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(control.heartbeat, finished, beat)
+                # The health gates' first readings come before the first batch.
+                await outer.start(self._sampler(crew).run, finished)
                 async with anyio.create_task_group() as side:
                     if self.handle_signals:
                         side.start_soon(stop.listen, outer.cancel_scope)
@@ -169,6 +172,25 @@ class Runner:
         finally:
             with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
                 await control.step(crew.store.stop)
+
+    def _sampler(self, crew: Crew) -> Sampler:
+        """The health sampler, its gates added to the run's admission."""
+        s = self.settings
+        gates = build_gates(s.health, time.monotonic())
+        health_gates(crew.stop.admission, gates)
+        return Sampler(
+            name=self.name,
+            token=self.token,
+            table=self.target.table,
+            workers=s.workers,
+            limits=s.health,
+            rows_per_second=s.throttle.max_rows_per_second,
+            connection=self.connection,
+            admission=crew.stop.admission,
+            sizer=crew.sizer,
+            gates=gates,
+            describe=self._describe,
+        )
 
     async def _end(self, crew: Crew, elapsed: float) -> Outcome:
         """Record how the run ended: failed, completed, or stopped (exit 3)."""

@@ -93,6 +93,22 @@ class TimeoutPolicy:
 
 
 @dataclass(frozen=True)
+class HealthLimits:
+    """The health gates' limits (see docs/operating.md for why these defaults) and the WAL
+    budget. Resolved by :func:`limits.resolve_health`."""
+
+    max_replica_lag: float = 10.0
+    replica_dsns: tuple[str, ...] = ()
+    max_transaction_age: float = 1800.0
+    max_blocking: float = 1.0
+    max_active_connections: int | None = None  # None: half the server's max_connections
+    check: str | None = None
+    checks: tuple[Any, ...] = ()  # the migration's async callables, each given a connection
+    off: frozenset[str] = frozenset()  # gates switched off
+    max_wal_rate: float | None = None  # bytes per second, for the whole migration
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything ``run`` needs besides the migration and the connection."""
 
@@ -111,6 +127,7 @@ class RunSettings:
     catch_up: bool = False
     yes: bool = False
     progress: bool = False
+    health: HealthLimits = field(default_factory=HealthLimits)
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,15 @@ class RunOptions:
     catch_up: bool = False
     yes: bool = False
     progress: bool = False
+    max_replica_lag: str | float | None = None
+    replica_dsn: tuple[str, ...] = ()
+    max_transaction_age: str | float | None = None
+    max_blocking: str | float | None = None
+    max_active_connections: int | None = None
+    check: str | None = None
+    no_gate: tuple[str, ...] = ()
+    no_gates: bool = False
+    max_wal_rate: str | float | None = None
 
 
 def _pick(cli: T | None, declared: T) -> T:
@@ -237,4 +263,11 @@ def resolve_settings(
         catch_up=options.catch_up,
         yes=options.yes,
         progress=options.progress,
+        health=_health(options, backfill),
     )
+
+
+def _health(options: RunOptions, backfill: Backfill) -> HealthLimits:
+    from .limits import resolve_health  # noqa: PLC0415 -- limits imports this module
+
+    return resolve_health(options, backfill)

@@ -320,6 +320,128 @@ EXPLAIN {statement}
 -- migrations_table --
 SELECT to_regclass('ops.migrations') IS NOT NULL;
 
+-- health_settings --
+-- A health probe's own short transaction (see health.py): it never queues for long.
+SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true);
+
+-- health_wal --
+-- The primary's WAL position in bytes (the WAL rate, and replica lag's estimate), and
+-- the server's max_connections (the default limit of active connections).
+SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS position,
+       current_setting('max_connections')::int AS max_connections;
+
+-- health_replicas --
+-- Replica lag seen on the primary, one row per standby streaming from it: replay lag in
+-- time (NULL when idle or not yet measured) and in bytes, the replay position, and how
+-- old the standby's last report of it is. A role without pg_read_all_stats sees the rows
+-- with these columns NULL.
+SELECT application_name AS name,
+       extract(epoch FROM replay_lag)::float8 AS seconds,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS bytes,
+       pg_wal_lsn_diff(replay_lsn, '0/0')::float8 AS replay_position,
+       GREATEST(extract(epoch FROM now() - reply_time), 0)::float8 AS reply_age
+  FROM pg_stat_replication;
+
+-- health_replica_side --
+-- Replica lag seen on a standby: 0 once it has replayed all it received, else the age of
+-- the last transaction it replayed; its replay position; whether it is a standby at all.
+SELECT pg_is_in_recovery() AS standby,
+       CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
+            THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
+        END::float8 AS seconds,
+       pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::float8 AS replay_position;
+
+-- health_xmin_holders --
+-- What holds back the xmin horizon, other than cryptopi_batch's own sessions ($1 its
+-- application_name): transactions with an xid or a snapshot (client backends; a walsender's is a
+-- standby's hot_standby_feedback), prepared transactions, replication slots. seconds:
+-- the transaction's age, NULL where the server does not know it (a walsender, a slot:
+-- the sampler counts from when it first saw that xmin).
+SELECT 'pid ' || pid AS who, COALESCE(backend_xmin, backend_xid)::text AS xmin,
+       extract(epoch FROM now() - xact_start)::float8 AS seconds
+  FROM pg_stat_activity
+ WHERE (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AND pid <> pg_backend_pid()
+   AND backend_type IN ('client backend', 'walsender')
+   AND application_name IS DISTINCT FROM $1
+UNION ALL
+SELECT 'prepared transaction ' || quote_literal(gid), transaction::text,
+       extract(epoch FROM now() - prepared)::float8
+  FROM pg_prepared_xacts
+UNION ALL
+SELECT 'replication slot ' || slot_name, COALESCE(xmin, catalog_xmin)::text, NULL
+  FROM pg_replication_slots
+ WHERE COALESCE(xmin, catalog_xmin) IS NOT NULL;
+
+-- health_blocked --
+-- The longest-waiting session blocked by one of cryptopi_batch's sessions ($1 its
+-- application_name), not one of its own: how long it has waited (since its lock wait
+-- began, else since its statement did), its pid and the blocker's. Only lock waiters are
+-- asked pg_blocking_pids().
+WITH waiting AS MATERIALIZED (
+    SELECT a.pid, COALESCE((SELECT min(l.waitstart) FROM pg_locks l
+                             WHERE l.pid = a.pid AND NOT l.granted), a.query_start) AS since
+      FROM pg_stat_activity a
+     WHERE a.wait_event_type = 'Lock' AND a.application_name IS DISTINCT FROM $1)
+SELECT extract(epoch FROM now() - w.since)::float8 AS seconds, w.pid,
+       b.pid AS blocker
+  FROM waiting w
+ CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS bp(pid)
+  JOIN pg_stat_activity b ON b.pid = bp.pid AND b.application_name = $1
+ ORDER BY 1 DESC
+ LIMIT 1;
+
+-- health_active --
+-- Active client sessions other than cryptopi_batch's own ($1 its application_name).
+SELECT count(*)::int FROM pg_stat_activity
+ WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+   AND application_name IS DISTINCT FROM $1;
+
+-- health_wraparound --
+-- An autovacuum that prevents wraparound, running on the table $1: its pid, or no row.
+-- (Another role's query text reads '<insufficient privilege>' without pg_read_all_stats:
+-- such a vacuum is not recognised.)
+SELECT v.pid FROM pg_stat_progress_vacuum v
+  JOIN pg_stat_activity a ON a.pid = v.pid
+ WHERE v.relid = to_regclass($1) AND a.query LIKE '%(to prevent wraparound)%'
+ LIMIT 1;
+
+-- health_budget --
+-- The run's budgets and counters, and the worker tasks of its live runners (a heartbeat
+-- within $2 seconds), for each runner's share. A budget given ($3 rows/s, $4 WAL bytes/s)
+-- is stored first: the run keeps it for every runner and every resume.
+WITH given AS (
+    UPDATE ops.backfills
+       SET max_rows_per_second = COALESCE($3, max_rows_per_second),
+           max_wal_bytes_per_second = COALESCE($4, max_wal_bytes_per_second)
+     WHERE name = $1 AND ($3::float8 IS NOT NULL OR $4::float8 IS NOT NULL)
+    RETURNING max_rows_per_second, max_wal_bytes_per_second)
+SELECT COALESCE((SELECT max_rows_per_second FROM given), f.max_rows_per_second)
+           AS max_rows_per_second,
+       COALESCE((SELECT max_wal_bytes_per_second FROM given), f.max_wal_bytes_per_second)
+           AS max_wal_bytes_per_second,
+       f.rows_processed,
+       (SELECT COALESCE(sum(w.workers), 0)::int FROM ops.backfill_workers w
+         WHERE w.backfill = f.name AND w.stopped_at IS NULL
+           AND w.heartbeat_at > now() - make_interval(secs => $2)) AS live_workers
+  FROM ops.backfills f
+ WHERE f.name = $1;
+
+-- set_waiting_reason --
+-- A runner's reason to wait changed ($2, NULL: none): on its own row, and on the run's
+-- (status shows the run's); a runner that stops waiting clears the run's only if no other
+-- live runner of it still waits.
+WITH w AS (
+    UPDATE ops.backfill_workers SET waiting_reason = $2 WHERE token = $1
+    RETURNING backfill)
+UPDATE ops.backfills f
+   SET waiting_reason = COALESCE($2, (
+           SELECT o.waiting_reason FROM ops.backfill_workers o
+            WHERE o.backfill = f.name AND o.token <> $1 AND o.stopped_at IS NULL
+              AND o.waiting_reason IS NOT NULL
+            LIMIT 1))
+ WHERE f.name = (SELECT backfill FROM w) AND f.status = 'running';
+
 -- demo_reset --
 -- The demo starts over: its table and the ops schema, in the demo's own server only.
 DROP SCHEMA IF EXISTS ops CASCADE; DROP TABLE IF EXISTS matrices.dyn_values;

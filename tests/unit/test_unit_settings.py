@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cryptopi_batch.cli import build_parser, run_options
-from cryptopi_batch.errors import UsageError
+from cryptopi_batch.errors import MigrationDefinitionError, UsageError
 from cryptopi_batch.migration import Backfill
 from cryptopi_batch.settings import RunOptions, RunSettings, parse_duration, resolve_settings
 
@@ -295,3 +295,109 @@ def test_window_options_on_the_command_line() -> None:
     assert settings.exit_outside_window
     assert settings.until is not None
     assert settings.until.isoformat() == "2026-12-01T06:00:00+01:00"
+
+
+# --- health gates and budgets ---------------------------------------------------------
+
+
+def test_health_defaults_are_the_documented_ones():
+    health = resolve_settings(RunOptions(), backfill()).health
+    assert health.max_replica_lag == 10.0
+    assert health.max_transaction_age == 1800.0
+    assert health.max_blocking == 1.0
+    assert health.max_active_connections is None
+    assert health.max_wal_rate is None
+    assert health.off == frozenset()
+
+
+def test_health_options_override_the_migration():
+    args = build_parser().parse_args(
+        [
+            "run",
+            "m",
+            "--max-replica-lag",
+            "2s",
+            "--max-transaction-age",
+            "5min",
+            "--max-blocking",
+            "500ms",
+            "--max-active-connections",
+            "40",
+            "--check",
+            "SELECT true",
+            "--no-gate",
+            "autovacuum",
+            "--no-gate",
+            "replica_lag",
+            "--max-wal-rate",
+            "20MB",
+            "--replica-dsn",
+            "postgresql://u@replica:5433/db",
+        ]
+    )
+    declared = backfill(max_replica_lag=30, max_blocking="3s", max_wal_rate="1GB")
+    health = resolve_settings(run_options(args, progress=False), declared).health
+    assert health.max_replica_lag == 2.0
+    assert health.max_transaction_age == 300.0
+    assert health.max_blocking == 0.5
+    assert health.max_active_connections == 40
+    assert health.check == "SELECT true"
+    assert health.off == {"autovacuum", "replica-lag"}
+    assert health.max_wal_rate == 20e6
+    assert health.replica_dsns == ("postgresql://u@replica:5433/db",)
+
+
+def test_the_migration_declares_health_limits():
+    health = resolve_settings(
+        RunOptions(), backfill(max_replica_lag="30s", max_wal_rate=1024, no_gate=("check",))
+    ).health
+    assert health.max_replica_lag == 30.0
+    assert health.max_wal_rate == 1024.0
+    assert health.off == {"check"}
+
+
+def test_no_gates_switches_every_gate_off():
+    health = resolve_settings(RunOptions(no_gates=True), backfill()).health
+    assert health.off == {
+        "replica-lag",
+        "transaction-age",
+        "blocking",
+        "active-connections",
+        "autovacuum",
+        "check",
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_replica_lag": "10 light-years"}, "--max-replica-lag (or max_replica_lag=): not a"),
+        ({"max_transaction_age": "-1s"}, "--max-transaction-age (or max_transaction_age=)"),
+        ({"max_blocking": "soon"}, "--max-blocking (or max_blocking=): not a duration"),
+        ({"max_active_connections": 0}, "--max-active-connections (or max_active_connections=)"),
+        ({"max_wal_rate": "20 furlongs"}, "--max-wal-rate (or max_wal_rate=): not a size"),
+        ({"max_wal_rate": "0MB"}, "--max-wal-rate (or max_wal_rate=) must be a size of more"),
+        ({"no_gate": ("replica-lagg",)}, "--no-gate: no gate 'replica-lagg' (the gates:"),
+        ({"check": "  "}, "--check (or check=) must be a query, not blank"),
+        ({"replica_dsn": ("",)}, "--replica-dsn: it is blank"),
+        ({"replica_dsn": ("postgresql://u:hunter2@h:99999/db",)}, "--replica-dsn: "),
+    ],
+)
+def test_bad_health_options_are_refused_in_one_line(options, message):
+    with pytest.raises(UsageError) as caught:
+        resolve_settings(RunOptions(**options), backfill())
+    assert caught.value.message.startswith(message), caught.value.message
+    assert "hunter2" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [
+        ({"checks": (lambda conn: True,)}, "Backfill checks= must be a list of async functions"),
+        ({"checks": "SELECT 1"}, "Backfill checks= must be a list of async functions"),
+        ({"no_gate": "check"}, "Backfill no_gate= must be a list of gate names"),
+    ],
+)
+def test_bad_health_declarations_are_refused(declared, message):
+    with pytest.raises(MigrationDefinitionError, match=message):
+        backfill(**declared)

@@ -1,0 +1,376 @@
+"""Health gates against real signals on the real server: a long transaction, a session
+blocked behind a batch, a custom check, a streaming replica whose replay is paused; and the
+migration-wide rate budget shared by two runners.
+
+Each test asserts on what the database holds (the rows touched once, ops.backfills' status
+and waiting reason as ``status`` reports it, ops.backfill_batches' sizes and times).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+from helpers import connect, seed_table
+from run_support import assert_completed, run, sql_migration, write_migration
+
+from cryptopi_batch import commands
+from cryptopi_batch.db import ConnectionSettings
+from cryptopi_batch.embedded import EmbeddedCluster
+from cryptopi_batch.report import StatusRow
+
+pytestmark = pytest.mark.anyio
+
+TABLE = "matrices.dyn_values"
+
+
+async def status_of(dsn: str, directory: Path, name: str) -> StatusRow:
+    rows = await commands.status(name, directory=directory, connection=ConnectionSettings(dsn=dsn))
+    return rows[0]
+
+
+async def until(what: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    """Poll ``what`` until it answers something true; that answer."""
+    with anyio.fail_after(timeout):
+        while True:
+            answer = await what()
+            if answer:
+                return answer
+            await anyio.sleep(0.1)
+
+
+async def waiting(dsn: str, directory: Path, name: str, prefix: str) -> StatusRow:
+    """The run's status once it is waiting with a reason that starts with ``prefix``."""
+
+    async def look() -> StatusRow | None:
+        row = await status_of(dsn, directory, name)
+        ok = row.status == "waiting" and (row.waiting_reason or "").startswith(prefix)
+        return row if ok else None
+
+    return await until(look)
+
+
+async def test_a_long_transaction_holds_the_run_until_it_ends(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """An application transaction with an xid older than --max-transaction-age: the run
+    waits (status waiting, the reason names the gate, age, limit and pid) and changes
+    nothing; the transaction ends: the run completes, every row once."""
+    await seed_table(conn, rows=500)
+    name = write_migration(tmp_path, "xmin", sql_migration(TABLE, batch_size=100))
+    holder = await connect(dsn)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.fetchval("SELECT txid_current()")
+    pid = await holder.fetchval("SELECT pg_backend_pid()")
+    await anyio.sleep(1.2)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run(dsn, tmp_path, name, max_transaction_age="1s"))
+            row = await waiting(dsn, tmp_path, name, "transaction age ")
+            assert row.waiting_reason is not None
+            assert row.waiting_reason.endswith(f" > 1 s (pid {pid})"), row.waiting_reason
+            assert await conn.fetchval(f"SELECT sum(touched) FROM {TABLE}") == 0
+            await tx.rollback()
+    finally:
+        await holder.close()
+    f = await assert_completed(conn, name, TABLE, 500)
+    assert f["waiting_reason"] is None
+
+
+async def test_a_custom_check_holds_with_its_reason_then_lets_go(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """--check reads a table: its text is the reason `status` shows; NULL lets the run go."""
+    await seed_table(conn, rows=300)
+    await conn.execute(
+        "CREATE TABLE gate_state (reason text); INSERT INTO gate_state VALUES ('deploy')"
+    )
+    name = write_migration(tmp_path, "checked", sql_migration(TABLE, batch_size=100))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run(dsn, tmp_path, name, check="SELECT reason FROM gate_state"))
+        row = await waiting(dsn, tmp_path, name, "check")
+        assert row.waiting_reason == "check: deploy"
+        assert row.rows_processed == 0
+        await conn.execute("UPDATE gate_state SET reason = NULL")
+    await assert_completed(conn, name, TABLE, 300)
+
+
+async def test_a_check_returning_false_and_a_python_check(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A boolean check: false holds ("returned false"); a migration's async check takes a
+    connection and its reason is shown; both true: the run completes."""
+    await seed_table(conn, rows=200)
+    await conn.execute(
+        "CREATE TABLE flags (go bool, why text); INSERT INTO flags VALUES (false, 'busy')"
+    )
+    name = write_migration(
+        tmp_path,
+        "py_checked",
+        f'''
+        """Held by a Python check."""
+        from cryptopi_batch import Backfill
+
+        async def quiet(conn):
+            return await conn.fetchval("SELECT why FROM flags")
+
+        migration = Backfill(table={TABLE!r}, batch_size=100, checks=[quiet],
+                             sql="UPDATE {TABLE} SET touched = touched + 1 WHERE {{range}}")
+        ''',
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run(dsn, tmp_path, name, check="SELECT go FROM flags"))
+        row = await waiting(dsn, tmp_path, name, "check")
+        assert row.waiting_reason in {"check: returned false", "check quiet: busy"}
+        await conn.execute("UPDATE flags SET go = true")
+        row = await waiting(dsn, tmp_path, name, "check quiet: busy")
+        await conn.execute("UPDATE flags SET why = NULL")
+    await assert_completed(conn, name, TABLE, 200)
+
+
+async def test_a_session_blocked_behind_a_batch_shrinks_the_batches(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """An application UPDATE waits on a row the first batch holds (it sleeps 3 s after its
+    UPDATE): past --max-blocking the batch size drops to a tenth, so the batches after it
+    hold a tenth of the rows' locks; the session's wait ends with that batch."""
+    await seed_table(conn, rows=400)
+    name = write_migration(
+        tmp_path,
+        "blocking",
+        f'''
+        """The first batch holds its rows' locks for 3 s."""
+        from cryptopi_batch import Backfill, Batch
+
+        async def touch(batch: Batch) -> int:
+            status = await batch.execute(
+                "UPDATE {TABLE} SET touched = touched + 1 WHERE {{range}}")
+            if batch.lower is None:
+                await batch.conn.execute("SELECT pg_sleep(3)")
+            return int(status.split()[-1])
+
+        migration = Backfill(table={TABLE!r}, batch_size=100, process=touch)
+        ''',
+    )
+    app = await connect(dsn)
+    waited: list[float] = []
+
+    async def application() -> None:
+        # The first batch has its rows locked once it sleeps.
+        await until(
+            lambda: conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%'"
+            )
+        )
+        began = time.monotonic()
+        await app.execute(f"UPDATE {TABLE} SET note = 'app' WHERE id = 1")
+        waited.append(time.monotonic() - began)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(application)
+            await run(dsn, tmp_path, name, max_blocking="500ms")
+    finally:
+        await app.close()
+    await assert_completed(conn, name, TABLE, 400)
+    sizes = [
+        r["keys"]
+        for r in await conn.fetch(
+            "SELECT keys FROM ops.backfill_batches WHERE backfill = $1 ORDER BY id", name
+        )
+    ]
+    assert sizes[0] == 100
+    assert max(sizes[1:]) <= 10, sizes
+    assert waited
+    assert waited[0] < 3.5  # the batch's own 3 s, no more
+
+
+async def test_too_many_active_sessions_hold_the_run(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two application sessions running a query at once, past --max-active-connections 1:
+    the run waits; they finish: it completes. The run's own sessions do not count."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "busy", sql_migration(TABLE, batch_size=100))
+    busy = [await connect(dsn) for _ in range(2)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for session in busy:
+                tg.start_soon(session.execute, "SELECT pg_sleep(3)")
+            await until(
+                lambda: conn.fetchval(
+                    "SELECT count(*) = 2 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)'"
+                )
+            )
+            tg.start_soon(lambda: run(dsn, tmp_path, name, max_active_connections=1))
+            row = await waiting(dsn, tmp_path, name, "active connections ")
+            assert row.waiting_reason is not None
+            assert row.waiting_reason.endswith(" > 1"), row.waiting_reason
+            assert row.rows_processed == 0
+    finally:
+        for session in busy:
+            await session.close()
+    await assert_completed(conn, name, TABLE, 300)
+
+
+def _chown_to(cluster: EmbeddedCluster, path: Path) -> None:
+    if cluster.system_user is not None:
+        entry = pwd.getpwnam(cluster.system_user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@pytest.fixture
+def replica(embedded_cluster: EmbeddedCluster) -> Iterator[EmbeddedCluster]:
+    """A streaming replica of the embedded server, made with its own pg_basebackup -R and
+    started on another port. Skips where there is no pg_basebackup."""
+    if not (embedded_cluster.bin_dir / "pg_basebackup").exists():
+        pytest.skip("no pg_basebackup beside the embedded server")
+    root = Path(tempfile.mkdtemp(prefix="cryptopi_test_replica_"))
+    data = root / "data"
+    data.mkdir()
+    for path in (root, data):
+        _chown_to(embedded_cluster, path)
+    data.chmod(0o700)
+    embedded_cluster.run(
+        "pg_basebackup",
+        "-R",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "-D",
+        str(data),
+        "-d",
+        embedded_cluster.dsn(),
+    )
+    standby = EmbeddedCluster(data, bin_dir=embedded_cluster.bin_dir)
+    try:
+        standby.start()
+        yield standby
+    finally:
+        standby.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _paused(standby_dsn: str) -> asyncpg.Connection:
+    """A connection to the standby, its replay paused (returned once it is)."""
+    sconn = await connect(standby_dsn)
+    await sconn.execute("SELECT pg_wal_replay_pause()")
+    await until(lambda: sconn.fetchval("SELECT pg_get_wal_replay_pause_state() = 'paused'"), 10)
+    return sconn
+
+
+@pytest.mark.parametrize("seen_from", ["primary", "replica-dsn"])
+async def test_a_paused_replica_holds_the_run_until_replay_resumes(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path, replica: EmbeddedCluster, seen_from: str
+) -> None:
+    """A real streaming replica whose replay is paused while a run goes on: the run waits
+    with reason "replica lag"; replay resumed: it completes, every row once. Seen from the
+    primary's pg_stat_replication, or from the replica itself (--replica-dsn)."""
+    database = dsn.rsplit("/", 1)[1]
+    rows = 20_000
+    await seed_table(conn, rows=rows)
+    name = write_migration(tmp_path, "replicated", sql_migration(TABLE, batch_size=200))
+    sconn = await _paused(replica.dsn(database))
+    options: dict[str, Any] = {"max_replica_lag": "1s", "max_rows_per_second": 2000}
+    if seen_from == "replica-dsn":
+        await anyio.sleep(1.5)  # the last transaction the replica replayed is this old
+        options["replica_dsn"] = (replica.dsn(database),)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run(dsn, tmp_path, name, **options))
+            row = await waiting(dsn, tmp_path, name, "replica lag ")
+            assert " > 1 s (" in (row.waiting_reason or ""), row.waiting_reason
+            if seen_from == "replica-dsn":
+                assert (row.waiting_reason or "").endswith("(replica-1)"), row.waiting_reason
+            held = row.rows_processed
+            assert held < rows
+            await sconn.execute("SELECT pg_wal_replay_resume()")
+    finally:
+        await sconn.close()
+    await assert_completed(conn, name, TABLE, rows)
+
+
+async def _rate(conn: asyncpg.Connection, name: str, skip_first: float) -> float:
+    """The migration's rows per second from its batches' finish times, leaving out the
+    first ``skip_first`` seconds (runners still registering) and the last half second (one
+    runner done, the other on its last batch)."""
+    batches = await conn.fetch(
+        "SELECT extract(epoch FROM finished_at)::float8 AS at, rows FROM ops.backfill_batches"
+        " WHERE backfill = $1 ORDER BY finished_at",
+        name,
+    )
+    lo, hi = batches[0]["at"] + skip_first, batches[-1]["at"] - 0.5
+    assert hi - lo > 3, "too short a run to measure"
+    inside = [b for b in batches if lo < b["at"] <= hi]
+    # Rows between the first and the last batch inside, over the time between them.
+    return float(sum(b["rows"] for b in inside[1:]) / (inside[-1]["at"] - inside[0]["at"]))
+
+
+async def test_two_runners_share_the_migrations_rate_budget(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two runners with --max-rows-per-second R change R rows a second together (not 2R):
+    the budget is stored with the run and each takes its workers' share."""
+    rows, budget = 12_000, 2_000.0
+    await seed_table(conn, rows=rows)
+    name = write_migration(tmp_path, "budgeted", sql_migration(TABLE, batch_size=100))
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):
+            tg.start_soon(lambda: run(dsn, tmp_path, name, max_rows_per_second=budget))
+    f = await assert_completed(conn, name, TABLE, rows)
+    assert f["max_rows_per_second"] == budget
+    runners = await conn.fetchval(
+        "SELECT count(DISTINCT worker) FROM ops.backfill_batches WHERE backfill = $1", name
+    )
+    assert runners == 2
+    rate = await _rate(conn, name, skip_first=1.5)
+    assert abs(rate - budget) / budget < 0.1, rate
+
+
+async def test_two_runners_share_the_migrations_wal_budget(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two runners with --max-wal-rate W: the server's WAL rate while they run stays
+    within 10 % of W (all of the server's WAL is put down to the run)."""
+    rows, budget = 20_000, 300_000.0
+    await seed_table(conn, rows=rows)
+    name = write_migration(tmp_path, "wal_budgeted", sql_migration(TABLE, batch_size=100))
+    positions: list[tuple[float, float]] = []
+    done = anyio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            at = time.monotonic()
+            lsn = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+            positions.append((at, float(lsn)))
+            await anyio.sleep(0.25)
+
+    async def runners() -> None:
+        async with anyio.create_task_group() as inner:
+            for _ in range(2):
+                inner.start_soon(lambda: run(dsn, tmp_path, name, max_wal_rate="300kB"))
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(runners)
+    f = await assert_completed(conn, name, TABLE, rows)
+    assert f["max_wal_bytes_per_second"] == budget
+    # After the first seconds (a row's WAL is taken to be a page until measured), up to
+    # the last second (one runner may be done).
+    start, end = positions[0][0] + 6, positions[-1][0] - 1
+    assert end - start > 3, "too short a run to measure"
+    inside = [p for p in positions if start <= p[0] <= end]
+    rate = (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+    assert abs(rate - budget) / budget < 0.1, rate
