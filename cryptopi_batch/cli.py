@@ -123,11 +123,30 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(command, parents=[common], help=text).add_argument("name")
 
+    migrate = sub.add_parser(
+        "migrate", parents=[common], help="apply every pending migration, in order"
+    )
+    migrate.add_argument("--to", metavar="NAME", help="stop after this migration")
+    migrate.add_argument("--dry-run", action="store_true", help="list what would run")
+    migrate.add_argument(
+        "--check", action="store_true", help="exit 3 if anything is pending (writes nothing)"
+    )
+    _take_run_options(migrate, run)
+
     demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
     demo.add_argument("--rows", type=_positive_int, default=1_000_000)
     demo.add_argument("--data-dir", default=".pgdata/demo")
     demo.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _take_run_options(parser: argparse.ArgumentParser, run: argparse.ArgumentParser) -> None:
+    """Every option of ``run`` that ``parser`` lacks: a command that runs backfills takes
+    them all (argparse's own ``parents=`` would take run's NAME and -h too)."""
+    for action in run._actions:
+        strings = action.option_strings
+        if strings and not any(s in parser._option_string_actions for s in strings):
+            parser._add_action(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -359,6 +378,39 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
         await anyio.to_thread.run_sync(cluster.stop)
 
 
+async def _migrate(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import migrate  # noqa: PLC0415 -- only this command needs it
+
+    directory, options = _directory(args), run_options(args, progress=False)
+    if args.check:
+        await migrate.check(directory=directory, connection=connection, to=args.to)
+        print("nothing pending", file=sys.stderr)
+        return EXIT_OK
+    if args.dry_run:
+        found = await migrate.pending(
+            directory=directory, connection=connection, to=args.to, options=options, estimate=True
+        )
+        for p in found:
+            more = "" if p.rows is None else f", ~{p.rows:,} rows in ~{p.batches:,} batches"
+            print(f"{p.file.filename}: {p.state} ({p.file.kind}{more})")
+        if not found:
+            print("nothing pending", file=sys.stderr)
+        return EXIT_OK
+    done = await migrate.migrate(
+        directory=directory,
+        connection=connection,
+        options=options,
+        to=args.to,
+        handle_signals=True,
+        on_applied=lambda a: logs.line(
+            f"{a.name}: {a.how}", event="migration_applied", migration=a.name, kind=a.kind
+        ),
+    )
+    if not done:
+        logs.line("nothing pending", event="migrate_nothing_pending")
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
     "run": _run,
     "status": _status,
@@ -367,4 +419,5 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitabl
     "pause": _control,
     "resume": _control,
     "cancel": _control,
+    "migrate": _migrate,
 }

@@ -316,3 +316,73 @@ SELECT g, g % 1000, random(), CASE WHEN g % 7 = 0 THEN ' Mixed Case ' END
 
 -- demo_analyze --
 ANALYZE matrices.dyn_values;
+
+-- migrate_lock --
+-- migrate's lock on one file ($1: a key from its name), until its transaction ends
+-- (PgBouncer-safe): two migrate never apply a file at once; the second waits (without a
+-- lock timeout), then finds it applied.
+SELECT set_config('lock_timeout', '0', true), pg_advisory_xact_lock($1::bigint);
+
+-- migrate_try_lock --
+SELECT pg_try_advisory_xact_lock($1::bigint);
+
+-- migrate_guard_lock --
+-- The same lock for a file run outside a transaction, held by a second connection's open
+-- transaction meanwhile; tried, never waited for (a waiting statement has a snapshot,
+-- which the other migrate's CREATE INDEX CONCURRENTLY would wait for): taken, or the
+-- transaction fails with lock_not_available. A simple query, with no snapshot left after
+-- it (a prepared statement's would stay); the key, an integer of ours, is put in by
+-- str.format.
+DO $$BEGIN
+    IF NOT pg_try_advisory_xact_lock({key}) THEN
+        RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
+            MESSAGE = 'held by another migrate';
+    END IF;
+END$$;
+
+-- set_lock_timeout --
+-- A file's statements: under the run options' lock timeout, without a statement timeout;
+-- for the transaction ($2 true) or the session (a file run outside a transaction).
+SELECT set_config('lock_timeout', $1, $2::boolean),
+       set_config('statement_timeout', '0', $2::boolean);
+
+-- record_sql_file --
+-- A .sql file applied, in its own transaction: the rows it inserted into ops.migrations
+-- itself (as the seed's example does) give way to the one record under its file name.
+WITH own AS (
+    DELETE FROM ops.migrations
+     WHERE xmin = pg_current_xact_id()::xid AND filename <> $1::text),
+rec AS (
+    INSERT INTO ops.migrations (filename)
+    SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $1::text))
+INSERT INTO ops.migration_files (filename, kind, checksum)
+VALUES ($1, $2, $3)
+ON CONFLICT (filename) DO UPDATE SET kind = EXCLUDED.kind, checksum = EXCLUDED.checksum,
+       applied_at = now();
+
+-- record_file --
+-- A file's kind and checksum, once it is recorded in ops.migrations (a backfill's run
+-- records that at its completion); the first record stays.
+INSERT INTO ops.migration_files (filename, kind, checksum)
+VALUES ($1, $2, $3)
+ON CONFLICT (filename) DO NOTHING;
+
+-- forget_migration --
+-- A migration rolled back: no longer applied.
+DELETE FROM ops.migrations WHERE filename = $1;
+
+-- forget_migration_file --
+DELETE FROM ops.migration_files WHERE filename = $1;
+
+-- invalid_indexes --
+-- Indexes a failed CREATE INDEX CONCURRENTLY (or REINDEX) leaves invalid.
+SELECT format('%I.%I', n.nspname, c.relname) AS name
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE NOT i.indisvalid;
+
+-- migration_files --
+SELECT filename, kind, checksum, applied_at FROM ops.migration_files;
+
+-- applied_at --
+SELECT filename, max(applied_at) AS applied_at FROM ops.migrations GROUP BY filename;

@@ -1,0 +1,315 @@
+"""The seed's whole flow on a real server: `migrate` over .sql files (the seed's own example
+verbatim) and backfills, in order, each recorded once; --check, --dry-run; a failing file;
+a backfill stopped and resumed; two migrate at once."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from helpers import cli_argv, cli_env, run_cli, run_in_thread
+
+SEED_EXAMPLE = """BEGIN;
+
+
+ALTER TABLE matrices.dyn_values
+  ADD COLUMN confidence numeric;
+
+
+UPDATE matrices.dyn_values
+  SET confidence = 1.0
+  WHERE confidence IS NULL;
+
+
+CREATE INDEX dyn_values_confidence_idx
+  ON matrices.dyn_values (confidence);
+
+
+INSERT INTO ops.migrations(filename) VALUES ('20250301_add_confidence_column.sql');
+
+
+COMMIT;
+"""
+
+ROWS = 500
+
+BACKFILL_FLAG = '''
+"""Set flag from value."""
+from cryptopi_batch import Backfill
+
+migration = Backfill(
+    table="matrices.dyn_values",
+    batch_size=100,
+    sql="UPDATE matrices.dyn_values SET flag = value > 25, touched = touched + 1 WHERE {range}",
+)
+'''
+
+BACKFILL_SCORE = '''
+"""Score from confidence, slowly (a pause in each batch)."""
+from cryptopi_batch import Backfill, Batch
+
+async def score(batch: Batch) -> int:
+    await batch.conn.execute("SELECT pg_sleep(SLEEP)")
+    status = await batch.execute(
+        "UPDATE matrices.dyn_values SET score = confidence * id, touched = touched + 10"
+        " WHERE {range}")
+    return int(status.split()[-1])
+
+migration = Backfill(table="matrices.dyn_values", batch_size=50, process=score)
+'''
+
+
+def q(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if not args and ";" in sql:  # several statements: the simple protocol
+                await conn.execute(sql)
+                return []
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return run_in_thread(go)
+
+
+def seed(dsn: str) -> None:
+    """The seed's table without the column its example adds."""
+    q(
+        dsn,
+        "CREATE SCHEMA matrices; CREATE TABLE matrices.dyn_values ("
+        " id bigint PRIMARY KEY, value double precision NOT NULL,"
+        " touched int NOT NULL DEFAULT 0);"
+        f" INSERT INTO matrices.dyn_values SELECT g, g / 10.0 FROM generate_series(1, {ROWS}) g;"
+        " ANALYZE matrices.dyn_values",
+    )
+
+
+def write(directory: Path, filename: str, text: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / filename).write_text(textwrap.dedent(text).lstrip("\n"))
+
+
+FILES = [
+    "20250301_0930_add_confidence_column.sql",
+    "20250301_1000_add_flag_and_score.sql",
+    "20250301_1100_index_value.sql",
+    "20250301_1200_backfill_flag.py",
+    "20250301_1300_backfill_score.py",
+]
+
+
+def flow_dir(directory: Path, sleep: float = 0.0) -> Path:
+    write(directory, FILES[0], SEED_EXAMPLE)
+    write(
+        directory,
+        FILES[1],
+        """
+        -- A plain file: no BEGIN/COMMIT of its own.
+        ALTER TABLE matrices.dyn_values ADD COLUMN flag boolean;
+        ALTER TABLE matrices.dyn_values ADD COLUMN score numeric;
+        COMMENT ON COLUMN matrices.dyn_values.flag IS 'value > 25; set by a backfill';
+        """,
+    )
+    write(
+        directory,
+        FILES[2],
+        "CREATE INDEX CONCURRENTLY dyn_values_value_idx ON matrices.dyn_values (value);\n",
+    )
+    write(directory, FILES[3], BACKFILL_FLAG)
+    write(directory, FILES[4], BACKFILL_SCORE.replace("SLEEP", str(sleep)))
+    return directory
+
+
+def migrate(dsn: str, directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("migrate", "--migrations-dir", str(directory), "--no-progress", *args, dsn=dsn)
+
+
+def recorded(dsn: str) -> list[str]:
+    return [r["filename"] for r in q(dsn, "SELECT filename FROM ops.migrations ORDER BY id")]
+
+
+def assert_flow_applied(dsn: str) -> None:
+    assert recorded(dsn) == FILES  # in order, each once, none under another name
+    kinds = q(dsn, "SELECT filename, kind FROM ops.migration_files ORDER BY filename")
+    assert [(r["filename"], r["kind"]) for r in kinds] == [(f, f.rsplit(".", 1)[1]) for f in FILES]
+    state = q(
+        dsn,
+        "SELECT count(*) FILTER (WHERE confidence = 1.0) AS confident,"
+        " count(*) FILTER (WHERE flag = (value > 25)) AS flagged,"
+        " count(*) FILTER (WHERE score = id) AS scored,"
+        " count(*) FILTER (WHERE touched = 11) AS once FROM matrices.dyn_values",
+    )[0]
+    assert dict(state) == {"confident": ROWS, "flagged": ROWS, "scored": ROWS, "once": ROWS}
+    valid = q(
+        dsn,
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE c.relname IN ('dyn_values_value_idx', 'dyn_values_confidence_idx')"
+        " ORDER BY c.relname",
+    )
+    assert [tuple(r) for r in valid] == [
+        ("dyn_values_confidence_idx", True),
+        ("dyn_values_value_idx", True),
+    ]
+
+
+def test_migrate_applies_sql_files_and_backfills_in_order_each_once(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    directory = flow_dir(tmp_path / "migrations")
+    before = migrate(dsn, directory, "--check")
+    assert before.returncode == 3, before.stderr
+    assert "5 migration(s) pending or unfinished" in before.stderr
+
+    dry = migrate(dsn, directory, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        "20250301_0930_add_confidence_column.sql: pending (sql)",
+        "20250301_1000_add_flag_and_score.sql: pending (sql)",
+        "20250301_1100_index_value.sql: pending (sql)",
+        "20250301_1200_backfill_flag.py: pending (py, ~500 rows in ~5 batches)",
+        "20250301_1300_backfill_score.py: pending (py, ~500 rows in ~10 batches)",
+    ]
+    assert q(dsn, "SELECT to_regnamespace('ops') IS NULL AS absent")[0]["absent"]
+
+    done = migrate(dsn, directory)
+    assert done.returncode == 0, done.stderr
+    assert_flow_applied(dsn)
+
+    again = migrate(dsn, directory)
+    assert again.returncode == 0, again.stderr
+    assert "nothing pending" in again.stderr
+    assert_flow_applied(dsn)  # touched still 11: nothing ran twice
+    after = migrate(dsn, directory, "--check")
+    assert after.returncode == 0, after.stderr
+
+
+def test_migrate_to_stops_after_the_named_file(dsn: str, tmp_path: Path) -> None:
+    seed(dsn)
+    directory = flow_dir(tmp_path / "migrations")
+    result = migrate(dsn, directory, "--to", "add_flag_and_score")
+    assert result.returncode == 0, result.stderr
+    assert recorded(dsn) == FILES[:2]
+
+
+def test_a_failing_sql_file_stops_migrate_and_leaves_nothing_of_it(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, "20250301_0900_ok.sql", "CREATE TABLE matrices.ok (id int);\n")
+    write(
+        directory,
+        "20250301_0930_bad.sql",
+        """
+        BEGIN;
+        ALTER TABLE matrices.dyn_values ADD COLUMN half_done int;
+        UPDATE matrices.dyn_values SET half_done = 1;
+        SELECT 1 / 0;
+        COMMIT;
+        """,
+    )
+    write(directory, "20250301_1000_after.sql", "CREATE TABLE matrices.after (id int);\n")
+    result = migrate(dsn, directory)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cryptopi_batch: 20250301_0930_bad.sql:4: DivisionByZeroError (22012): division by"
+        " zero; rolled back, nothing of it applied, not recorded"
+    )
+    assert "Traceback" not in result.stderr
+    assert recorded(dsn) == ["20250301_0900_ok.sql"]
+    columns = q(
+        dsn,
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'matrices.dyn_values'::regclass"
+        " AND attname = 'half_done'",
+    )
+    assert columns == []
+    assert q(dsn, "SELECT to_regclass('matrices.after') AS t")[0]["t"] is None
+    check = migrate(dsn, directory, "--check")
+    assert check.returncode == 3
+
+
+def test_a_failed_create_index_concurrently_names_the_invalid_index(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    q(dsn, "INSERT INTO matrices.dyn_values VALUES (100000, 1.0), (100001, 1.0)")
+    directory = tmp_path / "migrations"
+    write(
+        directory,
+        "20250301_0900_unique_value.sql",
+        "CREATE UNIQUE INDEX CONCURRENTLY dyn_values_value_key ON matrices.dyn_values (value);\n",
+    )
+    result = migrate(dsn, directory)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "it left index matrices.dyn_values_value_key invalid: drop it with DROP INDEX"
+            " CONCURRENTLY IF EXISTS matrices.dyn_values_value_key;"
+        )
+    )
+    assert recorded(dsn) == []
+
+
+def test_a_backfill_stopped_mid_migrate_resumes_on_the_next_migrate(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    directory = flow_dir(tmp_path / "migrations", sleep=0.1)
+    stopped = migrate(dsn, directory, "--max-duration", "0.5s")
+    assert stopped.returncode == 3, stopped.stderr
+    assert recorded(dsn) == FILES[:4]
+    done = q(dsn, "SELECT keys_done, status FROM ops.backfills WHERE name = $1", FILES[4][:-3])
+    assert 0 < done[0]["keys_done"] < ROWS
+    check = migrate(dsn, directory, "--check")
+    assert check.returncode == 3
+    assert "20250301_1300_backfill_score (unfinished)" in check.stderr
+
+    resumed = migrate(dsn, directory)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_flow_applied(dsn)  # every row scored exactly once
+
+
+def test_two_migrate_at_once_apply_every_file_once(dsn: str, tmp_path: Path) -> None:
+    seed(dsn)
+    directory = flow_dir(tmp_path / "migrations")
+    # A slow first file, so that the second migrate finds it being applied.
+    write(directory, "20250301_0000_slow.sql", "SELECT pg_sleep(1);\n")
+    argv = cli_argv("migrate", "--migrations-dir", str(directory), "--no-progress")
+    procs = [
+        subprocess.Popen(
+            argv, env=cli_env(dsn), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    # They met: one waited for the other's lock on the slow file.
+    waited = [
+        err
+        for _, err in outputs
+        if "20250301_0000_slow.sql: another migrate is applying it; waiting" in err
+    ]
+    assert len(waited) == 1
+    assert recorded(dsn) == ["20250301_0000_slow.sql", *FILES]
+    assert_flow_applied_but_slow(dsn)
+
+
+def assert_flow_applied_but_slow(dsn: str) -> None:
+    q(dsn, "DELETE FROM ops.migrations WHERE filename = '20250301_0000_slow.sql'")
+    q(dsn, "DELETE FROM ops.migration_files WHERE filename = '20250301_0000_slow.sql'")
+    assert_flow_applied(dsn)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Paths in messages are shown relative to the current directory.
+    monkeypatch.chdir(tmp_path)
