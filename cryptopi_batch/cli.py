@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -132,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 3 if anything is pending (writes nothing)"
     )
     _take_run_options(migrate, run)
+
+    plan = sub.add_parser("plan", parents=[common], help="what a run would do; writes nothing")
+    plan.add_argument("name")
+    plan.add_argument("--exact", action="store_true", help="count the rows (a full scan)")
+    plan.add_argument(
+        "--sample",
+        action="store_true",
+        help="time the first batch, run in a transaction rolled back",
+    )
+    plan.add_argument("--json", action="store_true")
+    _take_run_options(plan, run)
 
     demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
     demo.add_argument("--rows", type=_positive_int, default=1_000_000)
@@ -411,6 +423,25 @@ async def _migrate(args: argparse.Namespace, connection: ConnectionSettings) -> 
     return EXIT_OK
 
 
+async def _plan(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import plan  # noqa: PLC0415 -- only this command needs it
+
+    found = await plan.plan(
+        args.name,
+        directory=_directory(args),
+        connection=connection,
+        options=run_options(args, progress=False),
+        exact=args.exact,
+        sample=args.sample,
+    )
+    if args.json:
+        json.dump(found.as_json(), sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print("\n".join(plan.plan_lines(found)))
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
     "run": _run,
     "status": _status,
@@ -420,4 +451,5 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitabl
     "resume": _control,
     "cancel": _control,
     "migrate": _migrate,
+    "plan": _plan,
 }

@@ -175,6 +175,10 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
         ) from None
 
 
+setup_errors = _setup_errors
+"""For the other commands' modules (plan, migrate, rollback)."""
+
+
 async def _start_or_resume(
     conn: asyncpg.Connection, migration: LoadedMigration, target: Target, settings: RunSettings
 ) -> asyncpg.Record | None:

@@ -128,7 +128,7 @@ async def migrate(
     conn = await connection.connect_or_fail()
     done: list[Applied] = []
     try:
-        async with commands._setup_errors(connection):
+        async with commands.setup_errors(connection):
             await schema.ensure_schema(conn)
             applied = await OPS.applied_filenames(conn)
         for f in files:

@@ -444,6 +444,23 @@ class OpsStore:
         """ops.migration_files by file name."""
         return {r["filename"]: r for r in await conn.fetch(query("migration_files"))}
 
+    async def table_facts(self, conn: asyncpg.Connection, table: str) -> asyncpg.Record:
+        """What every batch over ``table`` fires or is held to (see the block plan_table)."""
+        row = await conn.fetchrow(query("plan_table"), table)
+        assert row is not None
+        return row
+
+    async def explain(
+        self, conn: asyncpg.Connection, statement: str, bounds: Sequence[str]
+    ) -> list[str]:
+        """The plan of ``statement`` (ours: the migration's SQL, range expanded) as text."""
+        rows = await conn.fetch(query("explain_text").format(statement=statement), *bounds)
+        return [r[0] for r in rows]
+
+    async def count_rows(self, conn: asyncpg.Connection, quoted_table: str) -> int:
+        """The table's exact row count (a full scan)."""
+        return int(await conn.fetchval(query("count_rows").format(table=quoted_table)))
+
     async def applied_times(self, conn: asyncpg.Connection) -> dict[str, datetime]:
         """When ops.migrations recorded each file name."""
         return {r["filename"]: r["applied_at"] for r in await conn.fetch(query("applied_at"))}

@@ -386,3 +386,32 @@ SELECT filename, kind, checksum, applied_at FROM ops.migration_files;
 
 -- applied_at --
 SELECT filename, max(applied_at) AS applied_at FROM ops.migrations GROUP BY filename;
+
+-- plan_table --
+-- What every batch over table $1 (its name as regclass prints it) fires or is held to:
+-- its own triggers, the foreign keys from and to it, the publications that carry it, and
+-- whether its UPDATEs and DELETEs lack a replica identity (no key, or a default one
+-- without a primary key), which logical replication refuses.
+WITH t AS (SELECT c.oid, c.relreplident FROM pg_class c WHERE c.oid = to_regclass($1))
+SELECT ARRAY(SELECT g.tgname::text FROM pg_trigger g, t
+              WHERE g.tgrelid = t.oid AND NOT g.tgisinternal ORDER BY 1) AS triggers,
+       ARRAY(SELECT format('%s (to %s)', k.conname, k.confrelid::regclass)
+               FROM pg_constraint k, t
+              WHERE k.contype = 'f' AND k.conrelid = t.oid ORDER BY 1) AS references_out,
+       ARRAY(SELECT format('%s (from %s)', k.conname, k.conrelid::regclass)
+               FROM pg_constraint k, t
+              WHERE k.contype = 'f' AND k.confrelid = t.oid ORDER BY 1) AS references_in,
+       ARRAY(SELECT p.pubname::text FROM pg_publication_tables p, t
+              WHERE to_regclass(format('%I.%I', p.schemaname, p.tablename)) = t.oid
+              ORDER BY 1) AS publications,
+       (SELECT t.relreplident = 'n'
+               OR (t.relreplident = 'd' AND NOT EXISTS (
+                      SELECT FROM pg_index i WHERE i.indrelid = t.oid AND i.indisprimary))
+               OR (t.relreplident = 'i' AND NOT EXISTS (
+                      SELECT FROM pg_index i WHERE i.indrelid = t.oid AND i.indisreplident))
+          FROM t) AS no_replica_identity;
+
+-- explain_text --
+-- plan's EXPLAIN of the first batch (its SQL with the range expanded, put in by
+-- str.format), with the bounds as parameters; nothing runs.
+EXPLAIN (FORMAT TEXT) {statement}
