@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     _take_run_options(plan, run)
 
+    new = sub.add_parser("new", parents=[common], help="write a new migration file")
+    new.add_argument("description", help="what it does, e.g. 'backfill confidence'")
+    new.add_argument("--sql", action="store_true", help="a .sql file (else a backfill, .py)")
+    new.add_argument("--table", help="the backfill's table (checked when a database answers)")
+    new.add_argument("--key", help="its key column(s), comma-separated (default id)")
+
     demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
     demo.add_argument("--rows", type=_positive_int, default=1_000_000)
     demo.add_argument("--data-dir", default=".pgdata/demo")
@@ -442,6 +448,26 @@ async def _plan(args: argparse.Namespace, connection: ConnectionSettings) -> int
     return EXIT_OK
 
 
+async def _new(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import scaffold  # noqa: PLC0415 -- only this command needs it
+    from .discovery import shown  # noqa: PLC0415
+
+    made = await scaffold.new_migration(
+        args.description,
+        directory=_directory(args),
+        connection=connection,
+        sql=args.sql,
+        table=args.table,
+        key=args.key,
+    )
+    print(shown(made.path))
+    if args.table is not None and not made.key_checked:
+        print(
+            "cryptopi_batch: no database answered: --table and --key not checked", file=sys.stderr
+        )
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
     "run": _run,
     "status": _status,
@@ -452,4 +478,5 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitabl
     "cancel": _control,
     "migrate": _migrate,
     "plan": _plan,
+    "new": _new,
 }

@@ -4,6 +4,7 @@ a backfill stopped and resumed; two migrate at once."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -313,3 +314,100 @@ def assert_flow_applied_but_slow(dsn: str) -> None:
 def _quiet_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Paths in messages are shown relative to the current directory.
     monkeypatch.chdir(tmp_path)
+
+
+# --- new ------------------------------------------------------------------------------
+
+
+def new(dsn: str, directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("new", "--migrations-dir", str(directory), *args, dsn=dsn)
+
+
+def run(dsn: str, directory: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("run", name, "--migrations-dir", str(directory), "--no-progress", dsn=dsn)
+
+
+def test_new_writes_a_backfill_that_run_accepts_as_written(dsn: str, tmp_path: Path) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    made = new(dsn, directory, "Backfill the Scores!", "--table", "matrices.dyn_values")
+    assert made.returncode == 0, made.stderr
+    path = Path(made.stdout.strip())
+    assert path.parent == Path("migrations")  # shown relative to the current directory
+    assert re.fullmatch(r"[0-9]{8}_[0-9]{4}_backfill_the_scores\.py", path.name)
+    assert made.stderr == ""  # the table and key were checked
+    result = run(dsn, directory, "backfill_the_scores")
+    assert result.returncode == 0, result.stderr
+    assert recorded(dsn) == [path.name]
+    again = new(dsn, directory, "backfill the scores", "--table", "matrices.dyn_values")
+    assert again.returncode == 2
+    assert again.stderr == f"cryptopi_batch: {path} exists; not overwritten\n"
+
+
+def test_new_without_a_table_runs_once_its_placeholders_are_filled(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    made = new(dsn, directory, "touch rows")
+    assert made.returncode == 0, made.stderr
+    path = Path(made.stdout.strip())
+    source = path.read_text()
+    assert "SCHEMA.TABLE" in source
+    path.write_text(source.replace("SCHEMA.TABLE", "matrices.dyn_values"))
+    result = run(dsn, directory, "touch_rows")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--table", "matrices.nope"),
+            "cryptopi_batch: table matrices.nope does not exist",
+        ),
+        (
+            ("--table", "matrices.dyn_values", "--key", "value"),
+            "cryptopi_batch: key (value) of matrices.dyn_values is not covered by a unique"
+            " index or primary key on exactly those columns",
+        ),
+        (
+            ("--sql", "--table", "t"),
+            "cryptopi_batch: --table and --key are for a backfill (.py), not --sql",
+        ),
+        (("--table", "a.b.c.d"), None),
+    ],
+    ids=["no-table", "not-a-key", "sql-with-table", "bad-name"],
+)
+def test_new_refuses_a_wrong_table_or_key_and_writes_nothing(
+    dsn: str, tmp_path: Path, args: tuple[str, ...], message: str | None
+) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    made = new(dsn, directory, "bad", *args)
+    assert made.returncode == 2
+    lines = made.stderr.splitlines()
+    assert len(lines) == 1
+    if message is not None:
+        assert lines[0] == message
+    assert not directory.exists()
+
+
+def test_new_sql_writes_a_file_migrate_applies_with_a_down_section(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    made = new(dsn, directory, "add a column", "--sql")
+    assert made.returncode == 0, made.stderr
+    path = Path(made.stdout.strip())
+    assert path.suffix == ".sql"
+    text = path.read_text().replace(
+        "\n\n\n-- down\n",
+        "\nALTER TABLE matrices.dyn_values ADD COLUMN extra int;\n\n-- down\n"
+        "ALTER TABLE matrices.dyn_values DROP COLUMN extra;\n",
+    )
+    path.write_text(text)
+    assert migrate(dsn, directory).returncode == 0
+    assert recorded(dsn) == [path.name]
+    assert q(dsn, "SELECT extra FROM matrices.dyn_values LIMIT 1") == [(None,)]

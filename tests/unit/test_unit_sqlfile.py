@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cryptopi_batch.errors import MigrationLoadError
+from cryptopi_batch.errors import MigrationLoadError, UsageError
+from cryptopi_batch.scaffold import slug
 from cryptopi_batch.sqlfile import parse_sql_migration, split_statements
 
 SEED_EXAMPLE = """BEGIN;
@@ -158,3 +159,23 @@ def test_refused_files(text: str, message: str) -> None:
 def test_rollback_to_savepoint_is_kept() -> None:
     sql = parse_sql_migration(Path("x.sql"), "SAVEPOINT a; ROLLBACK TO SAVEPOINT a;")
     assert len(sql.statements) == 2
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("backfill confidence", "backfill_confidence"),
+        ("Add NOT NULL to dyn_values.note!", "add_not_null_to_dyn_values_note"),
+        ("  --weird--  ", "weird"),
+        ("Ünïcode café", "unicode_cafe"),
+        ("2025 cleanup", "2025_cleanup"),
+    ],
+)
+def test_new_slugs_a_description(description: str, expected: str) -> None:
+    assert slug(description) == expected
+
+
+@pytest.mark.parametrize("description", ["", "   ", "!!!", "日本"])
+def test_new_refuses_a_description_without_a_letter_or_digit(description: str) -> None:
+    with pytest.raises(UsageError, match="has no letter or digit"):
+        slug(description)
