@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--table", help="the backfill's table (checked when a database answers)")
     new.add_argument("--key", help="its key column(s), comma-separated (default id)")
 
+    rollback = sub.add_parser(
+        "rollback", parents=[common], help="run a migration's down and unrecord it"
+    )
+    rollback.add_argument("name")
+    _take_run_options(rollback, run)  # --yes among them: confirms the rollback
+
     demo = sub.add_parser("demo", parents=[common], help="embedded PostgreSQL demo")
     demo.add_argument("--rows", type=_positive_int, default=1_000_000)
     demo.add_argument("--data-dir", default=".pgdata/demo")
@@ -468,6 +474,37 @@ async def _new(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     return EXIT_OK
 
 
+async def _rollback(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import rollback  # noqa: PLC0415 -- only this command needs it
+
+    directory = _directory(args)
+    undo, _ = rollback.plan_undo(directory, args.name)  # irreversible: refused before asking
+    what = f"{undo.file.name}: rollback runs {undo.what}, then removes its ops.migrations row"
+    confirm(args, what)
+    done = await rollback.rollback(
+        args.name,
+        directory=directory,
+        connection=connection,
+        options=run_options(args, progress=False),
+        handle_signals=True,
+    )
+    rows = "" if done.rows is None else f" ({done.rows:,} rows changed)"
+    logs.line(f"{done.name}: rolled back{rows}", event="rolled_back", migration=done.name)
+    return EXIT_OK
+
+
+def confirm(args: argparse.Namespace, what: str) -> None:
+    """Say ``what`` will happen; go on with --yes, or once a terminal's user says yes."""
+    print(what, file=sys.stderr)
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError("not confirmed: pass --yes (or answer on a terminal); nothing was done")
+    answer = input("Go on? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UsageError("not confirmed; nothing was done")
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
     "run": _run,
     "status": _status,
@@ -479,4 +516,5 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitabl
     "migrate": _migrate,
     "plan": _plan,
     "new": _new,
+    "rollback": _rollback,
 }

@@ -70,6 +70,7 @@ async def run(
     handle_signals: bool = False,
     on_start: Any = None,
     on_progress: ProgressHook | None = None,
+    migration: LoadedMigration | None = None,
 ) -> RunResult:
     """Run migration ``name``, or resume it where it stopped.
 
@@ -82,7 +83,8 @@ async def run(
     from .progress import Progress  # noqa: PLC0415 -- with the runner, below
     from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
-    migration = find_migration(directory, name)
+    # ``migration``: a run of another migration than the file's own (rollback's down run).
+    migration = migration or find_migration(directory, name)
     check_declared(migration)  # before connecting: no server can make it runnable
     settings = resolve_settings(options or RunOptions(), migration.backfill)
     if migration.backfill.destructive and not settings.yes:
@@ -198,6 +200,7 @@ async def _start_or_resume(
         if (
             row is None
             and not settings.restart
+            and migration.direction == "up"  # a down run undoes an applied file
             and await OPS.is_applied(conn, migration.file.filename)
         ):
             return None
@@ -212,6 +215,7 @@ async def _start_or_resume(
                 batch_size=settings.batch_size,
                 estimate=await estimate_rows(conn, target),
                 checksum=migration.checksum,
+                direction=migration.direction,
             )
             row = await OPS.lock_run(conn, name)
             assert row is not None

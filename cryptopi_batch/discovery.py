@@ -55,10 +55,11 @@ class LoadedMigration:
     backfill: Backfill
     description: str
     checksum: str
+    direction: str = "up"  # "down": rollback's run of the migration's down=
 
     @property
     def name(self) -> str:
-        return self.file.name
+        return self.file.name if self.direction == "up" else f"{self.file.name}:down"
 
 
 def shown(path: Path) -> str:

@@ -22,7 +22,7 @@ from .db import ConnectionSettings, close_quietly, transaction
 from .discovery import MigrationFile, discover, load, resolve
 from .errors import MigrationFailed, Pending, one_line
 from .settings import RunOptions, resolve_settings
-from .sqlfile import SqlMigration, Statement, concurrently, read_sql_migration
+from .sqlfile import Statement, concurrently, read_sql_migration
 from .store import OPS
 
 LOCK_RETRIES = 6
@@ -183,13 +183,9 @@ async def _sql_file(
     conn: asyncpg.Connection, f: MigrationFile, connection: ConnectionSettings, lock_timeout: float
 ) -> str:
     sql = read_sql_migration(f.path)
-    checksum = f.checksum()
+    job = SqlJob(f, sql.statements, outside=sql.outside, checksum=f.checksum())
     started = time.monotonic()
-    if sql.outside:
-        ran = await _outside(f, sql, checksum, connection, lock_timeout)
-    else:
-        ran = await _in_transaction(conn, f, sql, checksum, lock_timeout)
-    if not ran:
+    if not await run_sql_job(conn, job, connection, lock_timeout):
         return "applied by another migrate"
     where = "outside a transaction" if sql.outside else "in one transaction"
     count = len(sql.statements)
@@ -199,26 +195,65 @@ async def _sql_file(
     )
 
 
-async def _in_transaction(
-    conn: asyncpg.Connection, f: MigrationFile, sql: SqlMigration, checksum: str, timeout: float
+@dataclass(frozen=True)
+class SqlJob:
+    """Statements of a ``.sql`` file run once: its own (then recorded as applied), or with
+    ``undo`` its down section (then its records removed), under migrate's lock on it."""
+
+    file: MigrationFile
+    statements: tuple[Statement, ...]
+    outside: bool  # statement by statement, each in its own transaction
+    undo: bool = False
+    checksum: str = ""
+
+    @property
+    def left(self) -> str:
+        """What a failure leaves, for its message."""
+        return (
+            "nothing of its down applied, still recorded"
+            if self.undo
+            else ("nothing of it applied, not recorded")
+        )
+
+    async def due(self, conn: asyncpg.Connection) -> bool:
+        """Not done yet (by another process meanwhile)."""
+        return await OPS.is_applied(conn, self.file.filename) == self.undo
+
+    async def finish(self, conn: asyncpg.Connection) -> None:
+        if self.undo:
+            await OPS.forget_file(conn, self.file.filename)
+        else:
+            await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum)
+
+
+async def run_sql_job(
+    conn: asyncpg.Connection, job: SqlJob, connection: ConnectionSettings, lock_timeout: float
 ) -> bool:
-    """The file and its record in one transaction, tried again after a lock timeout. False:
-    another migrate applied it meanwhile."""
+    """Run ``job``; False: another process did it meanwhile."""
+    if job.outside:
+        return await _outside(job, connection, lock_timeout)
+    return await _in_transaction(conn, job, lock_timeout)
+
+
+async def _in_transaction(conn: asyncpg.Connection, job: SqlJob, timeout: float) -> bool:
+    """The statements and the record in one transaction, tried again after a lock
+    timeout."""
+    f = job.file
     for attempt in range(LOCK_RETRIES):
         try:
             async with transaction(conn, ""):
                 await _lock(conn, f.filename)
-                if await OPS.is_applied(conn, f.filename):
+                if not await job.due(conn):
                     return False
                 await OPS.set_lock_timeout(conn, timeout, local=True)
-                for statement in sql.statements:
-                    await _execute(conn, f, statement)
-                await OPS.record_sql_file(conn, f.filename, "sql", checksum)
+                for statement in job.statements:
+                    await _execute(conn, job, statement)
+                await job.finish(conn)
         except asyncpg.LockNotAvailableError as exc:
-            await _back_off(f, attempt, exc)
+            await _back_off(job, attempt, exc)
         except asyncpg.PostgresError as exc:
             raise MigrationFailed(
-                f"{f.filename}: {_describe(exc)}; rolled back, nothing of it applied, not recorded"
+                f"{f.filename}: {_describe(exc)}; rolled back, {job.left}"
             ) from None
         else:
             return True
@@ -235,15 +270,14 @@ async def _lock(conn: asyncpg.Connection, filename: str) -> None:
         await OPS.lock_file(conn, filename, wait=True)
 
 
-async def _execute(conn: asyncpg.Connection, f: MigrationFile, statement: Statement) -> None:
+async def _execute(conn: asyncpg.Connection, job: SqlJob, statement: Statement) -> None:
     try:
         await conn.execute(statement.text)
     except asyncpg.LockNotAvailableError:
         raise
     except asyncpg.PostgresError as exc:
         raise MigrationFailed(
-            f"{f.filename}:{statement.line}: {_describe(exc)}; rolled back, nothing of it"
-            " applied, not recorded"
+            f"{job.file.filename}:{statement.line}: {_describe(exc)}; rolled back, {job.left}"
         ) from None
 
 
@@ -251,11 +285,12 @@ def _describe(exc: asyncpg.PostgresError) -> str:
     return one_line(f"{type(exc).__name__} ({exc.sqlstate}): {exc}")
 
 
-async def _back_off(f: MigrationFile, attempt: int, exc: asyncpg.PostgresError) -> None:
+async def _back_off(job: SqlJob, attempt: int, exc: asyncpg.PostgresError) -> None:
+    f = job.file
     if attempt + 1 >= LOCK_RETRIES:
         raise MigrationFailed(
-            f"{f.filename}: {_describe(exc)}, {LOCK_RETRIES} times; not applied, not"
-            " recorded; run migrate again when the table is free"
+            f"{f.filename}: {_describe(exc)}, {LOCK_RETRIES} times; {job.left}; run again"
+            " when the table is free"
         ) from None
     delay = 0.5 * 2**attempt
     logs.line(
@@ -268,30 +303,24 @@ async def _back_off(f: MigrationFile, attempt: int, exc: asyncpg.PostgresError) 
     await anyio.sleep(delay)
 
 
-async def _outside(
-    f: MigrationFile,
-    sql: SqlMigration,
-    checksum: str,
-    connection: ConnectionSettings,
-    timeout: float,
-) -> bool:
-    """A file PostgreSQL refuses to run in a transaction block: statement by statement, each
-    its own transaction, then recorded. A second connection holds migrate's lock on the file
-    in an open transaction meanwhile (it takes no snapshot between statements, so a CREATE
-    INDEX CONCURRENTLY does not wait for it)."""
+async def _outside(job: SqlJob, connection: ConnectionSettings, timeout: float) -> bool:
+    """Statements PostgreSQL refuses to run in a transaction block: one by one, each its own
+    transaction, then the record. A second connection holds migrate's lock on the file in
+    an open transaction meanwhile (it keeps no snapshot, which a CREATE INDEX CONCURRENTLY
+    would wait for)."""
     guard = await connection.connect_or_fail()
     conn = await connection.connect_or_fail()
     try:
-        async with _guarded(guard, f.filename):
+        async with _guarded(guard, job.file.filename):
             # Read on the other connection: the guard's transaction keeps no snapshot.
-            if await OPS.is_applied(conn, f.filename):
+            if not await job.due(conn):
                 return False
             await OPS.set_lock_timeout(conn, timeout, local=False)
             before = await OPS.invalid_indexes(conn)
-            for n, statement in enumerate(sql.statements):
-                await _outside_statement(conn, f, statement, n, before)
+            for n, statement in enumerate(job.statements):
+                await _outside_statement(conn, job, statement, n, before)
             async with transaction(conn, ""):
-                await OPS.record_sql_file(conn, f.filename, "sql", checksum)
+                await job.finish(conn)
         return True
     finally:
         await close_quietly(conn)
@@ -325,8 +354,9 @@ async def _guarded(guard: asyncpg.Connection, filename: str) -> AsyncIterator[No
 
 
 async def _outside_statement(
-    conn: asyncpg.Connection, f: MigrationFile, statement: Statement, n: int, before: set[str]
+    conn: asyncpg.Connection, job: SqlJob, statement: Statement, n: int, before: set[str]
 ) -> None:
+    f = job.file
     for attempt in range(LOCK_RETRIES):
         try:
             await conn.execute(statement.text)
@@ -335,7 +365,7 @@ async def _outside_statement(
             if isinstance(exc, asyncpg.LockNotAvailableError) and not (
                 concurrently(statement) and left
             ):
-                await _back_off(f, attempt, exc)
+                await _back_off(job, attempt, exc)
                 continue
             applied = f"the {n} statement(s) before it stay applied; " if n else ""
             drops = "".join(
@@ -344,7 +374,7 @@ async def _outside_statement(
             )
             raise MigrationFailed(
                 f"{f.filename}:{statement.line}: {_describe(exc)} (run outside a"
-                f" transaction: {applied}not recorded){drops}"
+                f" transaction: {applied}{'still recorded' if job.undo else 'not recorded'}){drops}"
             ) from None
         else:
             return

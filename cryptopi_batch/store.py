@@ -341,6 +341,7 @@ class OpsStore:
         batch_size: int,
         estimate: int,
         checksum: str,
+        direction: str = "up",
     ) -> None:
         """A new run over ``target``'s keys up to ``end`` (``None``: an empty table)."""
         await conn.execute(
@@ -354,7 +355,7 @@ class OpsStore:
             batch_size,
             estimate,
             checksum,
-            "up",
+            direction,
         )
 
     async def reopen_run(
@@ -435,6 +436,10 @@ class OpsStore:
         await conn.execute(query("forget_migration"), filename)
         if await conn.fetchval(query("schema_version")):
             await conn.execute(query("forget_migration_file"), filename)
+
+    async def forget_runs(self, conn: asyncpg.Connection, name: str) -> None:
+        """A rolled-back backfill's runs, up and down (see the block forget_runs)."""
+        await conn.execute(query("forget_runs"), name)
 
     async def invalid_indexes(self, conn: asyncpg.Connection) -> set[str]:
         """Every invalid index, qualified and quoted."""

@@ -415,3 +415,8 @@ SELECT ARRAY(SELECT g.tgname::text FROM pg_trigger g, t
 -- plan's EXPLAIN of the first batch (its SQL with the range expanded, put in by
 -- str.format), with the bounds as parameters; nothing runs.
 EXPLAIN (FORMAT TEXT) {statement}
+
+-- forget_runs --
+-- A backfill rolled back: its run and its down run are forgotten with its record, so that
+-- the next migrate applies it again, and a later rollback undoes it again.
+DELETE FROM ops.backfills WHERE name = $1 OR name = $1 || ':down';

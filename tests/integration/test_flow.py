@@ -411,3 +411,165 @@ def test_new_sql_writes_a_file_migrate_applies_with_a_down_section(
     assert migrate(dsn, directory).returncode == 0
     assert recorded(dsn) == [path.name]
     assert q(dsn, "SELECT extra FROM matrices.dyn_values LIMIT 1") == [(None,)]
+
+
+# --- rollback -------------------------------------------------------------------------
+
+DOUBLE = '''
+"""Double every value; halving undoes it."""
+from cryptopi_batch import Backfill, Batch
+
+async def halve(batch: Batch) -> int:
+    await batch.conn.execute("SELECT pg_sleep(SLEEP)")
+    status = await batch.execute("UPDATE matrices.dyn_values SET value = value / 2 WHERE {range}")
+    return int(status.split()[-1])
+
+migration = Backfill(
+    table="matrices.dyn_values",
+    batch_size=50,
+    sql="UPDATE matrices.dyn_values SET value = value * 2 WHERE {range}",
+    down=DOWN,
+)
+'''
+
+
+def values(dsn: str) -> list[tuple[int, float]]:
+    return [tuple(r) for r in q(dsn, "SELECT id, value FROM matrices.dyn_values ORDER BY id")]
+
+
+def rollback(dsn: str, directory: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("rollback", name, "--migrations-dir", str(directory), *args, dsn=dsn)
+
+
+@pytest.mark.parametrize(
+    "down", ['"UPDATE matrices.dyn_values SET value = value / 2 WHERE {range}"', "halve"]
+)
+def test_rollback_restores_the_earlier_values_and_unrecords_the_file(
+    dsn: str, tmp_path: Path, down: str
+) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, "20250301_0900_double.py", DOUBLE.replace("DOWN", down).replace("SLEEP", "0"))
+    earlier = values(dsn)
+    assert migrate(dsn, directory).returncode == 0
+    assert values(dsn) == [(i, v * 2) for i, v in earlier]
+
+    result = rollback(dsn, directory, "double", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert values(dsn) == earlier
+    assert recorded(dsn) == []
+    assert q(dsn, "SELECT count(*) FROM ops.migration_files")[0][0] == 0
+    assert q(dsn, "SELECT count(*) FROM ops.backfills")[0][0] == 0
+    assert result.stderr.splitlines()[0] == (
+        "20250301_0900_double: rollback runs its down= "
+        + ("SQL" if down.startswith('"') else "process")
+        + " over matrices.dyn_values in batches of 50, then removes its ops.migrations row"
+    )
+    # Applied again by the next migrate, undone again by the next rollback.
+    assert migrate(dsn, directory).returncode == 0
+    assert values(dsn) == [(i, v * 2) for i, v in earlier]
+    assert rollback(dsn, directory, "double", "--yes").returncode == 0
+    assert values(dsn) == earlier
+
+
+def test_a_rollback_stopped_resumes_and_undoes_every_row_once(dsn: str, tmp_path: Path) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(
+        directory,
+        "20250301_0900_double.py",
+        DOUBLE.replace("DOWN", "halve").replace("SLEEP", "0.1"),
+    )
+    earlier = values(dsn)
+    assert migrate(dsn, directory).returncode == 0
+    stopped = rollback(dsn, directory, "double", "--yes", "--max-duration", "0.5s")
+    assert stopped.returncode == 3, stopped.stderr
+    down = q(
+        dsn,
+        "SELECT keys_done, direction FROM ops.backfills WHERE name = $1",
+        "20250301_0900_double:down",
+    )
+    assert down[0]["direction"] == "down"
+    assert 0 < down[0]["keys_done"] < ROWS
+    assert recorded(dsn) == ["20250301_0900_double.py"]  # still applied until undone
+    resumed = rollback(dsn, directory, "double", "--yes")
+    assert resumed.returncode == 0, resumed.stderr
+    assert values(dsn) == earlier
+    assert recorded(dsn) == []
+
+
+@pytest.mark.parametrize(
+    ("filename", "source", "message"),
+    [
+        (
+            "20250301_0900_double.py",
+            DOUBLE.replace("    down=DOWN,\n", ""),
+            "cryptopi_batch: 20250301_0900_double was declared irreversible: its Backfill has"
+            " no down=",
+        ),
+        (
+            "20250301_0900_double.sql",
+            "UPDATE matrices.dyn_values SET value = value * 2;\n",
+            "cryptopi_batch: 20250301_0900_double was declared irreversible:"
+            " migrations/20250301_0900_double.sql has no -- down section and there is no"
+            " 20250301_0900_double.down.sql",
+        ),
+    ],
+    ids=["py", "sql"],
+)
+def test_rollback_without_down_is_refused(
+    dsn: str, tmp_path: Path, filename: str, source: str, message: str
+) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, filename, source)
+    assert migrate(dsn, directory).returncode == 0
+    doubled = values(dsn)
+    result = rollback(dsn, directory, "double", "--yes")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message]
+    assert values(dsn) == doubled
+    assert recorded(dsn) == [filename]
+
+
+def test_rollback_needs_a_confirmation(dsn: str, tmp_path: Path) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(
+        directory, "20250301_0900_double.py", DOUBLE.replace("DOWN", "halve").replace("SLEEP", "0")
+    )
+    assert migrate(dsn, directory).returncode == 0
+    doubled = values(dsn)
+    result = rollback(dsn, directory, "double")  # stdin is not a terminal
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "cryptopi_batch: not confirmed: pass --yes (or answer on a terminal); nothing was done"
+    )
+    assert values(dsn) == doubled
+    assert recorded(dsn) == ["20250301_0900_double.py"]
+
+
+@pytest.mark.parametrize("where", ["section", "sibling"])
+def test_rollback_of_a_sql_file_runs_its_down(dsn: str, tmp_path: Path, where: str) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    up = "BEGIN;\nALTER TABLE matrices.dyn_values ADD COLUMN extra int;\nCOMMIT;\n"
+    down = "ALTER TABLE matrices.dyn_values DROP COLUMN extra;\n"
+    if where == "section":
+        write(directory, "20250301_0900_extra.sql", up + "-- down\n" + down)
+    else:
+        write(directory, "20250301_0900_extra.sql", up)
+        write(directory, "20250301_0900_extra.down.sql", down)
+    assert migrate(dsn, directory).returncode == 0
+    assert recorded(dsn) == ["20250301_0900_extra.sql"]
+    result = rollback(dsn, directory, "extra", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert recorded(dsn) == []
+    column = q(
+        dsn,
+        "SELECT 1 FROM pg_attribute WHERE attrelid = 'matrices.dyn_values'::regclass"
+        " AND attname = 'extra' AND NOT attisdropped",
+    )
+    assert column == []
+    assert migrate(dsn, directory).returncode == 0  # applies it again
+    assert recorded(dsn) == ["20250301_0900_extra.sql"]
