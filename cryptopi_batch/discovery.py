@@ -116,6 +116,8 @@ def misnamed(directory: Path) -> list[str]:
         and p.suffix in (".py", ".sql")
         and not p.name.startswith(("_", "."))
         and not FILE_NAME.match(p.name)
+        # A .sql migration's down, beside it (rollback runs it).
+        and not FILE_NAME.match(p.name.replace(".down.sql", ".sql"))
     )
 
 

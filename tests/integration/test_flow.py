@@ -4,6 +4,7 @@ a backfill stopped and resumed; two migrate at once."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import textwrap
@@ -573,3 +574,45 @@ def test_rollback_of_a_sql_file_runs_its_down(dsn: str, tmp_path: Path, where: s
     assert column == []
     assert migrate(dsn, directory).returncode == 0  # applies it again
     assert recorded(dsn) == ["20250301_0900_extra.sql"]
+
+
+# --- list -----------------------------------------------------------------------------
+
+
+def test_list_shows_kind_and_state_and_flags_changed_and_missing_files(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    directory = flow_dir(tmp_path / "migrations")
+    write(directory, "20250301_1000_add_flag_and_score.down.sql", "SELECT 1;\n")  # not odd
+    assert migrate(dsn, directory, "--to", "backfill_flag").returncode == 0
+    q(dsn, "INSERT INTO ops.migrations (filename) VALUES ('20240101_0000_gone.sql')")
+    changed = directory / FILES[1]
+    changed.write_text(changed.read_text() + "-- an edit after it was applied\n")
+
+    result = run_cli("list", "--json", "--migrations-dir", str(directory), dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # the .down.sql is not "left out"
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    seen = [(r["name"], r["kind"], r["status"], r["flag"]) for r in rows]
+    assert seen == [
+        ("20250301_0930_add_confidence_column", "sql", "completed", None),
+        ("20250301_1000_add_flag_and_score", "sql", "completed", "changed after it was applied"),
+        ("20250301_1100_index_value", "sql", "completed", None),
+        ("20250301_1200_backfill_flag", "py", "completed", None),
+        ("20250301_1300_backfill_score", "py", "pending", None),
+        (
+            "20240101_0000_gone",
+            "sql",
+            "completed",
+            "recorded in ops.migrations; no such file in the directory",
+        ),
+    ]
+    assert all(r["applied_at"] for r in rows if r["status"] == "completed")
+    assert rows[4]["applied_at"] is None
+
+    table = run_cli("list", "--migrations-dir", str(directory), dsn=dsn, env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    [line] = [x for x in table.stdout.splitlines() if "add_flag_and_score" in x]
+    assert line.split()[1:3] == ["sql", "completed"]
+    assert line.rstrip().endswith("changed after it was applied")
