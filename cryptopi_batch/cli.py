@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from . import commands, logs
+from . import commands, logs, safety
 from .db import ConnectionSettings
 from .discovery import migrations_dir, misnamed
 from .errors import CryptopiBatchError, UsageError, one_line
@@ -40,6 +40,9 @@ def _common_options() -> _Parser:
     common.add_argument("--migrations-dir", help="where migration files live")
     common.add_argument("--log-format", choices=("console", "json"))
     common.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
+    common.add_argument(
+        "--env", help="the environment (else $CRYPTOPI_BATCH_ENV); production asks --yes"
+    )
     return common
 
 
@@ -78,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common_options()],
         description="Batched, resumable, throttled data migrations for PostgreSQL.",
     )
-    parser.set_defaults(dsn=None, migrations_dir=None, log_format="console", traceback=False)
+    parser.set_defaults(
+        dsn=None, migrations_dir=None, log_format="console", traceback=False, env=None
+    )
     parser.add_argument(
         "--version", action=_Version, nargs=0, help="show the installed version and exit"
     )
@@ -263,6 +268,7 @@ def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
 
 
 async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    safety.confirm_write(safety.environment(args.env), f"run {args.name} writes", yes=args.yes)
     bar = _progress_bar() if not args.no_progress and args.log_format == "console" else None
     show_bar = bar is not None
     if bar is not None:
@@ -420,6 +426,11 @@ async def _migrate(args: argparse.Namespace, connection: ConnectionSettings) -> 
         if not found:
             print("nothing pending", file=sys.stderr)
         return EXIT_OK
+    env = safety.environment(args.env)
+    if safety.protected(env):
+        found = await migrate.pending(directory=directory, connection=connection, to=args.to)
+        names = ", ".join(p.file.filename for p in found) or "nothing"
+        safety.confirm_write(env, f"migrate applies {names}", yes=args.yes)
     done = await migrate.migrate(
         directory=directory,
         connection=connection,
@@ -480,7 +491,8 @@ async def _rollback(args: argparse.Namespace, connection: ConnectionSettings) ->
     directory = _directory(args)
     undo, _ = rollback.plan_undo(directory, args.name)  # irreversible: refused before asking
     what = f"{undo.file.name}: rollback runs {undo.what}, then removes its ops.migrations row"
-    confirm(args, what)
+    env = safety.environment(args.env)
+    safety.confirm(f"{env}: {what}" if safety.protected(env) else what, yes=args.yes)
     done = await rollback.rollback(
         args.name,
         directory=directory,
@@ -491,18 +503,6 @@ async def _rollback(args: argparse.Namespace, connection: ConnectionSettings) ->
     rows = "" if done.rows is None else f" ({done.rows:,} rows changed)"
     logs.line(f"{done.name}: rolled back{rows}", event="rolled_back", migration=done.name)
     return EXIT_OK
-
-
-def confirm(args: argparse.Namespace, what: str) -> None:
-    """Say ``what`` will happen; go on with --yes, or once a terminal's user says yes."""
-    print(what, file=sys.stderr)
-    if args.yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError("not confirmed: pass --yes (or answer on a terminal); nothing was done")
-    answer = input("Go on? [y/N] ").strip().lower()
-    if answer not in ("y", "yes"):
-        raise UsageError("not confirmed; nothing was done")
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {

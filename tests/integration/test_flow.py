@@ -616,3 +616,49 @@ def test_list_shows_kind_and_state_and_flags_changed_and_missing_files(
     [line] = [x for x in table.stdout.splitlines() if "add_flag_and_score" in x]
     assert line.split()[1:3] == ["sql", "completed"]
     assert line.rstrip().endswith("changed after it was applied")
+
+
+# --- production -----------------------------------------------------------------------
+
+PRODUCTION = {"CRYPTOPI_BATCH_ENV": "production"}
+
+
+def test_production_writes_only_with_yes(dsn: str, tmp_path: Path) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, "20250301_0900_extra.sql", "ALTER TABLE matrices.dyn_values ADD extra int;\n")
+    write(
+        directory,
+        "20250301_1000_double.py",
+        DOUBLE.replace("DOWN", "halve").replace("SLEEP", "0"),
+    )
+    base = ("--migrations-dir", str(directory), "--no-progress")
+    # Reading needs no confirmation.
+    check = run_cli("migrate", "--check", *base, dsn=dsn, env=PRODUCTION)
+    assert check.returncode == 3
+    dry = run_cli("migrate", "--dry-run", *base, dsn=dsn, env=PRODUCTION)
+    assert dry.returncode == 0, dry.stderr
+
+    refused = run_cli("migrate", *base, dsn=dsn, env=PRODUCTION)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        "production: migrate applies 20250301_0900_extra.sql, 20250301_1000_double.py",
+        "cryptopi_batch: not confirmed: pass --yes (or answer on a terminal); nothing was done",
+    ]
+    ran = run_cli("run", "double", *base, dsn=dsn, env=PRODUCTION)
+    assert ran.returncode == 2
+    assert ran.stderr.splitlines()[0] == "production: run double writes"
+    option = run_cli("migrate", *base, "--env", "production", dsn=dsn)
+    assert option.returncode == 2
+    assert q(dsn, "SELECT to_regclass('ops.migrations') AS t")[0]["t"] is None
+
+    applied = run_cli("migrate", *base, "--yes", dsn=dsn, env=PRODUCTION)
+    assert applied.returncode == 0, applied.stderr
+    assert recorded(dsn) == ["20250301_0900_extra.sql", "20250301_1000_double.py"]
+
+    undone = run_cli("rollback", "double", *base, "--yes", dsn=dsn, env=PRODUCTION)
+    assert undone.returncode == 0, undone.stderr
+    assert undone.stderr.splitlines()[0] == (
+        "production: 20250301_1000_double: rollback runs its down= process over"
+        " matrices.dyn_values in batches of 50, then removes its ops.migrations row"
+    )
