@@ -4,10 +4,12 @@ a backfill stopped and resumed; two migrate at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -662,3 +664,37 @@ def test_production_writes_only_with_yes(dsn: str, tmp_path: Path) -> None:
         "production: 20250301_1000_double: rollback runs its down= process over"
         " matrices.dyn_values in batches of 50, then removes its ops.migrations row"
     )
+
+
+# --- lock timeouts --------------------------------------------------------------------
+
+
+def test_ddl_waits_at_most_its_lock_timeout_and_is_tried_again(dsn: str, tmp_path: Path) -> None:
+    """A session holds the table (an open transaction that read it) for a while: the
+    file's ALTER TABLE gives up after --lock-timeout instead of queueing the application
+    behind it, and is tried again with back-off until it goes through."""
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, "20250301_0900_extra.sql", "ALTER TABLE matrices.dyn_values ADD extra int;\n")
+    held = threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT count(*) FROM matrices.dyn_values")
+                held.set()
+                await asyncio.sleep(1.2)
+        finally:
+            await conn.close()
+
+    holder = threading.Thread(target=lambda: asyncio.run(hold()))
+    holder.start()
+    try:
+        assert held.wait(30)
+        result = migrate(dsn, directory, "--lock-timeout", "100ms")
+    finally:
+        holder.join()
+    assert result.returncode == 0, result.stderr
+    assert "20250301_0900_extra.sql: lock timeout; trying again in 0.5 s" in result.stderr
+    assert recorded(dsn) == ["20250301_0900_extra.sql"]
