@@ -180,7 +180,7 @@ def load(file: MigrationFile) -> LoadedMigration:
     if file.kind != "py":
         raise MigrationLoadError(
             f"{file.filename}: plain .sql migrations are not run by `run`"
-            " (a batched migration is a .py file)"
+            " (a batched migration is a .py file); `migrate` applies them"
         )
     module_name = f"cryptopi_batch_migrations.{file.name}"
     spec = importlib.util.spec_from_file_location(module_name, file.path)

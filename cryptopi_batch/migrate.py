@@ -176,7 +176,7 @@ async def _backfill(
     if result.outcome is None:
         return "completed"
     t = result.outcome.total
-    return f"completed: {t.rows:,} rows changed in {t.batches:,} batches"
+    return f"completed: {t.rows:,} rows changed in {t.batches:,} batch{'es' * (t.batches != 1)}"
 
 
 async def _sql_file(
