@@ -321,6 +321,7 @@ async def _outside(job: SqlJob, connection: ConnectionSettings, timeout: float) 
                 await _outside_statement(conn, job, statement, n, before)
             async with transaction(conn, ""):
                 await job.finish(conn)
+            await OPS.reset_timeouts(conn)
         return True
     finally:
         await close_quietly(conn)

@@ -419,6 +419,11 @@ class OpsStore:
         session (a file run outside a transaction)."""
         await conn.execute(query("set_lock_timeout"), pg_interval(seconds), local)
 
+    async def reset_timeouts(self, conn: asyncpg.Connection) -> None:
+        """The session's timeouts back to their defaults (after :meth:`set_lock_timeout`
+        for the session)."""
+        await conn.execute(query("reset_timeouts"))
+
     async def record_sql_file(
         self, conn: asyncpg.Connection, filename: str, kind: str, checksum: str
     ) -> None:

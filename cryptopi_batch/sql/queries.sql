@@ -420,3 +420,8 @@ EXPLAIN (FORMAT TEXT) {statement}
 -- A backfill rolled back: its run and its down run are forgotten with its record, so that
 -- the next migrate applies it again, and a later rollback undoes it again.
 DELETE FROM ops.backfills WHERE name = $1 OR name = $1 || ':down';
+
+-- reset_timeouts --
+-- A file run outside a transaction is done: the session's timeouts as they were (a pooled
+-- server connection goes on to other clients).
+RESET lock_timeout; RESET statement_timeout;
