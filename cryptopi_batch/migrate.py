@@ -7,27 +7,29 @@ once it completed.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import asyncpg
 
-from . import commands, logs, schema
-from .db import ConnectionSettings, close_quietly, transaction
+from . import commands, schema
+from .db import ConnectionSettings, close_quietly
 from .discovery import MigrationFile, discover, load, resolve
-from .errors import MigrationFailed, Pending, one_line
+from .errors import CouldNotStart, Pending, UsageError
+from .preflight import (
+    MIGRATIONS_SHAPE,
+    check_declared,
+    migrations_shape_problems,
+    read_only_message,
+)
 from .settings import RunOptions, resolve_settings
-from .sqlfile import Statement, concurrently, read_sql_migration
+from .sqlfile import read_sql_migration
+from .sqlfiles import query
+from .sqlrun import SqlJob, run_sql_job
 from .store import OPS
-
-LOCK_RETRIES = 6
-"""Tries of a file's transaction (or of a statement outside one) that hit the lock timeout,
-with back-off between them: 0.5 s, 1 s, 2 s, 4 s, 8 s."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,15 @@ async def migrate(
     done: list[Applied] = []
     try:
         async with commands.setup_errors(connection):
+            await _check_session(conn)
+            applied = (
+                await OPS.applied_filenames(conn) if await OPS.has_migrations_table(conn) else set()
+            )
+            # Every pending file is read (and a backfill loaded) before the first is applied:
+            # one that cannot run refuses the whole migrate, nothing written (exit 2).
+            for f in files:
+                if f.filename not in applied:
+                    _check_file(f, options)
             await schema.ensure_schema(conn)
             applied = await OPS.applied_filenames(conn)
         for f in files:
@@ -147,6 +158,34 @@ async def migrate(
         return done
     finally:
         await close_quietly(conn)
+
+
+async def _check_session(conn: asyncpg.Connection) -> None:
+    """What refuses every file, as the pre-flight says it: a read-only server or session,
+    an ops.migrations that a file cannot be recorded into."""
+    session = await conn.fetchrow(query("preflight_session"))
+    assert session is not None
+    if session["standby"] or session["read_only"]:
+        raise CouldNotStart(read_only_message(standby=session["standby"]))
+    if session["migrations"]:
+        columns = dict(zip(session["migrations_columns"], session["migrations_types"], strict=True))
+        problems = migrations_shape_problems(columns, set(session["migrations_filled"]))
+        if problems:
+            raise CouldNotStart(
+                f"ops.migrations has another shape: {', '.join(problems)}; {MIGRATIONS_SHAPE}"
+            )
+
+
+def _check_file(f: MigrationFile, options: RunOptions) -> None:
+    """A pending file that could not run, refused before anything is written."""
+    if f.kind == "sql":
+        read_sql_migration(f.path)
+        return
+    migration = load(f)
+    check_declared(migration)
+    settings = resolve_settings(options, migration.backfill)
+    if migration.backfill.destructive and not settings.yes:
+        raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
 
 
 def _lock_timeout(options: RunOptions) -> float:
@@ -193,189 +232,3 @@ async def _sql_file(
         f"applied: {count} statement{'s' if count != 1 else ''} {where},"
         f" {time.monotonic() - started:.1f} s"
     )
-
-
-@dataclass(frozen=True)
-class SqlJob:
-    """Statements of a ``.sql`` file run once: its own (then recorded as applied), or with
-    ``undo`` its down section (then its records removed), under migrate's lock on it."""
-
-    file: MigrationFile
-    statements: tuple[Statement, ...]
-    outside: bool  # statement by statement, each in its own transaction
-    undo: bool = False
-    checksum: str = ""
-
-    @property
-    def left(self) -> str:
-        """What a failure leaves, for its message."""
-        return (
-            "nothing of its down applied, still recorded"
-            if self.undo
-            else ("nothing of it applied, not recorded")
-        )
-
-    async def due(self, conn: asyncpg.Connection) -> bool:
-        """Not done yet (by another process meanwhile)."""
-        return await OPS.is_applied(conn, self.file.filename) == self.undo
-
-    async def finish(self, conn: asyncpg.Connection) -> None:
-        if self.undo:
-            await OPS.forget_file(conn, self.file.filename)
-        else:
-            await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum)
-
-
-async def run_sql_job(
-    conn: asyncpg.Connection, job: SqlJob, connection: ConnectionSettings, lock_timeout: float
-) -> bool:
-    """Run ``job``; False: another process did it meanwhile."""
-    if job.outside:
-        return await _outside(job, connection, lock_timeout)
-    return await _in_transaction(conn, job, lock_timeout)
-
-
-async def _in_transaction(conn: asyncpg.Connection, job: SqlJob, timeout: float) -> bool:
-    """The statements and the record in one transaction, tried again after a lock
-    timeout."""
-    f = job.file
-    for attempt in range(LOCK_RETRIES):
-        try:
-            async with transaction(conn, ""):
-                await _lock(conn, f.filename)
-                if not await job.due(conn):
-                    return False
-                await OPS.set_lock_timeout(conn, timeout, local=True)
-                for statement in job.statements:
-                    await _execute(conn, job, statement)
-                await job.finish(conn)
-        except asyncpg.LockNotAvailableError as exc:
-            await _back_off(job, attempt, exc)
-        except asyncpg.PostgresError as exc:
-            raise MigrationFailed(
-                f"{f.filename}: {_describe(exc)}; rolled back, {job.left}"
-            ) from None
-        else:
-            return True
-    raise AssertionError("unreachable")  # _back_off raises on the last try
-
-
-async def _lock(conn: asyncpg.Connection, filename: str) -> None:
-    if not await OPS.lock_file(conn, filename, wait=False):
-        logs.line(
-            f"{filename}: another migrate is applying it; waiting",
-            event="migrate_waiting",
-            filename=filename,
-        )
-        await OPS.lock_file(conn, filename, wait=True)
-
-
-async def _execute(conn: asyncpg.Connection, job: SqlJob, statement: Statement) -> None:
-    try:
-        await conn.execute(statement.text)
-    except asyncpg.LockNotAvailableError:
-        raise
-    except asyncpg.PostgresError as exc:
-        raise MigrationFailed(
-            f"{job.file.filename}:{statement.line}: {_describe(exc)}; rolled back, {job.left}"
-        ) from None
-
-
-def _describe(exc: asyncpg.PostgresError) -> str:
-    return one_line(f"{type(exc).__name__} ({exc.sqlstate}): {exc}")
-
-
-async def _back_off(job: SqlJob, attempt: int, exc: asyncpg.PostgresError) -> None:
-    f = job.file
-    if attempt + 1 >= LOCK_RETRIES:
-        raise MigrationFailed(
-            f"{f.filename}: {_describe(exc)}, {LOCK_RETRIES} times; {job.left}; run again"
-            " when the table is free"
-        ) from None
-    delay = 0.5 * 2**attempt
-    logs.line(
-        f"{f.filename}: lock timeout; trying again in {delay:g} s",
-        event="migrate_lock_timeout",
-        level="warning",
-        filename=f.filename,
-        attempt=attempt + 1,
-    )
-    await anyio.sleep(delay)
-
-
-async def _outside(job: SqlJob, connection: ConnectionSettings, timeout: float) -> bool:
-    """Statements PostgreSQL refuses to run in a transaction block: one by one, each its own
-    transaction, then the record. A second connection holds migrate's lock on the file in
-    an open transaction meanwhile (it keeps no snapshot, which a CREATE INDEX CONCURRENTLY
-    would wait for)."""
-    guard = await connection.connect_or_fail()
-    conn = await connection.connect_or_fail()
-    try:
-        async with _guarded(guard, job.file.filename):
-            # Read on the other connection: the guard's transaction keeps no snapshot.
-            if not await job.due(conn):
-                return False
-            await OPS.set_lock_timeout(conn, timeout, local=False)
-            before = await OPS.invalid_indexes(conn)
-            for n, statement in enumerate(job.statements):
-                await _outside_statement(conn, job, statement, n, before)
-            async with transaction(conn, ""):
-                await job.finish(conn)
-            await OPS.reset_timeouts(conn)
-        return True
-    finally:
-        await close_quietly(conn)
-        await close_quietly(guard)
-
-
-@contextlib.asynccontextmanager
-async def _guarded(guard: asyncpg.Connection, filename: str) -> AsyncIterator[None]:
-    """An open transaction on ``guard`` holding migrate's lock on ``filename``, tried every
-    half second until free (see the block migrate_guard_lock)."""
-    said = False
-    while True:
-        locked = False
-        try:
-            async with transaction(guard, ""):
-                await OPS.guard_file(guard, filename)
-                locked = True
-                yield
-                return
-        except asyncpg.LockNotAvailableError:
-            if locked:  # the body's, not the lock's
-                raise
-            if not said:
-                said = True
-                logs.line(
-                    f"{filename}: another migrate is applying it; waiting",
-                    event="migrate_waiting",
-                    filename=filename,
-                )
-            await anyio.sleep(0.5)
-
-
-async def _outside_statement(
-    conn: asyncpg.Connection, job: SqlJob, statement: Statement, n: int, before: set[str]
-) -> None:
-    f = job.file
-    for attempt in range(LOCK_RETRIES):
-        try:
-            await conn.execute(statement.text)
-        except asyncpg.PostgresError as exc:
-            left = sorted(await OPS.invalid_indexes(conn) - before)
-            if isinstance(exc, asyncpg.LockNotAvailableError) and not (
-                concurrently(statement) and left
-            ):
-                await _back_off(job, attempt, exc)
-                continue
-            applied = f"the {n} statement(s) before it stay applied; " if n else ""
-            drops = "".join(
-                f"; it left index {i} invalid: drop it with DROP INDEX CONCURRENTLY IF EXISTS {i};"
-                for i in left
-            )
-            raise MigrationFailed(
-                f"{f.filename}:{statement.line}: {_describe(exc)} (run outside a"
-                f" transaction: {applied}{'still recorded' if job.undo else 'not recorded'}){drops}"
-            ) from None
-        else:
-            return

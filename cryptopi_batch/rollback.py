@@ -18,9 +18,9 @@ from . import commands, schema
 from .db import ConnectionSettings, close_quietly, transaction
 from .discovery import LoadedMigration, MigrationFile, discover, load, resolve, shown
 from .errors import UsageError
-from .migrate import SqlJob, run_sql_job
 from .settings import RunOptions, RunSettings, parse_duration
 from .sqlfile import outside_transaction, read_sql_migration
+from .sqlrun import SqlJob, run_sql_job
 from .store import OPS
 
 

@@ -698,3 +698,84 @@ def test_ddl_waits_at_most_its_lock_timeout_and_is_tried_again(dsn: str, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "20250301_0900_extra.sql: lock timeout; trying again in 0.5 s" in result.stderr
     assert recorded(dsn) == ["20250301_0900_extra.sql"]
+
+
+# --- bad input ------------------------------------------------------------------------
+
+BAD_FILES = {
+    "rollback in a file": (
+        "20250302_0900_bad.sql",
+        "UPDATE matrices.dyn_values SET value = 0;\nROLLBACK;\n",
+        (),
+        "cryptopi_batch: 20250302_0900_bad.sql:2: ROLLBACK in a migration file: migrate rolls"
+        " a failing file back by itself",
+    ),
+    "begin with concurrently": (
+        "20250302_0900_bad.sql",
+        "BEGIN;\nCREATE INDEX CONCURRENTLY i ON matrices.dyn_values (value);\nCOMMIT;\n",
+        (),
+        "cryptopi_batch: 20250302_0900_bad.sql: has BEGIN/COMMIT and a statement that cannot"
+        " run in a transaction block (e.g. CREATE INDEX CONCURRENTLY); put it in a file of its"
+        " own",
+    ),
+    "backfill that does not load": (
+        "20250302_0900_bad.py",
+        "from cryptopi_batch import Backfill\nmigration = Backfill(table=\n",
+        (),
+        None,
+    ),
+    "destructive without yes": (
+        "20250302_0900_bad.py",
+        BACKFILL_FLAG.replace("batch_size=100,", "batch_size=100, destructive=True,"),
+        (),
+        "cryptopi_batch: 20250302_0900_bad is destructive; pass --yes to run it",
+    ),
+    "unknown --to": (
+        None,
+        "",
+        ("--to", "nosuch"),
+        None,
+    ),
+    "bad --lock-timeout": (
+        None,
+        "",
+        ("--lock-timeout", "5parsecs"),
+        "cryptopi_batch: --lock-timeout: not a duration: '5parsecs' (try 500ms, 30s, 5min, 2h)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_migrate_refuses_what_cannot_run_before_writing_anything(
+    dsn: str, tmp_path: Path, case: str
+) -> None:
+    """A pending file that cannot run refuses the whole migrate before its first file is
+    applied: exit 2, one line, no ops schema, the earlier files not applied."""
+    filename, source, args, message = BAD_FILES[case]
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, "20250301_0900_first.sql", "ALTER TABLE matrices.dyn_values ADD flag bool;\n")
+    if filename is not None:
+        write(directory, filename, source)
+    result = migrate(dsn, directory, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    if message is not None:
+        assert lines[0] == message
+    assert q(dsn, "SELECT to_regnamespace('ops') IS NULL AS none")[0]["none"]
+    assert q(dsn, "SELECT count(*) FROM pg_attribute WHERE attname = 'flag'")[0][0] == 0
+
+
+def test_migrate_on_a_read_only_session_exits_2(dsn: str, tmp_path: Path) -> None:
+    seed(dsn)
+    directory = flow_dir(tmp_path / "migrations")
+    database = q(dsn, "SELECT current_database() AS d")[0]["d"]
+    q(dsn, f'ALTER DATABASE "{database}" SET default_transaction_read_only = on;')
+    result = migrate(dsn, directory)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "cryptopi_batch: the session is read-only: default_transaction_read_only is on (for"
+        " the role, the database or the server), and a run must write; turn it off for the"
+        " role that runs migrations"
+    ]
