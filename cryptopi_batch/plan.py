@@ -14,9 +14,10 @@ from typing import Any
 
 import asyncpg
 
-from .commands import find_migration, setup_errors
+from .commands import setup_errors
 from .db import ConnectionSettings, close_quietly, set_local, transaction
-from .errors import one_line
+from .discovery import discover, load, resolve
+from .errors import UsageError, one_line
 from .keys import KeyRange, render_range
 from .keysql import RangeQueries
 from .migration import Batch, run_work
@@ -68,7 +69,13 @@ async def plan(
     sample: bool = False,
 ) -> Plan:
     """The plan of migration ``name``; writes nothing unless ``sample``."""
-    migration = find_migration(directory, name)
+    file = resolve(discover(directory), name)
+    if file.kind != "py":
+        raise UsageError(
+            f"{file.filename}: plan plans a backfill (.py); a .sql file runs once in one"
+            " transaction (`migrate --dry-run` lists it)"
+        )
+    migration = load(file)
     settings = resolve_settings(options or RunOptions(), migration.backfill)
     conn = await connection.connect_or_fail()
     try:

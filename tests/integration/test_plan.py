@@ -189,3 +189,64 @@ migration = Backfill(table="matrices.dyn_values", process=slow)
         "s, near the statement timeout (1 s): a smaller --batch-size, or a longer"
         " --statement-timeout"
     )
+
+
+UNKNOWN = (
+    "cryptopi_batch: no migration named 'nosuch'; did you mean touch; known:"
+    " 20250301_0800_schema, 20250301_0900_touch"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("plan", "nosuch"),
+            UNKNOWN,
+        ),
+        (
+            ("plan", "schema"),
+            "cryptopi_batch: 20250301_0800_schema.sql: plan plans a backfill (.py); a .sql file"
+            " runs once in one transaction (`migrate --dry-run` lists it)",
+        ),
+        (
+            ("plan", "touch", "--batch-size", "0"),
+            "cryptopi_batch: --batch-size (or batch_size=) must be a whole number from 1 to"
+            " 2,147,483,647, not 0",
+        ),
+        (
+            ("rollback", "nosuch", "--yes"),
+            UNKNOWN,
+        ),
+        (
+            ("rollback", "touch", "--yes"),
+            "cryptopi_batch: 20250301_0900_touch was declared irreversible: its Backfill has no"
+            " down=",
+        ),
+        (
+            ("new", "!!!"),
+            "cryptopi_batch: description '!!!' has no letter or digit to name the file with",
+        ),
+    ],
+    ids=[
+        "plan-unknown",
+        "plan-sql",
+        "plan-batch-size",
+        "rollback-unknown",
+        "rollback-no-down",
+        "new-blank",
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    dsn: str, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, "20250301_0800_schema.sql", "SELECT 1;\n")
+    write(directory, "20250301_0900_touch.py", TOUCH)
+    before = sorted(p.name for p in directory.iterdir())
+    result = run_cli(*args, "--migrations-dir", str(directory), dsn=dsn)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message]
+    assert fetch(dsn, "SELECT to_regnamespace('ops') AS o")[0]["o"] is None
+    assert sorted(p.name for p in directory.iterdir()) == before
