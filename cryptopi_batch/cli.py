@@ -431,16 +431,42 @@ async def _migrate(args: argparse.Namespace, connection: ConnectionSettings) -> 
         found = await migrate.pending(directory=directory, connection=connection, to=args.to)
         names = ", ".join(p.file.filename for p in found) or "nothing"
         safety.confirm_write(env, f"migrate applies {names}", yes=args.yes)
-    done = await migrate.migrate(
-        directory=directory,
-        connection=connection,
-        options=options,
-        to=args.to,
-        handle_signals=True,
-        on_applied=lambda a: logs.line(
-            f"{a.name}: {a.how}", event="migration_applied", migration=a.name, kind=a.kind
-        ),
-    )
+    # A progress bar for each backfill, as `run` shows it; the files' lines between them.
+    show_bar = not args.no_progress and args.log_format == "console"
+    first = _progress_bar() if show_bar else None
+    bars: list[ProgressBar] = []
+
+    def start(name: str, done: int, total: int, rows: int) -> None:
+        nonlocal first
+        bar, first = first or _progress_bar(), None
+        if bar is not None:
+            bars.append(bar)
+            logs.configure(args.log_format, level=logging.WARNING, console=bar.console)
+            bar.start(name, done, total, rows)
+
+    def end_bars() -> None:
+        if bars:
+            while bars:
+                bars.pop().stop()
+            logs.configure(args.log_format)
+
+    def applied(a: migrate.Applied) -> None:
+        end_bars()
+        logs.line(f"{a.name}: {a.how}", event="migration_applied", migration=a.name, kind=a.kind)
+
+    try:
+        done = await migrate.migrate(
+            directory=directory,
+            connection=connection,
+            options=run_options(args, progress=first is not None),
+            to=args.to,
+            handle_signals=True,
+            on_applied=applied,
+            on_start=start,
+            on_progress=lambda p: bars[-1].advance(p) if bars else None,
+        )
+    finally:
+        end_bars()
     if not done:
         logs.line("nothing pending", event="migrate_nothing_pending")
     return EXIT_OK

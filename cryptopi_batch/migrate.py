@@ -7,11 +7,13 @@ once it completed.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -30,6 +32,9 @@ from .sqlfile import read_sql_migration
 from .sqlfiles import query
 from .sqlrun import SqlJob, run_sql_job
 from .store import OPS
+
+if TYPE_CHECKING:
+    from .progress import ProgressHook
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,8 @@ async def migrate(
     to: str | None = None,
     handle_signals: bool = False,
     on_applied: Callable[[Applied], None] | None = None,
+    on_start: Callable[[str, int, int, int], None] | None = None,
+    on_progress: ProgressHook | None = None,
 ) -> list[Applied]:
     """Apply every pending file up to ``to``, in order; stops at the first that fails
     (:class:`MigrationFailed`, exit 1) or stops (a backfill's :class:`Stopped`, exit 3)."""
@@ -147,7 +154,14 @@ async def migrate(
                 continue
             if f.kind == "py":
                 how = await _backfill(
-                    conn, f, directory, connection, options, handle_signals=handle_signals
+                    conn,
+                    f,
+                    directory,
+                    connection,
+                    options,
+                    handle_signals=handle_signals,
+                    on_start=on_start,
+                    on_progress=on_progress,
                 )
             else:
                 how = await _sql_file(conn, f, connection, lock_timeout)
@@ -203,6 +217,8 @@ async def _backfill(
     options: RunOptions,
     *,
     handle_signals: bool,
+    on_start: Callable[[str, int, int, int], None] | None,
+    on_progress: ProgressHook | None,
 ) -> str:
     result = await commands.run(
         f.name,
@@ -210,6 +226,8 @@ async def _backfill(
         connection=connection,
         options=options,
         handle_signals=handle_signals,
+        on_start=None if on_start is None else functools.partial(on_start, f.name),
+        on_progress=on_progress,
     )
     await OPS.record_file(conn, f.filename, "py", f.checksum())
     if result.outcome is None:

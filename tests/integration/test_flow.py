@@ -779,3 +779,26 @@ def test_migrate_on_a_read_only_session_exits_2(dsn: str, tmp_path: Path) -> Non
         " the role, the database or the server), and a run must write; turn it off for the"
         " role that runs migrations"
     ]
+
+
+def test_migrate_shows_each_backfill_with_a_progress_bar_on_a_terminal(
+    dsn: str, tmp_path: Path
+) -> None:
+    seed(dsn)
+    directory = flow_dir(tmp_path / "migrations")
+    result = run_cli(
+        "migrate",
+        "--migrations-dir",
+        str(directory),
+        dsn=dsn,
+        env={"TTY_COMPATIBLE": "1", "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "batch_committed" not in result.stderr  # the bar carries the batches
+    assert "500/500 keys" in result.stderr
+    for line in (
+        "20250301_1200_backfill_flag: completed: 500 rows changed in 5 batches",
+        "20250301_1300_backfill_score: completed: 500 rows changed in 10 batches",
+    ):
+        assert line in result.stderr
+    assert_flow_applied(dsn)
