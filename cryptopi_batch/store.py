@@ -439,7 +439,7 @@ class OpsStore:
     async def forget_file(self, conn: asyncpg.Connection, filename: str) -> None:
         """A rolled-back migration's records, in the caller's transaction."""
         await conn.execute(query("forget_migration"), filename)
-        if await conn.fetchval(query("schema_version")):
+        if await conn.fetchval(query("migration_files_table")):  # an ops schema before v3
             await conn.execute(query("forget_migration_file"), filename)
 
     async def forget_runs(self, conn: asyncpg.Connection, name: str) -> None:

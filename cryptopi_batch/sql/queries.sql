@@ -425,3 +425,6 @@ DELETE FROM ops.backfills WHERE name = $1 OR name = $1 || ':down';
 -- A file run outside a transaction is done: the session's timeouts as they were (a pooled
 -- server connection goes on to other clients).
 RESET lock_timeout; RESET statement_timeout;
+
+-- migration_files_table --
+SELECT to_regclass('ops.migration_files') IS NOT NULL;

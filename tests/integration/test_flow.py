@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 from helpers import cli_argv, cli_env, run_cli, run_in_thread
+from run_support import back_to_schema_version_1
 
 SEED_EXAMPLE = """BEGIN;
 
@@ -802,3 +803,29 @@ def test_migrate_shows_each_backfill_with_a_progress_bar_on_a_terminal(
     ):
         assert line in result.stderr
     assert_flow_applied(dsn)
+
+
+def test_rollback_of_a_sql_file_on_an_ops_schema_of_version_1(dsn: str, tmp_path: Path) -> None:
+    """An ops schema from before ops.migration_files: the file's ops.migrations row goes,
+    nothing else is asked of it."""
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(
+        directory,
+        "20250301_0900_extra.sql",
+        "ALTER TABLE matrices.dyn_values ADD extra int;\n-- down\n"
+        "ALTER TABLE matrices.dyn_values DROP COLUMN extra;\n",
+    )
+    assert migrate(dsn, directory).returncode == 0
+
+    async def to_version_1() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await back_to_schema_version_1(conn)
+        finally:
+            await conn.close()
+
+    run_in_thread(to_version_1)
+    result = rollback(dsn, directory, "extra", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert recorded(dsn) == []
