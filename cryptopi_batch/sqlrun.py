@@ -49,11 +49,13 @@ class SqlJob:
         """Not done yet (by another process meanwhile)."""
         return await OPS.is_applied(conn, self.file.filename) == self.undo
 
-    async def finish(self, conn: asyncpg.Connection) -> None:
+    async def finish(self, conn: asyncpg.Connection, since: int) -> None:
+        """Record it (``since``: ops.migrations' last id when its transaction began), or
+        with ``undo`` remove its records."""
         if self.undo:
             await OPS.forget_file(conn, self.file.filename)
         else:
-            await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum)
+            await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum, since=since)
 
 
 async def run_sql_job(
@@ -76,9 +78,10 @@ async def _in_transaction(conn: asyncpg.Connection, job: SqlJob, timeout: float)
                 if not await job.due(conn):
                     return False
                 await OPS.set_lock_timeout(conn, timeout, local=True)
+                since = await OPS.last_migration_id(conn)
                 for statement in job.statements:
                     await _execute(conn, job, statement)
-                await job.finish(conn)
+                await job.finish(conn, since)
         except asyncpg.LockNotAvailableError as exc:
             await _back_off(job, attempt, exc)
         except asyncpg.PostgresError as exc:
@@ -150,7 +153,8 @@ async def _outside(job: SqlJob, connection: ConnectionSettings, timeout: float) 
             for n, statement in enumerate(job.statements):
                 await _outside_statement(conn, job, statement, n, before)
             async with transaction(conn, ""):
-                await job.finish(conn)
+                # Its own statements committed apart: none of theirs is this transaction's.
+                await job.finish(conn, await OPS.last_migration_id(conn))
             await OPS.reset_timeouts(conn)
         return True
     finally:

@@ -424,11 +424,16 @@ class OpsStore:
         for the session)."""
         await conn.execute(query("reset_timeouts"))
 
+    async def last_migration_id(self, conn: asyncpg.Connection) -> int:
+        """ops.migrations' last id (0: none), as a file's transaction starts."""
+        return int(await conn.fetchval(query("last_migration_id")))
+
     async def record_sql_file(
-        self, conn: asyncpg.Connection, filename: str, kind: str, checksum: str
+        self, conn: asyncpg.Connection, filename: str, kind: str, checksum: str, *, since: int
     ) -> None:
-        """Record an applied file once, in the caller's transaction (see the block)."""
-        await conn.execute(query("record_sql_file"), filename, kind, checksum)
+        """Record an applied file once, in the caller's transaction, begun when ``since``
+        was ops.migrations' last id (see the block)."""
+        await conn.execute(query("record_sql_file"), filename, kind, checksum, since)
 
     async def record_file(
         self, conn: asyncpg.Connection, filename: str, kind: str, checksum: str

@@ -346,12 +346,27 @@ END$$;
 SELECT set_config('lock_timeout', $1, $2::boolean),
        set_config('statement_timeout', '0', $2::boolean);
 
+-- last_migration_id --
+-- ops.migrations' last id as a file's transaction starts (record_sql_file's $4).
+SELECT coalesce(max(id), 0)::bigint FROM ops.migrations;
+
 -- record_sql_file --
 -- A .sql file applied, in its own transaction: the rows it inserted into ops.migrations
 -- itself (as the seed's example does) give way to the one record under its file name.
+-- Its rows: inserted since the transaction began ($4, the last id then) by a transaction
+-- still in progress, which can only be this one or its subtransactions (another's
+-- uncommitted rows are not seen). xmin is widened to a full xid8 around the current one
+-- (for rows this recent, within 2^31 of it); the CASE keeps older rows out of that.
 WITH own AS (
-    DELETE FROM ops.migrations
-     WHERE xmin = pg_current_xact_id()::xid AND filename <> $1::text),
+    DELETE FROM ops.migrations m
+     WHERE m.filename <> $1::text
+       AND CASE WHEN m.id > $4::bigint THEN
+               pg_xact_status((pg_current_xact_id()::text::bigint
+                   + ((((m.xmin::text::bigint
+                         - (pg_current_xact_id()::text::bigint & 4294967295))
+                        + 2147483648) % 4294967296 + 4294967296) % 4294967296
+                      - 2147483648))::text::xid8) = 'in progress'
+           END),
 rec AS (
     INSERT INTO ops.migrations (filename)
     SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $1::text))

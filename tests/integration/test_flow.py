@@ -829,3 +829,26 @@ def test_rollback_of_a_sql_file_on_an_ops_schema_of_version_1(dsn: str, tmp_path
     result = rollback(dsn, directory, "extra", "--yes")
     assert result.returncode == 0, result.stderr
     assert recorded(dsn) == []
+
+
+@pytest.mark.parametrize(
+    "insert",
+    [
+        "INSERT INTO ops.migrations (filename) VALUES ('20250301_self.sql');",
+        "SAVEPOINT s; INSERT INTO ops.migrations (filename) VALUES ('20250301_self.sql');"
+        " RELEASE SAVEPOINT s;",
+        "DO $$BEGIN INSERT INTO ops.migrations (filename) VALUES ('20250301_self.sql');"
+        " EXCEPTION WHEN unique_violation THEN NULL; END$$;",
+        "INSERT INTO ops.migrations (filename) VALUES ('20250301_0900_self.sql');",
+    ],
+    ids=["plain", "savepoint", "do-block", "its-own-name"],
+)
+def test_a_file_that_records_itself_is_recorded_once(dsn: str, tmp_path: Path, insert: str) -> None:
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(directory, "20250301_0800_before.sql", "SELECT 1;\n")
+    assert migrate(dsn, directory).returncode == 0
+    write(directory, "20250301_0900_self.sql", f"BEGIN;\nSELECT 1;\n{insert}\nCOMMIT;\n")
+    result = migrate(dsn, directory)
+    assert result.returncode == 0, result.stderr
+    assert recorded(dsn) == ["20250301_0800_before.sql", "20250301_0900_self.sql"]
