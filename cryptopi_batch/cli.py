@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import anyio
 
-from . import commands, logs
+from . import commands, logs, safety
 from .db import ConnectionSettings
 from .discovery import migrations_dir, misnamed
 from .errors import CryptopiBatchError, UsageError, one_line
@@ -41,11 +42,11 @@ DURATION = "D"  # a duration's metavar: seconds, or 500ms, 30s, 5min, 2h
 JSON_HELP = "one JSON object per line instead of the table"
 
 
-def _common_options(*, dsn: bool = True) -> _Parser:
-    """The options every command takes (``demo`` all but ``--dsn``: it starts its own
-    server). Help text is plain: no markup, shown as it is."""
+def _common_options(*, server: bool = True) -> _Parser:
+    """The options every command takes (``demo`` none about a server of the user's,
+    ``--dsn`` and ``--env``: it starts its own). Help text is plain: no markup."""
     common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    if dsn:
+    if server:
         common.add_argument(
             "--dsn",
             metavar="URL",
@@ -68,6 +69,12 @@ def _common_options(*, dsn: bool = True) -> _Parser:
         action="store_true",
         help="show the Python traceback with an error, not only its one line",
     )
+    if server:
+        common.add_argument(
+            "--env",
+            metavar="NAME",
+            help="the environment (else $CRYPTOPI_BATCH_ENV); in production, writing asks --yes",
+        )
     return common
 
 
@@ -95,7 +102,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- to be split
     # The common options are accepted before or after the command's name. They default
     # only at the top level, on actions of their own (set_defaults changes the actions it
     # finds, and parents share theirs): a subcommand's default would overwrite what was
@@ -106,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common_options()],
         description="Batched, resumable, throttled data migrations for PostgreSQL.",
     )
-    parser.set_defaults(dsn=None, migrations_dir=None, log_format="console", traceback=False)
+    parser.set_defaults(
+        dsn=None, migrations_dir=None, log_format="console", traceback=False, env=None
+    )
     parser.add_argument(
         "--version", action=_Version, nargs=0, help="show the installed version and exit"
     )
@@ -220,9 +229,42 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(command, parents=[common], help=text).add_argument("name", help=NAME_HELP)
 
+    migrate = sub.add_parser(
+        "migrate", parents=[common], help="apply every pending migration, in order"
+    )
+    migrate.add_argument("--to", metavar="NAME", help="stop after this migration")
+    migrate.add_argument("--dry-run", action="store_true", help="list what would run")
+    migrate.add_argument(
+        "--check", action="store_true", help="exit 3 if anything is pending (writes nothing)"
+    )
+    _take_run_options(migrate, run)
+
+    plan = sub.add_parser("plan", parents=[common], help="what a run would do; writes nothing")
+    plan.add_argument("name", help=NAME_HELP)
+    plan.add_argument("--exact", action="store_true", help="count the rows (a full scan)")
+    plan.add_argument(
+        "--sample",
+        action="store_true",
+        help="time the first batch, run in a transaction rolled back",
+    )
+    plan.add_argument("--json", action="store_true", help=JSON_HELP)
+    _take_run_options(plan, run)
+
+    new = sub.add_parser("new", parents=[common], help="write a new migration file")
+    new.add_argument("description", help="what it does, e.g. 'backfill confidence'")
+    new.add_argument("--sql", action="store_true", help="a .sql file (else a backfill, .py)")
+    new.add_argument("--table", help="the backfill's table (checked when a database answers)")
+    new.add_argument("--key", help="its key column(s), comma-separated (default id)")
+
+    rollback = sub.add_parser(
+        "rollback", parents=[common], help="run a migration's down and unrecord it"
+    )
+    rollback.add_argument("name", help=NAME_HELP)
+    _take_run_options(rollback, run)  # --yes among them: confirms the rollback
+
     demo = sub.add_parser(
         "demo",
-        parents=[_common_options(dsn=False)],
+        parents=[_common_options(server=False)],
         help="an embedded PostgreSQL of its own, a seeded table, the example migration",
     )
     demo.add_argument(
@@ -276,6 +318,15 @@ def _health_options(run: argparse.ArgumentParser) -> None:
     gates.add_argument(
         "--max-wal-rate", help="WAL bytes per second for the whole migration (e.g. 20MB)"
     )
+
+
+def _take_run_options(parser: argparse.ArgumentParser, run: argparse.ArgumentParser) -> None:
+    """Every option of ``run`` that ``parser`` lacks: a command that runs backfills takes
+    them all (argparse's own ``parents=`` would take run's NAME and -h too)."""
+    for action in run._actions:
+        strings = action.option_strings
+        if strings and not any(s in parser._option_string_actions for s in strings):
+            parser._add_action(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,6 +432,7 @@ def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
 
 
 async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    safety.confirm_write(safety.environment(args.env), f"run {args.name} writes", yes=args.yes)
     bar = _progress_bar() if not args.no_progress and args.log_format == "console" else None
     show_bar = bar is not None
     if bar is not None:
@@ -570,6 +622,129 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
         await anyio.to_thread.run_sync(cluster.stop)
 
 
+async def _migrate(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import migrate  # noqa: PLC0415 -- only this command needs it
+
+    directory, options = _directory(args), run_options(args, progress=False)
+    if args.check:
+        await migrate.check(directory=directory, connection=connection, to=args.to)
+        print("nothing pending", file=sys.stderr)
+        return EXIT_OK
+    if args.dry_run:
+        found = await migrate.pending(
+            directory=directory, connection=connection, to=args.to, options=options, estimate=True
+        )
+        for p in found:
+            more = "" if p.rows is None else f", ~{p.rows:,} rows in ~{p.batches:,} batches"
+            print(f"{p.file.filename}: {p.state} ({p.file.kind}{more})")
+        if not found:
+            print("nothing pending", file=sys.stderr)
+        return EXIT_OK
+    env = safety.environment(args.env)
+    if safety.protected(env):
+        found = await migrate.pending(directory=directory, connection=connection, to=args.to)
+        names = ", ".join(p.file.filename for p in found) or "nothing"
+        safety.confirm_write(env, f"migrate applies {names}", yes=args.yes)
+    # A progress bar for each backfill, as `run` shows it; the files' lines between them.
+    show_bar = not args.no_progress and args.log_format == "console"
+    first = _progress_bar() if show_bar else None
+    bars: list[ProgressBar] = []
+
+    def start(name: str, done: int, total: int, rows: int) -> None:
+        nonlocal first
+        bar, first = first or _progress_bar(), None
+        if bar is not None:
+            bars.append(bar)
+            logs.configure(args.log_format, level=logging.WARNING, console=bar.console)
+            bar.start(name, done, total, rows)
+
+    def end_bars() -> None:
+        if bars:
+            while bars:
+                bars.pop().stop()
+            logs.configure(args.log_format)
+
+    def applied(a: migrate.Applied) -> None:
+        end_bars()
+        logs.line(f"{a.name}: {a.how}", event="migration_applied", migration=a.name, kind=a.kind)
+
+    try:
+        done = await migrate.migrate(
+            directory=directory,
+            connection=connection,
+            options=run_options(args, progress=first is not None),
+            to=args.to,
+            handle_signals=True,
+            on_applied=applied,
+            on_start=start,
+            on_progress=lambda p: bars[-1].advance(p) if bars else None,
+        )
+    finally:
+        end_bars()
+    if not done:
+        logs.line("nothing pending", event="migrate_nothing_pending")
+    return EXIT_OK
+
+
+async def _plan(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import plan  # noqa: PLC0415 -- only this command needs it
+
+    found = await plan.plan(
+        args.name,
+        directory=_directory(args),
+        connection=connection,
+        options=run_options(args, progress=False),
+        exact=args.exact,
+        sample=args.sample,
+    )
+    if args.json:
+        json.dump(found.as_json(), sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print("\n".join(plan.plan_lines(found)))
+    return EXIT_OK
+
+
+async def _new(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import scaffold  # noqa: PLC0415 -- only this command needs it
+    from .discovery import shown  # noqa: PLC0415
+
+    made = await scaffold.new_migration(
+        args.description,
+        directory=_directory(args),
+        connection=connection,
+        sql=args.sql,
+        table=args.table,
+        key=args.key,
+    )
+    print(shown(made.path))
+    if args.table is not None and not made.key_checked:
+        print(
+            "cryptopi_batch: no database answered: --table and --key not checked", file=sys.stderr
+        )
+    return EXIT_OK
+
+
+async def _rollback(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    from . import rollback  # noqa: PLC0415 -- only this command needs it
+
+    directory = _directory(args)
+    undo, _ = rollback.plan_undo(directory, args.name)  # irreversible: refused before asking
+    what = f"{undo.file.name}: rollback runs {undo.what}, then removes its ops.migrations row"
+    env = safety.environment(args.env)
+    safety.confirm(f"{env}: {what}" if safety.protected(env) else what, yes=args.yes)
+    done = await rollback.rollback(
+        args.name,
+        directory=directory,
+        connection=connection,
+        options=run_options(args, progress=False),
+        handle_signals=True,
+    )
+    rows = "" if done.rows is None else f" ({done.rows:,} rows changed)"
+    logs.line(f"{done.name}: rolled back{rows}", event="rolled_back", migration=done.name)
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
     "run": _run,
     "status": _status,
@@ -578,4 +753,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitabl
     "pause": _control,
     "resume": _control,
     "cancel": _control,
+    "migrate": _migrate,
+    "plan": _plan,
+    "new": _new,
+    "rollback": _rollback,
 }

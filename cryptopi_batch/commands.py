@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +74,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     handle_signals: bool = False,
     on_start: Callable[[int, int, int], None] | None = None,
     on_progress: ProgressHook | None = None,
+    migration: LoadedMigration | None = None,
 ) -> RunResult:
     """Run migration ``name``, or resume it where it stopped.
 
@@ -84,7 +87,8 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     from .progress import Progress  # noqa: PLC0415 -- with the runner, below
     from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
-    migration = find_migration(directory, name)
+    # ``migration``: a run of another migration than the file's own (rollback's down run).
+    migration = migration or find_migration(directory, name)
     settings = resolve_settings(options or RunOptions(), migration.backfill, project_settings())
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
@@ -182,6 +186,10 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
         ) from None
 
 
+setup_errors = _setup_errors
+"""For the other commands' modules (plan, migrate, rollback)."""
+
+
 async def _start_or_resume(
     conn: asyncpg.Connection, migration: LoadedMigration, target: Target, settings: RunSettings
 ) -> asyncpg.Record | None:
@@ -201,6 +209,7 @@ async def _start_or_resume(
         if (
             row is None
             and not settings.restart
+            and migration.direction == "up"  # a down run undoes an applied file
             and await OPS.is_applied(conn, migration.file.filename)
         ):
             return None
@@ -215,6 +224,7 @@ async def _start_or_resume(
                 batch_size=settings.batch_size,
                 estimate=await estimate_rows(conn, target),
                 checksum=migration.checksum,
+                direction=migration.direction,
             )
             row = await OPS.lock_run(conn, name)
             assert row is not None
@@ -310,29 +320,60 @@ async def status(
 
 
 async def list_migrations(*, directory: Path, connection: ConnectionSettings) -> list[StatusRow]:
-    """Every migration in the directory with its state."""
+    """Every migration in the directory with its kind and state, then the files recorded in
+    ops.migrations that the directory lacks; flagged: those, and files changed after they
+    were applied."""
     files = discover(directory)
     conn = await connection.connect_or_fail()
     try:
         by_name: dict[str, StatusRow] = {}
-        applied: set[str] = set()
+        applied: dict[str, datetime] = {}
+        checksums: dict[str, str] = {}
         async with _setup_errors(connection):
-            if await schema.schema_version(conn) > 0:
+            version = await schema.schema_version(conn)
+            if version > 0:
                 by_name = {
                     r["name"]: status_row(r, utc_now())
                     for r in await OPS.status_rows(conn, None, live_within=LIVE_WITHIN)
                 }
             if await OPS.has_migrations_table(conn):
-                applied = await OPS.applied_filenames(conn)
-        # A batched run's own row speaks for it (also after --restart of a completed run);
-        # ops.migrations only for files without one (applied by other tooling, .sql files).
-        return [
-            by_name.get(f.name)
-            or (StatusRow.applied if f.filename in applied else StatusRow.pending)(f.name)
-            for f in files
-        ]
+                applied = await OPS.applied_times(conn)
+            if version >= FILES_VERSION:
+                checksums = {k: r["checksum"] for k, r in (await OPS.file_records(conn)).items()}
     finally:
         await close_quietly(conn)
+    # A batched run's own row speaks for it (also after --restart of a completed run);
+    # ops.migrations only for files without one (applied by other tooling, .sql files).
+    found = []
+    for f in files:
+        row = by_name.get(f.name) or (
+            StatusRow.applied if f.filename in applied else StatusRow.pending
+        )(f.name)
+        changed = checksums.get(f.filename) not in (None, f.checksum())
+        flag = "changed after it was applied" if changed else None
+        found.append(_listed(row, f.kind, applied.get(f.filename), flag))
+    present = {f.filename for f in files}
+    found += [
+        _listed(
+            StatusRow.applied(Path(name).stem),
+            Path(name).suffix.lstrip(".") or "?",
+            when,
+            "recorded in ops.migrations; no such file in the directory",
+        )
+        for name, when in sorted(applied.items())
+        if name not in present
+    ]
+    return found
+
+
+FILES_VERSION = 3
+"""The ops schema version that added ops.migration_files."""
+
+
+def _listed(row: StatusRow, kind: str, applied_at: datetime | None, flag: str | None) -> StatusRow:
+    """A `list` row: the file's kind, when it was recorded, what is odd about it."""
+    when = None if applied_at is None else applied_at.isoformat()
+    return dataclasses.replace(row, kind=kind, applied_at=when, flag=flag)
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,11 @@ class LoadedMigration:
     backfill: Backfill
     description: str
     checksum: str
+    direction: str = "up"  # "down": rollback's run of the migration's down=
 
     @property
     def name(self) -> str:
-        return self.file.name
+        return self.file.name if self.direction == "up" else f"{self.file.name}:down"
 
 
 def shown(path: Path) -> str:
@@ -124,6 +125,8 @@ def misnamed(directory: Path) -> list[str]:
         and p.suffix in (".py", ".sql")
         and not p.name.startswith(("_", "."))
         and not FILE_NAME.match(p.name)
+        # A .sql migration's down, beside it (rollback runs it).
+        and not FILE_NAME.match(p.name.replace(".down.sql", ".sql"))
     )
 
 
@@ -230,7 +233,7 @@ def load(file: MigrationFile) -> LoadedMigration:
     if file.kind != "py":
         raise MigrationLoadError(
             f"{file.filename}: plain .sql migrations are not run by `run`"
-            " (a batched migration is a .py file)"
+            " (a batched migration is a .py file); `migrate` applies them"
         )
     module_name = f"cryptopi_batch_migrations.{file.name}"
     spec = importlib.util.spec_from_file_location(module_name, file.path)

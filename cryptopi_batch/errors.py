@@ -130,3 +130,15 @@ class LeaseLost(CryptopiBatchError):
 
 class MissingDependency(CouldNotStart):
     """A command needs a package that is not installed."""
+
+
+class MigrationFailed(CryptopiBatchError):
+    """A migration file failed; `migrate` stopped there and did not record it."""
+
+    exit_code = 1
+
+
+class Pending(CryptopiBatchError):
+    """`migrate --check`: migrations are pending or unfinished."""
+
+    exit_code = 3

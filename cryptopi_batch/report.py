@@ -47,6 +47,11 @@ class StatusRow:
     started_at: str | None = None
     updated_at: str | None = None
     completed_at: str | None = None
+    # `list` only: the file's kind (py, sql), when ops.migrations recorded it, and what is
+    # odd about it (recorded but missing from the directory, changed after it was applied).
+    kind: str | None = None
+    applied_at: str | None = None
+    flag: str | None = None
 
     @classmethod
     def pending(cls, name: str) -> StatusRow:
@@ -194,6 +199,8 @@ def _fit(rows: list[StatusRow], width: int) -> tuple[list[str], list[dict[str, s
     """The columns and cells to show: exact numbers, else abbreviated ones, else fewer
     columns; the name is folded only when even the fewest columns leave it no room."""
     columns = ["migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"]
+    if any(r.kind for r in rows):  # `list`
+        columns.insert(1, "kind")
     exact = [_cells(r, short=False) for r in rows]
     short = [_cells(r, short=True) for r in rows]
     tries = [(columns, exact)] + [
@@ -226,12 +233,15 @@ def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
     if r.keys_estimate and r.status != RunState.COMPLETED:
         keys += f" / ~{n(r.keys_estimate)}"
     note = (
-        r.last_error
+        r.flag
+        or r.last_error
         or r.waiting_reason
         or ("interrupted; `run` resumes" if r.interrupted else "")
-        or (f"window {r.window}" if r.window and r.status != "completed" else "")
+        or (f"window {r.window}" if r.window and r.status != RunState.COMPLETED else "")
+        or (f"applied {r.applied_at[:16].replace('T', ' ')}" if r.applied_at else "")
     )
     return {
+        "kind": r.kind or "",
         "migration": r.name,
         "state": r.status,
         "rows": n(r.rows_processed),

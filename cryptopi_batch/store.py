@@ -10,6 +10,7 @@ and run in the caller's transaction unless they say otherwise. The ops schema it
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -357,6 +358,7 @@ class OpsStore:
         batch_size: int,
         estimate: int,
         checksum: str,
+        direction: str = "up",
     ) -> None:
         """A new run over ``target``'s keys up to ``end`` (``None``: an empty table)."""
         await conn.execute(
@@ -370,7 +372,7 @@ class OpsStore:
             batch_size,
             estimate,
             checksum,
-            "up",
+            direction,
         )
 
     async def reopen_run(
@@ -423,6 +425,95 @@ class OpsStore:
     async def applied_filenames(self, conn: asyncpg.Connection) -> set[str]:
         """Every file name ops.migrations records."""
         return {r["filename"] for r in await conn.fetch(query("applied_filenames"))}
+
+    # -- the migrate flow (migrate, list, rollback) --
+
+    async def lock_file(self, conn: asyncpg.Connection, filename: str, *, wait: bool) -> bool:
+        """migrate's lock on ``filename`` until the transaction ends; without ``wait``,
+        whether it was free."""
+        if wait:
+            await conn.execute(query("migrate_lock"), file_lock_key(filename))
+            return True
+        return bool(await conn.fetchval(query("migrate_try_lock"), file_lock_key(filename)))
+
+    async def guard_file(self, conn: asyncpg.Connection, filename: str) -> None:
+        """:meth:`lock_file` without waiting, leaving the transaction no snapshot; raises
+        LockNotAvailableError (the transaction failed) when another migrate holds it."""
+        await conn.execute(query("migrate_guard_lock").format(key=file_lock_key(filename)))
+
+    async def set_lock_timeout(
+        self, conn: asyncpg.Connection, seconds: float, *, local: bool
+    ) -> None:
+        """A lock timeout and no statement timeout, for the transaction (``local``) or the
+        session (a file run outside a transaction)."""
+        await conn.execute(query("set_lock_timeout"), pg_interval(seconds), local)
+
+    async def reset_timeouts(self, conn: asyncpg.Connection) -> None:
+        """The session's timeouts back to their defaults (after :meth:`set_lock_timeout`
+        for the session)."""
+        await conn.execute(query("reset_timeouts"))
+
+    async def last_migration_id(self, conn: asyncpg.Connection) -> int:
+        """ops.migrations' last id (0: none), as a file's transaction starts."""
+        return int(await conn.fetchval(query("last_migration_id")))
+
+    async def record_sql_file(
+        self, conn: asyncpg.Connection, filename: str, kind: str, checksum: str, *, since: int
+    ) -> None:
+        """Record an applied file once, in the caller's transaction, begun when ``since``
+        was ops.migrations' last id (see the block)."""
+        await conn.execute(query("record_sql_file"), filename, kind, checksum, since)
+
+    async def record_file(
+        self, conn: asyncpg.Connection, filename: str, kind: str, checksum: str
+    ) -> None:
+        """A completed backfill's file kind and checksum (the run recorded ops.migrations)."""
+        await conn.execute(query("record_file"), filename, kind, checksum)
+
+    async def forget_file(self, conn: asyncpg.Connection, filename: str) -> None:
+        """A rolled-back migration's records, in the caller's transaction."""
+        await conn.execute(query("forget_migration"), filename)
+        if await conn.fetchval(query("migration_files_table")):  # an ops schema before v3
+            await conn.execute(query("forget_migration_file"), filename)
+
+    async def forget_runs(self, conn: asyncpg.Connection, name: str) -> None:
+        """A rolled-back backfill's runs, up and down (see the block forget_runs)."""
+        await conn.execute(query("forget_runs"), name)
+
+    async def invalid_indexes(self, conn: asyncpg.Connection) -> set[str]:
+        """Every invalid index, qualified and quoted."""
+        return {r["name"] for r in await conn.fetch(query("invalid_indexes"))}
+
+    async def file_records(self, conn: asyncpg.Connection) -> dict[str, asyncpg.Record]:
+        """ops.migration_files by file name."""
+        return {r["filename"]: r for r in await conn.fetch(query("migration_files"))}
+
+    async def table_facts(self, conn: asyncpg.Connection, table: str) -> asyncpg.Record:
+        """What every batch over ``table`` fires or is held to (see the block plan_table)."""
+        row = await conn.fetchrow(query("plan_table"), table)
+        assert row is not None
+        return row
+
+    async def explain(
+        self, conn: asyncpg.Connection, statement: str, bounds: Sequence[str]
+    ) -> list[str]:
+        """The plan of ``statement`` (ours: the migration's SQL, range expanded) as text."""
+        rows = await conn.fetch(query("explain_text").format(statement=statement), *bounds)
+        return [r[0] for r in rows]
+
+    async def count_rows(self, conn: asyncpg.Connection, quoted_table: str) -> int:
+        """The table's exact row count (a full scan)."""
+        return int(await conn.fetchval(query("count_rows").format(table=quoted_table)))
+
+    async def applied_times(self, conn: asyncpg.Connection) -> dict[str, datetime]:
+        """When ops.migrations recorded each file name."""
+        return {r["filename"]: r["applied_at"] for r in await conn.fetch(query("applied_at"))}
+
+
+def file_lock_key(filename: str) -> int:
+    """migrate's advisory lock key for a file (a signed 64-bit integer)."""
+    digest = hashlib.sha256(f"cryptopi_batch.migrate:{filename}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 OPS = OpsStore()

@@ -465,3 +465,130 @@ SELECT g, g % 1000, random(), CASE WHEN g % 7 = 0 THEN ' Mixed Case ' END
 
 -- demo_analyze --
 ANALYZE matrices.dyn_values;
+
+-- migrate_lock --
+-- migrate's lock on one file ($1: a key from its name), until its transaction ends
+-- (PgBouncer-safe): two migrate never apply a file at once; the second waits (without a
+-- lock timeout), then finds it applied.
+SELECT set_config('lock_timeout', '0', true), pg_advisory_xact_lock($1::bigint);
+
+-- migrate_try_lock --
+SELECT pg_try_advisory_xact_lock($1::bigint);
+
+-- migrate_guard_lock --
+-- The same lock for a file run outside a transaction, held by a second connection's open
+-- transaction meanwhile; tried, never waited for (a waiting statement has a snapshot,
+-- which the other migrate's CREATE INDEX CONCURRENTLY would wait for): taken, or the
+-- transaction fails with lock_not_available. A simple query, with no snapshot left after
+-- it (a prepared statement's would stay); the key, an integer of ours, is put in by
+-- str.format.
+DO $$BEGIN
+    IF NOT pg_try_advisory_xact_lock({key}) THEN
+        RAISE EXCEPTION USING ERRCODE = 'lock_not_available',
+            MESSAGE = 'held by another migrate';
+    END IF;
+END$$;
+
+-- set_lock_timeout --
+-- A file's statements: under the run options' lock timeout, without a statement timeout;
+-- for the transaction ($2 true) or the session (a file run outside a transaction).
+SELECT set_config('lock_timeout', $1, $2::boolean),
+       set_config('statement_timeout', '0', $2::boolean);
+
+-- last_migration_id --
+-- ops.migrations' last id as a file's transaction starts (record_sql_file's $4).
+SELECT coalesce(max(id), 0)::bigint FROM ops.migrations;
+
+-- record_sql_file --
+-- A .sql file applied, in its own transaction: the rows it inserted into ops.migrations
+-- itself (as the seed's example does) give way to the one record under its file name.
+-- Its rows: inserted since the transaction began ($4, the last id then) by a transaction
+-- still in progress, which can only be this one or its subtransactions (another's
+-- uncommitted rows are not seen). xmin is widened to a full xid8 around the current one
+-- (for rows this recent, within 2^31 of it); the CASE keeps older rows out of that.
+WITH own AS (
+    DELETE FROM ops.migrations m
+     WHERE m.filename <> $1::text
+       AND CASE WHEN m.id > $4::bigint THEN
+               pg_xact_status((pg_current_xact_id()::text::bigint
+                   + ((((m.xmin::text::bigint
+                         - (pg_current_xact_id()::text::bigint & 4294967295))
+                        + 2147483648) % 4294967296 + 4294967296) % 4294967296
+                      - 2147483648))::text::xid8) = 'in progress'
+           END),
+rec AS (
+    INSERT INTO ops.migrations (filename)
+    SELECT $1::text WHERE NOT EXISTS (SELECT 1 FROM ops.migrations WHERE filename = $1::text))
+INSERT INTO ops.migration_files (filename, kind, checksum)
+VALUES ($1, $2, $3)
+ON CONFLICT (filename) DO UPDATE SET kind = EXCLUDED.kind, checksum = EXCLUDED.checksum,
+       applied_at = now();
+
+-- record_file --
+-- A file's kind and checksum, once it is recorded in ops.migrations (a backfill's run
+-- records that at its completion); the first record stays.
+INSERT INTO ops.migration_files (filename, kind, checksum)
+VALUES ($1, $2, $3)
+ON CONFLICT (filename) DO NOTHING;
+
+-- forget_migration --
+-- A migration rolled back: no longer applied.
+DELETE FROM ops.migrations WHERE filename = $1;
+
+-- forget_migration_file --
+DELETE FROM ops.migration_files WHERE filename = $1;
+
+-- invalid_indexes --
+-- Indexes a failed CREATE INDEX CONCURRENTLY (or REINDEX) leaves invalid.
+SELECT format('%I.%I', n.nspname, c.relname) AS name
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE NOT i.indisvalid;
+
+-- migration_files --
+SELECT filename, kind, checksum, applied_at FROM ops.migration_files;
+
+-- applied_at --
+SELECT filename, max(applied_at) AS applied_at FROM ops.migrations GROUP BY filename;
+
+-- plan_table --
+-- What every batch over table $1 (its name as regclass prints it) fires or is held to:
+-- its own triggers, the foreign keys from and to it, the publications that carry it, and
+-- whether its UPDATEs and DELETEs lack a replica identity (no key, or a default one
+-- without a primary key), which logical replication refuses.
+WITH t AS (SELECT c.oid, c.relreplident FROM pg_class c WHERE c.oid = to_regclass($1))
+SELECT ARRAY(SELECT g.tgname::text FROM pg_trigger g, t
+              WHERE g.tgrelid = t.oid AND NOT g.tgisinternal ORDER BY 1) AS triggers,
+       ARRAY(SELECT format('%s (to %s)', k.conname, k.confrelid::regclass)
+               FROM pg_constraint k, t
+              WHERE k.contype = 'f' AND k.conrelid = t.oid ORDER BY 1) AS references_out,
+       ARRAY(SELECT format('%s (from %s)', k.conname, k.conrelid::regclass)
+               FROM pg_constraint k, t
+              WHERE k.contype = 'f' AND k.confrelid = t.oid ORDER BY 1) AS references_in,
+       ARRAY(SELECT p.pubname::text FROM pg_publication_tables p, t
+              WHERE to_regclass(format('%I.%I', p.schemaname, p.tablename)) = t.oid
+              ORDER BY 1) AS publications,
+       (SELECT t.relreplident = 'n'
+               OR (t.relreplident = 'd' AND NOT EXISTS (
+                      SELECT FROM pg_index i WHERE i.indrelid = t.oid AND i.indisprimary))
+               OR (t.relreplident = 'i' AND NOT EXISTS (
+                      SELECT FROM pg_index i WHERE i.indrelid = t.oid AND i.indisreplident))
+          FROM t) AS no_replica_identity;
+
+-- explain_text --
+-- plan's EXPLAIN of the first batch (its SQL with the range expanded, put in by
+-- str.format), with the bounds as parameters; nothing runs.
+EXPLAIN (FORMAT TEXT) {statement}
+
+-- forget_runs --
+-- A backfill rolled back: its run and its down run are forgotten with its record, so that
+-- the next migrate applies it again, and a later rollback undoes it again.
+DELETE FROM ops.backfills WHERE name = $1 OR name = $1 || ':down';
+
+-- reset_timeouts --
+-- A file run outside a transaction is done: the session's timeouts as they were (a pooled
+-- server connection goes on to other clients).
+RESET lock_timeout; RESET statement_timeout;
+
+-- migration_files_table --
+SELECT to_regclass('ops.migration_files') IS NOT NULL;

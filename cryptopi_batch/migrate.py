@@ -1,0 +1,250 @@
+"""`migrate`: every pending migration of the directory, in file-name order, up to the
+first that fails. A ``.sql`` file runs once, in one transaction with its record (or, when
+it holds a statement PostgreSQL refuses in a transaction, statement by statement and
+recorded afterwards); a ``.py`` migration runs as `run` runs it, and migrate goes on only
+once it completed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from . import commands, schema
+from .db import ConnectionSettings, close_quietly
+from .discovery import MigrationFile, discover, load, project_settings, resolve
+from .errors import CouldNotStart, Pending, UsageError
+from .preflight import (
+    MIGRATIONS_SHAPE,
+    migrations_shape_problems,
+    read_only_message,
+)
+from .settings import RunOptions, resolve_settings
+from .sqlfile import read_sql_migration
+from .sqlfiles import query
+from .sqlrun import SqlJob, run_sql_job
+from .store import OPS
+
+if TYPE_CHECKING:
+    from .progress import ProgressHook
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    """A file `migrate` would run: its state (``pending``, or ``unfinished`` for a backfill
+    whose run started), and for a backfill the estimated rows and batches."""
+
+    file: MigrationFile
+    state: str
+    rows: int | None = None
+    batches: int | None = None
+
+
+def _upto(files: list[MigrationFile], to: str | None) -> list[MigrationFile]:
+    if to is None:
+        return files
+    last = resolve(files, to)
+    return [f for f in files if f.filename <= last.filename]
+
+
+async def pending(
+    *,
+    directory: Path,
+    connection: ConnectionSettings,
+    to: str | None = None,
+    options: RunOptions | None = None,
+    estimate: bool = False,
+) -> list[PendingFile]:
+    """The files `migrate` would run, in order; writes nothing. With ``estimate``, each
+    backfill's rows (the planner's statistics) and batches."""
+    from .target import inspect_target  # noqa: PLC0415 -- only the estimates need it
+
+    files = _upto(discover(directory), to)
+    conn = await connection.connect_or_fail()
+    try:
+        applied: set[str] = set()
+        runs: dict[str, str] = {}
+        if await OPS.has_migrations_table(conn):
+            applied = await OPS.applied_filenames(conn)
+        if await schema.schema_version(conn) > 0:
+            runs = {
+                r["name"]: r["status"]
+                for r in await OPS.status_rows(conn, None, live_within=commands.LIVE_WITHIN)
+            }
+        found = []
+        for f in files:
+            if f.filename in applied:
+                continue
+            state = "unfinished" if f.name in runs else "pending"
+            rows = batches = None
+            if estimate and f.kind == "py":
+                migration = load(f)
+                settings = resolve_settings(options or RunOptions(), migration.backfill)
+                b = migration.backfill
+                target = await inspect_target(conn, b.table, b.key_columns)
+                if target.estimate >= 0:
+                    rows = target.estimate
+                    batches = max(math.ceil(rows / settings.batch_size), 1 if rows else 0)
+            found.append(PendingFile(f, state, rows, batches))
+        return found
+    finally:
+        await close_quietly(conn)
+
+
+async def check(
+    *, directory: Path, connection: ConnectionSettings, to: str | None = None
+) -> list[PendingFile]:
+    """`migrate --check`: raises :class:`Pending` (exit 3) naming what is pending or
+    unfinished; writes nothing."""
+    found = await pending(directory=directory, connection=connection, to=to)
+    if found:
+        names = ", ".join(f"{p.file.name} ({p.state})" for p in found)
+        raise Pending(f"{len(found)} migration(s) pending or unfinished: {names}")
+    return found
+
+
+@dataclass(frozen=True)
+class Applied:
+    name: str
+    kind: str
+    how: str  # what happened, for the line migrate prints
+
+
+async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
+    *,
+    directory: Path,
+    connection: ConnectionSettings,
+    options: RunOptions | None = None,
+    to: str | None = None,
+    handle_signals: bool = False,
+    on_applied: Callable[[Applied], None] | None = None,
+    on_start: Callable[[str, int, int, int], None] | None = None,
+    on_progress: ProgressHook | None = None,
+) -> list[Applied]:
+    """Apply every pending file up to ``to``, in order; stops at the first that fails
+    (:class:`MigrationFailed`, exit 1) or stops (a backfill's :class:`Stopped`, exit 3)."""
+    options = options or RunOptions()
+    files = _upto(discover(directory), to)
+    lock_timeout = _lock_timeout(options)
+    conn = await connection.connect_or_fail()
+    done: list[Applied] = []
+    try:
+        async with commands.setup_errors(connection):
+            await _check_session(conn)
+            applied = (
+                await OPS.applied_filenames(conn) if await OPS.has_migrations_table(conn) else set()
+            )
+            # Every pending file is read (and a backfill loaded) before the first is applied:
+            # one that cannot run refuses the whole migrate, nothing written (exit 2).
+            for f in files:
+                if f.filename not in applied:
+                    _check_file(f, options)
+            await schema.ensure_schema(conn)
+            applied = await OPS.applied_filenames(conn)
+        for f in files:
+            if f.filename in applied:
+                continue
+            if f.kind == "py":
+                how = await _backfill(
+                    conn,
+                    f,
+                    directory,
+                    connection,
+                    options,
+                    handle_signals=handle_signals,
+                    on_start=on_start,
+                    on_progress=on_progress,
+                )
+            else:
+                how = await _sql_file(conn, f, connection, lock_timeout)
+            step = Applied(f.name, f.kind, how)
+            done.append(step)
+            if on_applied is not None:
+                on_applied(step)
+        return done
+    finally:
+        await close_quietly(conn)
+
+
+async def _check_session(conn: asyncpg.Connection) -> None:
+    """What refuses every file, as the pre-flight says it: a read-only server or session,
+    an ops.migrations that a file cannot be recorded into."""
+    session = await conn.fetchrow(query("preflight_session"))
+    assert session is not None
+    if session["standby"] or session["read_only"]:
+        raise CouldNotStart(read_only_message(standby=session["standby"]))
+    if session["migrations"]:
+        columns = dict(zip(session["migrations_columns"], session["migrations_types"], strict=True))
+        problems = migrations_shape_problems(columns, set(session["migrations_filled"]))
+        if problems:
+            raise CouldNotStart(
+                f"ops.migrations has another shape: {', '.join(problems)}; {MIGRATIONS_SHAPE}"
+            )
+
+
+def _check_file(f: MigrationFile, options: RunOptions) -> None:
+    """A pending file that could not run, refused before anything is written."""
+    if f.kind == "sql":
+        read_sql_migration(f.path)
+        return
+    migration = load(f)
+    settings = resolve_settings(options, migration.backfill, project_settings())
+    if migration.backfill.destructive and not settings.yes:
+        raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
+
+
+def _lock_timeout(options: RunOptions) -> float:
+    from .settings import RunSettings, parse_duration  # noqa: PLC0415
+
+    given = parse_duration(options.lock_timeout, "--lock-timeout")
+    return RunSettings().timeouts.lock_timeout if given is None else given
+
+
+async def _backfill(  # noqa: PLR0913 -- keyword-only: the run and what migrate shows of it
+    conn: asyncpg.Connection,
+    f: MigrationFile,
+    directory: Path,
+    connection: ConnectionSettings,
+    options: RunOptions,
+    *,
+    handle_signals: bool,
+    on_start: Callable[[str, int, int, int], None] | None,
+    on_progress: ProgressHook | None,
+) -> str:
+    result = await commands.run(
+        f.name,
+        directory=directory,
+        connection=connection,
+        options=options,
+        handle_signals=handle_signals,
+        on_start=None if on_start is None else functools.partial(on_start, f.name),
+        on_progress=on_progress,
+    )
+    await OPS.record_file(conn, f.filename, "py", f.checksum())
+    if result.outcome is None:
+        return "completed"
+    t = result.outcome.total
+    return f"completed: {t.rows:,} rows changed in {t.batches:,} batch{'es' * (t.batches != 1)}"
+
+
+async def _sql_file(
+    conn: asyncpg.Connection, f: MigrationFile, connection: ConnectionSettings, lock_timeout: float
+) -> str:
+    sql = read_sql_migration(f.path)
+    job = SqlJob(f, sql.statements, outside=sql.outside, checksum=f.checksum())
+    started = time.monotonic()
+    if not await run_sql_job(conn, job, connection, lock_timeout):
+        return "applied by another migrate"
+    where = "outside a transaction" if sql.outside else "in one transaction"
+    count = len(sql.statements)
+    return (
+        f"applied: {count} statement{'s' if count != 1 else ''} {where},"
+        f" {time.monotonic() - started:.1f} s"
+    )
