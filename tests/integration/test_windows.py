@@ -379,3 +379,23 @@ async def test_exit_outside_window_at_the_close_exits_3_after_the_batches_in_fli
         )
     finally:
         await conn.close()
+
+
+async def test_a_paced_run_rate_counts_its_pauses(dsn, tmp_path):
+    """The recent rate of a run that sleeps 1 s after each 50-key batch is 50 keys/s: from
+    the first batch's commit to the last's (not from the first claim, which leaves a pause
+    out and made it 60 here)."""
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, TABLE, 300)
+        name = write_migration(
+            tmp_path,
+            "touch",
+            touching_process("Touch every row once.", "SELECT 1", batch_size=50),
+        )
+        await run(dsn, tmp_path, name, sleep="1s")
+        row = await _status(dsn, tmp_path, name)
+        assert row.keys_per_second is not None
+        assert 45 <= row.keys_per_second <= 52, row
+    finally:
+        await conn.close()
