@@ -24,7 +24,7 @@ from rich.table import Table
 
 import cryptopi_batch
 
-from . import baselines, product
+from . import baselines, eta, product
 from .analysis import Cycles, loop_cycles, median_or_nan
 from .baselines import PhaseRun
 from .cluster import Server, autovacuum_counts, verify_backfilled
@@ -163,6 +163,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="time every statement of the in-process cryptopi_batch runs",
     )
+    p.add_argument(
+        "--eta",
+        action="store_true",
+        help="also measure how close status's ETA comes to the finish of a steady run",
+    )
+    p.add_argument(
+        "--eta-seconds",
+        type=float,
+        default=30.0,
+        help="how long that run is paced to last (default 30)",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this file")
     return p.parse_args(argv)
 
@@ -251,6 +262,10 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
         report["memory"] = await _memory(server, args, sizes, console)
     if args.resume:
         report["resume"] = await _resume(server, args, console)
+    if args.eta:
+        report["eta"] = await eta.measure(
+            server, args.rows, args.eta_seconds, args.migrations_dir, console
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, default=str))
         console.print(f"Figures written to {args.json}")

@@ -15,11 +15,11 @@ transaction is ever held open by a gate that may answer wait. Whoever sets an in
 
 Further inputs plug in as one more gate, and nothing in the worker changes:
 
-- a window (``--window``): ``may_wait`` is true; ``decide`` answers ``Go`` while
-  ``now`` plus the recent p95 batch time (learned in ``record``) ends inside the window,
-  else ``Wait("outside window, opens 22:00 Europe/Berlin", until=<opening>,
-  reported=True)``, or ``Stop`` with ``--exit-outside-window``; ``--until`` is a
-  ``Deadline``;
+- a window (``--window``, :class:`window_gate.WindowGate`): ``may_wait`` is true;
+  ``decide`` answers ``Go`` while ``now`` plus the recent p95 batch time (learned in
+  ``record``) and ``MARGIN`` ends inside the window, else ``Wait("outside window, opens
+  22:00 Europe/Berlin (Mon 2026-12-07)", until=<opening>, reported=True)``, or ``Stop``
+  with ``--exit-outside-window``; ``--until`` is a ``Deadline`` predicted the same way;
 - a health gate (replica lag, long transactions, ...): ``may_wait`` is true; it holds
   the last sample, set by the control channel, and answers ``Wait("replica lag 14.2 s >
   10 s", until=now + back-off, reported=True)`` past its limit.

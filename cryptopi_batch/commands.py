@@ -104,7 +104,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
             checked = await preflight(conn, migration, settings)
             await prepare_check(conn, settings.health.check, settings.timeouts.local())
             target = checked.target
-            refused = not_now(settings, utc_now())
+            refused = not_now(settings.schedule, utc_now())
             if refused is not None and not await _done(conn, migration, checked, settings):
                 # --exit-outside-window, a past --until: exit 3 having written nothing
                 raise Stopped(f"{migration.name}: {refused}; nothing was written")
@@ -275,7 +275,7 @@ async def _record_window(
 ) -> None:
     """Record the window this runner keeps to; one started with another window than the
     run's stored one is told so, and keeps its own."""
-    window = settings.window
+    window = settings.schedule.window
     mine = (window.spec, window.timezone) if window is not None else (None, None)
     stored = (row["window_spec"], row["window_timezone"])
     if stored != mine:

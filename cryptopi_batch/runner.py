@@ -240,14 +240,16 @@ class Runner:
         raise Stopped(f"{self.name}: {reason}; {advice}")
 
     def _window_gate(self) -> WindowGate | None:
-        window = self.settings.window
-        if window is None:
+        schedule = self.settings.schedule
+        if schedule.window is None:
             return None
-        return WindowGate(window, exit_outside=self.settings.exit_outside_window, wall=self.wall)
+        return WindowGate(
+            schedule.window, exit_outside=schedule.exit_outside_window, wall=self.wall
+        )
 
     def _until(self, now: float) -> Deadline | None:
         """``--until``, on this process's monotonic clock from the wall clock's now."""
-        until = self.settings.until
+        until = self.settings.schedule.until
         if until is None:
             return None
         return Deadline.until((until - self.wall()).total_seconds(), until.isoformat(), now)

@@ -109,6 +109,16 @@ class HealthLimits:
 
 
 @dataclass(frozen=True)
+class SchedulePolicy:
+    """When batches may start: inside ``window`` (``None``: any time), and none that
+    would end after ``until`` (an aware instant)."""
+
+    window: Window | None = None
+    exit_outside_window: bool = False  # outside the window: exit 3, not wait
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything ``run`` needs besides the migration and the connection."""
 
@@ -118,9 +128,7 @@ class RunSettings:
     timeouts: TimeoutPolicy = field(default_factory=TimeoutPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_duration: float | None = None
-    window: Window | None = None  # None: any time
-    exit_outside_window: bool = False
-    until: datetime | None = None  # an aware instant
+    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
     lease_seconds: float = 60.0
     force: bool = False
     restart: bool = False
@@ -254,9 +262,11 @@ def resolve_settings(
             ),
         ),
         max_duration=parse_duration(options.max_duration, "--max-duration"),
-        window=_window(options, backfill, project or {}),
-        exit_outside_window=options.exit_outside_window,
-        until=None if options.until is None else parse_until(options.until),
+        schedule=SchedulePolicy(
+            window=_window(options, backfill, project or {}),
+            exit_outside_window=options.exit_outside_window,
+            until=None if options.until is None else parse_until(options.until),
+        ),
         lease_seconds=lease,
         force=options.force,
         restart=options.restart,

@@ -17,7 +17,7 @@ from .admission import GO, MARGIN, BatchDone, Decision, RecentDurations, Stop, W
 from .schedule import Window, when
 
 if TYPE_CHECKING:
-    from .settings import RunSettings
+    from .settings import SchedulePolicy
 
 WallClock = Callable[[], datetime]
 
@@ -67,13 +67,13 @@ class WindowGate:
         self.recent.record(done)
 
 
-def not_now(settings: RunSettings, wall: datetime) -> str | None:
+def not_now(schedule: SchedulePolicy, wall: datetime) -> str | None:
     """Why a run started at ``wall`` would start no batch at all, decided before it writes
     anything: outside its window with ``--exit-outside-window``, or past ``--until``."""
-    if settings.until is not None and wall >= settings.until:
-        return f"--until {settings.until.isoformat()} has passed"
-    if settings.window is not None and settings.exit_outside_window:
-        decision = WindowGate(settings.window, exit_outside=True, wall=lambda: wall).decide(0.0)
+    if schedule.until is not None and wall >= schedule.until:
+        return f"--until {schedule.until.isoformat()} has passed"
+    if schedule.window is not None and schedule.exit_outside_window:
+        decision = WindowGate(schedule.window, exit_outside=True, wall=lambda: wall).decide(0.0)
         if isinstance(decision, Stop):
             return decision.reason
     return None

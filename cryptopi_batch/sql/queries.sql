@@ -194,15 +194,26 @@ SELECT f.*,
        r.rows / r.seconds AS recent_rows_rate,
        extract(epoch FROM f.updated_at - f.started_at) AS elapsed
   FROM ops.backfills f
-  -- keys and rows per second over the last minute of work (of the last run, if stopped)
+  -- keys and rows per second over the last minute of work (of the last run, if stopped):
+  -- from the first of those batches' commit to the last's, the batches after the first
+  -- (first claim to commit would leave out the pause after the last batch: a paced run's
+  -- rate would come out too high); one batch alone, from its claim
   LEFT JOIN LATERAL (
-       SELECT sum(b.keys)::float8 AS keys, sum(b.rows)::float8 AS rows,
-              GREATEST(extract(epoch FROM max(b.finished_at) - min(b.claimed_at)), 0.001)
+       SELECT CASE WHEN w.n > 1 THEN w.keys - w.first_keys ELSE w.keys END AS keys,
+              CASE WHEN w.n > 1 THEN w.rows - w.first_rows ELSE w.rows END AS rows,
+              GREATEST(extract(epoch FROM w.last_at - CASE WHEN w.n > 1 THEN w.first_at
+                                                           ELSE w.claimed_at END), 0.001)
                   AS seconds
-         FROM ops.backfill_batches b
-        WHERE b.backfill = f.name AND b.status = 'done'
-          AND b.finished_at > (SELECT max(l.finished_at) FROM ops.backfill_batches l
-                                WHERE l.backfill = f.name) - interval '60 seconds') r ON true
+         FROM (SELECT count(*) AS n, sum(b.keys)::float8 AS keys, sum(b.rows)::float8 AS rows,
+                      (array_agg(b.keys ORDER BY b.finished_at))[1]::float8 AS first_keys,
+                      (array_agg(b.rows ORDER BY b.finished_at))[1]::float8 AS first_rows,
+                      min(b.finished_at) AS first_at, max(b.finished_at) AS last_at,
+                      min(b.claimed_at) AS claimed_at
+                 FROM ops.backfill_batches b
+                WHERE b.backfill = f.name AND b.status = 'done'
+                  AND b.finished_at > (SELECT max(l.finished_at) FROM ops.backfill_batches l
+                                        WHERE l.backfill = f.name) - interval '60 seconds') w
+        WHERE w.n > 0) r ON true
  WHERE $1::text IS NULL OR f.name = $1
  ORDER BY f.name;
 

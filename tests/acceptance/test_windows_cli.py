@@ -28,8 +28,13 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")  # colours, and Live's cursor mo
 __all__ = ["workdir"]  # the fixture, imported for these tests
 
 
+def clock(at: datetime) -> str:
+    """As a window's normalised text shows it: seconds only when not 0."""
+    return at.strftime("%H:%M:%S" if at.second else "%H:%M")
+
+
 def span(start: datetime, end: datetime) -> str:
-    return f"{start:%H:%M:%S}-{end:%H:%M:%S}"
+    return f"{clock(start)}-{clock(end)}"
 
 
 def _prepare(dsn: str, workdir: Path) -> None:
@@ -90,10 +95,9 @@ def test_waiting_outside_the_window_shows_in_status_and_a_signal_exits_3_at_once
         status = cli("status", NAME, "--json", dsn=dsn, cwd=workdir)
         row = json.loads(status.stdout)
         assert row["status"] == "waiting"
-        seconds = f":{opens:%S}" if opens.second else ""  # shown only when not 0
         assert (
             row["waiting_reason"]
-            == f"outside window, opens {opens:%H:%M}{seconds} UTC ({opens:%a %Y-%m-%d})"
+            == f"outside window, opens {clock(opens)} UTC ({opens:%a %Y-%m-%d})"
         )
         assert row["next_window_at"] == opens.isoformat()
         running.signal(signal.SIGINT)

@@ -36,7 +36,8 @@ SLOW = touching_process(
 
 
 def clock(at: datetime) -> str:
-    return at.strftime("%H:%M:%S")
+    """As a window's normalised text shows it: seconds only when not 0."""
+    return at.strftime("%H:%M:%S" if at.second else "%H:%M")
 
 
 def span(start: datetime, end: datetime) -> str:
@@ -98,10 +99,8 @@ async def test_a_closing_window_lets_batches_in_flight_commit_waits_then_goes_on
         # While it waited, status said so, once for the run, with the next opening.
         assert waiting, "status never said waiting"
         row = waiting[0]
-        seconds = f":{opens:%S}" if opens.second else ""  # shown only when not 0
         assert (
-            row.waiting_reason
-            == f"outside window, opens {opens:%H:%M}{seconds} UTC ({opens:%a %Y-%m-%d})"
+            row.waiting_reason == f"outside window, opens {clock(opens)} UTC ({opens:%a %Y-%m-%d})"
         )
         assert row.next_window_at == opens.isoformat()
         assert row.window is not None
@@ -351,5 +350,52 @@ async def test_the_eta_of_a_steady_run_is_within_20_percent_of_its_finish(dsn, t
         assert len(judged) >= 5, samples
         errors = [abs(t + eta - finished) / (finished - t) for t, eta in judged]
         assert max(errors) <= 0.2, (errors, samples, finished)
+    finally:
+        await conn.close()
+
+
+async def test_exit_outside_window_at_the_close_exits_3_after_the_batches_in_flight(dsn, tmp_path):
+    conn = await connect(dsn)
+    try:
+        name = await _prepare(conn, tmp_path)
+        now = datetime.now(UTC).replace(microsecond=0)
+        end = now + timedelta(seconds=3)
+        window = span(now - timedelta(seconds=60), end)
+        with anyio.fail_after(30), pytest.raises(Stopped) as stopped:
+            await run(dsn, tmp_path, name, window=window, exit_outside_window=True)
+        assert stopped.value.exit_code == 3
+        assert stopped.value.message.startswith(
+            f"{name}: outside the window {window} UTC; it opens"
+        )
+        assert stopped.value.message.endswith("; `run` resumes")
+        starts = [r["at"] for r in await conn.fetch("SELECT at FROM public.batch_starts")]
+        assert starts
+        assert max(starts) < end
+        row = await backfill(conn, name)
+        assert 0 < row["batches_done"] < 10
+        assert (
+            await conn.fetchval(f"SELECT count(*) FROM {TABLE} WHERE touched > 0")
+            == (row["keys_done"])
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_paced_run_rate_counts_its_pauses(dsn, tmp_path):
+    """The recent rate of a run that sleeps 1 s after each 50-key batch is 50 keys/s: from
+    the first batch's commit to the last's (not from the first claim, which leaves a pause
+    out and made it 60 here)."""
+    conn = await connect(dsn)
+    try:
+        await seed_table(conn, TABLE, 300)
+        name = write_migration(
+            tmp_path,
+            "touch",
+            touching_process("Touch every row once.", "SELECT 1", batch_size=50),
+        )
+        await run(dsn, tmp_path, name, sleep="1s")
+        row = await _status(dsn, tmp_path, name)
+        assert row.keys_per_second is not None
+        assert 45 <= row.keys_per_second <= 52, row
     finally:
         await conn.close()

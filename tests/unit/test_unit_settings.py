@@ -239,7 +239,7 @@ def test_synchronous_commit_is_one_of_on_and_off() -> None:
     ],
 )
 def test_window_precedence_command_line_migration_project(options, declared, project, spec, zone):
-    window = resolve_settings(RunOptions(**options), backfill(**declared), project).window
+    window = resolve_settings(RunOptions(**options), backfill(**declared), project).schedule.window
     if spec is None:
         assert window is None
     else:
@@ -289,12 +289,12 @@ def test_window_options_on_the_command_line() -> None:
             "2026-12-01T06:00+01:00",
         ]
     )
-    settings = resolve_settings(run_options(args, progress=False), backfill())
-    assert settings.window is not None
-    assert str(settings.window) == "Sat 00:00-24:00 Europe/Berlin"
-    assert settings.exit_outside_window
-    assert settings.until is not None
-    assert settings.until.isoformat() == "2026-12-01T06:00:00+01:00"
+    schedule = resolve_settings(run_options(args, progress=False), backfill()).schedule
+    assert schedule.window is not None
+    assert str(schedule.window) == "Sat 00:00-24:00 Europe/Berlin"
+    assert schedule.exit_outside_window
+    assert schedule.until is not None
+    assert schedule.until.isoformat() == "2026-12-01T06:00:00+01:00"
 
 
 # --- health gates and budgets ---------------------------------------------------------
