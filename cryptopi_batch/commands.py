@@ -32,7 +32,6 @@ from .errors import (
     Stopped,
     UsageError,
 )
-from .health import prepare_check
 from .keys import as_bound
 from .keysql import RangeQueries
 from .preflight import check_declared, preflight
@@ -80,6 +79,7 @@ async def run(
     about to start batches, with the run's numbers so far (of every process and session);
     ``on_progress`` with the run's counters as they change.
     """
+    from .health import prepare_check  # noqa: PLC0415 -- as the runner
     from .progress import Progress  # noqa: PLC0415 -- with the runner, below
     from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
