@@ -31,7 +31,6 @@ from .errors import (
     Stopped,
     UsageError,
 )
-from .health import prepare_check
 from .keys import as_bound
 from .keysql import RangeQueries
 from .preflight import Preflight, preflight
@@ -84,6 +83,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     about to start batches, with the run's numbers so far (of every process and session);
     ``on_progress`` with the run's counters as they change.
     """
+    from .health import prepare_check  # noqa: PLC0415 -- as the runner
     from .progress import Progress  # noqa: PLC0415 -- with the runner, below
     from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 

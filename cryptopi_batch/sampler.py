@@ -242,11 +242,12 @@ class Sampler:
             gate.limit = float(max(1, max_connections // 2))
         active = await self._probe(conn, self.probes.active)
         now = time.monotonic()
-        if isinstance(active, Exception) or gate.limit is None:
-            error = "max_connections unknown" if gate.limit is None else self.describe(active)  # type: ignore[arg-type]
-            gate.observe(Reading(now, error=error))
-            return
-        gate.observe(Reading(now, float(active)))
+        if isinstance(active, Exception):
+            gate.observe(Reading(now, error=self.describe(active)))
+        elif gate.limit is None:  # the default limit needs max_connections, not read
+            gate.observe(Reading(now, error="max_connections unknown"))
+        else:
+            gate.observe(Reading(now, float(active)))
 
     async def _autovacuum(self, conn: asyncpg.Connection) -> None:
         gate = self._by_name(g.AUTOVACUUM)
