@@ -23,7 +23,6 @@ from .discovery import MigrationFile, discover, load, resolve
 from .errors import CouldNotStart, Pending, UsageError
 from .preflight import (
     MIGRATIONS_SHAPE,
-    check_declared,
     migrations_shape_problems,
     read_only_message,
 )
@@ -196,7 +195,6 @@ def _check_file(f: MigrationFile, options: RunOptions) -> None:
         read_sql_migration(f.path)
         return
     migration = load(f)
-    check_declared(migration)
     settings = resolve_settings(options, migration.backfill)
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
