@@ -235,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 -- to be split
     migrate.add_argument("--to", metavar="NAME", help="stop after this migration")
     migrate.add_argument("--dry-run", action="store_true", help="list what would run")
     migrate.add_argument(
-        "--check", action="store_true", help="exit 3 if anything is pending (writes nothing)"
+        "--check",
+        action="store_true",
+        dest="pending_check",  # not run's --check SQL, which migrate's backfills cannot take
+        help="exit 3 if anything is pending (writes nothing)",
     )
     _take_run_options(migrate, run)
 
@@ -424,7 +427,7 @@ def run_options(args: argparse.Namespace, *, progress: bool) -> RunOptions:
         max_transaction_age=args.max_transaction_age,
         max_blocking=args.max_blocking,
         max_active_connections=args.max_active_connections,
-        check=args.check,
+        check=getattr(args, "check", None),  # migrate's --check is another option
         no_gate=tuple(args.no_gate),
         no_gates=args.no_gates,
         max_wal_rate=args.max_wal_rate,
@@ -626,7 +629,7 @@ async def _migrate(args: argparse.Namespace, connection: ConnectionSettings) -> 
     from . import migrate  # noqa: PLC0415 -- only this command needs it
 
     directory, options = _directory(args), run_options(args, progress=False)
-    if args.check:
+    if args.pending_check:
         await migrate.check(directory=directory, connection=connection, to=args.to)
         print("nothing pending", file=sys.stderr)
         return EXIT_OK
