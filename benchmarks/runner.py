@@ -24,7 +24,7 @@ from rich.table import Table
 
 import cryptopi_batch
 
-from . import baselines, product
+from . import baselines, product, workload
 from .analysis import Cycles, loop_cycles, median_or_nan
 from .baselines import PhaseRun
 from .cluster import Server, autovacuum_counts, verify_backfilled
@@ -164,6 +164,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time every statement of the in-process cryptopi_batch runs",
     )
     p.add_argument("--json", type=Path, help="write every figure to this file")
+    modes = p.add_argument_group("other modes (instead of the approaches; docs/benchmarks.md)")
+    modes.add_argument(
+        "--workload",
+        action="store_true",
+        help="pgbench reads and writes beside the single UPDATE and cryptopi_batch run at"
+        " defaults and at 50 %% and 25 %% rate caps: its TPS and latency against idle",
+    )
+    modes.add_argument(
+        "--phase-seconds",
+        type=int,
+        default=15,
+        metavar="S",
+        help="pgbench's time per --workload phase (default 15)",
+    )
+    modes.add_argument(
+        "--workload-rate",
+        type=float,
+        default=400.0,
+        metavar="TPS",
+        help="pgbench transactions per second in all (default 400; 0: as fast as it can)",
+    )
+    modes.add_argument(
+        "--plot", type=Path, metavar="FILE", help="--workload: its p99 against rows/s, PNG"
+    )
     return p.parse_args(argv)
 
 
@@ -174,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"unknown approach: {', '.join(unknown)}", file=sys.stderr)
             return 2
+    if args.phase_seconds < 5:  # 2 s of workload first, the backfill, 1 s after it
+        print("--phase-seconds must be at least 5", file=sys.stderr)
+        return 2
     return anyio.run(_main, args, backend="asyncio")
 
 
@@ -210,6 +237,11 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
     console.print(f"  built in {time.monotonic() - t:.1f} s")
     if not args.cold_wal:
         await _warm_wal(server, args.rows, console)
+    if args.workload:
+        report["workload"] = await workload.run(server, args, console)
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+        return 0
 
     results = {a.key: Result(a) for a in chosen}
     timer = product.StatementTimer() if args.statements else None
