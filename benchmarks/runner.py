@@ -24,7 +24,7 @@ from rich.table import Table
 
 import cryptopi_batch
 
-from . import baselines, product, workload
+from . import baselines, eta, product, workload
 from .analysis import Cycles, loop_cycles, median_or_nan
 from .baselines import PhaseRun
 from .cluster import Server, autovacuum_counts, verify_backfilled
@@ -188,6 +188,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     modes.add_argument(
         "--plot", type=Path, metavar="FILE", help="--workload: its p99 against rows/s, PNG"
     )
+    modes.add_argument(
+        "--eta",
+        action="store_true",
+        help="status's ETA against the real finish of a rate-capped run",
+    )
+    modes.add_argument(
+        "--eta-seconds",
+        type=float,
+        default=25.0,
+        metavar="S",
+        help="how long the --eta run is capped to last (default 25)",
+    )
     return p.parse_args(argv)
 
 
@@ -200,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.phase_seconds < 5:  # 2 s of workload first, the backfill, 1 s after it
         print("--phase-seconds must be at least 5", file=sys.stderr)
+        return 2
+    if args.eta_seconds <= 0:
+        print("--eta-seconds must be positive", file=sys.stderr)
         return 2
     return anyio.run(_main, args, backend="asyncio")
 
@@ -237,8 +252,11 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
     console.print(f"  built in {time.monotonic() - t:.1f} s")
     if not args.cold_wal:
         await _warm_wal(server, args.rows, console)
-    if args.workload:
-        report["workload"] = await workload.run(server, args, console)
+    if args.workload or args.eta:
+        if args.workload:
+            report["workload"] = await workload.run(server, args, console)
+        if args.eta:
+            report["eta"] = await eta.run(server, args, console)
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2, default=str))
         return 0

@@ -1,4 +1,4 @@
-"""The benchmarks' pure helpers: pgbench's log, latency windows, rates and rate caps."""
+"""The benchmarks' pure helpers: pgbench's log, latency windows, rates and ETA errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.eta import Sample, checks, worst
 from benchmarks.pgbench import Latency, Transaction, Workload, parse_log
 from benchmarks.workload import cap_honoured, steady_rate
 
@@ -82,3 +83,21 @@ def test_steady_rate_leaves_out_the_first_batch() -> None:
     # 4 batches of 10k, committed at 0, 0.1, 0.2, 0.3 s: 30k rows in 0.3 s.
     assert steady_rate(40_000, 10_000, 100.0, 100.3) == pytest.approx(100_000)
     assert math.isnan(steady_rate(10_000, 10_000, 5.0, 5.0))
+
+
+def test_eta_checks_from_ten_percent_before_the_finish() -> None:
+    samples = [
+        Sample(1.0, None, None, "pending"),
+        Sample(2.0, 5.0, 19.0, "running"),  # under 10 %
+        Sample(4.0, 16.0, 14.0, "running"),  # predicts 18 for a real 20: 2 s early
+        Sample(10.0, 40.0, 12.0, "running"),  # predicts 22: 2 s late of 10 left
+        Sample(20.0, 100.0, 0.0, "completed"),  # at or after the finish
+    ]
+    found = checks(samples, real=20.0)
+    assert [c.elapsed for c in found] == [4.0, 10.0]
+    assert [c.error for c in found] == [-2.0, 2.0]
+    assert found[0].of_remaining == pytest.approx(-2.0 / 16.0)
+    assert found[1].of_remaining == pytest.approx(0.2)
+    assert found[1].of_run == pytest.approx(0.1)
+    assert worst([c.of_remaining for c in found]) == pytest.approx(0.2)
+    assert math.isnan(worst([]))
