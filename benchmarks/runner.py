@@ -24,7 +24,7 @@ from rich.table import Table
 
 import cryptopi_batch
 
-from . import baselines, eta, product
+from . import baselines, eta, product, workload
 from .analysis import Cycles, loop_cycles, median_or_nan
 from .baselines import PhaseRun
 from .cluster import Server, autovacuum_counts, verify_backfilled
@@ -163,18 +163,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="time every statement of the in-process cryptopi_batch runs",
     )
-    p.add_argument(
+    p.add_argument("--json", type=Path, help="write every figure to this file")
+    modes = p.add_argument_group("other modes (instead of the approaches; docs/benchmarks.md)")
+    modes.add_argument(
+        "--workload",
+        action="store_true",
+        help="pgbench reads and writes beside the single UPDATE and cryptopi_batch run at"
+        " defaults and at 50 %% and 25 %% rate caps: its TPS and latency against idle",
+    )
+    modes.add_argument(
+        "--phase-seconds",
+        type=int,
+        default=15,
+        metavar="S",
+        help="pgbench's time per --workload phase (default 15)",
+    )
+    modes.add_argument(
+        "--workload-rate",
+        type=float,
+        default=400.0,
+        metavar="TPS",
+        help="pgbench transactions per second in all (default 400; 0: as fast as it can)",
+    )
+    modes.add_argument(
+        "--plot", type=Path, metavar="FILE", help="--workload: its p99 against rows/s, PNG"
+    )
+    modes.add_argument(
         "--eta",
         action="store_true",
-        help="also measure how close status's ETA comes to the finish of a steady run",
+        help="status's ETA against the real finish of a rate-capped run",
     )
-    p.add_argument(
+    modes.add_argument(
         "--eta-seconds",
         type=float,
-        default=30.0,
-        help="how long that run is paced to last (default 30)",
+        default=25.0,
+        metavar="S",
+        help="how long the --eta run is capped to last (default 25)",
     )
-    p.add_argument("--json", type=Path, help="write every figure to this file")
     return p.parse_args(argv)
 
 
@@ -185,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"unknown approach: {', '.join(unknown)}", file=sys.stderr)
             return 2
+    if args.phase_seconds < 5:  # 2 s of workload first, the backfill, 1 s after it
+        print("--phase-seconds must be at least 5", file=sys.stderr)
+        return 2
+    if args.eta_seconds <= 0:
+        print("--eta-seconds must be positive", file=sys.stderr)
+        return 2
     return anyio.run(_main, args, backend="asyncio")
 
 
@@ -221,6 +252,14 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
     console.print(f"  built in {time.monotonic() - t:.1f} s")
     if not args.cold_wal:
         await _warm_wal(server, args.rows, console)
+    if args.workload or args.eta:
+        if args.workload:
+            report["workload"] = await workload.run(server, args, console)
+        if args.eta:
+            report["eta"] = await eta.run(server, args, console)
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+        return 0
 
     results = {a.key: Result(a) for a in chosen}
     timer = product.StatementTimer() if args.statements else None
@@ -262,10 +301,6 @@ async def _bench(args: argparse.Namespace, server: Server, console: Console) -> 
         report["memory"] = await _memory(server, args, sizes, console)
     if args.resume:
         report["resume"] = await _resume(server, args, console)
-    if args.eta:
-        report["eta"] = await eta.measure(
-            server, args.rows, args.eta_seconds, args.migrations_dir, console
-        )
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, default=str))
         console.print(f"Figures written to {args.json}")
