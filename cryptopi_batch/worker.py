@@ -73,9 +73,8 @@ class BatchWorker:
                     decision = crew.stop.admit()
                     if isinstance(decision, Stop):
                         break
-                    if not isinstance(decision, Go):
-                        await crew.stop.wait(decision)
-                        continue
+                    # A range in hand before any wait: the run's end is seen at once, not
+                    # after a pause that paces a batch that will never come.
                     if c is None:
                         conn, c = await crew.sessions.with_conn(
                             conn, self._claim, on_shrink=crew.sizer.shrink
@@ -85,6 +84,9 @@ class BatchWorker:
                         if not left:
                             break
                         await crew.stop.pause(IDLE_POLL)
+                        continue
+                    if not isinstance(decision, Go):
+                        await crew.stop.wait(decision)
                         continue
                     conn, c = await self._batches.run(conn, c)
             except Exception as exc:

@@ -7,14 +7,16 @@ in tests/integration."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import anyio
 import asyncpg
 import pytest
 
-from cryptopi_batch.admission import Admission
+from cryptopi_batch.admission import Admission, BatchDone, Wait
 from cryptopi_batch.batch import Verdict, verdict
 from cryptopi_batch.control import Control
 from cryptopi_batch.db import ConnectionSettings
@@ -243,3 +245,17 @@ async def test_an_open_range_far_bigger_than_todays_size_is_cut_to_it_first() ->
     assert isinstance(crew.failure, Refused)
     assert crew.stop.reason == "a batch failed"
     assert big.id not in crew.control.held
+
+
+async def test_a_paced_worker_sees_the_end_of_the_run_without_waiting_out_its_pause() -> None:
+    """The last batch committed and claimed nothing; the rate cap asks for a minute's
+    pause before the next batch: the worker finds nothing left and ends now."""
+    store = FakeStore(claims=[None], open_left=0)
+    admission = Admission.for_run(ThrottlePolicy(max_rows_per_second=1.0), None, 0.0)
+    admission.record(BatchDone(started=time.monotonic(), ended=time.monotonic(), rows=60))
+    assert isinstance(admission.decide(time.monotonic()), Wait)
+    crew = _crew(store, admission)
+    with anyio.fail_after(5):  # the pause is a minute
+        await BatchWorker(crew, 0).run()
+    assert store.calls == [("claim", 100), ("open_ranges", None)]
+    assert crew.failure is None
