@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -341,3 +342,19 @@ class ProgressBar:
 def _counts(done: int, total: int, rows: int) -> str:
     keys = f"{count(done)}/{count(total)}" if total else count(done)
     return f"{keys} keys {count(rows)} rows changed"
+
+
+def terminal_bar() -> ProgressBar | None:
+    """A bar on stderr if rich takes stderr for a terminal. rich costs ~25 ms of imports, so
+    it is not asked when it cannot say yes: it does only for TTY_COMPATIBLE=1, a non-empty
+    FORCE_COLOR, or a stderr that is a tty."""
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one: rich says no too
+        tty = False
+    if not (tty or os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR")):
+        return None
+    from rich.console import Console  # noqa: PLC0415 -- only a bar on a terminal needs rich
+
+    console = Console(stderr=True)
+    return ProgressBar(console) if console.is_terminal else None

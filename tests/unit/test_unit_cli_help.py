@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cryptopi_batch.cli import build_parser
+from cryptopi_batch.arguments import build_parser
 from cryptopi_batch.errors import UsageError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cryptopi_batch.cli import build_parser, run_options
+from cryptopi_batch.arguments import build_parser, run_options
 from cryptopi_batch.errors import MigrationDefinitionError, UsageError
 from cryptopi_batch.migration import Backfill
 from cryptopi_batch.settings import RunOptions, RunSettings, parse_duration, resolve_settings
