@@ -33,11 +33,11 @@ from .errors import (
 )
 from .keys import as_bound
 from .keysql import RangeQueries
+from .opsstore import OPS
 from .preflight import Preflight, preflight
 from .report import StatusRow, status_row
 from .settings import RunOptions, RunSettings, TimeoutPolicy, resolve_settings
 from .states import RunState
-from .store import OPS
 from .target import Target, estimate_rows
 from .transactions import Connection, transaction
 from .window_gate import not_now, utc_now

@@ -21,6 +21,7 @@ from . import commands, schema
 from .db import ConnectionSettings, close_quietly
 from .discovery import MigrationFile, discover, load, project_settings, resolve
 from .errors import CouldNotStart, Pending, UsageError
+from .opsstore import OPS
 from .preflight import (
     MIGRATIONS_SHAPE,
     migrations_shape_problems,
@@ -30,7 +31,6 @@ from .settings import RunOptions, resolve_settings
 from .sqlfile import read_sql_migration
 from .sqlfiles import query
 from .sqlrun import SqlJob, run_sql_job
-from .store import OPS
 
 if TYPE_CHECKING:
     from .progress import ProgressHook

@@ -21,10 +21,10 @@ from .errors import UsageError, one_line
 from .keys import KeyRange, render_range
 from .keysql import RangeQueries
 from .migration import Batch, run_work
+from .opsstore import OPS
 from .preflight import preflight
 from .settings import RunOptions, RunSettings, resolve_settings
 from .sqlfiles import query
-from .store import OPS
 from .target import Target
 from .transactions import set_local, transaction
 

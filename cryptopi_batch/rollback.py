@@ -18,10 +18,10 @@ from . import commands, schema
 from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, MigrationFile, discover, load, resolve, shown
 from .errors import UsageError
+from .opsstore import OPS
 from .settings import RunOptions, RunSettings, parse_duration
 from .sqlfile import outside_transaction, read_sql_migration
 from .sqlrun import SqlJob, run_sql_job
-from .store import OPS
 from .transactions import transaction
 
 

@@ -17,8 +17,8 @@ from . import logs
 from .db import ConnectionSettings, close_quietly
 from .discovery import MigrationFile
 from .errors import MigrationFailed, one_line
+from .opsstore import OPS
 from .sqlfile import Statement, concurrently
-from .store import OPS
 from .transactions import transaction
 
 LOCK_RETRIES = 6

@@ -116,7 +116,7 @@ def test_composite_identifiers_are_quoted():
 # Where SQL text may be written: the ops store and its named blocks' loader, the ops
 # schema, and the statements built from a migration's key. transactions.py sends
 # transaction control (BEGIN, COMMIT, ROLLBACK, SET LOCAL) and nothing else.
-SQL_HOMES = {"store.py", "sqlfiles.py", "schema.py", "keysql.py", "keys.py"}
+SQL_HOMES = {"store.py", "opsstore.py", "sqlfiles.py", "schema.py", "keysql.py", "keys.py"}
 TRANSACTION_CONTROL = {"BEGIN", "COMMIT", "ROLLBACK", "SET"}
 SQL_TEXT = re.compile(
     r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|ALTER|DROP|TRUNCATE|LOCK|ANALYZE|VACUUM"
