@@ -24,6 +24,31 @@ from cryptopi_batch.embedded import EmbeddedCluster
 T = TypeVar("T")
 
 DEFAULT_TABLE = "matrices.dyn_values"
+
+SEED_EXAMPLE = """BEGIN;
+
+
+ALTER TABLE matrices.dyn_values
+  ADD COLUMN confidence numeric;
+
+
+UPDATE matrices.dyn_values
+  SET confidence = 1.0
+  WHERE confidence IS NULL;
+
+
+CREATE INDEX dyn_values_confidence_idx
+  ON matrices.dyn_values (confidence);
+
+
+INSERT INTO ops.migrations(filename) VALUES ('20250301_add_confidence_column.sql');
+
+
+COMMIT;
+"""
+"""The seed's example migration file, verbatim (shared/seed/MIGRATIONS.md): its own
+BEGIN/COMMIT and its own ops.migrations row."""
+
 DEFAULT_ROWS = 1_000
 
 

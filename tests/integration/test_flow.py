@@ -15,30 +15,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import cli_argv, cli_env, run_cli, run_in_thread
+from helpers import SEED_EXAMPLE, cli_argv, cli_env, run_cli, run_in_thread
 from run_support import back_to_schema_version_1
-
-SEED_EXAMPLE = """BEGIN;
-
-
-ALTER TABLE matrices.dyn_values
-  ADD COLUMN confidence numeric;
-
-
-UPDATE matrices.dyn_values
-  SET confidence = 1.0
-  WHERE confidence IS NULL;
-
-
-CREATE INDEX dyn_values_confidence_idx
-  ON matrices.dyn_values (confidence);
-
-
-INSERT INTO ops.migrations(filename) VALUES ('20250301_add_confidence_column.sql');
-
-
-COMMIT;
-"""
 
 ROWS = 500
 

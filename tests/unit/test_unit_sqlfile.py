@@ -7,33 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import SEED_EXAMPLE
 
 from cryptopi_batch.errors import MigrationLoadError, UsageError
 from cryptopi_batch.scaffold import slug
 from cryptopi_batch.sqlfile import parse_sql_migration, split_statements
-
-SEED_EXAMPLE = """BEGIN;
-
-
-ALTER TABLE matrices.dyn_values
-  ADD COLUMN confidence numeric;
-
-
-UPDATE matrices.dyn_values
-  SET confidence = 1.0
-  WHERE confidence IS NULL;
-
-
-CREATE INDEX dyn_values_confidence_idx
-  ON matrices.dyn_values (confidence);
-
-
-INSERT INTO ops.migrations(filename) VALUES ('20250301_add_confidence_column.sql');
-
-
-COMMIT;
-"""
-
 
 FUNCTION = "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $b$\nBEGIN\n RETURN 1;\nEND\n$b$"
 
