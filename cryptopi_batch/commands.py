@@ -202,14 +202,16 @@ async def status(
     try:
         applied = False
         async with _setup_errors(connection):  # a refused privilege: exit 2, as for `run`
+            runners: dict[str, list[asyncpg.Record]] = {}
             if await schema.schema_version(conn) == 0:
                 rows: list[asyncpg.Record] = []
             else:
                 rows = await OPS.status_rows(conn, wanted, live_within=LIVE_WITHIN)
+                runners = await OPS.status_runners(conn, wanted, live_within=LIVE_WITHIN)
                 if filename is not None and not rows:
                     applied = await OPS.is_applied(conn, filename)
         now = utc_now()
-        found = [status_row(r, now) for r in rows]
+        found = [status_row(r, now, runners.get(r["name"], [])) for r in rows]
         if wanted is not None and not found:
             # As `list` says: recorded in ops.migrations without a batched run, it is done.
             found = [(StatusRow.applied if applied else StatusRow.pending)(wanted)]

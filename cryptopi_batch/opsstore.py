@@ -105,6 +105,16 @@ class OpsStore:
         ``live_within`` seconds) and its recent rates."""
         return await conn.fetch(query("status_rows"), name, live_within)
 
+    async def status_runners(
+        self, conn: asyncpg.Connection, name: str | None, *, live_within: float
+    ) -> dict[str, list[asyncpg.Record]]:
+        """Every run's (or ``name``'s) live runners, as :meth:`status_rows` counts them, by
+        run: host, pid, workers and waiting reason, the earliest started first."""
+        by_run: dict[str, list[asyncpg.Record]] = {}
+        for r in await conn.fetch(query("status_runners"), name, live_within):
+            by_run.setdefault(r["backfill"], []).append(r)
+        return by_run
+
     async def has_migrations_table(self, conn: asyncpg.Connection) -> bool:
         """Whether ops.migrations exists."""
         return bool(await conn.fetchval(query("migrations_table")))

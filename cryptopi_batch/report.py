@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 import asyncpg
 
+from .budget import share
 from .errors import UsageError
 from .states import RunState
 
@@ -22,6 +23,18 @@ if TYPE_CHECKING:
 
     from .progress import Progress
     from .schedule import Window
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A live runner of a run, as ``status`` reports it: where it runs, its worker tasks,
+    why it waits, and its share of the run's rows budget (``None``: no budget)."""
+
+    host: str
+    pid: int
+    workers: int
+    waiting_reason: str | None
+    rows_per_second_share: float | None
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,10 @@ class StatusRow:
     started_at: str | None = None
     updated_at: str | None = None
     completed_at: str | None = None
+    # The run's budgets (for all its runners together) and its live runners with their share.
+    max_rows_per_second: float | None = None
+    max_wal_bytes_per_second: float | None = None
+    runners: tuple[Runner, ...] = ()
     # `list` only: the file's kind (py, sql), when ops.migrations recorded it, and what is
     # odd about it (recorded but missing from the directory, changed after it was applied).
     kind: str | None = None
@@ -69,8 +86,13 @@ _MOVING = (RunState.RUNNING, RunState.WAITING)
 has none, as nothing is moving it forward."""
 
 
-def status_row(r: asyncpg.Record | Mapping[str, Any], now: datetime | None = None) -> StatusRow:
-    """Derive the reported state from an ``ops.backfills`` row with its live workers.
+def status_row(
+    r: asyncpg.Record | Mapping[str, Any],
+    now: datetime | None = None,
+    runners: Sequence[asyncpg.Record | Mapping[str, Any]] = (),
+) -> StatusRow:
+    """Derive the reported state from an ``ops.backfills`` row with its live workers
+    (``runners``: their rows, as ``status_runners`` reads them).
 
     A run whose stored state is ``running`` but has no live worker was interrupted
     (signal, crash, deploy): it is reported ``pending`` with ``interrupted`` set, since
@@ -128,6 +150,27 @@ def status_row(r: asyncpg.Record | Mapping[str, Any], now: datetime | None = Non
         started_at=_iso(r["started_at"]),
         updated_at=_iso(r["updated_at"]),
         completed_at=_iso(r["completed_at"]),
+        max_rows_per_second=r.get("max_rows_per_second"),
+        max_wal_bytes_per_second=r.get("max_wal_bytes_per_second"),
+        runners=_runners(r.get("max_rows_per_second"), runners),
+    )
+
+
+def _runners(
+    budget: float | None, rows: Sequence[asyncpg.Record | Mapping[str, Any]]
+) -> tuple[Runner, ...]:
+    """The live runners, each with its workers' share of the rows budget as the runners
+    themselves take it (budget.share)."""
+    live = sum(int(w["workers"]) for w in rows)
+    return tuple(
+        Runner(
+            host=w["host"],
+            pid=int(w["pid"]),
+            workers=int(w["workers"]),
+            waiting_reason=w["waiting_reason"],
+            rows_per_second_share=share(budget, int(w["workers"]), live),
+        )
+        for w in rows
     )
 
 
@@ -198,21 +241,30 @@ def status_table(rows: list[StatusRow], width: int) -> Table:
 
 def _fit(rows: list[StatusRow], width: int) -> tuple[list[str], list[dict[str, str]]]:
     """The columns and cells to show: exact numbers, else abbreviated ones, else fewer
-    columns; the name is folded only when even the fewest columns leave it no room."""
+    columns; the name is folded only when even the fewest columns leave it no room. A
+    running run's budget note only where the note column has room for it, costing no column."""
     columns = ["migration", "state", "rows", "keys", "batches", "rows/s", "ETA", "note"]
     if any(r.kind for r in rows):  # `list`
         columns.insert(1, "kind")
-    exact = [_cells(r, short=False) for r in rows]
-    short = [_cells(r, short=True) for r in rows]
-    tries = [(columns, exact)] + [
-        ([c for c in columns if c not in _DROPPED_FIRST[:dropped]], short)
+    tries = [(columns, False)] + [
+        ([c for c in columns if c not in _DROPPED_FIRST[:dropped]], True)
         for dropped in range(len(_DROPPED_FIRST) + 1)
     ]
+
+    def fits(shown: list[str], cells: list[dict[str, str]], fold: bool, note: int = 0) -> bool:
+        # rich pads 1+1; ``note``: the least width the note column needs
+        extra = max(0, note - _width("note", cells))
+        return sum(_width(c, cells, fold=fold) + 2 for c in shown) + extra <= width
+
     for fold in (False, True):
-        for shown, cells in tries:
-            if sum(_width(c, cells, fold=fold) + 2 for c in shown) <= width:  # rich pads 1+1
-                return shown, cells
-    return tries[-1]
+        for shown, short in tries:
+            cells = [_cells(r, short=short) for r in rows]
+            if fits(shown, cells, fold):
+                budgeted = [_cells(r, short=short, budget=True) for r in rows]
+                notes = [b["note"] for b, c in zip(budgeted, cells, strict=True) if b != c]
+                unwrapped = max(map(len, notes), default=0)
+                return shown, budgeted if fits(shown, budgeted, fold, unwrapped) else cells
+    return tries[-1][0], [_cells(r, short=True) for r in rows]
 
 
 def _width(column: str, cells: list[dict[str, str]], *, fold: bool = True) -> int:
@@ -226,7 +278,7 @@ def _width(column: str, cells: list[dict[str, str]], *, fold: bool = True) -> in
     return longest
 
 
-def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
+def _cells(r: StatusRow, *, short: bool, budget: bool = False) -> dict[str, str]:
     def n(value: float) -> str:
         return count(value) if short else f"{value:,.0f}"
 
@@ -238,6 +290,7 @@ def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
         or r.last_error
         or r.waiting_reason
         or ("interrupted; `run` resumes" if r.interrupted else "")
+        or (_budget_note(r) if budget else "")
         or (f"window {r.window}" if r.window and r.status != RunState.COMPLETED else "")
         or (f"applied {r.applied_at[:16].replace('T', ' ')}" if r.applied_at else "")
     )
@@ -252,6 +305,16 @@ def _cells(r: StatusRow, *, short: bool) -> dict[str, str]:
         "ETA": _duration(r.eta_seconds),
         "note": note,
     }
+
+
+def _budget_note(r: StatusRow) -> str:
+    """A running run's rows budget and how many runners share it (none: no note)."""
+    if r.status != RunState.RUNNING or r.max_rows_per_second is None or not r.runners:
+        return ""
+    many = len(r.runners)
+    runners = f"{many} runner" + ("s" if many > 1 else "")
+    note = f"budget {count(r.max_rows_per_second)} rows/s over {runners}"
+    return f"{note}; window {r.window}" if r.window else note
 
 
 def count(value: float) -> str:

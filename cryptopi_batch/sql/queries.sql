@@ -217,6 +217,16 @@ SELECT f.*,
  WHERE $1::text IS NULL OR f.name = $1
  ORDER BY f.name;
 
+-- status_runners --
+-- Every run's (or $1's) live runners: not stopped, a heartbeat within $2 seconds. The
+-- waiting reason through to_jsonb: a version 1 or 2 ops schema has no such column, and
+-- status reads those too.
+SELECT w.backfill, w.host, w.pid, w.workers, to_jsonb(w) ->> 'waiting_reason' AS waiting_reason
+  FROM ops.backfill_workers w
+ WHERE ($1::text IS NULL OR w.backfill = $1) AND w.stopped_at IS NULL
+   AND w.heartbeat_at > now() - make_interval(secs => $2)
+ ORDER BY w.backfill, w.started_at, w.host, w.pid;
+
 -- is_applied --
 SELECT EXISTS (SELECT FROM ops.migrations WHERE filename = $1);
 

@@ -75,14 +75,14 @@ async def run(dsn: str, directory: Path, name: str, **options: Any) -> commands.
 
 
 async def run_together(
-    dsn: str, directory: Path, name: str, runners: int = 2
+    dsn: str, directory: Path, name: str, runners: int = 2, **options: Any
 ) -> list[commands.RunResult]:
     """``runners`` runs of ``name`` started at once in this process, as runners on several
-    hosts would be; their results."""
+    hosts would be, each with ``options``; their results."""
     results: list[commands.RunResult] = []
 
     async def one() -> None:
-        results.append(await run(dsn, directory, name))
+        results.append(await run(dsn, directory, name, **options))
 
     async with anyio.create_task_group() as tg:
         for _ in range(runners):

@@ -21,7 +21,7 @@ import anyio
 import asyncpg
 import pytest
 from helpers import connect, seed_table
-from run_support import assert_completed, run, sql_migration, write_migration
+from run_support import assert_completed, run, run_together, sql_migration, write_migration
 
 from cryptopi_batch import commands
 from cryptopi_batch.db import ConnectionSettings
@@ -336,6 +336,37 @@ async def test_two_runners_share_the_migrations_rate_budget(
     assert runners == 2
     rate = await _rate(conn, name, skip_first=1.5)
     assert abs(rate - budget) / budget < 0.1, rate
+
+
+async def test_status_shows_both_runners_and_their_shares_of_the_budget(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """While two runners with --max-rows-per-second R run, status lists both live runners
+    with the budget and a share of R/2 each (one worker each): the shares add up to R."""
+    rows, budget = 6_000, 1_000.0
+    await seed_table(conn, rows=rows)
+    name = write_migration(tmp_path, "budget_shares", sql_migration(TABLE, batch_size=50))
+
+    async def both() -> StatusRow | None:
+        row = await status_of(dsn, tmp_path, name)
+        return row if len(row.runners) == 2 else None
+
+    seen: list[StatusRow] = []
+
+    async def watch() -> None:
+        seen.append(await until(both))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run_together(dsn, tmp_path, name, max_rows_per_second=budget))
+        tg.start_soon(watch)
+    [row] = seen
+    assert row.max_rows_per_second == budget
+    assert row.status in ("running", "waiting")  # waiting: paced by the budget just then
+    assert [(r.workers, r.rows_per_second_share) for r in row.runners] == [(1, budget / 2)] * 2
+    assert sum(r.rows_per_second_share or 0 for r in row.runners) == budget
+    pids = await conn.fetch("SELECT host, pid FROM ops.backfill_workers WHERE backfill = $1", name)
+    assert {(r.host, r.pid) for r in row.runners} <= {(p["host"], p["pid"]) for p in pids}
+    await assert_completed(conn, name, TABLE, rows)
 
 
 async def test_two_runners_share_the_migrations_wal_budget(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 import re
 from datetime import UTC, datetime
@@ -14,7 +16,14 @@ from rich.console import Console
 
 from cryptopi_batch import logs
 from cryptopi_batch.progress import Progress
-from cryptopi_batch.report import ProgressBar, StatusRow, count, print_table, status_row
+from cryptopi_batch.report import (
+    ProgressBar,
+    StatusRow,
+    count,
+    print_json,
+    print_table,
+    status_row,
+)
 
 ERROR = (
     "KeyError: 'customr' (20250601_1200_fill_customer_names.py, line 12);"
@@ -243,3 +252,83 @@ def test_a_windowed_run_eta_counts_only_open_time_and_shows_the_next_opening() -
 def test_a_stale_waiting_reason_of_an_interrupted_run_is_not_shown() -> None:
     row = status_row(record(live_workers=0, waiting_reason="outside window, opens 22:00 UTC"))
     assert (row.status, row.interrupted, row.waiting_reason) == ("pending", True, None)
+
+
+def runner(host: str, pid: int, workers: int = 1) -> dict[str, Any]:
+    """A ``status_runners`` row."""
+    return {"host": host, "pid": pid, "workers": workers, "waiting_reason": None}
+
+
+@pytest.mark.parametrize(
+    ("budget", "workers", "shares"),
+    [
+        (5_000.0, (1, 1), [2_500.0, 2_500.0]),
+        (6_000.0, (1, 2), [2_000.0, 4_000.0]),  # each runner's workers among all live ones
+        (5_000.0, (3,), [5_000.0]),
+        (None, (1, 1), [None, None]),  # no budget: no share
+    ],
+)
+def test_status_shows_each_live_runners_share_of_the_rows_budget(
+    budget: float | None, workers: tuple[int, ...], shares: list[float | None]
+) -> None:
+    live = [runner(f"host{i}", 100 + i, n) for i, n in enumerate(workers)]
+    row = status_row(
+        record(live_workers=len(live), max_rows_per_second=budget, max_wal_bytes_per_second=9e6),
+        runners=live,
+    )
+    assert (row.max_rows_per_second, row.max_wal_bytes_per_second) == (budget, 9e6)
+    assert [(r.host, r.pid, r.workers) for r in row.runners] == [
+        (f"host{i}", 100 + i, n) for i, n in enumerate(workers)
+    ]
+    assert [r.rows_per_second_share for r in row.runners] == shares
+    out = io.StringIO()
+    print_json([row], out)
+    shown = json.loads(out.getvalue())
+    assert [r["rows_per_second_share"] for r in shown["runners"]] == shares
+    assert shown["max_rows_per_second"] == budget
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_a_running_run_with_a_budget_notes_it_and_the_table_still_fits(width: int) -> None:
+    budgeted = status_row(
+        record(live_workers=2, max_rows_per_second=5_000.0),
+        runners=[runner("a", 1), runner("b", 2)],
+    )
+    console = Console(width=width, record=True)
+    print_table([*ROWS, budgeted], console)
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines), "\n".join(lines)
+    note_at = lines[0].index("note")
+    note = " ".join(line[note_at:].strip() for line in lines[1:])
+    if width >= 200:  # room for it beside the error (narrower: only if it costs no column)
+        assert "budget 5k rows/s over 2 runners" in " ".join(note.split()), "\n".join(lines)
+    assert "".join(ERROR.split()) in "".join(note.split())  # the error is still whole
+
+
+def test_the_budget_note_is_left_out_rather_than_cost_a_column() -> None:
+    # Alone at 80 columns, the 33-character name and the numbers leave the note no room
+    # for 31 characters: the row keeps its columns and goes without the note.
+    row = status_row(
+        record(live_workers=2, max_rows_per_second=5_000.0),
+        runners=[runner("a", 1), runner("b", 2)],
+    )
+    console = Console(width=80, record=True)
+    print_table([row], console)
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2, "\n".join(lines)
+    assert lines[0].split() == ["migration", "state", "rows", "keys", "ETA", "note"]
+    assert "budget" not in lines[1]
+    wide = Console(width=120, record=True)
+    print_table([dataclasses.replace(row, name="20250301_0930_fill")], wide)
+    assert "budget 5k rows/s over 2 runners" in wide.export_text()
+
+
+def test_no_budget_note_without_a_budget_or_once_the_run_stopped() -> None:
+    two = [runner("a", 1), runner("b", 2)]
+    for row in (
+        status_row(record(live_workers=2), runners=two),
+        status_row(record(status="paused", max_rows_per_second=5_000.0)),
+    ):
+        console = Console(width=200, record=True)
+        print_table([row], console)
+        assert "budget" not in console.export_text()
