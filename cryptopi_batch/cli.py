@@ -18,11 +18,12 @@ import anyio
 
 from . import commands, logs, safety
 from .arguments import build_parser, migrations_directory, run_options
+from .bar import terminal_bar
 from .cli_flow import migrate_command, new_command, plan_command, rollback_command
 from .db import ConnectionSettings
 from .discovery import misnamed
 from .errors import CryptopiBatchError, one_line
-from .report import StatusRow, print_json, print_table, table_console, terminal_bar
+from .report import StatusRow, print_json, print_table, table_console
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3

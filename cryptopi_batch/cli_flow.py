@@ -11,8 +11,8 @@ import sys
 
 from . import logs, safety
 from .arguments import migrations_directory, run_options
+from .bar import ProgressBar, terminal_bar
 from .db import ConnectionSettings
-from .report import ProgressBar, terminal_bar
 
 EXIT_OK = 0
 

@@ -15,9 +15,9 @@ import structlog
 from rich.console import Console
 
 from cryptopi_batch import logs
+from cryptopi_batch.bar import ProgressBar
 from cryptopi_batch.progress import Progress
 from cryptopi_batch.report import (
-    ProgressBar,
     StatusRow,
     count,
     print_json,
