@@ -94,7 +94,9 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     # statement cache of a direct connection, the common case (a pooler is found below).
     direct = connection.behind_pooler(False)
     opening: list[asyncio.Future[Connection]] = [
-        asyncio.ensure_future(direct.connect()) for _ in range(settings.workers)
+        # the worker tasks', and the health sampler's (the runner hands it the first)
+        asyncio.ensure_future(direct.connect())
+        for _ in range(settings.workers + 1)
     ]
     try:
         async with _setup_errors(connection):

@@ -179,6 +179,7 @@ class Runner:
         gates = build_gates(s.health, time.monotonic())
         health_gates(crew.stop.admission, gates)
         return Sampler(
+            opened=crew.spare.pop() if crew.spare else None,  # one was opened for it
             name=self.name,
             token=self.token,
             table=self.target.table,

@@ -86,6 +86,9 @@ class Sampler:
     describe: Callable[[BaseException], str]
     probes: HealthProbes = field(default_factory=HealthProbes)
     history: WalHistory = field(default_factory=WalHistory)
+    # A connection opened for it beforehand (while the run's checks ran): its first round
+    # then waits for no connect, and the first batch, admitted on that round, neither.
+    opened: asyncpg.Connection | None = None
     _first_seen: dict[tuple[str, str], float] = field(default_factory=dict)
     conns: ProbeConnections = field(init=False)
     _reported: str | None = None
@@ -94,7 +97,7 @@ class Sampler:
     _default_connections: bool = True
 
     def __post_init__(self) -> None:
-        self.conns = ProbeConnections(self.connection, self.describe)
+        self.conns = ProbeConnections(self.connection, self.describe, conn=self.opened)
         self.shares = Shares(self.workers)
         self._default_connections = self.limits.max_active_connections is None
         active = self._by_name(g.ACTIVE_CONNECTIONS)

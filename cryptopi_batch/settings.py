@@ -11,14 +11,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .db import pg_interval
 from .errors import UsageError
 from .migration import Backfill
 from .retry import RetryPolicy
-from .schedule import Window, parse_until, parse_window, zone_named
 from .transactions import set_local
+
+if TYPE_CHECKING:
+    from .schedule import Window
 
 T = TypeVar("T")
 
@@ -177,6 +179,12 @@ def _pick(cli: T | None, declared: T) -> T:
     return cli if cli is not None else declared
 
 
+def _until(text: str) -> datetime:
+    from .schedule import parse_until  # noqa: PLC0415 -- see _window
+
+    return parse_until(text)
+
+
 def _window(options: RunOptions, backfill: Backfill, project: Mapping[str, Any]) -> Window | None:
     """The window and its zone, each from the command line, else the migration, else the
     project; an error names where the bad value came from."""
@@ -190,6 +198,11 @@ def _window(options: RunOptions, backfill: Backfill, project: Mapping[str, Any])
     for value, what in (x for x in (spec, zone) if x is not None):
         if not isinstance(value, str):
             raise UsageError(f"{what} must be a string, not {value!r}")
+    if spec is None and zone is None:
+        return None
+    # zoneinfo and the window grammar (~4 ms of imports) only for a run that has a window
+    from .schedule import parse_window, zone_named  # noqa: PLC0415
+
     if zone is not None:
         zone_named(zone[0], zone[1])  # a bad zone is refused also without a window
     if spec is None:
@@ -265,7 +278,7 @@ def resolve_settings(
         schedule=SchedulePolicy(
             window=_window(options, backfill, project or {}),
             exit_outside_window=options.exit_outside_window,
-            until=None if options.until is None else parse_until(options.until),
+            until=None if options.until is None else _until(options.until),
         ),
         lease_seconds=lease,
         force=options.force,

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .admission import GO, MARGIN, BatchDone, Decision, RecentDurations, Stop, Wait
-from .schedule import Window, when
 
 if TYPE_CHECKING:
+    from .schedule import Window
     from .settings import SchedulePolicy
 
 WallClock = Callable[[], datetime]
@@ -54,14 +54,17 @@ class WindowGate:
         assert opens is not None  # a window that closes opens again
         self.opens_at = opens
         if self.exit_outside:
-            return Stop(
-                f"outside the window {self.window}; it opens {when(opens, self.window.zone)}"
-            )
+            return Stop(f"outside the window {self.window}; it opens {self._when(opens)}")
         seconds = max((opens - wall).total_seconds(), 0.001)
         return Wait(self.reason(opens), until=now + seconds, reported=True)
 
     def reason(self, opens: datetime) -> str:
-        return f"outside window, opens {when(opens, self.window.zone)}"
+        return f"outside window, opens {self._when(opens)}"
+
+    def _when(self, at: datetime) -> str:
+        from .schedule import when  # noqa: PLC0415 -- only a run with a window has one
+
+        return when(at, self.window.zone)
 
     def record(self, done: BatchDone) -> None:
         self.recent.record(done)
