@@ -9,7 +9,6 @@ by their ``application_name``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -234,12 +233,6 @@ class HealthProbes:
             int(row["rows_processed"]),
             int(row["live_workers"]),
         )
-
-    async def set_waiting_reason(
-        self, conn: asyncpg.Connection, token: uuid.UUID, reason: str | None
-    ) -> None:
-        """This runner's reason to wait (``None``: none), on its row and the run's."""
-        await self._short(conn, lambda: conn.execute(query("set_waiting_reason"), token, reason))
 
 
 @dataclass

@@ -91,7 +91,6 @@ class Sampler:
     opened: asyncpg.Connection | None = None
     _first_seen: dict[tuple[str, str], float] = field(default_factory=dict)
     conns: ProbeConnections = field(init=False)
-    _reported: str | None = None
     _holder_logged: str | None = None
     shares: Shares = field(init=False)
     _default_connections: bool = True
@@ -133,10 +132,6 @@ class Sampler:
                 await self._close()
 
     async def _close(self) -> None:
-        """Clear this runner's reason to wait (it no longer waits), close the connections."""
-        conn = self.conns.conn
-        if conn is not None and not conn.is_closed() and self._reported is not None:
-            await self._probe(conn, lambda c: self.probes.set_waiting_reason(c, self.token, None))
         await self.conns.close()
 
     async def sample(self) -> None:
@@ -159,7 +154,7 @@ class Sampler:
         await self._autovacuum(conn)
         await self._checks(conn)
         await self._budget(conn, None if isinstance(wal, Exception) else wal[0])
-        await self._report(conn)
+        self._report()
 
     # --- the gates ----------------------------------------------------------------
 
@@ -317,18 +312,11 @@ class Sampler:
     ) -> T | Exception:
         return await self.conns.probe(conn, probe)
 
-    async def _report(self, conn: asyncpg.Connection) -> None:
-        """The admission's reason to wait: recorded whenever its text changes (``status``
-        shows the value as last seen), logged when what holds the run changes (another
-        gate, or none), not as its value moves."""
+    def _report(self) -> None:
+        """Log when what holds the run changes (another gate, or none), not as its value
+        moves. The reason itself reaches the ops tables with the heartbeat, which records
+        the admission's reported wait, a window's or a gate's (control.Control)."""
         reason = self.admission.waiting_reason
-        if reason != self._reported:
-            result = await self._probe(
-                conn, lambda c: self.probes.set_waiting_reason(c, self.token, reason)
-            )
-            if isinstance(result, Exception):
-                return
-            self._reported = reason
         holder = holding_gate(self.gates, reason)
         if holder != self._holder_logged:
             log.info("throttle_changed", gate=holder, waiting_reason=reason)

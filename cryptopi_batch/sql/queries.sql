@@ -448,21 +448,6 @@ SELECT COALESCE((SELECT max_rows_per_second FROM given), f.max_rows_per_second)
   FROM ops.backfills f
  WHERE f.name = $1;
 
--- set_waiting_reason --
--- A runner's reason to wait changed ($2, NULL: none): on its own row, and on the run's
--- (status shows the run's); a runner that stops waiting clears the run's only if no other
--- live runner of it still waits.
-WITH w AS (
-    UPDATE ops.backfill_workers SET waiting_reason = $2 WHERE token = $1
-    RETURNING backfill)
-UPDATE ops.backfills f
-   SET waiting_reason = COALESCE($2, (
-           SELECT o.waiting_reason FROM ops.backfill_workers o
-            WHERE o.backfill = f.name AND o.token <> $1 AND o.stopped_at IS NULL
-              AND o.waiting_reason IS NOT NULL
-            LIMIT 1))
- WHERE f.name = (SELECT backfill FROM w) AND f.status = 'running';
-
 -- demo_reset --
 -- The demo starts over: its table and the ops schema, in the demo's own server only.
 DROP SCHEMA IF EXISTS ops CASCADE; DROP TABLE IF EXISTS matrices.dyn_values;

@@ -38,7 +38,6 @@ class FakeProbes:
     """Answers what it is told; an exception is raised; ``"hang"`` never answers."""
 
     answers: dict[str, Any] = field(default_factory=dict)
-    waiting: list[str | None] = field(default_factory=list)
 
     async def _answer(self, name: str, default: Any) -> Any:
         answer = self.answers.get(name, default)
@@ -71,9 +70,6 @@ class FakeProbes:
 
     async def budget(self, conn: Any, name: str, **kw: Any) -> BudgetRow | None:
         return await self._answer("budget", BudgetRow(None, None, 0, 1))  # type: ignore[no-any-return]
-
-    async def set_waiting_reason(self, conn: Any, token: uuid.UUID, reason: str | None) -> None:
-        self.waiting.append(reason)
 
 
 def make(probes: FakeProbes, limits: HealthLimits | None = None, **kw: Any) -> Sampler:
@@ -175,16 +171,6 @@ async def test_blocking_past_the_limit_cuts_the_batch_size_once():
     assert s.sizer.size == 100
 
 
-async def test_the_waiting_reason_is_recorded_when_it_changes_only():
-    probes = FakeProbes({"check": "deploy"})
-    s = make(probes, HealthLimits(check="SELECT 1"))
-    await s.sample()
-    s.admission.decide(100.0)  # a worker asks: the reason is the admission's now
-    await s.sample()
-    await s.sample()
-    assert probes.waiting == ["check: deploy"]
-
-
 async def test_switched_off_gates_are_not_sampled():
     s = make(FakeProbes({"wraparound": 4711}), HealthLimits(off=frozenset({"autovacuum"})))
     await s.sample()
@@ -214,13 +200,6 @@ async def test_throttle_changed_is_logged_when_the_holding_gate_changes_not_its_
     assert changes == [
         ("transaction age", "transaction age 2000 s > 1800 s (pid 7)"),
         (None, None),
-    ]
-    # Each value was recorded for status, then none.
-    assert probes.waiting == [
-        "transaction age 2000 s > 1800 s (pid 7)",
-        "transaction age 2001 s > 1800 s (pid 7)",
-        "transaction age 2002 s > 1800 s (pid 7)",
-        None,
     ]
 
 
