@@ -180,6 +180,25 @@ class Deadline:
             self.recent.record(done)
 
 
+class Latch:
+    """Waits, unreported, until opened: the first batch waits for the health gates' first
+    readings, taken while its range is claimed. Whoever opens it wakes the waiting
+    workers (``StopSignal.nudge``); ``poll`` bounds a wait should that wake be missed."""
+
+    def __init__(self, name: str, reason: str, poll: float = 1.0) -> None:
+        self.name = name
+        self.reason = reason
+        self.poll = poll
+        self.opened = False
+
+    @property
+    def may_wait(self) -> bool:
+        return not self.opened
+
+    def decide(self, now: float) -> Decision:
+        return GO if self.opened else Wait(self.reason, now + self.poll)
+
+
 @dataclass
 class RunControl:
     """The run's state as the control channel last read it from ``ops.backfills``

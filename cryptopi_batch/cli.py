@@ -12,18 +12,18 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from . import commands, logs, safety
 from .arguments import build_parser, migrations_directory, run_options
-from .bar import terminal_bar
-from .cli_flow import migrate_command, new_command, plan_command, rollback_command
 from .db import ConnectionSettings
 from .discovery import misnamed
 from .errors import CryptopiBatchError, one_line
-from .report import StatusRow, print_json, print_table, table_console
+
+if TYPE_CHECKING:
+    from .report import StatusRow
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
@@ -93,7 +93,12 @@ def _sigterm_as_sigint() -> Iterator[None]:
 
 async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     safety.confirm_write(safety.environment(args.env), f"run {args.name} writes", yes=args.yes)
-    bar = terminal_bar() if not args.no_progress and args.log_format == "console" else None
+    bar = None
+    if not args.no_progress and args.log_format == "console":
+        # Imported here, as the tables' and the flow's modules: a run's start is timed.
+        from .bar import terminal_bar  # noqa: PLC0415
+
+        bar = terminal_bar()
     show_bar = bar is not None
     if bar is not None:
         # The bar carries the per-batch numbers; the log keeps warnings and the summary,
@@ -159,7 +164,7 @@ async def _watch(
     ends it with exit 0: watching changes nothing, so stopping it is not an interruption."""
     from rich.live import Live  # noqa: PLC0415 -- rich costs ~25 ms; only --watch uses it
 
-    from .report import status_table  # noqa: PLC0415 -- as above
+    from .report import status_table, table_console  # noqa: PLC0415 -- as above
 
     console = table_console()
     live = (
@@ -206,6 +211,8 @@ async def _list(args: argparse.Namespace, connection: ConnectionSettings) -> int
 
 
 def _show(args: argparse.Namespace, rows: list[StatusRow]) -> int:
+    from .report import print_json, print_table, table_console  # noqa: PLC0415 -- as _run's
+
     if args.json:
         print_json(rows, sys.stdout)
     else:
@@ -258,12 +265,23 @@ async def _demo(args: argparse.Namespace, connection: ConnectionSettings) -> int
         run_args.migrations_dir = args.migrations_dir
         run_args.log_format = args.log_format
         code = await _run(run_args, demo_conn)
+        from .report import print_table, table_console  # noqa: PLC0415 -- as _show's
+
         print_table(
             await commands.status(None, directory=None, connection=demo_conn), table_console()
         )
         return code
     finally:
         await anyio.to_thread.run_sync(cluster.stop)
+
+
+async def _flow(args: argparse.Namespace, connection: ConnectionSettings) -> int:
+    """``migrate``, ``plan``, ``new``, ``rollback``: :mod:`cli_flow`, imported when used."""
+    from . import cli_flow  # noqa: PLC0415 -- as _run's bar
+
+    handler: Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]
+    handler = getattr(cli_flow, f"{args.command}_command")
+    return await handler(args, connection)
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
@@ -274,8 +292,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitabl
     "pause": _control,
     "resume": _control,
     "cancel": _control,
-    "migrate": migrate_command,
-    "plan": plan_command,
-    "new": new_command,
-    "rollback": rollback_command,
+    "migrate": _flow,
+    "plan": _flow,
+    "new": _flow,
+    "rollback": _flow,
 }

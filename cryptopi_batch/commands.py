@@ -19,7 +19,6 @@ import asyncpg
 import structlog
 
 from . import schema
-from .control_rules import EXIT_OK, RunFacts, reply
 from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, discover, load, project_settings, resolve
 from .errors import (
@@ -32,7 +31,6 @@ from .errors import (
 from .keys import as_bound
 from .opsstore import OPS
 from .preflight import preflight
-from .report import StatusRow, status_row
 from .settings import RunOptions, TimeoutPolicy, resolve_settings
 from .start import nothing_to_do, record_window, start_or_resume
 from .states import RunState
@@ -41,6 +39,7 @@ from .window_gate import not_now, utc_now
 
 if TYPE_CHECKING:
     from .progress import ProgressHook
+    from .report import StatusRow
     from .runner import Outcome
 
 log = structlog.get_logger("cryptopi_batch")
@@ -193,6 +192,8 @@ async def status(
     name: str | None, *, directory: Path | None, connection: ConnectionSettings
 ) -> list[StatusRow]:
     """Progress, rate, ETA, state and why, for one migration or all of them."""
+    from .report import StatusRow, status_row  # noqa: PLC0415 -- see control()
+
     wanted = filename = None
     if name is not None:
         if directory:
@@ -226,6 +227,8 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
     """Every migration in the directory with its kind and state, then the files recorded in
     ops.migrations that the directory lacks; flagged: those, and files changed after they
     were applied."""
+    from .report import StatusRow, status_row  # noqa: PLC0415 -- see control()
+
     files = discover(directory)
     conn = await connection.connect_or_fail()
     try:
@@ -302,6 +305,9 @@ async def control(
     started, completed; a cancelled run paused) raises :class:`UsageError` (exit 2),
     nothing changed.
     """
+    # Imported here, as report below: `run` never needs them, and its start is timed.
+    from .control_rules import EXIT_OK, RunFacts, reply  # noqa: PLC0415
+
     file = resolve(discover(directory), name)
     resolved = file.name
     conn = await connection.connect_or_fail()

@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 import structlog
 
-from .admission import Admission, Deadline
+from .admission import Admission, Deadline, Latch
 from .control import Control, Waiting
 from .db import ConnectionSettings, close_quietly, pg_interval
 from .errors import BatchFailed, Stopped, describe, one_line
@@ -154,8 +154,11 @@ class Runner:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(control.heartbeat, finished, beat)
-                # The health gates' first readings come before the first batch.
-                await outer.start(self._sampler(crew).run, finished)
+                # The first batch waits for the health gates' first readings, taken while
+                # its range is claimed.
+                first = Latch("health", "the health gates' first readings")
+                sampler = self._sampler(crew, first)
+                outer.start_soon(sampler.run, finished, lambda: stop.open(first))
                 async with anyio.create_task_group() as side:
                     if self.handle_signals:
                         side.start_soon(stop.listen, outer.cancel_scope)
@@ -173,11 +176,12 @@ class Runner:
             with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
                 await control.step(crew.store.stop)
 
-    def _sampler(self, crew: Crew) -> Sampler:
-        """The health sampler, its gates added to the run's admission."""
+    def _sampler(self, crew: Crew, first: Latch) -> Sampler:
+        """The health sampler, its gates added to the run's admission (with ``first``,
+        which holds the first batch until they have their first readings)."""
         s = self.settings
         gates = build_gates(s.health, time.monotonic())
-        health_gates(crew.stop.admission, gates)
+        health_gates(crew.stop.admission, [*gates, first])
         return Sampler(
             opened=crew.spare.pop() if crew.spare else None,  # one was opened for it
             name=self.name,

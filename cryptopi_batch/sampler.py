@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -106,25 +106,20 @@ class Sampler:
     def _by_name(self, name: str) -> HealthGate | None:
         return next((gate for gate in self.gates if gate.name == name), None)
 
-    async def run(
-        self,
-        finished: anyio.Event,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Sample until ``finished``; ``task_status.started()`` after the first round, so
-        the first batch is admitted on real readings. Never raises."""
+    async def run(self, finished: anyio.Event, first: Callable[[], None] = lambda: None) -> None:
+        """Sample until ``finished``; ``first()`` after the first round (the first batch
+        waits for it, to be admitted on real readings). Never raises."""
         try:
-            first = True
+            done_first = False
             while not finished.is_set():
                 began = time.monotonic()
                 try:
                     await self.sample()
                 except Exception as exc:  # a bug here must not stop the batches: gates go stale
                     log.warning("health_sample_failed", error=self.describe(exc))
-                if first:
-                    task_status.started()
-                    first = False
+                if not done_first:
+                    first()
+                    done_first = True
                 with anyio.move_on_after(max(0.0, INTERVAL - (time.monotonic() - began))):
                     await finished.wait()
         finally:
@@ -331,7 +326,6 @@ def holding_gate(gates: list[HealthGate], reason: str | None) -> str | None:
     return max(labels, key=len) if labels else reason
 
 
-def health_gates(admission: Admission, gates: list[HealthGate]) -> None:
+def health_gates(admission: Admission, gates: Sequence[Gate]) -> None:
     """Add the health gates to a run's admission: each one more input to go or wait."""
-    more: list[Gate] = list(gates)
-    admission.gates = (*admission.gates, *more)
+    admission.gates = (*admission.gates, *gates)

@@ -10,7 +10,7 @@ import time
 import anyio
 import structlog
 
-from .admission import Admission, Decision, Stop, wait_seconds
+from .admission import Admission, Decision, Latch, Stop, wait_seconds
 from .states import RunState
 
 log = structlog.get_logger("cryptopi_batch")
@@ -21,7 +21,8 @@ class StopSignal:
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
-        self._event = anyio.Event()
+        self._event = anyio.Event()  # set on a stop, for good
+        self._wake = anyio.Event()  # set on a stop or a nudge; replaced after a nudge
         self.aborted = False  # a second signal: the batches in flight roll back
 
     @property
@@ -36,6 +37,14 @@ class StopSignal:
         """Stop after the current batches; the first reason stays."""
         self.admission.request_stop(reason)
         self._event.set()
+        self._wake.set()
+
+    def open(self, latch: Latch) -> None:
+        """Open ``latch`` and wake the worker tasks waiting on it."""
+        latch.opened = True
+        if not self._event.is_set():  # a stop keeps them awake anyway
+            woken, self._wake = self._wake, anyio.Event()
+            woken.set()
 
     def run_state(self, state: RunState) -> None:
         """The run's state as last read from ``ops.backfills``."""
@@ -57,11 +66,11 @@ class StopSignal:
 
     async def wait(self, decision: Decision) -> None:
         """Sleep as ``decision`` says (at most a minute at a time), waking at once on a
-        stop."""
+        stop or a nudge."""
         seconds = wait_seconds(decision, time.monotonic())
         if seconds > 0:
             with anyio.move_on_after(seconds):
-                await self._event.wait()
+                await self._wake.wait()
 
     async def pause(self, seconds: float) -> None:
         """Sleep ``seconds``, waking at once on a stop."""

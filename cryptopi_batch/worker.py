@@ -74,11 +74,15 @@ class BatchWorker:
                     if isinstance(decision, Stop):
                         break
                     # A range in hand before any wait: the run's end is seen at once, not
-                    # after a pause that paces a batch that will never come.
+                    # after a pause that paces a batch that will never come. Then ask
+                    # again: the claim took a while (the first one, while the health
+                    # gates take their first readings).
                     if c is None:
                         conn, c = await crew.sessions.with_conn(
                             conn, self._claim, on_shrink=crew.sizer.shrink
                         )
+                        if c is not None:
+                            continue
                     if c is None:
                         conn, left = await crew.sessions.with_conn(conn, crew.store.open_ranges)
                         if not left:

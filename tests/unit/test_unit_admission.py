@@ -20,6 +20,7 @@ from cryptopi_batch.admission import (
     Deadline,
     Decision,
     Go,
+    Latch,
     Pacing,
     RunControl,
     Stop,
@@ -328,3 +329,17 @@ def test_states_are_the_ops_tables_values():
     assert _checked("ops.backfill_batches") == set(RangeState)
     assert f"{RunState.PAUSED}" == "paused"
     assert {s for s in RunState if s.stops_runners} == {"paused", "cancelled", "failed"}
+
+
+def test_a_latch_holds_unreported_and_forbids_chaining_until_opened() -> None:
+    """The health gates' first readings: the first batch waits for them (not shown as
+    `waiting`, a routine start), and no COMMIT carries a BEGIN before they are in."""
+    latch = Latch("health", "the health gates' first readings", poll=1.0)
+    admission = Admission([latch])
+    decision = admission.decide(10.0)
+    assert decision == Wait("the health gates' first readings", 11.0)
+    assert admission.waiting_reason is None
+    assert not admission.may_chain(10.0)
+    latch.opened = True
+    assert admission.decide(10.5) == GO
+    assert admission.may_chain(10.5)

@@ -16,8 +16,8 @@ import anyio
 import asyncpg
 import pytest
 
-from cryptopi_batch.admission import Admission, BatchDone, Wait
-from cryptopi_batch.batch import Verdict, verdict
+from cryptopi_batch.admission import Admission, BatchDone, Latch, Wait
+from cryptopi_batch.batch import BatchRun, Verdict, verdict
 from cryptopi_batch.control import Control
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.errors import LeaseLost
@@ -259,3 +259,59 @@ async def test_a_paced_worker_sees_the_end_of_the_run_without_waiting_out_its_pa
         await BatchWorker(crew, 0).run()
     assert store.calls == [("claim", 100), ("open_ranges", None)]
     assert crew.failure is None
+
+
+# --- the first batch waits for the health gates' first readings -----------------------
+
+
+class FirstBatch:
+    """Stands in for the batch run: notes when it started, then ends the worker."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    async def run(self, conn: object, c: Claim) -> tuple[object, Claim | None]:
+        self.started = time.monotonic()
+        raise Refused
+
+
+@pytest.mark.parametrize("opened_during_claim", [False, True])
+async def test_the_first_batch_starts_once_the_first_readings_are_in_not_a_poll_later(
+    opened_during_claim: bool,
+) -> None:
+    """The range is claimed while the latch (the sampler's first round) is shut; the batch
+    starts as soon as it opens, whether that is during the claim (the decision taken
+    before it is stale) or while the worker waits (it is woken), never a poll later."""
+    latch = Latch("health", "the health gates' first readings", poll=60.0)
+    store = FakeStore(claims=[CLAIM])
+    crew = _crew(store, Admission([latch]))
+    worker = BatchWorker(crew, 0)
+    batch = FirstBatch()
+    worker._batches = cast("BatchRun", batch)
+    opened_at: list[float] = []
+
+    def open_latch() -> None:
+        opened_at.append(time.monotonic())
+        crew.stop.open(latch)
+
+    if opened_during_claim:
+        claim = store.claim
+
+        async def claim_then_open(conn: object, **kw: Any) -> Claim | None:
+            c = await claim(conn, **kw)
+            open_latch()
+            return c
+
+        store.claim = claim_then_open  # type: ignore[method-assign]
+    with anyio.fail_after(5):  # a missed wake would sleep the latch's 60 s poll
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            if not opened_during_claim:
+                await anyio.sleep(0.05)
+                assert batch.started is None  # claimed, and waiting
+                assert store.calls == [("claim", 100)]
+                open_latch()
+    assert batch.started is not None
+    assert batch.started - opened_at[0] < 1.0
+    assert store.calls == [("claim", 100)]
+    assert isinstance(crew.failure, Refused)
