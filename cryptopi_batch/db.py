@@ -303,6 +303,18 @@ async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -
         conn.terminate()
 
 
+async def let_go(conn: asyncpg.Connection | None) -> None:
+    """Done with ``conn``: idle, it is dropped without waiting for the server to see it
+    off (the backend ends quietly on the closed socket; ~1-2 ms less per connection at a
+    run's end); in a transaction, it is closed as :func:`close_quietly` does."""
+    if conn is None or conn.is_closed():
+        return
+    if conn.is_in_transaction():
+        await close_quietly(conn)
+    else:
+        conn.terminate()
+
+
 def pg_interval(seconds: float) -> str:
     """A duration as a GUC value in milliseconds (``0`` disables a timeout)."""
     return f"{max(0, round(seconds * 1000))}ms"

@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from .budget import WalHistory
-from .db import APPLICATION_NAME, ConnectionSettings, close_quietly, pg_interval
+from .db import APPLICATION_NAME, ConnectionSettings, let_go, pg_interval
 from .errors import UsageError
 from .migration import Check
 from .sqlfiles import query
@@ -295,4 +295,4 @@ class ProbeConnections:
     async def close(self) -> None:
         for c in [self.conn, *self.replicas.values()]:
             with anyio.move_on_after(2):
-                await close_quietly(c)
+                await let_go(c)

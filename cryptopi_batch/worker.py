@@ -15,7 +15,7 @@ import structlog
 from .admission import Go, Stop
 from .batch import BatchRun
 from .control import Control
-from .db import close_quietly
+from .db import close_quietly, let_go
 from .migration import Work
 from .progress import Tally
 from .sessions import Sessions
@@ -101,6 +101,8 @@ class BatchWorker:
                     if crew.stop.aborted and conn is not None:
                         conn.terminate()
                         await crew.sessions.end_all()
+                    elif crew.failure is None:
+                        await let_go(conn)
                     else:
                         await close_quietly(conn)
 

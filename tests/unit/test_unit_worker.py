@@ -138,6 +138,9 @@ class FakeConn:
     def is_closed(self) -> bool:
         return self.closed
 
+    def is_in_transaction(self) -> bool:
+        return False
+
     def terminate(self) -> None:
         self.closed = True
 
