@@ -205,7 +205,7 @@ class BatchRun:
                 keys=c.keys,
                 ms=round(seconds * 1000, 1),
                 attempts=attempts,
-                next_size=next_size,
+                next_size=crew.sizer.keys(next_size),
             )
         except BaseException:
             if began_next:
@@ -223,7 +223,7 @@ class BatchRun:
         crew = self.crew
         self._crash("before_work")
         assert crew.look_aheads is not None
-        ahead = crew.control.look_ahead(c, crew.sizer.size, crew.look_aheads)
+        ahead = crew.control.look_ahead(c, crew.sizer.keys(), crew.look_aheads)
         work_started = time.monotonic()
         rows = await run_work(crew.work, Batch(conn, crew.target.key, c.range))
         seconds = time.monotonic() - work_started
@@ -238,9 +238,9 @@ class BatchRun:
             rows=rows,
             seconds=seconds,
             attempts=attempts,
-            batch_size=next_size,
+            batch_size=crew.sizer.keys(next_size),
             claim_next=not crew.stop.requested,
-            hint=None if ahead is None else ahead.hint(next_size),
+            hint=None if ahead is None else ahead.hint(crew.sizer.keys(next_size)),
         )
         if settled is None:
             raise LeaseLost

@@ -292,6 +292,7 @@ class Sampler:
             pacing.pacer.policy = replace(
                 pacing.pacer.policy, max_rows_per_second=self.shares.share
             )
+        self.sizer.pace(self.shares.share)
         if self.shares.moved(before):
             wal = self.history.rate(now)
             log.info(

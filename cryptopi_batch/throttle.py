@@ -6,12 +6,26 @@ returns a decision, so tests drive it without a database or real time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from .settings import ThrottlePolicy
 
 GROWTH_LIMIT = 1.5  # grow at most ×1.5 a step (REFERENCE: larger steps overshoot)
 OVERRUN = 5.0  # a batch past 5× the target is cut hard
+# Under a rate cap a batch holds at most what the cap allows in PACED_SLICE seconds (never
+# fewer than PACED_FLOOR keys): the cap's work comes as many short bursts, not a few long
+# ones. A paced backfill sleeps between batches, and each batch then takes a core at once
+# for its whole length: the application's tail latency grows with that length, not with
+# the rate (docs/benchmarks.md, "beside an application workload").
+PACED_SLICE = 0.02
+PACED_FLOOR = 100
+# The rate cap's schedule forgives a batch that starts up to PACING_GRACE seconds late (a
+# timer's wake-up, the BEGIN's round trip): the next start counts from where the last was
+# due, so small batches keep to the cap instead of losing those milliseconds each time.
+# Later than that (a wait of another gate, a slow claim) the schedule starts over: no burst
+# catches up on a pause.
+PACING_GRACE = 0.02
 
 
 @dataclass
@@ -24,6 +38,7 @@ class Pacer:
 
     policy: ThrottlePolicy
     next_start: float = 0.0
+    due: float = float("-inf")  # where the rate cap's schedule has the next batch start
 
     @property
     def paces(self) -> bool:
@@ -38,8 +53,12 @@ class Pacer:
         """A batch of ``rows`` rows ran from ``started`` to ``now``."""
         earliest = now + self.policy.sleep
         if self.policy.max_rows_per_second:
-            # The batch "costs" rows/rate seconds of budget counted from its start.
-            earliest = max(earliest, started + rows / self.policy.max_rows_per_second)
+            # The batch "costs" rows/rate seconds of budget, counted from when it was due
+            # if it started no later than PACING_GRACE after that (or before it: another
+            # worker's batch paid first), else from its start.
+            start = self.due if started <= self.due + PACING_GRACE else started
+            self.due = start + rows / self.policy.max_rows_per_second
+            earliest = max(earliest, self.due)
         self.next_start = max(self.next_start, earliest)
 
 
@@ -71,21 +90,49 @@ def clamp(policy: ThrottlePolicy, size: int, current: int) -> int:
     return max(floor, min(policy.max_batch_size, size))
 
 
+def paced_ceiling(rows_per_second: float | None) -> int | None:
+    """The most keys a batch holds under a rate cap (``None``: no cap, no ceiling)."""
+    if not rows_per_second or rows_per_second <= 0:
+        return None
+    return max(PACED_FLOOR, math.ceil(rows_per_second * PACED_SLICE))
+
+
 @dataclass
 class BatchSizer:
     """The batch size a runner's worker tasks share: adapted after each batch, cut after a
-    statement timeout."""
+    statement timeout, and under a rate cap no more than the cap's slice (``keys``).
+
+    ``size`` is the size without that ceiling: declared, adapted, or cut; it comes back
+    when the cap lifts or this runner's share of it grows."""
 
     policy: ThrottlePolicy
     size: int
+    ceiling: int | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.pace(self.policy.max_rows_per_second)
+
+    def pace(self, rows_per_second: float | None) -> None:
+        """This runner's rate cap (its share of the migration's budget) is now this."""
+        self.ceiling = paced_ceiling(rows_per_second)
+
+    def keys(self, size: int | None = None) -> int:
+        """The keys a batch claims: ``size`` (default: the current size) under the
+        ceiling."""
+        wanted = self.size if size is None else size
+        return wanted if self.ceiling is None else min(wanted, self.ceiling)
 
     def after_batch(self, seconds: float, rows: int) -> int:
-        """The size for the batch after one that took ``seconds`` (its work only)."""
-        return next_batch_size(self.policy, self.size, seconds, rows)
+        """The size after a batch that took ``seconds`` (its work only): adapted toward the
+        target from the keys it held (growing no further than the ceiling, and on from it
+        once it lifts); without a target the size stays."""
+        if not self.policy.target_batch_seconds:
+            return self.size
+        return self.keys(next_batch_size(self.policy, self.keys(), seconds, rows))
 
     def shrink(self) -> int:
         """A claim's lookup timed out: claim a tenth as many keys next time."""
-        self.size = shrink_after_timeout(self.policy, self.size)
+        self.size = shrink_after_timeout(self.policy, self.keys())
         return self.size
 
     def cut(self, keys: int) -> int:

@@ -117,7 +117,7 @@ class BatchWorker:
         try:
             c = await crew.store.claim(
                 conn,
-                size=crew.sizer.size,
+                size=crew.sizer.keys(),
                 timeouts=crew.settings.timeouts,
                 on_begin=lambda pid, at: crew.sessions.began(conn, (pid, at), whole=False),
                 on_claim=hold,
@@ -125,12 +125,12 @@ class BatchWorker:
         except BaseException:
             held.difference_update(claimed)  # not committed, or not known to be
             raise
-        if c is not None and c.keys > 2 * crew.sizer.size:
+        if c is not None and c.keys > 2 * crew.sizer.keys():
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
             try:
                 c = await crew.store.split(
-                    conn, c, crew.sizer.size, timeouts=crew.settings.timeouts
+                    conn, c, crew.sizer.keys(), timeouts=crew.settings.timeouts
                 )
             except BaseException:
                 # A retry claims afresh: this range, claimed but no longer held, must not

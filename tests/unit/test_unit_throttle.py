@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptopi_batch.settings import ThrottlePolicy
-from cryptopi_batch.throttle import Pacer, next_batch_size, shrink_after_timeout
+from cryptopi_batch.throttle import (
+    PACED_FLOOR,
+    PACED_SLICE,
+    PACING_GRACE,
+    BatchSizer,
+    Pacer,
+    next_batch_size,
+    shrink_after_timeout,
+)
 
 TARGET = ThrottlePolicy(target_batch_seconds=1.0, min_batch_size=10, max_batch_size=100_000)
 
@@ -78,11 +88,76 @@ def test_sleep_and_rate_together_take_the_later_start():
 
 def test_an_earlier_finishing_worker_does_not_pull_the_next_start_forward():
     """Workers share one pacer: a record that allows an earlier start must not override
-    one that demands a later start."""
+    one that demands a later start; its rows are paid after the others' (1,010 rows at 100
+    rows/s: 10.1 s)."""
     pacer = Pacer(ThrottlePolicy(max_rows_per_second=100.0))
     pacer.record(now=2.0, rows=1000, started=0.0)  # next start ≥ 10
     pacer.record(now=3.0, rows=10, started=2.5)  # alone: ≥ 2.6
-    assert pacer.delay(now=3.0) == pytest.approx(7.0)
+    assert pacer.delay(now=3.0) == pytest.approx(7.1)
+
+
+def test_batches_that_start_a_little_late_still_keep_to_the_cap():
+    """Small batches under a cap, each starting 1.5 ms after it was due (a timer's wake-up,
+    BEGIN's round trip): 100 batches of 1,000 rows at 100,000 rows/s take 1 s, not 1.15 s."""
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=100_000.0))
+    now = 0.0
+    for _ in range(100):
+        started = now
+        pacer.record(now=started + 0.003, rows=1_000, started=started)
+        now = started + 0.003 + pacer.delay(started + 0.003) + 0.0015
+    assert now - 0.0015 == pytest.approx(1.0, abs=0.002)
+
+
+def test_a_start_later_than_the_grace_starts_the_schedule_over():
+    """After a pause (another gate's wait), the budget not used is not caught up in a
+    burst: the next start counts from the late batch's own start."""
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=1_000.0))
+    pacer.record(now=0.1, rows=100, started=0.0)  # due at 0.1
+    pacer.record(now=5.1, rows=100, started=5.0)  # 4.9 s late
+    assert pacer.delay(now=5.1) == pytest.approx(0.0)
+    assert pacer.next_start == pytest.approx(5.1)
+    pacer.record(now=5.15, rows=100, started=5.1 + PACING_GRACE / 2)  # a little late
+    assert pacer.next_start == pytest.approx(5.2)
+
+
+# --- the batch size under a rate cap --------------------------------------------------
+
+
+def test_under_a_rate_cap_a_batch_holds_the_caps_slice_at_most():
+    sizer = BatchSizer(ThrottlePolicy(max_rows_per_second=97_703.0), 10_000)
+    assert sizer.ceiling == math.ceil(97_703 * PACED_SLICE)
+    assert sizer.keys() == sizer.ceiling
+    assert sizer.size == 10_000  # the declared size, kept for when the cap lifts
+    assert sizer.keys(500) == 500
+    assert BatchSizer(ThrottlePolicy(max_rows_per_second=50.0), 10_000).keys() == PACED_FLOOR
+    assert BatchSizer(ThrottlePolicy(), 10_000).keys() == 10_000
+
+
+def test_the_size_comes_back_when_the_runners_share_grows_or_the_cap_lifts():
+    sizer = BatchSizer(ThrottlePolicy(max_rows_per_second=100_000.0), 10_000)
+    sizer.pace(25_000.0)  # another runner joined: a quarter of the budget
+    assert sizer.keys() == math.ceil(25_000 * PACED_SLICE)
+    assert sizer.after_batch(0.01, 500) == 10_000  # no target: the size stays
+    sizer.pace(None)
+    assert sizer.keys() == 10_000
+
+
+def test_an_adapting_size_grows_no_further_than_the_ceiling_then_on_from_it():
+    policy = ThrottlePolicy(max_rows_per_second=100_000.0, target_batch_seconds=1.0)
+    sizer = BatchSizer(policy, 1_000)
+    ceiling = math.ceil(100_000 * PACED_SLICE)
+    for _ in range(5):  # far under the target: it would grow ×1.5 a batch
+        sizer.size = sizer.after_batch(0.01, sizer.keys())
+    assert sizer.size == ceiling
+    sizer.pace(None)
+    assert sizer.after_batch(0.01, sizer.keys()) == int(ceiling * 1.5)
+
+
+def test_a_shrink_under_the_ceiling_cuts_what_a_batch_held():
+    sizer = BatchSizer(ThrottlePolicy(max_rows_per_second=100_000.0), 10_000)
+    assert sizer.shrink() == math.ceil(100_000 * PACED_SLICE) // 10
+    sizer.pace(None)
+    assert sizer.keys() == sizer.size  # a cut stays after the cap lifts
 
 
 @settings(max_examples=200)
