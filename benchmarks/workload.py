@@ -2,19 +2,26 @@
 
 One run, phase after phase, each on a fresh identical copy of the table with a
 ``CHECKPOINT`` first: pgbench's single-row reads and writes (benchmarks/pgbench.py) alone,
-beside the single ``UPDATE``, beside ``cryptopi_batch run`` at its defaults, and beside
-``cryptopi_batch run --max-rows-per-second`` at 50 % and 25 % of the rate that run
-reached. pgbench runs for ``--phase-seconds``; the backfill starts ``LEAD_IN`` seconds
-into it, and a rate-capped one that has not finished a second before pgbench ends is
-stopped with SIGINT (resumable; its rows/s comes from ``ops.backfill_batches``). The
-workload's figures are those of the backfill's own window, from its first batch's start
-to its last commit (the idle phase: the same span of its phase).
+beside the single ``UPDATE``, beside the hand-written keyset loop, beside ``cryptopi_batch
+run`` at its defaults, and beside ``cryptopi_batch run --max-rows-per-second`` at 50 % and
+25 % of the rate that run reached; then beside no database work at all, a process that
+burns a CPU in the shape of the 25 % cap's batches (CPU_DUTY of every CPU_PERIOD): what
+that much CPU in such bursts costs the workload on this machine, whoever burns it.
+pgbench runs for ``--phase-seconds``; the backfill starts ``LEAD_IN`` seconds into it, and
+a rate-capped one that has not finished a second before pgbench ends is stopped with
+SIGINT (resumable; its rows/s comes from ``ops.backfill_batches``). The workload's figures
+are those of the backfill's own window, from its first batch's start to its last commit
+(the idle and CPU phases: the same span of their phase). With ``--repeat K`` every phase
+runs K times, round after round (the caps from the first round's rate), and the table
+shows medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +31,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from . import product
+from . import baselines, product
 from .baselines import SINGLE
 from .cluster import Server, verify_backfilled
 from .pgbench import Latency, Transaction, Workload, run_pgbench
@@ -33,6 +40,18 @@ LEAD_IN = 2.0  # seconds of workload before the backfill starts
 TAIL = 1.0  # a capped backfill is stopped this long before pgbench ends
 CAP_TOLERANCE = 0.10
 CAPS = (0.50, 0.25)
+# The CPU-only phase: busy CPU_DUTY of every CPU_PERIOD seconds, as a backfill capped at
+# 25 % of its rate is (its batches each hold the cap's 20 ms slice: ~5 ms of work).
+CPU_DUTY, CPU_PERIOD = 0.25, 0.020
+_BURN = """
+import sys, time
+duty, period, end = float(sys.argv[1]), float(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    t = time.perf_counter()
+    while time.perf_counter() - t < duty * period:
+        pass
+    time.sleep(period * (1 - duty))
+"""
 
 # The backfill's steady rate: rows after its first batch over the time from that batch's
 # commit to the last one's (a rate cap paces each batch's start after the one before).
@@ -64,6 +83,7 @@ class PhaseResult:
     workload: Latency
     backfill: Backfill | None = None
     cap: float | None = None
+    runs: int = 1  # of which this is the median
 
 
 def steady_rate(rows: int, first_rows: int, first_end: float, last_end: float) -> float:
@@ -88,6 +108,19 @@ async def _single_update(dsn: str) -> Backfill:
         await conn.close()
     rows = int(status.rsplit(" ", 1)[-1])
     return Backfill(start, end, rows, rows / (end - start), True)
+
+
+async def _keyset_loop(dsn: str) -> Backfill:
+    run = await baselines.keyset_loop(dsn)
+    wall = time.time() - time.monotonic()  # the loop's clock is monotonic
+    return Backfill(run.start + wall, run.end + wall, run.rows, run.rows / run.seconds, True)
+
+
+async def _burn_cpu(until: float) -> None:
+    """A process busy CPU_DUTY of every CPU_PERIOD until ``until`` (epoch seconds)."""
+    await anyio.run_process(
+        [sys.executable, "-c", _BURN, str(CPU_DUTY), str(CPU_PERIOD), str(until - time.time())]
+    )
 
 
 async def _cryptopi(dsn: str, migrations: Path, deadline: float, *extra: str) -> Backfill:
@@ -141,9 +174,14 @@ async def _phase(
         if key == "idle":
             await anyio.sleep(max(deadline - time.time(), 0.0))
             window = (began + LEAD_IN, deadline)
+        elif key == "cpu":
+            await _burn_cpu(deadline)
+            window = (began + LEAD_IN, deadline)
         else:
             if key == "single":
                 backfill = await _single_update(dsn)
+            elif key == "keyset":
+                backfill = await _keyset_loop(dsn)
             else:
                 extra = ("--max-rows-per-second", f"{cap:.0f}") if cap else ()
                 backfill = await _cryptopi(dsn, args.migrations_dir, deadline, *extra)
@@ -154,27 +192,44 @@ async def _phase(
     return PhaseResult(key, label, Latency.of(txns, *window), backfill, cap)
 
 
+PLAN = [
+    ("idle", "workload alone (idle)"),
+    ("single", "single UPDATE"),
+    ("keyset", "hand-written keyset loop"),
+    ("cryptopi", "cryptopi_batch run"),
+]
+CPU_LABEL = f"no backfill: CPU busy {CPU_DUTY:.0%} in {CPU_DUTY * CPU_PERIOD * 1000:g} ms bursts"
+
+
 async def run(server: Server, args: argparse.Namespace, console: Console) -> dict[str, object]:
-    """Every phase, the table, the bars and (``--plot``) the PNG; returns the figures."""
+    """Every phase (``--repeat`` rounds of them), the table of medians, the bars and
+    (``--plot``) the PNG; returns the figures."""
     workload = Workload(rate=args.workload_rate)
-    results: list[PhaseResult] = []
-    plan = [
-        ("idle", "workload alone (idle)"),
-        ("single", "single UPDATE"),
-        ("cryptopi", "cryptopi_batch run"),
-    ]
-    for key, label in plan:
-        console.print(f"workload: {label} …", end=" ")
-        results.append(await _phase(server, args, workload, key, label))
-        console.print(_summary(results[-1]))
-    defaults = results[-1].backfill
-    assert defaults is not None
-    for share in CAPS:
-        cap = defaults.rows_per_second * share
-        key, label = f"cap-{share * 100:.0f}", f"… capped at {share:.0%}: {cap:,.0f} rows/s"
-        console.print(f"workload: {label} …", end=" ")
-        results.append(await _phase(server, args, workload, key, label, cap))
-        console.print(_summary(results[-1]))
+    rounds = max(1, args.repeat)
+    runs: dict[str, list[PhaseResult]] = {}
+    caps: list[tuple[str, str, float]] = []
+
+    async def one(i: int, key: str, label: str, cap: float | None = None) -> PhaseResult:
+        console.print(f"[{i + 1}/{rounds}] workload: {label} …", end=" ")
+        r = await _phase(server, args, workload, key, label, cap)
+        console.print(_summary(r))
+        runs.setdefault(key, []).append(r)
+        return r
+
+    for i in range(rounds):
+        for key, label in PLAN:
+            await one(i, key, label)
+        if not caps:  # from the first round's rate, the same in every round
+            defaults = runs["cryptopi"][0].backfill
+            assert defaults is not None
+            for share in CAPS:
+                cap = defaults.rows_per_second * share
+                label = f"… capped at {share:.0%}: {cap:,.0f} rows/s"
+                caps.append((f"cap-{share * 100:.0f}", label, cap))
+        for key, label, cap in caps:
+            await one(i, key, label, cap)
+        await one(i, "cpu", CPU_LABEL)
+    results = [median_result(rs) for rs in runs.values()]
     console.print()
     console.print(table(results, args, workload))
     console.print(bars(results))
@@ -184,8 +239,39 @@ async def run(server: Server, args: argparse.Namespace, console: Console) -> dic
     return {
         "workload": asdict(workload),
         "phase_seconds": args.phase_seconds,
+        "rounds": rounds,
         "phases": [asdict(r) for r in results],
+        "runs": {k: [asdict(r) for r in rs] for k, rs in runs.items()},
     }
+
+
+def median_result(rs: list[PhaseResult]) -> PhaseResult:
+    """One phase's runs as one: the median of each figure (the backfill's too)."""
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    ws = [r.workload for r in rs]
+    w = Latency(
+        transactions=int(med([x.transactions for x in ws])),
+        seconds=med([x.seconds for x in ws]),
+        tps=med([x.tps for x in ws]),
+        p50_ms=med([x.p50_ms for x in ws]),
+        p99_ms=med([x.p99_ms for x in ws]),
+        max_ms=med([x.max_ms for x in ws]),
+    )
+    backfill = None
+    bs = [r.backfill for r in rs if r.backfill is not None]
+    if bs:
+        backfill = Backfill(
+            start=0.0,
+            end=med([b.end - b.start for b in bs]),
+            rows=int(med([b.rows for b in bs])),
+            rows_per_second=med([b.rows_per_second for b in bs]),
+            finished=all(b.finished for b in bs),
+        )
+    first = rs[0]
+    return PhaseResult(first.key, first.label, w, backfill, first.cap, len(rs))
 
 
 def _summary(r: PhaseResult) -> str:
@@ -206,7 +292,8 @@ def table(results: list[PhaseResult], args: argparse.Namespace, workload: Worklo
     t = Table(
         title=f"{args.rows:,} rows; pgbench: {workload.clients} clients, {workload.threads}"
         f" threads, {rate}, each a SELECT and an UPDATE of one random row by id; figures of"
-        " the backfill's window; fresh identical table and CHECKPOINT before every phase",
+        " the backfill's window; fresh identical table and CHECKPOINT before every phase"
+        + (f"; median of {results[0].runs} rounds" if results[0].runs > 1 else ""),
         title_justify="left",
     )
     for col in (
@@ -247,7 +334,9 @@ def table(results: list[PhaseResult], args: argparse.Namespace, workload: Worklo
         " share of its rate. backfill rows/s: the single UPDATE's rows over its seconds;"
         " cryptopi_batch's steady rate from ops.backfill_batches (rows after the first"
         " batch over the first to the last commit). Latency counts from each"
-        " transaction's scheduled start (pgbench -R)."
+        " transaction's scheduled start (pgbench -R). The last row runs no database work:"
+        " a process burns a CPU in the 25 % cap's shape, for what such bursts cost the"
+        " workload on this machine."
     )
     t.caption_justify = "left"
     return t
@@ -280,12 +369,19 @@ def bars(results: list[PhaseResult]) -> str:
                 f" ({measured / r.cap:.3f}×)",
                 cap_honoured(measured, r.cap),
             )
+    if "cpu" in by_key:
+        c = by_key["cpu"].workload
+        out.append(
+            f"  for reference, no database work, a CPU busy {CPU_DUTY:.0%} in"
+            f" {CPU_DUTY * CPU_PERIOD * 1000:g} ms bursts: p99 {c.p99_ms / idle.p99_ms:.2f}× idle"
+        )
     return "\n".join(out)
 
 
 _SHORT = {
     "idle": "workload alone",
     "single": "single UPDATE",
+    "keyset": "keyset loop",
     "cryptopi": "cryptopi_batch run",
     "cap-50": "cap 50 %",
     "cap-25": "cap 25 %",
@@ -302,6 +398,16 @@ def plot(results: list[PhaseResult], path: Path) -> None:
     idle = results[0].workload.p99_ms
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for r in results:
+        if r.key == "cpu":
+            ax.axhline(
+                r.workload.p99_ms,
+                color="tab:red",
+                linestyle="-.",
+                linewidth=0.8,
+                label=f"no backfill, CPU busy {CPU_DUTY:.0%} in bursts"
+                f" ({r.workload.p99_ms:.1f} ms)",
+            )
+            continue
         x = r.backfill.rows_per_second / 1000 if r.backfill else 0.0
         marker = "s" if r.key == "single" else "o"
         ax.scatter([x], [r.workload.p99_ms], marker=marker, zorder=3)

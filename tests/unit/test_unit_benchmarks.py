@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.eta import Sample, checks, worst
 from benchmarks.pgbench import Latency, Transaction, Workload, parse_log
-from benchmarks.workload import cap_honoured, steady_rate
+from benchmarks.workload import Backfill, PhaseResult, cap_honoured, median_result, steady_rate
 
 
 def test_parse_log_reads_latency_and_end_and_sorts_by_end() -> None:
@@ -101,3 +101,18 @@ def test_eta_checks_from_ten_percent_before_the_finish() -> None:
     assert found[1].of_run == pytest.approx(0.1)
     assert worst([c.of_remaining for c in found]) == pytest.approx(0.2)
     assert math.isnan(worst([]))
+
+
+def test_a_workload_phase_run_in_rounds_shows_the_median_of_each_figure() -> None:
+    def run(p99: float, rate: float, finished: bool = True) -> PhaseResult:
+        w = Latency(transactions=100, seconds=10.0, tps=400.0, p50_ms=0.5, p99_ms=p99, max_ms=p99)
+        b = Backfill(start=5.0, end=7.0, rows=1000, rows_per_second=rate, finished=finished)
+        return PhaseResult("cap-25", "capped", w, b, cap=100.0)
+
+    m = median_result([run(3.0, 98.0), run(9.0, 101.0, finished=False), run(4.0, 99.0)])
+    assert (m.workload.p99_ms, m.workload.max_ms) == (4.0, 4.0)
+    assert m.backfill is not None
+    assert m.backfill.rows_per_second == 99.0
+    assert m.backfill.end - m.backfill.start == 2.0
+    assert not m.backfill.finished  # one round stopped short: said so
+    assert (m.runs, m.cap) == (3, 100.0)
