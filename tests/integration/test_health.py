@@ -8,6 +8,7 @@ and waiting reason as ``status`` reports it, ops.backfill_batches' sizes and tim
 
 from __future__ import annotations
 
+import math
 import os
 import pwd
 import shutil
@@ -27,6 +28,7 @@ from cryptopi_batch import commands
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.embedded import EmbeddedCluster
 from cryptopi_batch.report import StatusRow
+from cryptopi_batch.throttle import PACED_SLICE
 
 pytestmark = pytest.mark.anyio
 
@@ -335,6 +337,26 @@ async def test_two_runners_share_the_migrations_rate_budget(
     )
     assert runners == 2
     rate = await _rate(conn, name, skip_first=1.5)
+    assert abs(rate - budget) / budget < 0.1, rate
+
+
+async def test_under_a_rate_cap_batches_hold_the_caps_slice_and_keep_to_the_cap(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """batch_size=5,000 under --max-rows-per-second 20,000: every batch holds at most the
+    cap's 20 ms slice (400 keys), fifty short batches a second, and the run still keeps to
+    the cap (a batch that starts a little late is counted from when it was due)."""
+    rows, budget = 100_000, 20_000.0
+    ceiling = math.ceil(budget * PACED_SLICE)
+    await seed_table(conn, rows=rows)
+    name = write_migration(tmp_path, "sliced", sql_migration(TABLE, batch_size=5_000))
+    await run(dsn, tmp_path, name, max_rows_per_second=budget)
+    await assert_completed(conn, name, TABLE, rows)
+    largest = await conn.fetchval(
+        "SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1", name
+    )
+    assert largest == ceiling
+    rate = await _rate(conn, name, skip_first=0.5)
     assert abs(rate - budget) / budget < 0.1, rate
 
 
