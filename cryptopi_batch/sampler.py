@@ -301,6 +301,7 @@ class Sampler:
                 live_workers=max(row.live_workers, self.workers),
                 workers=self.workers,
                 wal_bytes_per_second=None if wal is None else round(wal),
+                batch_size=self.sizer.keys(),  # under the share's 20 ms slice
             )
 
     async def _probe(

@@ -3,6 +3,7 @@ silence makes of its gate, the batch size cut on blocking, and the budget's shar
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from cryptopi_batch.admission import Admission, Pacing
 from cryptopi_batch.health import Blocked, BudgetRow, Holder, Replica
 from cryptopi_batch.sampler import Sampler, build_gates
 from cryptopi_batch.settings import HealthLimits, ThrottlePolicy
-from cryptopi_batch.throttle import BatchSizer
+from cryptopi_batch.throttle import PACED_SLICE, BatchSizer
 
 pytestmark = pytest.mark.anyio
 
@@ -182,6 +183,18 @@ async def test_the_rate_budget_is_shared_by_live_workers():
     await s.sample()
     pacing = next(g for g in s.admission.gates if isinstance(g, Pacing))
     assert pacing.pacer.policy.max_rows_per_second == 250.0
+
+
+async def test_the_batch_size_follows_this_runners_share_of_the_budget():
+    """A share of 25,000 rows/s: batches of its 20 ms slice, 500 keys (the declared size
+    is 1,000); the budget gone, the declared size again."""
+    probes = FakeProbes({"budget": BudgetRow(100_000.0, None, 0, 4)})
+    s = make(probes, workers=1)
+    await s.sample()
+    assert s.sizer.keys() == math.ceil(25_000 * PACED_SLICE) == 500
+    probes.answers["budget"] = BudgetRow(None, None, 0, 4)
+    await s.sample()
+    assert s.sizer.keys() == 1000
 
 
 async def test_throttle_changed_is_logged_when_the_holding_gate_changes_not_its_value():
