@@ -183,7 +183,7 @@ class Deadline:
 class Latch:
     """Waits, unreported, until opened: the first batch waits for the health gates' first
     readings, taken while its range is claimed. Whoever opens it wakes the waiting
-    workers (``StopSignal.nudge``); ``poll`` bounds a wait should that wake be missed."""
+    workers (``StopSignal.release``); ``poll`` bounds a wait should that wake be missed."""
 
     def __init__(self, name: str, reason: str, poll: float = 1.0) -> None:
         self.name = name

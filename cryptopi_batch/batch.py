@@ -151,6 +151,7 @@ class BatchRun:
     async def _transaction(self, conn: asyncpg.Connection, c: Claim, attempts: int) -> Claim | None:
         crew = self.crew
         started = time.monotonic()
+        cuts = crew.sizer.cuts  # a cut while this batch runs outlives its next size
         nxt: Claim | None = None
         session = await crew.sessions.identify(conn)
         begun, self._begun = self._begun, False
@@ -193,7 +194,8 @@ class BatchRun:
         try:
             crew.control.held.discard(c.id)
             self._crash("after_commit")
-            crew.sizer.size = next_size
+            crew.sizer.adopt(next_size, cuts)
+            crew.sizer.observe(c.keys, rows)
             crew.stop.admission.record(BatchDone(started, time.monotonic(), rows))
             crew.tally.committed(rows, c.keys)
             log.info(

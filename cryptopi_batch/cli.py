@@ -95,8 +95,7 @@ async def _run(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     safety.confirm_write(safety.environment(args.env), f"run {args.name} writes", yes=args.yes)
     bar = None
     if not args.no_progress and args.log_format == "console":
-        # Imported here, as the tables' and the flow's modules: a run's start is timed.
-        from .bar import terminal_bar  # noqa: PLC0415
+        from .bar import terminal_bar  # noqa: PLC0415 -- here, as report and cli_flow: a run's start is timed
 
         bar = terminal_bar()
     show_bar = bar is not None
@@ -279,9 +278,13 @@ async def _flow(args: argparse.Namespace, connection: ConnectionSettings) -> int
     """``migrate``, ``plan``, ``new``, ``rollback``: :mod:`cli_flow`, imported when used."""
     from . import cli_flow  # noqa: PLC0415 -- as _run's bar
 
-    handler: Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]
-    handler = getattr(cli_flow, f"{args.command}_command")
-    return await handler(args, connection)
+    handlers: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {
+        "migrate": cli_flow.migrate_command,
+        "plan": cli_flow.plan_command,
+        "new": cli_flow.new_command,
+        "rollback": cli_flow.rollback_command,
+    }
+    return await handlers[args.command](args, connection)
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace, ConnectionSettings], Awaitable[int]]] = {

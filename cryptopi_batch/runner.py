@@ -158,7 +158,7 @@ class Runner:
                 # its range is claimed.
                 first = Latch("health", "the health gates' first readings")
                 sampler = self._sampler(crew, first)
-                outer.start_soon(sampler.run, finished, lambda: stop.open(first))
+                outer.start_soon(sampler.run, finished, lambda: stop.release(first))
                 async with anyio.create_task_group() as side:
                     if self.handle_signals:
                         side.start_soon(stop.listen, outer.cancel_scope)

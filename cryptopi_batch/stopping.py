@@ -39,7 +39,7 @@ class StopSignal:
         self._event.set()
         self._wake.set()
 
-    def open(self, latch: Latch) -> None:
+    def release(self, latch: Latch) -> None:
         """Open ``latch`` and wake the worker tasks waiting on it."""
         latch.opened = True
         if not self._event.is_set():  # a stop keeps them awake anyway

@@ -20,6 +20,8 @@ OVERRUN = 5.0  # a batch past 5× the target is cut hard
 # the rate (docs/benchmarks.md, "beside an application workload").
 PACED_SLICE = 0.02
 PACED_FLOOR = 100
+MIN_DENSITY = 1e-4  # rows per key counted at least (a range changing nothing: no ceiling)
+DENSITY_WEIGHT = 0.2  # of the latest batch in the rows-per-key estimate
 # The rate cap's schedule forgives a batch that starts up to PACING_GRACE seconds late (a
 # timer's wake-up, the BEGIN's round trip): the next start counts from where the last was
 # due, so small batches keep to the cap instead of losing those milliseconds each time.
@@ -90,11 +92,14 @@ def clamp(policy: ThrottlePolicy, size: int, current: int) -> int:
     return max(floor, min(policy.max_batch_size, size))
 
 
-def paced_ceiling(rows_per_second: float | None) -> int | None:
-    """The most keys a batch holds under a rate cap (``None``: no cap, no ceiling)."""
+def paced_ceiling(rows_per_second: float | None, rows_per_key: float = 1.0) -> int | None:
+    """The most keys a batch holds under a rate cap (``None``: no cap, no ceiling): the
+    keys that hold the cap's PACED_SLICE of rows, at ``rows_per_key`` rows changed per key
+    (a sparse backfill, one row in a hundred keys, takes a hundred times the keys)."""
     if not rows_per_second or rows_per_second <= 0:
         return None
-    return max(PACED_FLOOR, math.ceil(rows_per_second * PACED_SLICE))
+    rows = rows_per_second * PACED_SLICE
+    return max(PACED_FLOOR, math.ceil(rows / max(rows_per_key, MIN_DENSITY)))
 
 
 @dataclass
@@ -103,18 +108,31 @@ class BatchSizer:
     statement timeout, and under a rate cap no more than the cap's slice (``keys``).
 
     ``size`` is the size without that ceiling: declared, adapted, or cut; it comes back
-    when the cap lifts or this runner's share of it grows."""
+    when the cap lifts or this runner's share of it grows. ``cuts`` counts the cuts, so
+    that a size worked out before one does not undo it (:meth:`adopt`)."""
 
     policy: ThrottlePolicy
     size: int
     ceiling: int | None = field(default=None, init=False)
+    rows_per_key: float = field(default=1.0, init=False)  # recent batches' rows per key
+    cuts: int = field(default=0, init=False)
+    _rate: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.pace(self.policy.max_rows_per_second)
 
     def pace(self, rows_per_second: float | None) -> None:
         """This runner's rate cap (its share of the migration's budget) is now this."""
-        self.ceiling = paced_ceiling(rows_per_second)
+        self._rate = rows_per_second
+        self.ceiling = paced_ceiling(rows_per_second, self.rows_per_key)
+
+    def observe(self, keys: int, rows: int) -> None:
+        """A committed batch of ``keys`` keys changed ``rows`` rows: the ceiling follows
+        the rows per key, so that a slice of the cap is a slice of rows."""
+        if keys > 0:
+            density = rows / keys
+            self.rows_per_key += DENSITY_WEIGHT * (density - self.rows_per_key)
+            self.ceiling = paced_ceiling(self._rate, self.rows_per_key)
 
     def keys(self, size: int | None = None) -> int:
         """The keys a batch claims: ``size`` (default: the current size) under the
@@ -130,9 +148,18 @@ class BatchSizer:
             return self.size
         return self.keys(next_batch_size(self.policy, self.keys(), seconds, rows))
 
+    def adopt(self, size: int, cuts: int) -> None:
+        """``size``, worked out from a batch when ``cuts`` cuts had been made, becomes the
+        size, unless a cut came since (the sampler's, on a blocked session, or another
+        worker's timeout): that one stands."""
+        if cuts == self.cuts:
+            self.size = size
+
     def shrink(self) -> int:
-        """A claim's lookup timed out: claim a tenth as many keys next time."""
+        """A claim's lookup timed out, or a session waits on ours: claim a tenth as many
+        keys next time."""
         self.size = shrink_after_timeout(self.policy, self.keys())
+        self.cuts += 1
         return self.size
 
     def cut(self, keys: int) -> int:
@@ -140,4 +167,5 @@ class BatchSizer:
         from now on)."""
         smaller = shrink_after_timeout(self.policy, keys)
         self.size = min(self.size, smaller)
+        self.cuts += 1
         return smaller

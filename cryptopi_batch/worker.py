@@ -3,6 +3,7 @@ transaction, the checkpoint that claims the next range, retries) → again."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Callable
@@ -92,7 +93,7 @@ class BatchWorker:
                     if not isinstance(decision, Go):
                         await crew.stop.wait(decision)
                         continue
-                    conn, c = await self._batches.run(conn, c)
+                    conn, c = await self._run_batch(conn, c)
             except Exception as exc:
                 crew.failure = crew.failure or exc
                 crew.stop.request("a batch failed")
@@ -129,15 +130,29 @@ class BatchWorker:
             # An open range from before a shrink (a split's remainder, a lapsed lease) is
             # cut to today's size rather than timing out again at its old one.
             try:
-                c = await crew.store.split(
-                    conn, c, crew.sizer.keys(), timeouts=crew.settings.timeouts
-                )
+                c = await self._fit(conn, c)
             except BaseException:
                 # A retry claims afresh: this range, claimed but no longer held, must not
                 # keep its lease alive (it lapses, or is handed back on reconnecting).
                 held.discard(c.id)
                 raise
         return c
+
+    async def _run_batch(
+        self, conn: asyncpg.Connection | None, c: Claim
+    ) -> tuple[asyncpg.Connection | None, Claim | None]:
+        """Run claim ``c``'s batch (:class:`batch.BatchRun`), cut first if it was claimed
+        at a size since lowered: this runner's first share of a budget, read while it was
+        claimed; a share that fell; a cut."""
+        if c.keys > 2 * self.crew.sizer.keys():
+            conn, c = await self.crew.sessions.with_conn(conn, functools.partial(self._fit, c=c))
+        return await self._batches.run(conn, c)
+
+    async def _fit(self, conn: asyncpg.Connection, c: Claim) -> Claim:
+        """Claim ``c`` cut to today's size, the rest pending for any worker (one short
+        transaction: failed, ``c`` is as it was, still held)."""
+        crew = self.crew
+        return await crew.store.split(conn, c, crew.sizer.keys(), timeouts=crew.settings.timeouts)
 
 
 class CrashPoint:

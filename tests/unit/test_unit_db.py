@@ -3,8 +3,10 @@ statement cache the environment asks for."""
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 
 from cryptopi_batch.db import (
@@ -13,6 +15,7 @@ from cryptopi_batch.db import (
     ConnectionSettings,
     InvalidDsn,
     check_url,
+    let_go,
     parse_dsn,
 )
 from cryptopi_batch.errors import UsageError
@@ -297,3 +300,35 @@ def test_passwords_in_the_password_file_are_redacted(monkeypatch, tmp_path):
     other.write_text("*:*:*:*:KvFil3Secret\n")
     kv = ConnectionSettings(dsn=f"host=db passfile={other}")
     assert "KvFil3Secret" not in kv.redact("KvFil3Secret")
+
+
+class _Conn:
+    """Stands for a connection at a run's end: idle, or with a transaction open."""
+
+    def __init__(self, *, in_transaction: bool) -> None:
+        self.in_transaction = in_transaction
+        self.how: str | None = None
+
+    def is_closed(self) -> bool:
+        return self.how is not None
+
+    def is_in_transaction(self) -> bool:
+        return self.in_transaction
+
+    def terminate(self) -> None:
+        self.how = "terminated"
+
+    async def close(self, timeout: float | None = None) -> None:
+        self.how = "closed"
+
+
+@pytest.mark.anyio
+async def test_an_idle_connection_is_dropped_one_in_a_transaction_is_closed() -> None:
+    """At a run's end an idle connection is dropped without waiting for the server's
+    goodbye; one with a transaction open (a COMMIT that began the next one) is closed,
+    so that the server ends it as a client's goodbye, not as a lost client."""
+    idle, busy = _Conn(in_transaction=False), _Conn(in_transaction=True)
+    await let_go(cast("asyncpg.Connection", idle))
+    await let_go(cast("asyncpg.Connection", busy))
+    await let_go(None)
+    assert (idle.how, busy.how) == ("terminated", "closed")

@@ -127,3 +127,19 @@ def test_every_other_command_loads_without_the_embedded_extra(tmp_path: Path) ->
         [sys.executable, "-c", probe], capture_output=True, text=True, check=False
     )
     assert imported.returncode == 0, imported.stderr
+
+
+def test_a_run_imports_no_module_of_the_other_commands() -> None:
+    """What `run` imports is paid at every start (docs/benchmarks.md): the tables, the
+    progress bar, the flow's commands and pause/resume/cancel's replies are imported only
+    by the commands that use them."""
+    probe = (
+        "import sys; import cryptopi_batch.__main__, cryptopi_batch.runner;"
+        " print(' '.join(sorted(m for m in sys.modules if m.startswith('cryptopi_batch'))))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "cryptopi_batch.runner" in imported
+    for other in ("report", "bar", "cli_flow", "control_rules", "migrate", "plan", "demo"):
+        assert f"cryptopi_batch.{other}" not in imported

@@ -269,3 +269,65 @@ def test_shrink_after_timeout_is_within_bounds_and_never_grows(current, lo, span
     size = shrink_after_timeout(policy, current)
     assert 1 <= size <= current
     assert size <= policy.max_batch_size
+
+
+def test_the_share_growing_back_lifts_the_ceiling_with_it():
+    sizer = BatchSizer(ThrottlePolicy(max_rows_per_second=50_000.0), 10_000)
+    sizer.pace(10_000.0)
+    assert sizer.keys() == 200
+    sizer.pace(50_000.0)  # the other runner ended: the whole budget again
+    assert sizer.keys() == 1_000
+
+
+def test_a_sparse_backfill_takes_more_keys_for_the_same_slice_of_rows():
+    """One row changed in a hundred keys: the slice (400 rows at 20,000 rows/s) is ~40,000
+    keys, so the declared 5,000 stand; five rows a key: 80 keys, lifted to the floor."""
+    sparse = BatchSizer(ThrottlePolicy(max_rows_per_second=20_000.0), 5_000)
+    assert sparse.keys() == 400  # rows per key not seen yet: one
+    for _ in range(30):
+        sparse.observe(keys=sparse.keys(), rows=sparse.keys() // 100)
+    assert sparse.keys() == 5_000
+    dense = BatchSizer(ThrottlePolicy(max_rows_per_second=20_000.0), 5_000)
+    for _ in range(30):
+        dense.observe(keys=dense.keys(), rows=dense.keys() * 5)
+    assert dense.keys() == PACED_FLOOR
+
+
+def test_a_cut_made_while_a_batch_ran_is_not_undone_by_its_next_size():
+    """The sampler cuts the size (a session waits on a batch) while another batch awaits
+    its checkpoint; that batch's next size, worked out before the cut, does not stand."""
+    sizer = BatchSizer(ThrottlePolicy(), 10_000)
+    cuts = sizer.cuts  # the batch starts
+    next_size = sizer.after_batch(0.5, 10_000)
+    assert sizer.shrink() == 1_000  # meanwhile
+    sizer.adopt(next_size, cuts)  # the batch commits
+    assert sizer.size == 1_000
+    sizer.adopt(2_000, sizer.cuts)  # a batch that started after the cut
+    assert sizer.size == 2_000
+
+
+@settings(max_examples=300)
+@given(
+    rate=st.floats(10.0, 1e6),
+    batches=st.lists(
+        st.tuples(st.integers(1, 50_000), st.floats(0.0, PACING_GRACE)), min_size=2, max_size=30
+    ),
+)
+def test_starts_up_to_the_grace_late_never_let_more_than_a_grace_of_rows_through(
+    rate: float, batches: list[tuple[int, float]]
+):
+    """Each batch starts as soon as the pacer allows, plus up to PACING_GRACE late: over
+    any run of batches the rows stay under the rate by at most the grace's worth."""
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=rate))
+    starts: list[float] = []
+    now = 0.0
+    for rows, late in batches:
+        start = now + pacer.delay(now) + late
+        starts.append(start)
+        pacer.record(now=start, rows=rows, started=start)  # work itself takes no time
+        now = start
+    for i in range(len(starts)):
+        for j in range(i + 1, len(starts)):
+            rows = sum(r for r, _ in batches[i:j])
+            allowed = rate * (starts[j] - starts[i] + PACING_GRACE)
+            assert rows <= allowed * (1 + 1e-9) + 1e-6

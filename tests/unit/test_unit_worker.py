@@ -295,7 +295,7 @@ async def test_the_first_batch_starts_once_the_first_readings_are_in_not_a_poll_
 
     def open_latch() -> None:
         opened_at.append(time.monotonic())
-        crew.stop.open(latch)
+        crew.stop.release(latch)
 
     if opened_during_claim:
         claim = store.claim
@@ -318,3 +318,40 @@ async def test_the_first_batch_starts_once_the_first_readings_are_in_not_a_poll_
     assert batch.started - opened_at[0] < 1.0
     assert store.calls == [("claim", 100)]
     assert isinstance(crew.failure, Refused)
+
+
+class CuttingStore(FakeStore):
+    async def split(self, conn: object, c: Claim, size: int, **_: Any) -> Claim:
+        self.calls.append(("split", size))
+        return Claim(c.id, c.range, size, c.attempts)
+
+
+async def test_a_range_claimed_before_the_budgets_share_was_read_is_cut_before_its_batch():
+    """The first range is claimed while the sampler takes its first readings, at the size
+    the whole budget allows (800 keys at 40,000 rows/s); the share read meanwhile is a
+    quarter (200 keys): the batch runs on a range cut to it."""
+    store = CuttingStore(claims=[Claim(7, RANGE, 800, 0)])
+    admission = Admission()
+    crew = _crew(store, admission, batch_size=1_000)
+    crew.sizer = BatchSizer(ThrottlePolicy(max_rows_per_second=40_000.0), 1_000)
+    ran: list[Claim] = []
+
+    class Recorder:
+        async def run(self, conn: object, c: Claim) -> tuple[object, Claim | None]:
+            ran.append(c)
+            raise Refused
+
+    worker = BatchWorker(crew, 0)
+    worker._batches = cast("BatchRun", Recorder())
+    claim = store.claim
+
+    async def claim_then_share(conn: object, **kw: Any) -> Claim | None:
+        c = await claim(conn, **kw)
+        crew.sizer.pace(10_000.0)  # the sampler's first round: a quarter of the budget
+        return c
+
+    store.claim = claim_then_share  # type: ignore[method-assign]
+    with anyio.fail_after(5):
+        await worker.run()
+    assert store.calls == [("claim", 800), ("split", 200)]
+    assert [c.keys for c in ran] == [200]
