@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -109,6 +109,23 @@ def run_in_thread(func: Callable[[], Awaitable[T]]) -> T:
     if errors:
         raise errors[0]
     return box["result"]
+
+
+def query_now(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """``sql``'s rows, from a synchronous test, on a connection of its own; several
+    statements without arguments go as one simple-protocol message (no rows)."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if not args and ";" in sql:
+                await conn.execute(sql)
+                return []
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return run_in_thread(go)
 
 
 async def connect(dsn: str, *, server_settings: dict[str, str] | None = None) -> asyncpg.Connection:

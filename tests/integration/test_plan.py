@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import run_cli, run_in_thread
+from helpers import query_now, run_cli, run_in_thread
 from test_flow import flow_dir, migrate, seed, write
 
 COUNTERS = (
@@ -26,20 +26,6 @@ from cryptopi_batch import Backfill
 migration = Backfill(table="matrices.dyn_values", batch_size=100,
                      sql="UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {range}")
 '''
-
-
-def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            if not args and ";" in sql:
-                await conn.execute(sql)
-                return []
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return run_in_thread(go)
 
 
 def database_state(dsn: str) -> dict[str, Any]:
@@ -99,8 +85,8 @@ def test_a_sample_times_the_first_batch_and_rolls_it_back(dsn: str, tmp_path: Pa
     assert found["sample_rows"] == 100
     assert found["sample_seconds"] > 0
     assert found["estimated_seconds"] == pytest.approx(found["sample_seconds"] * 5)
-    assert fetch(dsn, "SELECT sum(touched) AS s FROM matrices.dyn_values")[0]["s"] == 0
-    assert fetch(dsn, "SELECT to_regnamespace('ops') AS o")[0]["o"] is None
+    assert query_now(dsn, "SELECT sum(touched) AS s FROM matrices.dyn_values")[0]["s"] == 0
+    assert query_now(dsn, "SELECT to_regnamespace('ops') AS o")[0]["o"] is None
 
 
 def test_plan_says_the_range_the_batches_and_the_first_batch(dsn: str, tmp_path: Path) -> None:
@@ -161,7 +147,7 @@ WARNINGS = {
 def test_plan_warns(dsn: str, tmp_path: Path, case: str) -> None:
     setup, source, warning = WARNINGS[case]
     seed(dsn)
-    fetch(dsn, setup + ";")
+    query_now(dsn, setup + ";")
     directory = tmp_path / "migrations"
     write(directory, "20250301_0900_touch.py", source)
     found = plan(dsn, directory, "touch", "--json")
@@ -245,5 +231,5 @@ def test_bad_input_is_one_line_and_exit_2(
     result = run_cli(*args, "--migrations-dir", str(directory), dsn=dsn)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [message]
-    assert fetch(dsn, "SELECT to_regnamespace('ops') AS o")[0]["o"] is None
+    assert query_now(dsn, "SELECT to_regnamespace('ops') AS o")[0]["o"] is None
     assert sorted(p.name for p in directory.iterdir()) == before
