@@ -38,8 +38,9 @@ async def migrate_command(args: argparse.Namespace, connection: ConnectionSettin
     env = safety.environment(args.env)
     if safety.protected(env):
         found = await migrate.pending(directory=directory, connection=connection, to=args.to)
-        names = ", ".join(p.file.filename for p in found) or "nothing"
-        safety.confirm_write(env, f"migrate applies {names}", yes=args.yes)
+        if found:  # nothing pending writes nothing: exit 0 without asking, as elsewhere
+            names = ", ".join(p.file.filename for p in found)
+            safety.confirm_write(env, f"migrate applies {names}", yes=args.yes)
     # A progress bar for each backfill, as `run` shows it; the files' lines between them.
     show_bar = not args.no_progress and args.log_format == "console"
     first = terminal_bar() if show_bar else None

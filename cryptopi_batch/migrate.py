@@ -20,7 +20,7 @@ import asyncpg
 from . import commands, schema
 from .db import ConnectionSettings, close_quietly
 from .discovery import MigrationFile, discover, load, project_settings, resolve
-from .errors import CouldNotStart, Pending, UsageError
+from .errors import CouldNotStart, Pending, TargetInvalid, UsageError
 from .opsstore import OPS
 from .preflight import (
     MIGRATIONS_SHAPE,
@@ -64,8 +64,6 @@ async def pending(
 ) -> list[PendingFile]:
     """The files `migrate` would run, in order; writes nothing. With ``estimate``, each
     backfill's rows (the planner's statistics) and batches."""
-    from .target import inspect_target  # noqa: PLC0415 -- only the estimates need it
-
     files = _upto(discover(directory), to)
     conn = await connection.connect_or_fail()
     try:
@@ -85,17 +83,30 @@ async def pending(
             state = "unfinished" if f.name in runs else "pending"
             rows = batches = None
             if estimate and f.kind == "py":
-                migration = load(f)
-                settings = resolve_settings(options or RunOptions(), migration.backfill)
-                b = migration.backfill
-                target = await inspect_target(conn, b.table, b.key_columns)
-                if target.estimate >= 0:
-                    rows = target.estimate
-                    batches = max(math.ceil(rows / settings.batch_size), 1 if rows else 0)
+                rows, batches = await _estimate(conn, f, options)
             found.append(PendingFile(f, state, rows, batches))
         return found
     finally:
         await close_quietly(conn)
+
+
+async def _estimate(
+    conn: asyncpg.Connection, f: MigrationFile, options: RunOptions | None
+) -> tuple[int | None, int | None]:
+    """A backfill's rows and batches as the planner estimates them; none for a table that
+    a file before it, pending too, is yet to make (or to give its key)."""
+    from .target import inspect_target  # noqa: PLC0415 -- only the estimates need it
+
+    migration = load(f)
+    settings = resolve_settings(options or RunOptions(), migration.backfill)
+    b = migration.backfill
+    try:
+        target = await inspect_target(conn, b.table, b.key_columns)
+    except TargetInvalid:
+        return None, None
+    if target.estimate < 0:
+        return None, None
+    return target.estimate, math.ceil(target.estimate / settings.batch_size)
 
 
 async def check(

@@ -11,11 +11,10 @@ import subprocess
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from helpers import SEED_EXAMPLE, cli_argv, cli_env, run_cli, run_in_thread
+from helpers import SEED_EXAMPLE, cli_argv, cli_env, query_now, run_cli, run_in_thread
 from run_support import back_to_schema_version_1
 
 ROWS = 500
@@ -46,23 +45,9 @@ migration = Backfill(table="matrices.dyn_values", batch_size=50, process=score)
 '''
 
 
-def q(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            if not args and ";" in sql:  # several statements: the simple protocol
-                await conn.execute(sql)
-                return []
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-
-    return run_in_thread(go)
-
-
 def seed(dsn: str) -> None:
     """The seed's table without the column its example adds."""
-    q(
+    query_now(
         dsn,
         "CREATE SCHEMA matrices; CREATE TABLE matrices.dyn_values ("
         " id bigint PRIMARY KEY, value double precision NOT NULL,"
@@ -113,14 +98,16 @@ def migrate(dsn: str, directory: Path, *args: str) -> subprocess.CompletedProces
 
 
 def recorded(dsn: str) -> list[str]:
-    return [r["filename"] for r in q(dsn, "SELECT filename FROM ops.migrations ORDER BY id")]
+    return [
+        r["filename"] for r in query_now(dsn, "SELECT filename FROM ops.migrations ORDER BY id")
+    ]
 
 
 def assert_flow_applied(dsn: str) -> None:
     assert recorded(dsn) == FILES  # in order, each once, none under another name
-    kinds = q(dsn, "SELECT filename, kind FROM ops.migration_files ORDER BY filename")
+    kinds = query_now(dsn, "SELECT filename, kind FROM ops.migration_files ORDER BY filename")
     assert [(r["filename"], r["kind"]) for r in kinds] == [(f, f.rsplit(".", 1)[1]) for f in FILES]
-    state = q(
+    state = query_now(
         dsn,
         "SELECT count(*) FILTER (WHERE confidence = 1.0) AS confident,"
         " count(*) FILTER (WHERE flag = (value > 25)) AS flagged,"
@@ -128,7 +115,7 @@ def assert_flow_applied(dsn: str) -> None:
         " count(*) FILTER (WHERE touched = 11) AS once FROM matrices.dyn_values",
     )[0]
     assert dict(state) == {"confident": ROWS, "flagged": ROWS, "scored": ROWS, "once": ROWS}
-    valid = q(
+    valid = query_now(
         dsn,
         "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
         " WHERE c.relname IN ('dyn_values_value_idx', 'dyn_values_confidence_idx')"
@@ -158,7 +145,7 @@ def test_migrate_applies_sql_files_and_backfills_in_order_each_once(
         "20250301_1200_backfill_flag.py: pending (py, ~500 rows in ~5 batches)",
         "20250301_1300_backfill_score.py: pending (py, ~500 rows in ~10 batches)",
     ]
-    assert q(dsn, "SELECT to_regnamespace('ops') IS NULL AS absent")[0]["absent"]
+    assert query_now(dsn, "SELECT to_regnamespace('ops') IS NULL AS absent")[0]["absent"]
 
     done = migrate(dsn, directory)
     assert done.returncode == 0, done.stderr
@@ -206,13 +193,13 @@ def test_a_failing_sql_file_stops_migrate_and_leaves_nothing_of_it(
     )
     assert "Traceback" not in result.stderr
     assert recorded(dsn) == ["20250301_0900_ok.sql"]
-    columns = q(
+    columns = query_now(
         dsn,
         "SELECT attname FROM pg_attribute WHERE attrelid = 'matrices.dyn_values'::regclass"
         " AND attname = 'half_done'",
     )
     assert columns == []
-    assert q(dsn, "SELECT to_regclass('matrices.after') AS t")[0]["t"] is None
+    assert query_now(dsn, "SELECT to_regclass('matrices.after') AS t")[0]["t"] is None
     check = migrate(dsn, directory, "--check")
     assert check.returncode == 3
 
@@ -221,7 +208,7 @@ def test_a_failed_create_index_concurrently_names_the_invalid_index(
     dsn: str, tmp_path: Path
 ) -> None:
     seed(dsn)
-    q(dsn, "INSERT INTO matrices.dyn_values VALUES (100000, 1.0), (100001, 1.0)")
+    query_now(dsn, "INSERT INTO matrices.dyn_values VALUES (100000, 1.0), (100001, 1.0)")
     directory = tmp_path / "migrations"
     write(
         directory,
@@ -249,7 +236,9 @@ def test_a_backfill_stopped_mid_migrate_resumes_on_the_next_migrate(
     stopped = migrate(dsn, directory, "--max-duration", "0.5s")
     assert stopped.returncode == 3, stopped.stderr
     assert recorded(dsn) == FILES[:4]
-    done = q(dsn, "SELECT keys_done, status FROM ops.backfills WHERE name = $1", FILES[4][:-3])
+    done = query_now(
+        dsn, "SELECT keys_done, status FROM ops.backfills WHERE name = $1", FILES[4][:-3]
+    )
     assert 0 < done[0]["keys_done"] < ROWS
     check = migrate(dsn, directory, "--check")
     assert check.returncode == 3
@@ -287,8 +276,8 @@ def test_two_migrate_at_once_apply_every_file_once(dsn: str, tmp_path: Path) -> 
 
 
 def assert_flow_applied_but_slow(dsn: str) -> None:
-    q(dsn, "DELETE FROM ops.migrations WHERE filename = '20250301_0000_slow.sql'")
-    q(dsn, "DELETE FROM ops.migration_files WHERE filename = '20250301_0000_slow.sql'")
+    query_now(dsn, "DELETE FROM ops.migrations WHERE filename = '20250301_0000_slow.sql'")
+    query_now(dsn, "DELETE FROM ops.migration_files WHERE filename = '20250301_0000_slow.sql'")
     assert_flow_applied(dsn)
 
 
@@ -392,7 +381,7 @@ def test_new_sql_writes_a_file_migrate_applies_with_a_down_section(
     path.write_text(text)
     assert migrate(dsn, directory).returncode == 0
     assert recorded(dsn) == [path.name]
-    assert q(dsn, "SELECT extra FROM matrices.dyn_values LIMIT 1") == [(None,)]
+    assert query_now(dsn, "SELECT extra FROM matrices.dyn_values LIMIT 1") == [(None,)]
 
 
 # --- rollback -------------------------------------------------------------------------
@@ -416,7 +405,9 @@ migration = Backfill(
 
 
 def values(dsn: str) -> list[tuple[int, float]]:
-    return [tuple(r) for r in q(dsn, "SELECT id, value FROM matrices.dyn_values ORDER BY id")]
+    return [
+        tuple(r) for r in query_now(dsn, "SELECT id, value FROM matrices.dyn_values ORDER BY id")
+    ]
 
 
 def rollback(dsn: str, directory: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -440,8 +431,8 @@ def test_rollback_restores_the_earlier_values_and_unrecords_the_file(
     assert result.returncode == 0, result.stderr
     assert values(dsn) == earlier
     assert recorded(dsn) == []
-    assert q(dsn, "SELECT count(*) FROM ops.migration_files")[0][0] == 0
-    assert q(dsn, "SELECT count(*) FROM ops.backfills")[0][0] == 0
+    assert query_now(dsn, "SELECT count(*) FROM ops.migration_files")[0][0] == 0
+    assert query_now(dsn, "SELECT count(*) FROM ops.backfills")[0][0] == 0
     assert result.stderr.splitlines()[0] == (
         "20250301_0900_double: rollback runs its down= "
         + ("SQL" if down.startswith('"') else "process")
@@ -466,7 +457,7 @@ def test_a_rollback_stopped_resumes_and_undoes_every_row_once(dsn: str, tmp_path
     assert migrate(dsn, directory).returncode == 0
     stopped = rollback(dsn, directory, "double", "--yes", "--max-duration", "0.5s")
     assert stopped.returncode == 3, stopped.stderr
-    down = q(
+    down = query_now(
         dsn,
         "SELECT keys_done, direction FROM ops.backfills WHERE name = $1",
         "20250301_0900_double:down",
@@ -547,7 +538,7 @@ def test_rollback_of_a_sql_file_runs_its_down(dsn: str, tmp_path: Path, where: s
     result = rollback(dsn, directory, "extra", "--yes")
     assert result.returncode == 0, result.stderr
     assert recorded(dsn) == []
-    column = q(
+    column = query_now(
         dsn,
         "SELECT 1 FROM pg_attribute WHERE attrelid = 'matrices.dyn_values'::regclass"
         " AND attname = 'extra' AND NOT attisdropped",
@@ -567,7 +558,7 @@ def test_list_shows_kind_and_state_and_flags_changed_and_missing_files(
     directory = flow_dir(tmp_path / "migrations")
     write(directory, "20250301_1000_add_flag_and_score.down.sql", "SELECT 1;\n")  # not odd
     assert migrate(dsn, directory, "--to", "backfill_flag").returncode == 0
-    q(dsn, "INSERT INTO ops.migrations (filename) VALUES ('20240101_0000_gone.sql')")
+    query_now(dsn, "INSERT INTO ops.migrations (filename) VALUES ('20240101_0000_gone.sql')")
     changed = directory / FILES[1]
     changed.write_text(changed.read_text() + "-- an edit after it was applied\n")
 
@@ -597,6 +588,37 @@ def test_list_shows_kind_and_state_and_flags_changed_and_missing_files(
     [line] = [x for x in table.stdout.splitlines() if "add_flag_and_score" in x]
     assert line.split()[1:3] == ["sql", "completed"]
     assert line.rstrip().endswith("changed after it was applied")
+
+
+def test_dry_run_lists_a_backfill_of_a_table_a_pending_file_creates(
+    dsn: str, tmp_path: Path
+) -> None:
+    """DDL then its backfill, both pending: the table does not exist yet, so the dry run
+    lists the backfill without an estimate (exit 0), and writes nothing."""
+    directory = tmp_path / "migrations"
+    write(
+        directory,
+        "20250301_0900_create_scores.sql",
+        "CREATE TABLE public.scores (id bigint PRIMARY KEY, score int);\n",
+    )
+    write(
+        directory,
+        "20250301_1000_backfill_scores.py",
+        """
+        from cryptopi_batch import Backfill
+
+        migration = Backfill(table="public.scores", batch_size=100,
+                             sql="UPDATE public.scores SET score = 0 WHERE {range}")
+        """,
+    )
+    dry = migrate(dsn, directory, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        "20250301_0900_create_scores.sql: pending (sql)",
+        "20250301_1000_backfill_scores.py: pending (py)",
+    ]
+    assert query_now(dsn, "SELECT to_regclass('public.scores') IS NULL AS absent")[0]["absent"]
+    assert query_now(dsn, "SELECT to_regnamespace('ops') IS NULL AS absent")[0]["absent"]
 
 
 # --- production -----------------------------------------------------------------------
@@ -631,10 +653,15 @@ def test_production_writes_only_with_yes(dsn: str, tmp_path: Path) -> None:
     assert ran.stderr.splitlines()[0] == "production: run double writes"
     option = run_cli("migrate", *base, "--env", "production", dsn=dsn)
     assert option.returncode == 2
-    assert q(dsn, "SELECT to_regclass('ops.migrations') AS t")[0]["t"] is None
+    assert query_now(dsn, "SELECT to_regclass('ops.migrations') AS t")[0]["t"] is None
 
     applied = run_cli("migrate", *base, "--yes", dsn=dsn, env=PRODUCTION)
     assert applied.returncode == 0, applied.stderr
+    assert recorded(dsn) == ["20250301_0900_extra.sql", "20250301_1000_double.py"]
+    # Run again with nothing pending: nothing to confirm, a no-op (exit 0).
+    noop = run_cli("migrate", *base, dsn=dsn, env=PRODUCTION)
+    assert noop.returncode == 0, noop.stderr
+    assert "nothing pending" in noop.stderr
     assert recorded(dsn) == ["20250301_0900_extra.sql", "20250301_1000_double.py"]
 
     undone = run_cli("rollback", "double", *base, "--yes", dsn=dsn, env=PRODUCTION)
@@ -742,15 +769,15 @@ def test_migrate_refuses_what_cannot_run_before_writing_anything(
     assert len(lines) == 1, result.stderr
     if message is not None:
         assert lines[0] == message
-    assert q(dsn, "SELECT to_regnamespace('ops') IS NULL AS none")[0]["none"]
-    assert q(dsn, "SELECT count(*) FROM pg_attribute WHERE attname = 'flag'")[0][0] == 0
+    assert query_now(dsn, "SELECT to_regnamespace('ops') IS NULL AS none")[0]["none"]
+    assert query_now(dsn, "SELECT count(*) FROM pg_attribute WHERE attname = 'flag'")[0][0] == 0
 
 
 def test_migrate_on_a_read_only_session_exits_2(dsn: str, tmp_path: Path) -> None:
     seed(dsn)
     directory = flow_dir(tmp_path / "migrations")
-    database = q(dsn, "SELECT current_database() AS d")[0]["d"]
-    q(dsn, f'ALTER DATABASE "{database}" SET default_transaction_read_only = on;')
+    database = query_now(dsn, "SELECT current_database() AS d")[0]["d"]
+    query_now(dsn, f'ALTER DATABASE "{database}" SET default_transaction_read_only = on;')
     result = migrate(dsn, directory)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
