@@ -94,6 +94,8 @@ async def new_migration(  # noqa: PLR0913 -- keyword-only: a command's options
     if taken:
         raise UsageError(f"{shown(taken[0])} exists; not overwritten")
     keys = tuple(k.strip() for k in (key or "id").split(",") if k.strip())
+    if not keys:
+        raise UsageError("--key: no column named (e.g. --key id, or --key tenant_id,id)")
     if table is not None:
         try:
             split_qualified(table)

@@ -224,9 +224,12 @@ def read_sql_migration(path: Path) -> SqlMigration:
     """:func:`parse_sql_migration` of the file at ``path``, with its sibling
     ``<name>.down.sql`` when the file has no ``-- down`` section."""
     sibling = path.with_name(path.stem + ".down.sql")
-    down = sibling.read_text(encoding="utf-8") if sibling.is_file() else None
+    down = _read(sibling) if sibling.is_file() else None
+    return parse_sql_migration(path, _read(path), down)
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise MigrationLoadError(f"{path.name}: cannot be read: {exc}") from None
-    return parse_sql_migration(path, text, down)

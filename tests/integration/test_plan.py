@@ -210,6 +210,10 @@ UNKNOWN = "cryptopi_batch: no migration named 'nosuch'; did you mean 20250301_09
             ("new", "!!!"),
             "cryptopi_batch: description '!!!' has no letter or digit to name the file with",
         ),
+        (
+            ("new", "touch scores", "--key", ","),
+            "cryptopi_batch: --key: no column named (e.g. --key id, or --key tenant_id,id)",
+        ),
     ],
     ids=[
         "plan-unknown",
@@ -218,6 +222,7 @@ UNKNOWN = "cryptopi_batch: no migration named 'nosuch'; did you mean 20250301_09
         "rollback-unknown",
         "rollback-no-down",
         "new-blank",
+        "new-no-key",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -11,7 +11,7 @@ from helpers import SEED_EXAMPLE
 
 from cryptopi_batch.errors import MigrationLoadError, UsageError
 from cryptopi_batch.scaffold import slug
-from cryptopi_batch.sqlfile import parse_sql_migration, split_statements
+from cryptopi_batch.sqlfile import parse_sql_migration, read_sql_migration, split_statements
 
 FUNCTION = "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $b$\nBEGIN\n RETURN 1;\nEND\n$b$"
 
@@ -157,3 +157,12 @@ def test_new_slugs_a_description(description: str, expected: str) -> None:
 def test_new_refuses_a_description_without_a_letter_or_digit(description: str) -> None:
     with pytest.raises(UsageError, match="has no letter or digit"):
         slug(description)
+
+
+def test_a_down_file_that_cannot_be_read_is_a_load_error_naming_it(tmp_path: Path) -> None:
+    """Exit 2 with the file named, as for the migration itself (was an unexpected error)."""
+    up = tmp_path / "20250301_0900_add.sql"
+    up.write_text("ALTER TABLE t ADD c int;\n")
+    (tmp_path / "20250301_0900_add.down.sql").write_bytes(b"ALTER TABLE t DROP c; -- \xff\n")
+    with pytest.raises(MigrationLoadError, match=r"^20250301_0900_add\.down\.sql: cannot be read"):
+        read_sql_migration(up)
