@@ -126,25 +126,18 @@ class BatchWorker:
         except BaseException:
             held.difference_update(claimed)  # not committed, or not known to be
             raise
-        if c is not None and c.keys > 2 * crew.sizer.keys():
-            # An open range from before a shrink (a split's remainder, a lapsed lease) is
-            # cut to today's size rather than timing out again at its old one.
-            try:
-                c = await self._fit(conn, c)
-            except BaseException:
-                # A retry claims afresh: this range, claimed but no longer held, must not
-                # keep its lease alive (it lapses, or is handed back on reconnecting).
-                held.discard(c.id)
-                raise
         return c
 
     async def _run_batch(
         self, conn: asyncpg.Connection | None, c: Claim
     ) -> tuple[asyncpg.Connection | None, Claim | None]:
         """Run claim ``c``'s batch (:class:`batch.BatchRun`), cut first if it was claimed
-        at a size since lowered: this runner's first share of a budget, read while it was
-        claimed; a share that fell; a cut."""
-        if c.keys > 2 * self.crew.sizer.keys():
+        at a size since lowered: an open range from before a shrink (a split's remainder,
+        a lapsed lease), or this runner's first share of a budget, read while it was
+        claimed. Not when the last batch's COMMIT began this one's transaction (a range
+        its checkpoint claimed): that batch runs at the size it has."""
+        fresh = conn is None or not conn.is_in_transaction()
+        if fresh and c.keys > 2 * self.crew.sizer.keys():
             conn, c = await self.crew.sessions.with_conn(conn, functools.partial(self._fit, c=c))
         return await self._batches.run(conn, c)
 

@@ -134,12 +134,13 @@ class FakeConn:
 
     def __init__(self) -> None:
         self.closed = False
+        self.in_transaction = False
 
     def is_closed(self) -> bool:
         return self.closed
 
     def is_in_transaction(self) -> bool:
-        return False
+        return self.in_transaction
 
     def terminate(self) -> None:
         self.closed = True
@@ -239,7 +240,8 @@ async def test_a_worker_ends_when_nothing_is_left_to_claim_or_open() -> None:
 
 async def test_an_open_range_far_bigger_than_todays_size_is_cut_to_it_first() -> None:
     """A remainder from before a shrink (5,000 keys, today's size 100) is cut before it
-    runs; when the cut fails, the range is no longer held (its lease lapses)."""
+    runs; when the cut fails (retries spent), the worker fails and the range is still held,
+    to be handed back with the runner's others as it stops."""
     big = Claim(9, KeyRange(None, ("5000",)), 5_000, 0)
     store = FakeStore(claims=[big])
     crew = _crew(store, Admission())
@@ -247,7 +249,7 @@ async def test_an_open_range_far_bigger_than_todays_size_is_cut_to_it_first() ->
     assert store.calls == [("claim", 100), ("split", 100)]
     assert isinstance(crew.failure, Refused)
     assert crew.stop.reason == "a batch failed"
-    assert big.id not in crew.control.held
+    assert big.id in crew.control.held
 
 
 async def test_a_paced_worker_sees_the_end_of_the_run_without_waiting_out_its_pause() -> None:
@@ -355,3 +357,24 @@ async def test_a_range_claimed_before_the_budgets_share_was_read_is_cut_before_i
         await worker.run()
     assert store.calls == [("claim", 800), ("split", 200)]
     assert [c.keys for c in ran] == [200]
+
+
+async def test_a_range_whose_transaction_the_last_commit_began_is_not_cut():
+    """The last batch's COMMIT began this batch's transaction on the connection (a range
+    its checkpoint claimed): the range runs at its size, no split is tried on a connection
+    with a transaction open (asyncpg refuses one inside it)."""
+    store = CuttingStore(claims=[Claim(7, RANGE, 800, 0)])
+    crew = _crew(store, Admission(), batch_size=100)
+    cast("FakeConn", crew.spare[0]).in_transaction = True
+    ran: list[Claim] = []
+
+    class Recorder:
+        async def run(self, conn: object, c: Claim) -> tuple[object, Claim | None]:
+            ran.append(c)
+            raise Refused
+
+    worker = BatchWorker(crew, 0)
+    worker._batches = cast("BatchRun", Recorder())
+    await worker.run()
+    assert store.calls == [("claim", 100)]
+    assert [c.keys for c in ran] == [800]
