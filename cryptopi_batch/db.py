@@ -8,18 +8,13 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 from urllib.parse import unquote
 
 import asyncpg
 
-if TYPE_CHECKING:
-    pass
-
 from .errors import ConnectionFailed, PermissionDenied, UsageError
 from .transactions import Connection
-
-T = TypeVar("T")
 
 CONNECT_TIMEOUT = 10.0
 APPLICATION_NAME = "cryptopi_batch"

@@ -10,7 +10,7 @@ from .db import InvalidDsn, parse_dsn
 from .errors import UsageError
 from .gates import GATE_NAMES
 from .migration import Backfill
-from .settings import HealthLimits, RunOptions, parse_duration
+from .settings import HealthLimits, RunOptions, _pick, parse_duration
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _BYTES = {
@@ -57,7 +57,7 @@ def resolve_health(options: RunOptions, backfill: Backfill) -> HealthLimits:
     d = HealthLimits()
 
     def duration(cli: Any, declared: Any, option: str, default: float) -> float:
-        value = parse_duration(cli if cli is not None else declared, option)
+        value = parse_duration(_pick(cli, declared), option)
         return default if value is None else value
 
     connections = _pick(options.max_active_connections, backfill.max_active_connections)
@@ -109,7 +109,3 @@ def resolve_health(options: RunOptions, backfill: Backfill) -> HealthLimits:
             _pick(options.max_wal_rate, backfill.max_wal_rate), "--max-wal-rate (or max_wal_rate=)"
         ),
     )
-
-
-def _pick(cli: Any, declared: Any) -> Any:
-    return cli if cli is not None else declared

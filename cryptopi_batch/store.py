@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -22,9 +21,6 @@ from .settings import TimeoutPolicy
 from .sqlfiles import query
 from .states import RangeState, RunState
 from .transactions import transaction
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)

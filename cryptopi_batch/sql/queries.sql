@@ -341,10 +341,6 @@ EXPLAIN {statement}
 -- migrations_table --
 SELECT to_regclass('ops.migrations') IS NOT NULL;
 
--- health_settings --
--- A health probe's own short transaction (see health.py): it never queues for long.
-SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true);
-
 -- health_wal --
 -- The primary's WAL position in bytes (the WAL rate, and replica lag's estimate), and
 -- the server's max_connections (the default limit of active connections).
