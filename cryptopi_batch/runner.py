@@ -42,10 +42,10 @@ log = structlog.get_logger("cryptopi_batch")
 
 @dataclass
 class Outcome:
-    """How a run ended in this process. ``progress``: what the run did while this runner
-    ran; ``total``: the run's counters. Both as ``ops.backfills`` has them."""
+    """A run that completed, as this process saw it (one that did not raises).
+    ``progress``: what the run did while this runner ran; ``total``: the run's counters.
+    Both as ``ops.backfills`` has them."""
 
-    completed: bool
     progress: Progress
     total: Progress
     seconds: float
@@ -229,7 +229,7 @@ class Runner:
                 batches=progress.batches,
                 seconds=round(elapsed, 3),
             )
-            return Outcome(True, progress, crew.tally.progress, elapsed)
+            return Outcome(progress, crew.tally.progress, elapsed)
         reason = stop.reason or "stopped"
         log.info("run_stopped", reason=reason, rows=progress.rows)
         status = None if row is None else RunState(row["status"])

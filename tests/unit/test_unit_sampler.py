@@ -39,8 +39,10 @@ class FakeProbes:
     """Answers what it is told; an exception is raised; ``"hang"`` never answers."""
 
     answers: dict[str, Any] = field(default_factory=dict)
+    asked: list[str] = field(default_factory=list)
 
     async def _answer(self, name: str, default: Any) -> Any:
+        self.asked.append(name)
         answer = self.answers.get(name, default)
         if answer == "hang":
             await anyio.sleep(60)
@@ -173,9 +175,12 @@ async def test_blocking_past_the_limit_cuts_the_batch_size_once():
 
 
 async def test_switched_off_gates_are_not_sampled():
-    s = make(FakeProbes({"wraparound": 4711}), HealthLimits(off=frozenset({"autovacuum"})))
+    probes = FakeProbes({"wraparound": 4711})
+    s = make(probes, HealthLimits(off=frozenset({"autovacuum"})))
     await s.sample()
     assert "autovacuum" not in [g.name for g in s.gates]
+    assert "wraparound" not in probes.asked  # its probe never runs
+    assert "xmin_holders" in probes.asked  # the gates left on are sampled
 
 
 async def test_the_rate_budget_is_shared_by_live_workers():
