@@ -62,7 +62,6 @@ async def test_sql_form_touches_every_row_once(
 
     assert result.already_completed is False
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     assert result.outcome.progress.rows == 1_234
     f = await assert_completed(conn, name, TABLE, 1_234)
     assert f["batches_done"] == 13  # 12 full batches of 100 and one of 34
@@ -99,7 +98,6 @@ async def test_process_form_touches_every_row_once(
     result = await run(dsn, tmp_path, name)
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     f = await assert_completed(conn, name, TABLE, 1_001, rows_processed=500)
     assert f["batches_done"] == 16  # ceil(1001 / 64)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
@@ -142,7 +140,6 @@ async def test_a_process_batch_may_use_savepoints(
     result = await run(dsn, tmp_path, name)
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 250)
     await assert_exactly_once(conn, TABLE, 250)
 
@@ -167,7 +164,6 @@ async def _run_key_case(
     )
     result = await run(dsn, tmp_path, name)
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     f = await assert_completed(conn, name, table, n)
     assert f["batches_done"] == -(-n // batch_size)
     await assert_batches_partition(conn, name, table, columns)
@@ -329,7 +325,6 @@ async def test_a_quoted_table_name_with_dots_and_capitals(
     )
     result = await run(dsn, tmp_path, name)
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, table, 333)
     await assert_batches_partition(conn, name, table, BIGINT_KEY)
 
@@ -346,7 +341,6 @@ async def test_empty_table_completes_with_nothing_but_the_ops_rows(
     result = await run(dsn, tmp_path, name)
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     assert result.outcome.progress.batches == 0
     f = await assert_completed(conn, name, TABLE, 0)
     assert f["end_key"] is None
@@ -492,7 +486,6 @@ async def test_a_commit_of_unknown_outcome_is_read_back_not_failed(
 
     assert calls >= 3
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 450)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
 
@@ -575,7 +568,6 @@ async def test_a_file_already_recorded_in_ops_migrations_is_not_run_again(
     restarted = await run(dsn, tmp_path, name, restart=True)
 
     assert restarted.outcome is not None
-    assert restarted.outcome is not None  # completed by this call (else it raised)
     await assert_exactly_once(conn, TABLE, 300)
     assert await migrations_rows(conn, f"{name}.py") == 1
 
@@ -612,7 +604,6 @@ async def test_a_max_duration_of_zero_stops_before_the_first_batch(
     assert (await backfill(conn, name))["batches_done"] == 0
     result = await run(dsn, tmp_path, name)
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_exactly_once(conn, TABLE, 300)
 
 
@@ -628,7 +619,6 @@ async def test_three_workers_share_the_work_exactly_once(
     result = await run(dsn, tmp_path, name, workers=3)
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 3_001)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     workers = await conn.fetchval(
@@ -739,7 +729,6 @@ async def test_a_runner_that_dies_mid_run_on_this_host_is_retired_by_the_heartbe
             peer.kill()
             await peer.wait()
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, rows)
     done_by = await conn.fetchval(
         "SELECT worker FROM ops.backfill_batches WHERE id = $1 AND status = 'done'", held.id

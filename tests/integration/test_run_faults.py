@@ -136,7 +136,6 @@ async def test_a_terminated_batch_connection_reconnects_and_completes(
 
     assert killed == [1, 1, 1]
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 1_000)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     # Each terminated batch ran again, once, on a new connection.
@@ -171,7 +170,6 @@ async def test_every_runner_connection_terminated_mid_run_still_completes(
     assert killed
     assert killed[0] >= 2
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 1_000)
 
 
@@ -209,7 +207,6 @@ async def test_serialization_failures_and_deadlocks_are_retried(
     result = await run(dsn, tmp_path, name)
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 1_030)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     attempts = {
@@ -288,7 +285,6 @@ async def test_a_failing_migration_keeps_its_checkpoint_and_resumes_when_fixed(
         result = await run(dsn, tmp_path, name, force=True)
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 1_010)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     assert (await backfill(conn, name))["last_error"] is None
@@ -323,7 +319,6 @@ async def test_a_statement_timeout_retries_with_a_smaller_batch(
         result = await run(dsn, tmp_path, name, statement_timeout="200ms")
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     f = await assert_completed(conn, name, TABLE, 230)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     assert f["batch_size"] < 100
@@ -396,7 +391,6 @@ async def test_a_split_that_fails_right_after_its_claim_leaves_the_range_to_laps
     elapsed = time.monotonic() - started
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 300)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     # The first cut failed; the range was claimed again once its lease lapsed (not
@@ -478,7 +472,6 @@ async def test_a_lock_timeout_behind_an_exclusive_lock_is_retried(
         await holder.close()
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 1_000)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     # The batch that met the lock gave up after 100 ms (not a second), and then ran again.
@@ -626,7 +619,6 @@ async def test_the_run_never_queues_long_behind_a_lock_on_its_ops_tables(
         await watcher.close()
     assert result is not None
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 300)
     assert 0.1 < longest < 1.0  # it did wait on the lock, in short waits
 
@@ -655,7 +647,6 @@ async def test_a_schema_upgrade_waits_for_a_table_in_use_no_longer_than_the_lock
         await holder.close()
     result = await run(dsn, tmp_path, name)
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     assert await schema.schema_version(conn) == schema.SCHEMA_VERSION
 
 
@@ -682,7 +673,6 @@ async def test_a_claim_that_meets_the_statement_timeout_claims_fewer_keys(
         result = await run(dsn, tmp_path, name, statement_timeout="300ms")
 
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     await assert_completed(conn, name, TABLE, 300)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     assert (

@@ -130,7 +130,6 @@ async def test_a_server_restart_mid_run_completes_every_row_exactly_once(
     # The restart hit the 4th batch in flight, with most of the run still to come.
     assert seen["in_flight"] == 3, seen
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     conn = await connect(dsn)
     try:
         assert await conn.fetchval("SELECT pg_postmaster_start_time()") > seen["before"]
@@ -210,7 +209,6 @@ async def test_a_range_claimed_under_the_runners_token_that_it_does_not_hold_is_
 
         assert orphan.get("ended") == 1, orphan
         assert result.outcome is not None
-        assert result.outcome is not None  # completed by this call (else it raised)
         await assert_completed(watcher, name, TABLE, rows)
         await assert_batches_partition(watcher, name, TABLE, BIGINT_KEY)
         # The orphaned range was run like any other, once.
@@ -464,7 +462,6 @@ async def test_a_black_holed_connection_is_given_up_and_the_run_completes(
     # Noticed within a bounded time after the silence, not at some TCP timeout.
     assert finished - seen["at"] < 25, finished - seen["at"]
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     f = await assert_completed(conn, name, TABLE, rows)
     await assert_batches_partition(conn, name, TABLE, BIGINT_KEY)
     assert list(f["frontier"]) == list(f["end_key"]) == [str(rows)]
@@ -545,7 +542,6 @@ async def test_rows_inserted_during_a_run_and_catch_up(
     behind = seen["done_upper"] // 2  # odd ids 1 .. done_upper - 1
     assert behind >= 3 * 25, seen
     assert result.outcome is not None
-    assert result.outcome is not None  # completed by this call (else it raised)
     even = "id % 2 = 0 AND id <= 2000"
     assert await _touched(conn, even) == {1: evens}
     assert await _touched(conn, "id % 2 = 1 AND id < 1800") == {0: behind}  # behind: missed
@@ -561,7 +557,6 @@ async def test_rows_inserted_during_a_run_and_catch_up(
 
     assert caught_up.already_completed is False
     assert caught_up.outcome is not None
-    assert caught_up.outcome is not None  # completed by this call (else it raised)
     assert caught_up.outcome.progress.rows == 150
     assert await _touched(conn, "id > 2000") == {1: 150}
     assert await _touched(conn, even) == {1: evens}
@@ -683,7 +678,6 @@ async def test_a_batch_longer_than_one_reply_bound_is_not_taken_for_a_silent_con
         with anyio.fail_after(60):
             result = await run(dsn, tmp_path, name, statement_timeout="1s")
         assert result.outcome is not None
-        assert result.outcome is not None  # completed by this call (else it raised)
         await assert_completed(conn, name, TABLE, 200)
         assert (
             await conn.fetchval(
