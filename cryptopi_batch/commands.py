@@ -32,7 +32,7 @@ from .keys import as_bound
 from .opsstore import OPS
 from .preflight import preflight
 from .settings import RunOptions, TimeoutPolicy, resolve_settings
-from .start import nothing_to_do, record_window, start_or_resume
+from .start import nothing_to_do, record_budgets, record_window, start_or_resume
 from .states import RunState
 from .transactions import Connection, transaction
 from .window_gate import not_now, utc_now
@@ -118,6 +118,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
         if row is None or row["status"] == RunState.COMPLETED:
             return RunResult(migration.name, True, None)
         await record_window(conn, row, settings)
+        await record_budgets(conn, migration.name, settings)
         if on_start is not None:
             on_start(
                 int(row["keys_done"]), int(row["keys_estimate"] or 0), int(row["rows_processed"])

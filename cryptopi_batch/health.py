@@ -210,20 +210,11 @@ class HealthProbes:
         raise CheckFailed(f"returned {answer!r}, not a boolean or a text")
 
     async def budget(
-        self,
-        conn: asyncpg.Connection,
-        name: str,
-        *,
-        live_within: float,
-        rows_per_second: float | None,
-        wal_bytes_per_second: float | None,
+        self, conn: asyncpg.Connection, name: str, *, live_within: float
     ) -> BudgetRow | None:
-        """The run's budgets, storing those given; ``None`` if the run's row is gone."""
+        """The run's budgets (stored as runners start); ``None`` if the run's row is gone."""
         row = await self._short(
-            conn,
-            lambda: conn.fetchrow(
-                query("health_budget"), name, live_within, rows_per_second, wal_bytes_per_second
-            ),
+            conn, lambda: conn.fetchrow(query("health_budget"), name, live_within)
         )
         if row is None:
             return None

@@ -86,6 +86,17 @@ class OpsStore:
         time)."""
         await conn.execute(query("record_window"), name, spec, zone)
 
+    async def record_budgets(
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        rows_per_second: float | None,
+        wal_bytes_per_second: float | None,
+    ) -> None:
+        """The budgets a runner was started with, kept by the run (``None``: the stored one
+        stays)."""
+        await conn.execute(query("record_budgets"), name, rows_per_second, wal_bytes_per_second)
+
     async def set_state(
         self, conn: asyncpg.Connection, name: str, state: RunState, *, when: Sequence[RunState]
     ) -> bool:

@@ -189,7 +189,6 @@ class Runner:
             table=self.target.table,
             workers=s.workers,
             limits=s.health,
-            rows_per_second=s.throttle.max_rows_per_second,
             connection=self.connection,
             admission=crew.stop.admission,
             sizer=crew.sizer,

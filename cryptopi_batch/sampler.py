@@ -78,7 +78,6 @@ class Sampler:
     table: str
     workers: int  # this runner's worker tasks (its share of a budget)
     limits: HealthLimits
-    rows_per_second: float | None  # the budget given to this runner, if any
     connection: ConnectionSettings
     admission: Admission
     sizer: BatchSizer
@@ -273,13 +272,7 @@ class Sampler:
     async def _budget(self, conn: asyncpg.Connection, wal_position: float | None) -> None:
         row = await self._probe(
             conn,
-            lambda c: self.probes.budget(
-                c,
-                self.name,
-                live_within=LIVE_WITHIN,
-                rows_per_second=self.rows_per_second,
-                wal_bytes_per_second=self.limits.max_wal_rate,
-            ),
+            lambda c: self.probes.budget(c, self.name, live_within=LIVE_WITHIN),
         )
         if isinstance(row, Exception) or row is None:
             return  # the last share stays

@@ -116,3 +116,11 @@ async def record_window(
                 used=str(window) if window is not None else "any time",
             )
         await OPS.record_window(conn, row["name"], *mine)
+
+
+async def record_budgets(conn: asyncpg.Connection, name: str, settings: RunSettings) -> None:
+    """Store the budgets this runner was given with the run, once as it starts: every
+    runner's health sampler reads them each second for its share (docs/operating.md)."""
+    rows, wal = settings.throttle.max_rows_per_second, settings.health.max_wal_rate
+    if rows is not None or wal is not None:
+        await OPS.record_budgets(conn, name, rows, wal)

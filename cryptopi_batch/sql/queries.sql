@@ -175,6 +175,14 @@ RETURNING id;
 -- The window (normalised) and zone a run was last started with; NULL: any time.
 UPDATE ops.backfills SET window_spec = $2, window_timezone = $3 WHERE name = $1;
 
+-- record_budgets --
+-- The budgets a runner was started with ($2 rows/s, $3 WAL bytes/s; NULL: the stored one
+-- stays): the run keeps them for every runner and every resume.
+UPDATE ops.backfills
+   SET max_rows_per_second = COALESCE($2, max_rows_per_second),
+       max_wal_bytes_per_second = COALESCE($3, max_wal_bytes_per_second)
+ WHERE name = $1;
+
 -- set_status --
 UPDATE ops.backfills SET status = $2, updated_at = now()
  WHERE name = $1 AND status = ANY($3::text[])
@@ -425,19 +433,8 @@ SELECT v.pid FROM pg_stat_progress_vacuum v
 
 -- health_budget --
 -- The run's budgets and counters, and the worker tasks of its live runners (a heartbeat
--- within $2 seconds), for each runner's share. A budget given ($3 rows/s, $4 WAL bytes/s)
--- is stored first: the run keeps it for every runner and every resume.
-WITH given AS (
-    UPDATE ops.backfills
-       SET max_rows_per_second = COALESCE($3, max_rows_per_second),
-           max_wal_bytes_per_second = COALESCE($4, max_wal_bytes_per_second)
-     WHERE name = $1 AND ($3::float8 IS NOT NULL OR $4::float8 IS NOT NULL)
-    RETURNING max_rows_per_second, max_wal_bytes_per_second)
-SELECT COALESCE((SELECT max_rows_per_second FROM given), f.max_rows_per_second)
-           AS max_rows_per_second,
-       COALESCE((SELECT max_wal_bytes_per_second FROM given), f.max_wal_bytes_per_second)
-           AS max_wal_bytes_per_second,
-       f.rows_processed,
+-- within $2 seconds), for each runner's share.
+SELECT f.max_rows_per_second, f.max_wal_bytes_per_second, f.rows_processed,
        (SELECT COALESCE(sum(w.workers), 0)::int FROM ops.backfill_workers w
          WHERE w.backfill = f.name AND w.stopped_at IS NULL
            AND w.heartbeat_at > now() - make_interval(secs => $2)) AS live_workers

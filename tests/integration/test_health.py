@@ -27,6 +27,7 @@ from run_support import assert_completed, run, run_together, sql_migration, writ
 from cryptopi_batch import commands
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.embedded import EmbeddedCluster
+from cryptopi_batch.errors import Stopped
 from cryptopi_batch.report import StatusRow
 from cryptopi_batch.throttle import PACED_SLICE
 
@@ -338,6 +339,24 @@ async def test_two_runners_share_the_migrations_rate_budget(
     assert runners == 2
     rate = await _rate(conn, name, skip_first=1.5)
     assert abs(rate - budget) / budget < 0.1, rate
+
+
+async def test_a_budget_is_stored_once_as_the_runner_starts_and_kept_on_resume(
+    dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Stored as the runner starts, before any batch (a run stopped before its first has
+    it), and a runner started without one takes it."""
+    await seed_table(conn, rows=300)
+    name = write_migration(tmp_path, "kept", sql_migration(TABLE, batch_size=100))
+    with pytest.raises(Stopped):
+        await run(dsn, tmp_path, name, max_rows_per_second=5_000, max_duration="0s")
+    stored = await conn.fetchrow(
+        "SELECT max_rows_per_second, batches_done FROM ops.backfills WHERE name = $1", name
+    )
+    assert (stored["max_rows_per_second"], stored["batches_done"]) == (5_000, 0)
+    await run(dsn, tmp_path, name)  # no budget given: the stored one applies
+    done = await assert_completed(conn, name, TABLE, 300)
+    assert done["max_rows_per_second"] == 5_000
 
 
 async def test_under_a_rate_cap_batches_hold_the_caps_slice_and_keep_to_the_cap(

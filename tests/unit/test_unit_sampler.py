@@ -85,7 +85,6 @@ def make(probes: FakeProbes, limits: HealthLimits | None = None, **kw: Any) -> S
         table="t",
         workers=kw.get("workers", 1),
         limits=limits,
-        rows_per_second=None,
         connection=None,  # type: ignore[arg-type]
         admission=admission,
         sizer=BatchSizer(ThrottlePolicy(), 1000),
