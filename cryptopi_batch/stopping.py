@@ -49,8 +49,9 @@ class StopSignal:
     def run_state(self, state: RunState) -> None:
         """The run's state as last read from ``ops.backfills``."""
         self.admission.run_state = state
-        if state.stops_runners:
-            self.request(f"migration {state}")
+        decision = self.admission.control.decide(time.monotonic())
+        if isinstance(decision, Stop):  # the admission's rule, said once (RunControl)
+            self.request(decision.reason)
 
     def admit(self) -> Decision:
         """The admission's decision for a batch starting now; a stop it decides (the
