@@ -198,11 +198,17 @@ class Control:
 
     def look_ahead(self, c: Claim, size: int, tasks: anyio.abc.TaskGroup) -> Ahead | None:
         """Start looking up the bound of the range after ``c`` on the control connection,
-        while ``c`` works: the checkpoint then claims it without an index scan of its own
-        (one worker: the frontier is where ``c`` ends; with several it often is not, and
-        the checkpoint finds the bound itself). Never waits: skipped while the heartbeat
-        has the connection."""
-        if self._end_key is None or c.range.upper == self._end_key or self._lock.locked():
+        while ``c`` works: the checkpoint then claims it without an index scan of its own.
+        Only with one worker task: with several, the others' checkpoints have moved the
+        frontier past where ``c`` ends, the bound would go unused, and the query would take
+        the control connection from the heartbeat for nothing. Never waits: skipped while
+        the heartbeat has the connection."""
+        if (
+            self._settings.workers > 1
+            or self._end_key is None
+            or c.range.upper == self._end_key
+            or self._lock.locked()
+        ):
             return None
         ahead = Ahead(c.range.upper, size)
         tasks.start_soon(self._find_ahead, ahead)

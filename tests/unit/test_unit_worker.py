@@ -378,3 +378,28 @@ async def test_a_range_whose_transaction_the_last_commit_began_is_not_cut():
     await worker.run()
     assert store.calls == [("claim", 100)]
     assert [c.keys for c in ran] == [800]
+
+
+@pytest.mark.parametrize(("workers", "looks"), [(1, True), (2, False)])
+async def test_the_look_ahead_runs_for_one_worker_only(workers: int, looks: bool) -> None:
+    """With several worker tasks the others' checkpoints move the frontier past where a
+    range ends: the look-ahead's bound would go unused, so it is not looked up."""
+    settings = RunSettings(workers=workers)
+    connection = ConnectionSettings(dsn="postgresql://nowhere.invalid/x")
+    control = Control(
+        conn=cast("asyncpg.Connection", FakeConn()),
+        store=cast("RunStore", FakeStore()),
+        sessions=Sessions(connection, 30.0, settings.retry, str),
+        connection=connection,
+        settings=settings,
+        describe=str,
+        end_key=("1000",),
+    )
+    started: list[object] = []
+
+    class Tasks:
+        def start_soon(self, func: object, *args: object) -> None:
+            started.append(func)
+
+    ahead = control.look_ahead(CLAIM, 100, cast("anyio.abc.TaskGroup", Tasks()))
+    assert (ahead is not None, len(started)) == (looks, int(looks))
