@@ -28,7 +28,7 @@ from .admission import Admission, Gate, Pacing
 from .budget import Shares, WalHistory
 from .db import ConnectionSettings
 from .gates import GatePolicy, HealthGate, Reading
-from .health import HealthProbes, ProbeConnections, oldest, primary_side_lag
+from .health import Blocked, HealthProbes, Holder, ProbeConnections, oldest, primary_side_lag
 from .migration import Check
 from .settings import HealthLimits
 from .throttle import BatchSizer
@@ -195,64 +195,45 @@ class Sampler:
         gate.observe(Reading(now, value, where))
 
     async def _transaction_age(self, conn: asyncpg.Connection) -> None:
-        gate = self._by_name(g.TRANSACTION_AGE)
-        if gate is None:
-            return
-        holders = await self._probe(conn, self.probes.xmin_holders)
-        now = time.monotonic()
-        if isinstance(holders, Exception):
-            gate.observe(Reading(now, error=self.describe(holders)))
-            return
-        age, who, self._first_seen = oldest(holders, self._first_seen, now)
-        gate.observe(Reading(now, age, who))
+        def reading(holders: list[Holder], now: float) -> Reading:
+            age, who, self._first_seen = oldest(holders, self._first_seen, now)
+            return Reading(now, age, who)
+
+        await self._gate(conn, g.TRANSACTION_AGE, self.probes.xmin_holders, reading)
 
     async def _blocking(self, conn: asyncpg.Connection) -> None:
+        def reading(blocked: Blocked | None, now: float) -> Reading:
+            if blocked is None:
+                return Reading(now)
+            return Reading(now, blocked.seconds, f"pid {blocked.pid} behind pid {blocked.blocker}")
+
         gate = self._by_name(g.BLOCKING)
-        if gate is None:
-            return
-        blocked = await self._probe(conn, self.probes.blocked)
-        now = time.monotonic()
-        if isinstance(blocked, Exception):
-            gate.observe(Reading(now, error=self.describe(blocked)))
-            return
-        was = gate.holding
-        if blocked is None:
-            gate.observe(Reading(now))
-            return
-        gate.observe(
-            Reading(now, blocked.seconds, f"pid {blocked.pid} behind pid {blocked.blocker}")
-        )
-        if gate.holding and not was:
+        was = gate is not None and gate.holding
+        await self._gate(conn, g.BLOCKING, self.probes.blocked, reading)
+        if gate is not None and gate.holding and not was:
             size = self.sizer.shrink()  # the next batches hold fewer rows' locks
             log.warning("batch_size_shrunk", reason=gate.reason, batch_size=size)
 
     async def _active(self, conn: asyncpg.Connection, max_connections: int | None) -> None:
         gate = self._by_name(g.ACTIVE_CONNECTIONS)
-        if gate is None:
-            return
-        if self._default_connections and max_connections is not None:
+        if gate is not None and self._default_connections and max_connections is not None:
             gate.limit = float(max(1, max_connections // 2))
-        active = await self._probe(conn, self.probes.active)
-        now = time.monotonic()
-        if isinstance(active, Exception):
-            gate.observe(Reading(now, error=self.describe(active)))
-        elif gate.limit is None:  # the default limit needs max_connections, not read
-            gate.observe(Reading(now, error="max_connections unknown"))
-        else:
-            gate.observe(Reading(now, float(active)))
+
+        def reading(active: int, now: float) -> Reading:
+            if gate is not None and gate.limit is None:  # the default needs max_connections
+                return Reading(now, error="max_connections unknown")
+            return Reading(now, float(active))
+
+        await self._gate(conn, g.ACTIVE_CONNECTIONS, self.probes.active, reading)
 
     async def _autovacuum(self, conn: asyncpg.Connection) -> None:
-        gate = self._by_name(g.AUTOVACUUM)
-        if gate is None:
-            return
-        pid = await self._probe(conn, lambda c: self.probes.wraparound(c, self.table))
-        now = time.monotonic()
-        if isinstance(pid, Exception):
-            gate.observe(Reading(now, error=self.describe(pid)))
-        elif pid is None:
-            gate.observe(Reading(now))
-        else:
-            gate.observe(Reading(now, reason=f"to prevent wraparound on {self.table} (pid {pid})"))
+        def reading(pid: int | None, now: float) -> Reading:
+            if pid is None:
+                return Reading(now)
+            return Reading(now, reason=f"to prevent wraparound on {self.table} (pid {pid})")
+
+        probe = functools.partial(self.probes.wraparound, table=self.table)
+        await self._gate(conn, g.AUTOVACUUM, probe, reading)
 
     async def _checks(self, conn: asyncpg.Connection) -> None:
         if g.CHECK in self.limits.off:
@@ -260,12 +241,27 @@ class Sampler:
         checks: list[str | Check] = [self.limits.check] if self.limits.check else []
         gates = [gate for gate in self.gates if gate.name == g.CHECK]
         for gate, check in zip(gates, [*checks, *self.limits.checks], strict=True):
-            reason = await self._probe(conn, functools.partial(self.probes.check, check=check))
-            now = time.monotonic()
-            if isinstance(reason, Exception):
-                gate.observe(Reading(now, error=self.describe(reason)))
-            else:
-                gate.observe(Reading(now, reason=reason))
+            answer = await self._probe(conn, functools.partial(self.probes.check, check=check))
+            gate.observe(self._reading(answer, lambda reason, now: Reading(now, reason=reason)))
+
+    async def _gate(
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        probe: Callable[[asyncpg.Connection], Awaitable[T]],
+        reading: Callable[[T, float], Reading],
+    ) -> None:
+        """Gate ``name``'s sample, if it is on: ``probe``'s answer as ``reading`` makes it,
+        or the probe's failure (the gate holds)."""
+        gate = self._by_name(name)
+        if gate is not None:
+            gate.observe(self._reading(await self._probe(conn, probe), reading))
+
+    def _reading(self, answer: T | Exception, reading: Callable[[T, float], Reading]) -> Reading:
+        now = time.monotonic()
+        if isinstance(answer, Exception):
+            return Reading(now, error=self.describe(answer))
+        return reading(answer, now)
 
     # --- the budgets and the waiting reason ---------------------------------------
 
