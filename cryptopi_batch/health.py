@@ -271,15 +271,19 @@ class ProbeConnections:
                 self.conn = None
         return self.conn
 
-    async def replica(self, i: int, dsn: str) -> asyncpg.Connection | None:
-        """The connection to the ``i``-th replica, made if need be."""
+    async def replica(self, i: int, dsn: str) -> asyncpg.Connection | Exception:
+        """The connection to the ``i``-th replica, made if need be; else why it cannot be
+        (the gate's reason names it, redacted)."""
         conn = self.replicas.get(i)
         if conn is None or conn.is_closed():
             try:
                 with anyio.fail_after(PROBE_BOUND):
                     conn = await replace(self.connection, dsn=dsn).connect(timeout=PROBE_BOUND)
-            except Exception:
-                conn = None
+            except Exception as exc:
+                self.replicas[i] = None
+                if isinstance(exc, TimeoutError):
+                    return TimeoutError(f"no connection within {PROBE_BOUND:g} s")
+                return exc
             self.replicas[i] = conn
         return conn
 

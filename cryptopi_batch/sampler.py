@@ -174,8 +174,8 @@ class Sampler:
             where = f"replica-{i}"
             replica = await self.conns.replica(i, dsn)
             side = (
-                ConnectionError("no connection")
-                if replica is None
+                replica
+                if isinstance(replica, Exception)
                 else await self.conns.probe(replica, self.probes.replica_side, replica=i)
             )
             if isinstance(side, Exception):

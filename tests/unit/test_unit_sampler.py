@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from cryptopi_batch import health
 from cryptopi_batch.admission import Admission, Pacing
+from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.health import Blocked, BudgetRow, Holder, Replica
 from cryptopi_batch.sampler import Sampler, build_gates
 from cryptopi_batch.settings import HealthLimits, ThrottlePolicy
@@ -235,3 +236,17 @@ async def test_replica_lag_from_positions_counts_to_the_standbys_last_report(
     assert gate(s, "replica-lag").holding is holding
     reading = gate(s, "replica-lag").reading
     assert reading.value == pytest.approx(15.0 - reply_age, abs=0.5)
+
+
+async def test_a_replica_that_cannot_be_reached_is_named_with_why_never_its_password():
+    """--replica-dsn to a port nobody listens on: the gate holds with the connection's own
+    error (was a bare "no connection"), the DSN's password redacted."""
+    dsn = "postgresql://watcher:s3cret-pw@127.0.0.1:1/postgres"
+    s = make(FakeProbes(), HealthLimits(replica_dsns=(dsn,)))
+    s.connection = s.conns.connection = ConnectionSettings(dsn=dsn)
+    await s.sample()
+    reason = gate(s, "replica-lag").reason
+    assert reason.startswith("replica lag unknown: replica-1: ")
+    assert "no connection" not in reason
+    assert "refused" in reason.lower() or "connect" in reason.lower()
+    assert "s3cret" not in reason
