@@ -207,13 +207,12 @@ async def status(
         applied = False
         async with _setup_errors(connection):  # a refused privilege: exit 2, as for `run`
             runners: dict[str, list[asyncpg.Record]] = {}
-            if await schema.schema_version(conn) == 0:
-                rows: list[asyncpg.Record] = []
-            else:
+            rows: list[asyncpg.Record] = []
+            if await schema.schema_version(conn) > 0:
                 rows = await OPS.status_rows(conn, wanted, live_within=LIVE_WITHIN)
                 runners = await OPS.status_runners(conn, wanted, live_within=LIVE_WITHIN)
-                if filename is not None and not rows:
-                    applied = await OPS.is_applied(conn, filename)
+            if filename is not None and not rows:
+                applied = await _recorded(conn, filename)
         now = utc_now()
         found = [status_row(r, now, runners.get(r["name"], [])) for r in rows]
         if wanted is not None and not found:
@@ -277,6 +276,12 @@ FILES_VERSION = 3
 """The ops schema version that added ops.migration_files."""
 
 
+async def _recorded(conn: asyncpg.Connection, filename: str) -> bool:
+    """Whether ``filename`` is recorded in ops.migrations, if there is one (the seed's
+    tooling makes it before any run of ours)."""
+    return await OPS.has_migrations_table(conn) and await OPS.is_applied(conn, filename)
+
+
 def _listed(row: StatusRow, kind: str, applied_at: datetime | None, flag: str | None) -> StatusRow:
     """A `list` row: the file's kind, when it was recorded, what is odd about it."""
     when = None if applied_at is None else applied_at.isoformat()
@@ -313,33 +318,30 @@ async def control(
     resolved = file.name
     conn = await connection.connect_or_fail()
     try:
-        async with _setup_errors(connection):
-            if await schema.schema_version(conn) == 0:
-                decided = reply(command, RunFacts(resolved, None))
-                raise UsageError(decided.line)
-            # The row locked while deciding: a runner's checkpoint or another command
-            # waits, and the state decided on is the state changed.
-            async with transaction(conn, TimeoutPolicy().local()):
+        # The row locked while deciding: a runner's checkpoint or another command waits,
+        # and the state decided on is the state changed.
+        async with _setup_errors(connection), transaction(conn, TimeoutPolicy().local()):
+            row = None
+            if await schema.schema_version(conn) > 0:
                 row = await OPS.lock_run(conn, resolved)
-                if row is None:
-                    applied = await OPS.has_migrations_table(conn) and await OPS.is_applied(
-                        conn, file.filename
-                    )
-                    # Recorded in ops.migrations without a run: completed, as `list` says.
-                    state = RunState.COMPLETED if applied else None
-                    raise UsageError(reply(command, RunFacts(resolved, state)).line)
-                before = RunState(row["status"])
-                facts = RunFacts(
-                    resolved,
-                    before,
-                    live_runners=await OPS.live_runners(conn, resolved, live_within=LIVE_WITHIN),
-                    keys_done=int(row["keys_done"]),
-                )
-                decided = reply(command, facts)
-                if decided.exit_code != EXIT_OK:
-                    raise UsageError(decided.line)
-                if decided.new_state is not None:
-                    await OPS.set_state(conn, resolved, decided.new_state, when=(before,))
+            if row is None:
+                # Recorded in ops.migrations without a run (by this tool or the seed's
+                # tooling): completed, as `list` says.
+                applied = await _recorded(conn, file.filename)
+                state = RunState.COMPLETED if applied else None
+                raise UsageError(reply(command, RunFacts(resolved, state)).line)
+            before = RunState(row["status"])
+            facts = RunFacts(
+                resolved,
+                before,
+                live_runners=await OPS.live_runners(conn, resolved, live_within=LIVE_WITHIN),
+                keys_done=int(row["keys_done"]),
+            )
+            decided = reply(command, facts)
+            if decided.exit_code != EXIT_OK:
+                raise UsageError(decided.line)
+            if decided.new_state is not None:
+                await OPS.set_state(conn, resolved, decided.new_state, when=(before,))
         return ControlResult(resolved, before, decided.new_state or before, decided.line)
     finally:
         await close_quietly(conn)

@@ -201,6 +201,33 @@ async def test_control_of_a_migration_that_never_ran_is_refused(dsn, tmp_path, c
 
 
 @pytest.mark.parametrize("command", ["pause", "resume", "cancel"])
+async def test_a_migration_the_seeds_tooling_recorded_is_completed_before_any_run_of_ours(
+    dsn, tmp_path, command
+):
+    """ops.migrations made and filled by the seed's tooling, no ops schema of ours yet:
+    `status` says completed, as `list` does, and pause/resume/cancel say so (not "has not
+    started"); nothing of ours is created."""
+    conn = await connect(dsn)
+    try:
+        name = write_migration(tmp_path, "slow_touch", SLOW)
+        await conn.execute(
+            "CREATE SCHEMA ops; CREATE TABLE ops.migrations (id serial PRIMARY KEY,"
+            " filename text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute("INSERT INTO ops.migrations (filename) VALUES ($1)", f"{name}.py")
+        rows = await commands.status(
+            name, directory=tmp_path, connection=ConnectionSettings(dsn=dsn)
+        )
+        assert [r.status for r in rows] == ["completed"]
+        with pytest.raises(UsageError) as refused:
+            await _control(dsn, tmp_path, command, name)
+        assert refused.value.message == f"{name} has completed; there is nothing to {command}"
+        assert await conn.fetchval("SELECT to_regclass('ops.backfills')") is None
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("command", ["pause", "resume", "cancel"])
 async def test_control_of_a_completed_migration_is_refused_and_changes_nothing(
     dsn, tmp_path, command
 ):
