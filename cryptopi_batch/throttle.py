@@ -41,6 +41,7 @@ class Pacer:
     policy: ThrottlePolicy
     next_start: float = 0.0
     due: float = float("-inf")  # where the rate cap's schedule has the next batch start
+    ended: float = float("-inf")  # the last recorded batch's end
 
     @property
     def paces(self) -> bool:
@@ -55,12 +56,15 @@ class Pacer:
         """A batch of ``rows`` rows ran from ``started`` to ``now``."""
         earliest = now + self.policy.sleep
         if self.policy.max_rows_per_second:
-            # The batch "costs" rows/rate seconds of budget, counted from when it was due
-            # if it started no later than PACING_GRACE after that (or before it: another
-            # worker's batch paid first), else from its start.
-            start = self.due if started <= self.due + PACING_GRACE else started
+            # The batch "costs" rows/rate seconds of budget, counted from when it was due:
+            # if it started before that (another worker's batch paid first), or waited for
+            # it and started no later than PACING_GRACE after (a wake-up's lateness, not a
+            # batch that ran past its budget); else from its start.
+            paced = self.ended <= self.due and started <= self.due + PACING_GRACE
+            start = self.due if started < self.due or paced else started
             self.due = start + rows / self.policy.max_rows_per_second
             earliest = max(earliest, self.due)
+        self.ended = max(self.ended, now)
         self.next_start = max(self.next_start, earliest)
 
 

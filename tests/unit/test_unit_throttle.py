@@ -331,3 +331,13 @@ def test_starts_up_to_the_grace_late_never_let_more_than_a_grace_of_rows_through
             rows = sum(r for r, _ in batches[i:j])
             allowed = rate * (starts[j] - starts[i] + PACING_GRACE)
             assert rows <= allowed * (1 + 1e-9) + 1e-6
+
+
+def test_a_batch_that_ran_past_its_budget_is_not_forgiven_the_next_ones_lateness():
+    """The grace is for a start that waited and woke a little late, not for one that
+    comes late because the batch before ran past its budget: that next batch counts from
+    its own start (else it could start within the grace of the last, over the cap)."""
+    pacer = Pacer(ThrottlePolicy(max_rows_per_second=73.0))
+    pacer.record(now=0.5, rows=36, started=0.0)  # due at 0.493; it ended at 0.5
+    pacer.record(now=0.5, rows=1, started=0.5)
+    assert pacer.next_start == pytest.approx(0.5 + 1 / 73)
