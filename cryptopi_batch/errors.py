@@ -51,6 +51,8 @@ def origin(exc: BaseException) -> str | None:
 def _users(filename: str) -> bool:
     if filename.startswith("<"):  # <frozen …>, <string>: not a file to show
         return False
+    if filename.endswith((".pyx", ".pxd")):  # a compiled library's (asyncpg's protocol)
+        return False
     path = Path(filename).resolve()
     if path.is_relative_to(_PACKAGE) or any(path.is_relative_to(p) for p in _LIBRARIES):
         return False

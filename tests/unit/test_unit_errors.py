@@ -61,3 +61,15 @@ class UndefinedColumnError(Exception):
 )
 def test_an_error_without_a_traceback_has_no_place(exc: BaseException, text: str) -> None:
     assert describe(exc) == text
+
+
+def test_a_frame_of_a_compiled_library_is_not_the_users() -> None:
+    """asyncpg raises a server's error from its Cython protocol, whose frames name a
+    relative .pyx file: never shown as where the user's code failed (the caller's frame,
+    here this test's, is)."""
+    code = compile("raise ValueError('division by zero')", "asyncpg/protocol/protocol.pyx", "exec")
+    with pytest.raises(ValueError, match="division by zero") as caught:
+        exec(code)
+    text = describe(caught.value)
+    assert text.startswith("ValueError: division by zero (test_unit_errors.py, line ")
+    assert "protocol.pyx" not in text
