@@ -20,17 +20,13 @@ import asyncpg
 from . import commands, schema
 from .db import ConnectionSettings, close_quietly
 from .discovery import MigrationFile, discover, load, project_settings, resolve
-from .errors import CouldNotStart, Pending, TargetInvalid, UsageError
+from .errors import Pending, TargetInvalid, UsageError
 from .opsstore import OPS
-from .preflight import (
-    MIGRATIONS_SHAPE,
-    migrations_shape_problems,
-    read_only_message,
-)
+from .preflight import check_session
 from .settings import RunOptions, resolve_settings
 from .sqlfile import read_sql_migration
-from .sqlfiles import query
 from .sqlrun import SqlJob, run_sql_job
+from .sqlrun import lock_timeout as sql_lock_timeout
 
 if TYPE_CHECKING:
     from .progress import ProgressHook
@@ -143,12 +139,12 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
     (:class:`MigrationFailed`, exit 1) or stops (a backfill's :class:`Stopped`, exit 3)."""
     options = options or RunOptions()
     files = _upto(discover(directory), to)
-    lock_timeout = _lock_timeout(options)
+    lock_timeout = sql_lock_timeout(options)
     conn = await connection.connect_or_fail()
     done: list[Applied] = []
     try:
         async with commands.setup_errors(connection):
-            await _check_session(conn)
+            await check_session(conn)
             applied = (
                 await OPS.applied_filenames(conn) if await OPS.has_migrations_table(conn) else set()
             )
@@ -184,22 +180,6 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
         await close_quietly(conn)
 
 
-async def _check_session(conn: asyncpg.Connection) -> None:
-    """What refuses every file, as the pre-flight says it: a read-only server or session,
-    an ops.migrations that a file cannot be recorded into."""
-    session = await conn.fetchrow(query("preflight_session"))
-    assert session is not None
-    if session["standby"] or session["read_only"]:
-        raise CouldNotStart(read_only_message(standby=session["standby"]))
-    if session["migrations"]:
-        columns = dict(zip(session["migrations_columns"], session["migrations_types"], strict=True))
-        problems = migrations_shape_problems(columns, set(session["migrations_filled"]))
-        if problems:
-            raise CouldNotStart(
-                f"ops.migrations has another shape: {', '.join(problems)}; {MIGRATIONS_SHAPE}"
-            )
-
-
 def _check_file(f: MigrationFile, options: RunOptions) -> None:
     """A pending file that could not run, refused before anything is written."""
     if f.kind == "sql":
@@ -209,13 +189,6 @@ def _check_file(f: MigrationFile, options: RunOptions) -> None:
     settings = resolve_settings(options, migration.backfill, project_settings())
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
-
-
-def _lock_timeout(options: RunOptions) -> float:
-    from .settings import RunSettings, parse_duration  # noqa: PLC0415
-
-    given = parse_duration(options.lock_timeout, "--lock-timeout")
-    return RunSettings().timeouts.lock_timeout if given is None else given
 
 
 async def _backfill(  # noqa: PLR0913 -- keyword-only: the run and what migrate shows of it

@@ -109,26 +109,32 @@ async def preflight(
     # READ ONLY: the server itself holds the checks to writing nothing.
     checks = query("read_only") + " " + settings.timeouts.local(statement=False)
     async with transaction(conn, checks):
-        session = await conn.fetchrow(query("preflight_session"))
-        assert session is not None
-        if session["standby"] or session["read_only"]:
-            raise CouldNotStart(read_only_message(standby=session["standby"]))
+        session = await check_session(conn)
         # The server session's own pid, against the one announced at connect: a pooler
         # announces its own.
         pooled = session["pid"] != conn.get_server_pid()
-        if session["migrations"]:
-            columns = dict(
-                zip(session["migrations_columns"], session["migrations_types"], strict=True)
-            )
-            problems = migrations_shape_problems(columns, set(session["migrations_filled"]))
-            if problems:
-                raise CouldNotStart(
-                    f"ops.migrations has another shape: {', '.join(problems)}; {MIGRATIONS_SHAPE}"
-                )
         target = await _check_target(conn, migration)
         ops = OpsState(await schema_version(conn), migrations=session["migrations"])
     estimate = target.estimate if target.estimate >= 0 else None
     return Preflight(migration, target, pooled, ops, estimate)
+
+
+async def check_session(conn: asyncpg.Connection) -> asyncpg.Record:
+    """The session as the pre-flight reads it, refusing what refuses every migration: a
+    read-only server or session, an ops.migrations a run cannot record into (also
+    ``migrate``'s first check)."""
+    session = await conn.fetchrow(query("preflight_session"))
+    assert session is not None
+    if session["standby"] or session["read_only"]:
+        raise CouldNotStart(read_only_message(standby=session["standby"]))
+    if session["migrations"]:
+        columns = dict(zip(session["migrations_columns"], session["migrations_types"], strict=True))
+        problems = migrations_shape_problems(columns, set(session["migrations_filled"]))
+        if problems:
+            raise CouldNotStart(
+                f"ops.migrations has another shape: {', '.join(problems)}; {MIGRATIONS_SHAPE}"
+            )
+    return session
 
 
 async def _check_target(conn: asyncpg.Connection, migration: LoadedMigration) -> Target:

@@ -19,9 +19,9 @@ from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, MigrationFile, discover, load, resolve, shown
 from .errors import UsageError
 from .opsstore import OPS
-from .settings import RunOptions, RunSettings, parse_duration
+from .settings import RunOptions
 from .sqlfile import outside_transaction, read_sql_migration
-from .sqlrun import SqlJob, run_sql_job
+from .sqlrun import SqlJob, lock_timeout, run_sql_job
 from .transactions import transaction
 
 
@@ -98,9 +98,7 @@ async def rollback(
         if not recorded and not started:
             raise UsageError(f"{undo.file.name} is not applied; nothing to roll back")
         if isinstance(how, SqlJob):
-            timeout = parse_duration(options.lock_timeout, "--lock-timeout")
-            lock = RunSettings().timeouts.lock_timeout if timeout is None else timeout
-            await run_sql_job(conn, how, connection, lock)
+            await run_sql_job(conn, how, connection, lock_timeout(options))
             return RolledBack(undo.file.name, None)
         result = await commands.run(
             how.name,

@@ -16,8 +16,9 @@ import asyncpg
 from . import logs
 from .db import ConnectionSettings, close_quietly
 from .discovery import MigrationFile
-from .errors import MigrationFailed, one_line
+from .errors import MigrationFailed, describe, one_line
 from .opsstore import OPS
+from .settings import RunOptions, RunSettings, parse_duration
 from .sqlfile import Statement, concurrently
 from .transactions import transaction
 
@@ -116,7 +117,14 @@ async def _execute(conn: asyncpg.Connection, job: SqlJob, statement: Statement) 
 
 
 def _describe(exc: asyncpg.PostgresError) -> str:
-    return one_line(f"{type(exc).__name__} ({exc.sqlstate}): {exc}")
+    return one_line(describe(exc))
+
+
+def lock_timeout(options: RunOptions) -> float:
+    """The lock timeout a .sql file's statements run under: ``--lock-timeout``, else a
+    batch's default."""
+    given = parse_duration(options.lock_timeout, "--lock-timeout")
+    return RunSettings().timeouts.lock_timeout if given is None else given
 
 
 async def _back_off(job: SqlJob, attempt: int, exc: asyncpg.PostgresError) -> None:

@@ -75,10 +75,11 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + quote(database, safe="")))
 
 
-def with_password(dsn: str, password: str) -> str:
-    """`dsn` (a ``postgresql://`` URL) with its password replaced by `password`."""
+def with_password(dsn: str, password: str, user: str | None = None) -> str:
+    """`dsn` (a ``postgresql://`` URL) with its password replaced by `password` (and its
+    user by `user`, if given)."""
     parts = urlsplit(dsn)
-    user = quote(parts.username or "", safe="")
+    user = quote(parts.username or "" if user is None else user, safe="")
     netloc = f"{user}:{quote(password, safe='')}@{parts.hostname}"
     if parts.port is not None:
         netloc += f":{parts.port}"

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from helpers import seed_table
+from helpers import seed_table, with_password
 from run_support import assert_completed, run, sql_migration, write_migration
 
 from cryptopi_batch.discovery import LoadedMigration, discover, load, resolve
@@ -138,12 +137,6 @@ async def test_an_ops_migrations_a_run_can_record_into_is_used_as_it_is(
 # --- a read-only server or session ------------------------------------------------------
 
 
-def as_user(dsn: str, user: str, password: str) -> str:
-    parts = urlsplit(dsn)
-    netloc = f"{user}:{password}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @pytest.mark.parametrize("scope", ["role", "database"])
 async def test_a_read_only_session_exits_2_and_writes_nothing(
     dsn: str, conn: asyncpg.Connection, tmp_path: Path, scope: str
@@ -165,7 +158,7 @@ async def test_a_read_only_session_exits_2_and_writes_nothing(
         await conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
     try:
         with pytest.raises(CouldNotStart) as refused:
-            await run(as_user(dsn, role, password), tmp_path, name)
+            await run(with_password(dsn, password, user=role), tmp_path, name)
     finally:
         await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
@@ -199,7 +192,7 @@ async def test_an_existing_ops_schema_is_used_without_create_on_the_database(
         assert not await conn.fetchval(
             "SELECT has_database_privilege($1, current_database(), 'CREATE')", role
         )
-        result = await run(as_user(dsn, role, password), tmp_path, name)
+        result = await run(with_password(dsn, password, user=role), tmp_path, name)
         assert not result.already_completed
         await assert_completed(conn, name, TABLE, 250)
     finally:
@@ -235,11 +228,11 @@ async def test_the_privileges_the_statement_needs_are_checked_column_by_column(
     )
     try:
         if allowed:
-            await run(as_user(dsn, role, password), tmp_path, name)
+            await run(with_password(dsn, password, user=role), tmp_path, name)
             await assert_completed(conn, name, TABLE, 250)
         else:
             with pytest.raises(CouldNotStart) as refused:
-                await run(as_user(dsn, role, password), tmp_path, name)
+                await run(with_password(dsn, password, user=role), tmp_path, name)
             assert refused.value.exit_code == 2
             assert refused.value.message.endswith(
                 f"{name}.py: permission denied for table dyn_values"
