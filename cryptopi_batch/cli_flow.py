@@ -124,17 +124,19 @@ async def new_command(args: argparse.Namespace, connection: ConnectionSettings) 
 async def rollback_command(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     from . import rollback  # noqa: PLC0415 -- only this command needs it
 
-    directory = migrations_directory(args)
-    undo, _ = rollback.plan_undo(directory, args.name)  # irreversible: refused before asking
-    what = f"{undo.file.name}: rollback runs {undo.what}, then removes its ops.migrations row"
     env = safety.environment(args.env)
-    safety.confirm(f"{env}: {what}" if safety.protected(env) else what, yes=args.yes)
+
+    def confirm(undo: rollback.Undo) -> None:  # asked once nothing refuses the rollback
+        what = f"{undo.file.name}: rollback runs {undo.what}, then removes its ops.migrations row"
+        safety.confirm(f"{env}: {what}" if safety.protected(env) else what, yes=args.yes)
+
     done = await rollback.rollback(
         args.name,
-        directory=directory,
+        directory=migrations_directory(args),
         connection=connection,
         options=run_options(args, progress=False),
         handle_signals=True,
+        confirm=confirm,
     )
     rows = "" if done.rows is None else f" ({done.rows:,} rows changed)"
     logs.line(f"{done.name}: rolled back{rows}", event="rolled_back", migration=done.name)

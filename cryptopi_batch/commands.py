@@ -212,7 +212,7 @@ async def status(
                 rows = await OPS.status_rows(conn, wanted, live_within=LIVE_WITHIN)
                 runners = await OPS.status_runners(conn, wanted, live_within=LIVE_WITHIN)
             if filename is not None and not rows:
-                applied = await _recorded(conn, filename)
+                applied = await recorded(conn, filename)
         now = utc_now()
         found = [status_row(r, now, runners.get(r["name"], [])) for r in rows]
         if wanted is not None and not found:
@@ -276,7 +276,7 @@ FILES_VERSION = 3
 """The ops schema version that added ops.migration_files."""
 
 
-async def _recorded(conn: asyncpg.Connection, filename: str) -> bool:
+async def recorded(conn: asyncpg.Connection, filename: str) -> bool:
     """Whether ``filename`` is recorded in ops.migrations, if there is one (the seed's
     tooling makes it before any run of ours)."""
     return await OPS.has_migrations_table(conn) and await OPS.is_applied(conn, filename)
@@ -327,7 +327,7 @@ async def control(
             if row is None:
                 # Recorded in ops.migrations without a run (by this tool or the seed's
                 # tooling): completed, as `list` says.
-                applied = await _recorded(conn, file.filename)
+                applied = await recorded(conn, file.filename)
                 state = RunState.COMPLETED if applied else None
                 raise UsageError(reply(command, RunFacts(resolved, state)).line)
             before = RunState(row["status"])

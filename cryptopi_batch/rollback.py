@@ -11,6 +11,7 @@ in the same transaction.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,27 +77,31 @@ class RolledBack:
     rows: int | None  # a backfill's down run: the rows it changed
 
 
-async def rollback(
+async def rollback(  # noqa: PLR0913 -- keyword-only: the rollback, and the CLI's hooks into it
     name: str,
     *,
     directory: Path,
     connection: ConnectionSettings,
     options: RunOptions | None = None,
     handle_signals: bool = False,
+    confirm: Callable[[Undo], None] | None = None,
 ) -> RolledBack:
-    """Undo migration ``name`` (confirmed by the caller) and remove its records."""
+    """Undo migration ``name`` and remove its records. ``confirm(undo)`` is asked once
+    everything that refuses the rollback has been checked, before anything is written."""
     options = options or RunOptions()
     undo, how = plan_undo(directory, name)
     filename = undo.file.filename
     conn = await connection.connect_or_fail()
     try:
         async with commands.setup_errors(connection):
-            recorded = await OPS.has_migrations_table(conn) and await OPS.is_applied(conn, filename)
+            recorded = await commands.recorded(conn, filename)
             started = await schema.schema_version(conn) > 0 and (
                 await OPS.run_row(conn, undo.file.name) is not None
             )
         if not recorded and not started:
             raise UsageError(f"{undo.file.name} is not applied; nothing to roll back")
+        if confirm is not None:
+            confirm(undo)
         if isinstance(how, SqlJob):
             await run_sql_job(conn, how, connection, lock_timeout(options))
             return RolledBack(undo.file.name, None)

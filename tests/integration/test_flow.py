@@ -522,6 +522,22 @@ def test_rollback_needs_a_confirmation(dsn: str, tmp_path: Path) -> None:
     assert recorded(dsn) == ["20250301_0900_double.py"]
 
 
+def test_a_rollback_of_a_file_never_applied_is_refused_before_asking(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Nothing to roll back: said at once (exit 2), not after a confirmation asked for."""
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    write(
+        directory, "20250301_0900_double.py", DOUBLE.replace("DOWN", "halve").replace("SLEEP", "0")
+    )
+    result = rollback(dsn, directory, "double")  # no --yes, stdin not a terminal
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "cryptopi_batch: 20250301_0900_double is not applied; nothing to roll back"
+    ]
+
+
 @pytest.mark.parametrize("where", ["section", "sibling"])
 def test_rollback_of_a_sql_file_runs_its_down(dsn: str, tmp_path: Path, where: str) -> None:
     seed(dsn)
