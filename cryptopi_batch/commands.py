@@ -83,7 +83,8 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
     from .progress import Progress  # noqa: PLC0415 -- with the runner, below
     from .runner import Runner  # noqa: PLC0415 -- only `run` needs it (and anyio's tasks)
 
-    # ``migration``: a run of another migration than the file's own (rollback's down run).
+    # ``migration``: already loaded (migrate's), or another than the file's own (rollback's
+    # down run).
     migration = migration or find_migration(directory, name)
     settings = resolve_settings(options or RunOptions(), migration.backfill, project_settings())
     if migration.backfill.destructive and not settings.yes:

@@ -19,12 +19,12 @@ import asyncpg
 
 from . import commands, schema
 from .db import ConnectionSettings, close_quietly
-from .discovery import MigrationFile, discover, load, project_settings, resolve
+from .discovery import LoadedMigration, MigrationFile, discover, load, project_settings, resolve
 from .errors import Pending, TargetInvalid, UsageError
 from .opsstore import OPS
 from .preflight import check_session
 from .settings import RunOptions, resolve_settings
-from .sqlfile import read_sql_migration
+from .sqlfile import SqlMigration, read_sql_migration
 from .sqlrun import SqlJob, run_sql_job
 from .sqlrun import lock_timeout as sql_lock_timeout
 
@@ -148,20 +148,23 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
             applied = (
                 await OPS.applied_filenames(conn) if await OPS.has_migrations_table(conn) else set()
             )
-            # Every pending file is read (and a backfill loaded) before the first is applied:
-            # one that cannot run refuses the whole migrate, nothing written (exit 2).
-            for f in files:
-                if f.filename not in applied:
-                    _check_file(f, options)
+            # Every pending file is read (and a backfill loaded, once) before the first is
+            # applied: one that cannot run refuses the whole migrate, nothing written.
+            checked = {
+                f.filename: _check_file(f, options) for f in files if f.filename not in applied
+            }
             await schema.ensure_schema(conn)
             applied = await OPS.applied_filenames(conn)
         for f in files:
             if f.filename in applied:
                 continue
-            if f.kind == "py":
+            read = checked[f.filename]
+            if isinstance(read, SqlMigration):
+                how = await _sql_file(conn, f, read, connection, lock_timeout)
+            else:
                 how = await _backfill(
                     conn,
-                    f,
+                    read,
                     directory,
                     connection,
                     options,
@@ -169,8 +172,6 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
                     on_start=on_start,
                     on_progress=on_progress,
                 )
-            else:
-                how = await _sql_file(conn, f, connection, lock_timeout)
             step = Applied(f.name, f.kind, how)
             done.append(step)
             if on_applied is not None:
@@ -180,20 +181,21 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
         await close_quietly(conn)
 
 
-def _check_file(f: MigrationFile, options: RunOptions) -> None:
-    """A pending file that could not run, refused before anything is written."""
+def _check_file(f: MigrationFile, options: RunOptions) -> SqlMigration | LoadedMigration:
+    """A pending file read (a backfill loaded), refused before anything is written if it
+    could not run."""
     if f.kind == "sql":
-        read_sql_migration(f.path)
-        return
+        return read_sql_migration(f.path)
     migration = load(f)
     settings = resolve_settings(options, migration.backfill, project_settings())
     if migration.backfill.destructive and not settings.yes:
         raise UsageError(f"{migration.name} is destructive; pass --yes to run it")
+    return migration
 
 
 async def _backfill(  # noqa: PLR0913 -- keyword-only: the run and what migrate shows of it
     conn: asyncpg.Connection,
-    f: MigrationFile,
+    migration: LoadedMigration,
     directory: Path,
     connection: ConnectionSettings,
     options: RunOptions,
@@ -202,6 +204,7 @@ async def _backfill(  # noqa: PLR0913 -- keyword-only: the run and what migrate 
     on_start: Callable[[str, int, int, int], None] | None,
     on_progress: ProgressHook | None,
 ) -> str:
+    f = migration.file
     result = await commands.run(
         f.name,
         directory=directory,
@@ -210,6 +213,7 @@ async def _backfill(  # noqa: PLR0913 -- keyword-only: the run and what migrate 
         handle_signals=handle_signals,
         on_start=None if on_start is None else functools.partial(on_start, f.name),
         on_progress=on_progress,
+        migration=migration,
     )
     await OPS.record_file(conn, f.filename, "py", f.checksum())
     if result.outcome is None:
@@ -219,9 +223,12 @@ async def _backfill(  # noqa: PLR0913 -- keyword-only: the run and what migrate 
 
 
 async def _sql_file(
-    conn: asyncpg.Connection, f: MigrationFile, connection: ConnectionSettings, lock_timeout: float
+    conn: asyncpg.Connection,
+    f: MigrationFile,
+    sql: SqlMigration,
+    connection: ConnectionSettings,
+    lock_timeout: float,
 ) -> str:
-    sql = read_sql_migration(f.path)
     job = SqlJob(f, sql.statements, outside=sql.outside, checksum=f.checksum())
     started = time.monotonic()
     if not await run_sql_job(conn, job, connection, lock_timeout):

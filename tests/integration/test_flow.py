@@ -606,6 +606,35 @@ def test_list_shows_kind_and_state_and_flags_changed_and_missing_files(
     assert line.rstrip().endswith("changed after it was applied")
 
 
+def test_migrate_loads_each_backfill_once(dsn: str, tmp_path: Path) -> None:
+    """The file is loaded to be checked before anything is written, and that load is the
+    one that runs: its module's own code runs once."""
+    seed(dsn)
+    directory = tmp_path / "migrations"
+    loads = tmp_path / "loads.txt"
+    write(
+        directory,
+        "20250301_1000_touch.py",
+        f"""
+        from pathlib import Path
+        from cryptopi_batch import Backfill
+
+        with Path({str(loads)!r}).open("a") as f:
+            f.write("loaded\\n")
+        migration = Backfill(
+            table="matrices.dyn_values", batch_size=100,
+            sql="UPDATE matrices.dyn_values SET touched = touched + 1 WHERE {{range}}")
+        """,
+    )
+    done = migrate(dsn, directory)
+    assert done.returncode == 0, done.stderr
+    assert loads.read_text().splitlines() == ["loaded"]
+    assert (
+        query_now(dsn, "SELECT count(*) AS n FROM matrices.dyn_values WHERE touched = 1")[0]["n"]
+        == ROWS
+    )
+
+
 def test_dry_run_lists_a_backfill_of_a_table_a_pending_file_creates(
     dsn: str, tmp_path: Path
 ) -> None:
