@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -68,7 +69,7 @@ async def migrate_command(args: argparse.Namespace, connection: ConnectionSettin
         done = await migrate.migrate(
             directory=directory,
             connection=connection,
-            options=run_options(args, progress=first is not None),
+            options=dataclasses.replace(options, progress=first is not None),
             to=args.to,
             handle_signals=True,
             on_applied=applied,

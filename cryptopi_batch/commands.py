@@ -99,7 +99,7 @@ async def run(  # noqa: PLR0913 -- keyword-only: the run, and the CLI's hooks in
         for _ in range(settings.workers + 1)
     ]
     try:
-        async with _setup_errors(connection):
+        async with setup_errors(connection):
             checked = await preflight(conn, migration, settings)
             await prepare_check(conn, settings.health.check, settings.timeouts.local())
             target = checked.target
@@ -167,7 +167,7 @@ async def _opened(
 
 
 @contextlib.asynccontextmanager
-async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
+async def setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
     """Before a run's first batch, and in the other commands, a lost connection or a
     refused privilege means the command could not start (exit 2); the set-up's writes are
     each one transaction, so nothing is half written."""
@@ -186,10 +186,6 @@ async def _setup_errors(connection: ConnectionSettings) -> AsyncIterator[None]:
         ) from None
 
 
-setup_errors = _setup_errors
-"""For the other commands' modules (plan, migrate, rollback)."""
-
-
 async def status(
     name: str | None, *, directory: Path | None, connection: ConnectionSettings
 ) -> list[StatusRow]:
@@ -206,7 +202,7 @@ async def status(
     conn = await connection.connect_or_fail()
     try:
         applied = False
-        async with _setup_errors(connection):  # a refused privilege: exit 2, as for `run`
+        async with setup_errors(connection):  # a refused privilege: exit 2, as for `run`
             runners: dict[str, list[asyncpg.Record]] = {}
             rows: list[asyncpg.Record] = []
             if await schema.schema_version(conn) > 0:
@@ -236,7 +232,7 @@ async def list_migrations(*, directory: Path, connection: ConnectionSettings) ->
         by_name: dict[str, StatusRow] = {}
         applied: dict[str, datetime] = {}
         checksums: dict[str, str] = {}
-        async with _setup_errors(connection):
+        async with setup_errors(connection):
             version = await schema.schema_version(conn)
             if version > 0:
                 by_name = {
@@ -321,7 +317,7 @@ async def control(
     try:
         # The row locked while deciding: a runner's checkpoint or another command waits,
         # and the state decided on is the state changed.
-        async with _setup_errors(connection), transaction(conn, TimeoutPolicy().local()):
+        async with setup_errors(connection), transaction(conn, TimeoutPolicy().local()):
             row = None
             if await schema.schema_version(conn) > 0:
                 row = await OPS.lock_run(conn, resolved)
