@@ -45,27 +45,31 @@ def build_gates(
 ) -> list[HealthGate]:
     """The health gates a run's limits ask for (those switched off left out), made at
     ``now`` (a gate with no sample some seconds after it holds)."""
-    made = [
-        HealthGate(g.REPLICA_LAG, "replica lag", limits.max_replica_lag),
-        HealthGate(g.TRANSACTION_AGE, "transaction age", limits.max_transaction_age),
-        HealthGate(g.BLOCKING, "blocking", limits.max_blocking),
-        # The default limit (None) is set from the server's max_connections on sampling.
-        HealthGate(g.ACTIVE_CONNECTIONS, "active connections", None, unit=""),
-        HealthGate(g.AUTOVACUUM, "autovacuum", None),
-    ]
     checks: list[object] = [limits.check] if limits.check else []
-    made += [
-        HealthGate(
-            g.CHECK,
-            "check" if isinstance(c, str) else f"check {getattr(c, '__name__', '')}".strip(),
-            None,
-        )
-        for c in [*checks, *limits.checks]
+    connections = (
+        None if limits.max_active_connections is None else float(limits.max_active_connections)
+    )
+    wanted: list[tuple[str, str, float | None, str]] = [
+        (g.REPLICA_LAG, "replica lag", limits.max_replica_lag, "s"),
+        (g.TRANSACTION_AGE, "transaction age", limits.max_transaction_age, "s"),
+        (g.BLOCKING, "blocking", limits.max_blocking, "s"),
+        # No limit given: it is set from the server's max_connections on sampling.
+        (g.ACTIVE_CONNECTIONS, "active connections", connections, ""),
+        (g.AUTOVACUUM, "autovacuum", None, "s"),
+        *(
+            (
+                g.CHECK,
+                "check" if isinstance(c, str) else f"check {getattr(c, '__name__', '')}".strip(),
+                None,
+                "s",
+            )
+            for c in [*checks, *limits.checks]
+        ),
     ]
     return [
-        HealthGate(x.name, x.label, x.limit, unit=x.unit, policy=policy, since=now)
-        for x in made
-        if x.name not in limits.off
+        HealthGate(name, label, limit, unit=unit, policy=policy, since=now)
+        for name, label, limit, unit in wanted
+        if name not in limits.off
     ]
 
 
@@ -92,15 +96,10 @@ class Sampler:
     conns: ProbeConnections = field(init=False)
     _holder_logged: str | None = None
     shares: Shares = field(init=False)
-    _default_connections: bool = True
 
     def __post_init__(self) -> None:
         self.conns = ProbeConnections(self.connection, self.describe, conn=self.opened)
         self.shares = Shares(self.workers)
-        self._default_connections = self.limits.max_active_connections is None
-        active = self._by_name(g.ACTIVE_CONNECTIONS)
-        if active is not None and self.limits.max_active_connections is not None:
-            active.limit = float(self.limits.max_active_connections)
 
     def _by_name(self, name: str) -> HealthGate | None:
         return next((gate for gate in self.gates if gate.name == name), None)
@@ -216,7 +215,8 @@ class Sampler:
 
     async def _active(self, conn: asyncpg.Connection, max_connections: int | None) -> None:
         gate = self._by_name(g.ACTIVE_CONNECTIONS)
-        if gate is not None and self._default_connections and max_connections is not None:
+        default = self.limits.max_active_connections is None
+        if gate is not None and default and max_connections is not None:
             gate.limit = float(max(1, max_connections // 2))
 
         def reading(active: int, now: float) -> Reading:
