@@ -269,14 +269,17 @@ async def test_a_paced_worker_sees_the_end_of_the_run_without_waiting_out_its_pa
 # --- the first batch waits for the health gates' first readings -----------------------
 
 
-class FirstBatch:
-    """Stands in for the batch run: notes when it started, then ends the worker."""
+class Batches:
+    """Stands in for the batch run: notes the claim it is given and when, then ends the
+    worker."""
 
     def __init__(self) -> None:
+        self.ran: list[Claim] = []
         self.started: float | None = None
 
     async def run(self, conn: object, c: Claim) -> tuple[object, Claim | None]:
-        self.started = time.monotonic()
+        self.ran.append(c)
+        self.started = self.started or time.monotonic()
         raise Refused
 
 
@@ -291,7 +294,7 @@ async def test_the_first_batch_starts_once_the_first_readings_are_in_not_a_poll_
     store = FakeStore(claims=[CLAIM])
     crew = _crew(store, Admission([latch]))
     worker = BatchWorker(crew, 0)
-    batch = FirstBatch()
+    batch = Batches()
     worker._batches = cast("BatchRun", batch)
     opened_at: list[float] = []
 
@@ -336,15 +339,9 @@ async def test_a_range_claimed_before_the_budgets_share_was_read_is_cut_before_i
     admission = Admission()
     crew = _crew(store, admission, batch_size=1_000)
     crew.sizer = BatchSizer(ThrottlePolicy(max_rows_per_second=40_000.0), 1_000)
-    ran: list[Claim] = []
-
-    class Recorder:
-        async def run(self, conn: object, c: Claim) -> tuple[object, Claim | None]:
-            ran.append(c)
-            raise Refused
-
+    batches = Batches()
     worker = BatchWorker(crew, 0)
-    worker._batches = cast("BatchRun", Recorder())
+    worker._batches = cast("BatchRun", batches)
     claim = store.claim
 
     async def claim_then_share(conn: object, **kw: Any) -> Claim | None:
@@ -356,7 +353,7 @@ async def test_a_range_claimed_before_the_budgets_share_was_read_is_cut_before_i
     with anyio.fail_after(5):
         await worker.run()
     assert store.calls == [("claim", 800), ("split", 200)]
-    assert [c.keys for c in ran] == [200]
+    assert [c.keys for c in batches.ran] == [200]
 
 
 async def test_a_range_whose_transaction_the_last_commit_began_is_not_cut():
@@ -366,18 +363,12 @@ async def test_a_range_whose_transaction_the_last_commit_began_is_not_cut():
     store = CuttingStore(claims=[Claim(7, RANGE, 800, 0)])
     crew = _crew(store, Admission(), batch_size=100)
     cast("FakeConn", crew.spare[0]).in_transaction = True
-    ran: list[Claim] = []
-
-    class Recorder:
-        async def run(self, conn: object, c: Claim) -> tuple[object, Claim | None]:
-            ran.append(c)
-            raise Refused
-
+    batches = Batches()
     worker = BatchWorker(crew, 0)
-    worker._batches = cast("BatchRun", Recorder())
+    worker._batches = cast("BatchRun", batches)
     await worker.run()
     assert store.calls == [("claim", 100)]
-    assert [c.keys for c in ran] == [800]
+    assert [c.keys for c in batches.ran] == [800]
 
 
 @pytest.mark.parametrize(("workers", "looks"), [(1, True), (2, False)])
