@@ -6,15 +6,21 @@ default message and ``exit_code`` is what the CLI exits with (see docs/cli.md).
 
 from __future__ import annotations
 
-import sysconfig
+import functools
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
-_LIBRARIES = {
-    Path(p).resolve()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib")
-    if (p := sysconfig.get_paths().get(key))
-}
+
+
+@functools.cache
+def _libraries() -> frozenset[Path]:
+    """Where the standard library and installed packages live: asked only when an error is
+    described (sysconfig costs every command's start ~1-2 ms otherwise)."""
+    import sysconfig  # noqa: PLC0415 -- see above
+
+    paths = sysconfig.get_paths()
+    keys = ("stdlib", "platstdlib", "purelib", "platlib")
+    return frozenset(Path(p).resolve() for key in keys if (p := paths.get(key)))
 
 
 def one_line(text: str) -> str:
@@ -54,7 +60,7 @@ def _users(filename: str) -> bool:
     if filename.endswith((".pyx", ".pxd")):  # a compiled library's (asyncpg's protocol)
         return False
     path = Path(filename).resolve()
-    if path.is_relative_to(_PACKAGE) or any(path.is_relative_to(p) for p in _LIBRARIES):
+    if path.is_relative_to(_PACKAGE) or any(path.is_relative_to(p) for p in _libraries()):
         return False
     return not {"site-packages", "dist-packages"} & set(path.parts)
 
