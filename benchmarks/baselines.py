@@ -1,7 +1,8 @@
 """What cryptopi_batch replaces: the single UPDATE, a hand-written keyset loop, the naive loop.
 
 Each opens its connection before the clock starts (it times the work, not the connect),
-and returns the seconds and, for the loops, one `BatchTiming` per batch.
+and returns the seconds and, for the loops, one `BatchTiming` per batch. Imports asyncpg
+alone: the keyset loop's script (`keyset_script`) starts as a user's own script would.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from .cluster import TABLE
-
+TABLE = "matrices.dyn_values"
 BATCH = 10_000
 
 SINGLE = f"UPDATE {TABLE} SET confidence = 1.0 WHERE confidence IS NULL"

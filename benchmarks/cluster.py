@@ -20,7 +20,7 @@ import asyncpg
 from cryptopi_batch.demo import LOAD, SCHEMA
 from cryptopi_batch.embedded import EmbeddedCluster
 
-TABLE = "matrices.dyn_values"
+from .baselines import TABLE
 
 
 def database_dsn(dsn: str, database: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptopi_batch.embedded import EmbeddedCluster
 
-from .cluster import TABLE
+from .baselines import TABLE
 from .writer import percentile
 
 SCRIPT = f"""\\set id random(1, :rows)

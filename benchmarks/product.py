@@ -83,7 +83,11 @@ def cli_command(dsn: str, migrations_dir: Path, *extra: str) -> list[str]:
 
 
 def run_process(
-    cmd: list[str], *, kill_after: float | None = None, kill_signal: int = signal.SIGKILL
+    cmd: list[str],
+    *,
+    kill_after: float | None = None,
+    kill_signal: int = signal.SIGKILL,
+    cwd: Path | None = None,
 ) -> ProcessRun:
     """Run ``cmd`` to its exit (blocking: call it from a thread); peak RSS from wait4.
 
@@ -98,7 +102,7 @@ def run_process(
         spawn_wall = time.time()
         spawn_mono = time.monotonic()
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, text=True
+            cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, text=True, cwd=cwd
         )
         reaped = threading.Event()
         timer = None
@@ -158,6 +162,15 @@ def cryptopi_subprocess(dsn: str, migrations_dir: Path, *extra: str) -> tuple[Ph
         if e.get("event") == "batch_committed"
     }
     return run, proc
+
+
+def keyset_script(dsn: str) -> PhaseRun:
+    """The hand-written keyset loop as its own process (`keyset_script`), spawn to exit."""
+    proc = run_process([sys.executable, "-m", "benchmarks.keyset_script", dsn], cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the keyset loop's script exited {proc.returncode}:\n{proc.stderr}")
+    rows = sum(int(e["rows"]) for e in proc.events if e.get("event") == "loop_done")  # type: ignore[call-overload]
+    return PhaseRun(proc.seconds, rows, start=proc.spawn_mono, end=proc.end_mono)
 
 
 class StatementTimer:
@@ -235,8 +248,10 @@ async def cryptopi_in_process(
 def compile_package() -> None:
     """Write the package's bytecode, as installing it does (pip compiles a wheel's modules;
     an editable install, or PYTHONDONTWRITEBYTECODE, leaves a checkout without any, and
-    every process then compiles each module it imports)."""
+    every process then compiles each module it imports). The keyset loop's script gets
+    its own, as a script run twice would have."""
     compileall.compile_dir(Path(cryptopi_batch.__file__).parent, quiet=1)
+    compileall.compile_dir(REPO / "benchmarks", quiet=1)
 
 
 def startup_cost(repeat: int = 3) -> tuple[float, float]:

@@ -42,6 +42,7 @@ APPROACHES = [
     Approach("idle", "writer alone, no backfill"),
     Approach("single", "single UPDATE"),
     Approach("keyset", "hand-written keyset loop"),
+    Approach("keyset-script", "hand-written keyset loop, as a script"),
     Approach("naive", "naive IN (… LIMIT) loop"),
     Approach("cryptopi", "cryptopi_batch run"),
     Approach("cryptopi-inproc", "cryptopi_batch in-process"),
@@ -62,6 +63,9 @@ Approaches:
   hand-written keyset loop: asyncpg, 10k keys a batch; boundary lookup (OFFSET 9999 LIMIT 1
     on the key), UPDATE … WHERE id > $1 AND id <= $2 AND confidence IS NULL and a checkpoint
     row's UPDATE in one transaction.
+  hand-written keyset loop, as a script: the same loop in a process of its own (python -m
+    benchmarks.keyset_script), timed as cryptopi_batch run is, spawn to exit: interpreter
+    start, asyncpg's import, connect, loop, exit.
   naive IN (… LIMIT) loop: UPDATE … WHERE id IN (SELECT id … WHERE confidence IS NULL
     LIMIT 10000), autocommit, until it changes nothing.
   cryptopi_batch run: python -m cryptopi_batch run backfill_confidence --no-progress
@@ -388,6 +392,8 @@ async def _run_approach(
         return run
     if key == "cryptopi-inproc":
         return await product.cryptopi_in_process(dsn, args.migrations_dir, profile, timer)
+    if key == "keyset-script":
+        return await anyio.to_thread.run_sync(lambda: product.keyset_script(dsn))
     runners: dict[str, Callable[[str], Awaitable[PhaseRun]]] = {
         "single": baselines.single_update,
         "keyset": baselines.keyset_loop,
@@ -536,6 +542,14 @@ def bars(results: dict[str, Result]) -> str:
             )
     worst = max(w.max_ms for w in r.writer)
     out.append(f"  writer max stall < 50 ms: {worst:.0f} ms {'met' if worst < 50 else 'MISSED'}")
+    script = results.get("keyset-script")
+    if script and script.runs:
+        # Not a bar: the same loop timed as `run` is, from spawn to exit.
+        ratio, paired = r.rows_per_second / script.rows_per_second, paired_ratios(r, script)
+        line = f"  (beside the keyset loop as a script, spawn to exit: {ratio:.3f}×"
+        if len(paired) > 1:
+            line += f"; round by round {statistics.median(paired):.3f}×"
+        out.append(line + ")")
     return "\n".join(out)
 
 

@@ -1,4 +1,5 @@
-"""The benchmarks' pure helpers: pgbench's log, latency windows, rates and ETA errors."""
+"""The benchmarks' pure helpers: pgbench's log, latency windows, rates, ETA errors and the
+bars' lines."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.baselines import PhaseRun
 from benchmarks.eta import Sample, checks, worst
 from benchmarks.pgbench import Latency, Transaction, Workload, parse_log
+from benchmarks.runner import BY_KEY, Result, bars
 from benchmarks.workload import Backfill, PhaseResult, cap_honoured, median_result, steady_rate
+from benchmarks.writer import summarize
 
 
 def test_parse_log_reads_latency_and_end_and_sorts_by_end() -> None:
@@ -116,3 +120,29 @@ def test_a_workload_phase_run_in_rounds_shows_the_median_of_each_figure() -> Non
     assert m.backfill.end - m.backfill.start == 2.0
     assert not m.backfill.finished  # one round stopped short: said so
     assert (m.runs, m.cap) == (3, 100.0)
+
+
+def _result(key: str, seconds: list[float], stall_ms: float = 10.0) -> Result:
+    runs = [PhaseRun(s, 1_000_000) for s in seconds]
+    writer = [summarize([(0.0, stall_ms / 1000)], 0.0, 1.0) for _ in seconds]
+    return Result(BY_KEY[key], runs=runs, writer=writer)
+
+
+def test_bars_judge_run_against_the_loop_and_show_the_script_beside_it() -> None:
+    results = {
+        "keyset": _result("keyset", [2.0, 2.0, 2.0]),
+        "keyset-script": _result("keyset-script", [2.1, 2.1, 2.1]),
+        "cryptopi": _result("cryptopi", [2.2, 2.1, 2.2]),
+    }
+    text = bars(results)
+    # 2.0 / 2.2: under the 0.95 bar against the loop timed on an open connection.
+    assert "≥ 0.95× keyset loop rows/s: 0.909× MISSED" in text
+    assert "round by round: median 0.909×" in text
+    # Beside the loop's script, timed from spawn to exit as `run` is: a line, not a bar.
+    assert "(beside the keyset loop as a script, spawn to exit: 0.955×" in text
+    assert "round by round 0.955×)" in text
+
+
+def test_bars_leave_the_script_line_out_without_its_runs() -> None:
+    results = {"keyset": _result("keyset", [2.0]), "cryptopi": _result("cryptopi", [2.0])}
+    assert "as a script" not in bars(results)
