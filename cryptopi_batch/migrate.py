@@ -22,10 +22,10 @@ from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, MigrationFile, discover, load, project_settings, resolve
 from .errors import Pending, TargetInvalid, UsageError
 from .opsstore import OPS
-from .preflight import check_session
+from .preflight import behind_pooler, check_session
 from .settings import RunOptions, resolve_settings
 from .sqlfile import SqlMigration, read_sql_migration
-from .sqlrun import SqlJob, run_sql_job
+from .sqlrun import SqlJob, refused_behind_pooler, run_sql_job
 from .sqlrun import lock_timeout as sql_lock_timeout
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
     done: list[Applied] = []
     try:
         async with commands.setup_errors(connection):
-            await check_session(conn)
+            session = await check_session(conn)
             applied = (
                 await OPS.applied_filenames(conn) if await OPS.has_migrations_table(conn) else set()
             )
@@ -153,6 +153,10 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
             checked = {
                 f.filename: _check_file(f, options) for f in files if f.filename not in applied
             }
+            if behind_pooler(session["pid"], conn):
+                for filename, read in checked.items():
+                    if isinstance(read, SqlMigration) and read.outside:
+                        raise refused_behind_pooler(filename, read.statements)
             await schema.ensure_schema(conn)
             applied = await OPS.applied_filenames(conn)
         for f in files:

@@ -160,6 +160,11 @@ class OpsStore:
         session (a file run outside a transaction)."""
         await conn.execute(query("set_lock_timeout"), pg_interval(seconds), local)
 
+    async def server_pid(self, conn: asyncpg.Connection) -> int:
+        """The pid of the server session that answers (a pooler's connection announces
+        another: see preflight.behind_pooler)."""
+        return int(await conn.fetchval(query("server_pid")))
+
     async def reset_timeouts(self, conn: asyncpg.Connection) -> None:
         """The session's timeouts back to their defaults (after :meth:`set_lock_timeout`
         for the session)."""

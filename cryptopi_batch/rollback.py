@@ -20,9 +20,10 @@ from .db import ConnectionSettings, close_quietly
 from .discovery import LoadedMigration, MigrationFile, discover, load, resolve, shown
 from .errors import UsageError
 from .opsstore import OPS
+from .preflight import behind_pooler
 from .settings import RunOptions
 from .sqlfile import outside_transaction, read_sql_migration
-from .sqlrun import SqlJob, lock_timeout, run_sql_job
+from .sqlrun import SqlJob, lock_timeout, refused_behind_pooler, run_sql_job
 from .transactions import transaction
 
 
@@ -98,8 +99,12 @@ async def rollback(  # noqa: PLR0913 -- keyword-only: the rollback, and the CLI'
             started = await schema.schema_version(conn) > 0 and (
                 await OPS.run_row(conn, undo.file.name) is not None
             )
+            outside = isinstance(how, SqlJob) and how.outside
+            pooled = outside and behind_pooler(await OPS.server_pid(conn), conn)
         if not recorded and not started:
             raise UsageError(f"{undo.file.name} is not applied; nothing to roll back")
+        if pooled and isinstance(how, SqlJob):
+            raise refused_behind_pooler(filename, how.statements)
         if confirm is not None:
             confirm(undo)
         if isinstance(how, SqlJob):

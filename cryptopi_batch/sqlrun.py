@@ -16,10 +16,10 @@ import asyncpg
 from . import logs
 from .db import ConnectionSettings, close_quietly
 from .discovery import MigrationFile
-from .errors import MigrationFailed, describe, one_line
+from .errors import CouldNotStart, MigrationFailed, describe, one_line
 from .opsstore import OPS
 from .settings import RunOptions, RunSettings, parse_duration
-from .sqlfile import Statement, concurrently
+from .sqlfile import Statement, concurrently, outside_transaction
 from .transactions import transaction
 
 LOCK_RETRIES = 6
@@ -58,6 +58,23 @@ class SqlJob:
             await OPS.forget_file(conn, self.file.filename)
         else:
             await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum, since=since)
+
+
+def refused_behind_pooler(filename: str, statements: tuple[Statement, ...]) -> CouldNotStart:
+    """A file run outside a transaction, refused through a pooler. Its statements are held
+    to the lock timeout by settings of their connection's server session (there is no
+    transaction to hold them); behind a pooler in transaction mode each statement may reach
+    another server session, run without them, and leave them on a session the pooler hands
+    to its next client. Said before anything is written."""
+    first = next(s for s in statements if outside_transaction(s))
+    words = first.words
+    what = words[: words.index("CONCURRENTLY") + 1] if "CONCURRENTLY" in words else words[:2]
+    return CouldNotStart(
+        f"{filename}:{first.line}: {' '.join(what)} runs outside a transaction, and through a"
+        " connection pooler its statements cannot be held to the lock timeout (each may"
+        " reach another server session); apply this file through a direct connection to"
+        " the server; nothing was written"
+    )
 
 
 async def run_sql_job(

@@ -584,6 +584,11 @@ EXPLAIN (FORMAT TEXT) {statement}
 -- the next migrate applies it again, and a later rollback undoes it again.
 DELETE FROM ops.backfills WHERE name = $1 OR name = $1 || ':down';
 
+-- server_pid --
+-- The server session answering this statement: behind a pooler, not the one announced at
+-- connect.
+SELECT pg_backend_pid();
+
 -- reset_timeouts --
 -- A file run outside a transaction is done: the session's timeouts as they were (a pooled
 -- server connection goes on to other clients).

@@ -3,8 +3,9 @@
 The pool holds fewer server connections than the runner opens (a control connection and
 one per worker), so consecutive transactions of one runner connection land on different
 server sessions and the server sessions are shared between runner connections: nothing
-may depend on a session. Skipped where no ``pgbouncer`` binary is installed (`.ci/run`
-installs Debian's).
+may depend on a session. `migrate` too: its .sql files and a backfill; a file that must
+run outside a transaction is refused through the pooler, writing nothing. Skipped where
+no ``pgbouncer`` binary is installed (`.ci/run` installs Debian's).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
+import asyncpg
 import pytest
 from helpers import connect, run_cli, seed_table
 from run_support import assert_batches_partition, assert_completed, write_migration
@@ -200,6 +203,7 @@ async def test_a_run_through_pgbouncer_in_transaction_mode_applies_every_row_onc
         sessions = await conn.fetchrow(
             "SELECT count(*) AS batches, count(DISTINCT pid) AS pids FROM batch_sessions"
         )
+        assert sessions is not None
         # One row per committed batch (a rolled-back attempt leaves none), and the batches
         # of WORKERS workers ran on at most POOL_SIZE server sessions: the pool was shared.
         assert sessions["batches"] == ROWS // 40
@@ -251,5 +255,261 @@ async def test_a_direct_run_keeps_its_prepared_statements(dsn: str, tmp_path: Pa
         await assert_completed(conn, name, TABLE, ROWS)
         prepared = await conn.fetchval("SELECT max(prepared) FROM batch_sessions")
         assert prepared > 0
+    finally:
+        await conn.close()
+
+
+# -- `migrate` and `rollback` through the pooler (docs/flow.md) --
+
+MIGRATE_ROWS = 500
+# migrate's lock timeout for a file's statements, and the statement timeout the database
+# gives every session (as an application's role or database may): neither is a server
+# default, so a session that shows one of migrate's settings shows it came from migrate.
+LOCK_TIMEOUT = "7s"
+APP_STATEMENT_TIMEOUT = "10min"
+# Four warm server sessions handed out in turn (server_round_robin), as under other
+# clients' load: consecutive transactions of one client land on different sessions.
+ROUND_ROBIN_POOL = 4
+
+_CREATE_ITEMS = f"""\
+-- An ordinary file, in one transaction: the table the files after it index and change.
+CREATE SCHEMA matrices;
+CREATE TABLE matrices.items (
+    id bigint PRIMARY KEY, value double precision NOT NULL, touched int NOT NULL DEFAULT 0);
+INSERT INTO matrices.items (id, value)
+SELECT g, g / 10.0 FROM generate_series(1, {MIGRATE_ROWS}) AS g;
+"""
+# Refused in a transaction block: run on a connection of its own, outside one, whose
+# session carries the lock timeout; through a transaction pooler, refused.
+_INDEX_ITEMS = """\
+CREATE INDEX CONCURRENTLY items_value_idx ON matrices.items (value);
+-- down
+DROP INDEX CONCURRENTLY IF EXISTS matrices.items_value_idx;
+"""
+_ADD_FLAG = """\
+ALTER TABLE matrices.items ADD COLUMN flag boolean;
+COMMENT ON COLUMN matrices.items.flag IS 'value > 25; set by a backfill';
+"""
+_BACKFILL_FLAG = '''\
+"""Set flag from value, each row once."""
+from cryptopi_batch import Backfill
+
+migration = Backfill(
+    table="matrices.items",
+    batch_size=40,
+    sql="UPDATE matrices.items SET flag = value > 25, touched = touched + 1 WHERE {range}",
+)
+'''
+CREATE_FILE = "20260101_0900_create_items.sql"
+INDEX_FILE = "20260101_1000_index_items.sql"
+FLAG_FILE = "20260101_1100_add_flag.sql"
+BACKFILL_FILE = "20260101_1200_backfill_flag.py"
+_SOURCES = {
+    CREATE_FILE: _CREATE_ITEMS,
+    INDEX_FILE: _INDEX_ITEMS,
+    FLAG_FILE: _ADD_FLAG,
+    BACKFILL_FILE: _BACKFILL_FLAG,
+}
+
+
+def _migrations_dir(directory: Path, files: list[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for filename in files:
+        (directory / filename).write_text(_SOURCES[filename])
+    return directory
+
+
+async def _cli(
+    command: str, directory: Path, dsn: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return await anyio.to_thread.run_sync(
+        lambda: run_cli(
+            command,
+            *args,
+            "--migrations-dir",
+            str(directory),
+            "--no-progress",
+            "--lock-timeout",
+            LOCK_TIMEOUT,
+            dsn=dsn,
+        )
+    )
+
+
+async def _app_statement_timeout(conn: asyncpg.Connection) -> None:
+    """Every new session of this database starts with ``APP_STATEMENT_TIMEOUT`` (before
+    the pooler opens its server sessions)."""
+    await conn.execute(
+        "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET statement_timeout = %L',"
+        f" current_database(), '{APP_STATEMENT_TIMEOUT}'); END$$"
+    )
+
+
+async def _records(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    """ops.migrations and ops.migration_files as they stand, in the order of the records
+    (none before migrate made them)."""
+    if await conn.fetchval("SELECT to_regclass('ops.migration_files') IS NULL"):
+        return []
+    rows = await conn.fetch(
+        "SELECT m.id, m.filename, m.applied_at, f.kind, f.checksum, f.applied_at AS file_at"
+        " FROM ops.migrations m LEFT JOIN ops.migration_files f USING (filename) ORDER BY m.id"
+    )
+    return [tuple(r) for r in rows]
+
+
+async def _assert_applied_once(conn: asyncpg.Connection, files: list[str]) -> None:
+    """Every file recorded once in ops.migrations, in file-name order (the order applied),
+    none under another name, each with its kind in ops.migration_files."""
+    records = await _records(conn)
+    assert [r[1] for r in records] == files
+    assert [r[3] for r in records] == [f.rsplit(".", 1)[1] for f in files]
+
+
+async def _index(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The index built CONCURRENTLY: its table, valid and ready; None: there is none."""
+    row = await conn.fetchrow(
+        "SELECT i.indrelid::regclass::text AS tab, i.indisvalid, i.indisready"
+        " FROM pg_index i WHERE i.indexrelid = to_regclass('matrices.items_value_idx')"
+    )
+    return None if row is None else dict(row)
+
+
+async def _pooled_sessions(through: str, count: int) -> dict[int, tuple[str, str]]:
+    """The lock and statement timeouts of ``count`` server sessions of the pool by pid,
+    each held at once by a client of its own in an open transaction (``count``, the pool's
+    size: every session it has)."""
+    clients = [await connect(through) for _ in range(count)]
+    try:
+        seen = {}
+        for c in clients:
+            await c.execute("BEGIN")  # holds its server session until the ROLLBACK below
+            row = await c.fetchrow(
+                "SELECT pg_backend_pid() AS pid, current_setting('lock_timeout') AS lock,"
+                " current_setting('statement_timeout') AS statement"
+            )
+            assert row is not None
+            seen[int(row["pid"])] = (str(row["lock"]), str(row["statement"]))
+        for c in clients:
+            await c.execute("ROLLBACK")
+        return seen
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def _refused(
+    done: subprocess.CompletedProcess[str], where: str = "1: CREATE INDEX CONCURRENTLY"
+) -> None:
+    """Exit 2 with one line naming the file's line, why, and what to do instead."""
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"{INDEX_FILE}:{where} runs outside a transaction" in lines[0]
+    assert "direct connection to the server" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_writing_nothing(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A pending CREATE INDEX CONCURRENTLY, through PgBouncer in transaction mode: its
+    statements could not be held to the lock timeout (a session setting, and each
+    statement may reach another server session), so migrate refuses before anything is
+    written: not even the pending file before it is applied, and no session of the pool
+    keeps a setting of migrate's. The same directory through a direct connection then
+    applies both, each recorded once, the index valid."""
+    files = [CREATE_FILE, INDEX_FILE]
+    directory = _migrations_dir(tmp_path / "migrations", files)
+    conn = await connect(dsn)
+    try:
+        await _app_statement_timeout(conn)
+        with _pgbouncer(dsn, ROUND_ROBIN_POOL, "server_round_robin = 1\n") as through:
+            await _pooled_sessions(through, ROUND_ROBIN_POOL)  # every session open, idle
+
+            refused = await _cli("migrate", directory, through)
+
+            _refused(refused)
+            sessions = await _pooled_sessions(through, ROUND_ROBIN_POOL)
+        assert sorted(sessions.values()) == [("0", APP_STATEMENT_TIMEOUT)] * ROUND_ROBIN_POOL
+        assert await conn.fetchval("SELECT to_regclass('matrices.items')") is None
+        assert await _records(conn) == []
+
+        done = await _cli("migrate", directory, dsn)
+
+        assert done.returncode == 0, done.stderr
+        await _assert_applied_once(conn, files)
+        assert await _index(conn) == {
+            "tab": "matrices.items",
+            "indisvalid": True,
+            "indisready": True,
+        }
+    finally:
+        await conn.close()
+
+
+async def test_rollback_through_pgbouncer_refuses_a_down_section_outside_a_transaction(
+    dsn: str, pgbouncer: str, tmp_path: Path
+) -> None:
+    """An applied file whose down section drops its index CONCURRENTLY: rolled back
+    through the pooler, refused before anything is written (the index stays, the file
+    stays recorded); through a direct connection, undone."""
+    files = [CREATE_FILE, INDEX_FILE]
+    directory = _migrations_dir(tmp_path / "migrations", files)
+    done = await _cli("migrate", directory, dsn)
+    assert done.returncode == 0, done.stderr
+    conn = await connect(dsn)
+    try:
+        records = await _records(conn)
+
+        refused = await _cli("rollback", directory, pgbouncer, INDEX_FILE[:-4], "--yes")
+
+        _refused(refused, "3: DROP INDEX CONCURRENTLY")
+        assert await _records(conn) == records
+        assert await _index(conn) is not None
+
+        undone = await _cli("rollback", directory, dsn, INDEX_FILE[:-4], "--yes")
+
+        assert undone.returncode == 0, undone.stderr
+        assert await _index(conn) is None
+        await _assert_applied_once(conn, [CREATE_FILE])
+    finally:
+        await conn.close()
+
+
+async def test_migrate_through_pgbouncer_applies_sql_files_and_a_backfill_in_order(
+    dsn: str, pgbouncer_resetting: str, tmp_path: Path
+) -> None:
+    """One migrate through the pooler (its server sessions' prepared statements dropped
+    after every transaction): two files in one transaction each, then a backfill over what
+    they made, each after the one before (each needs it), each recorded once; every row
+    changed exactly once. A second migrate applies nothing and changes no row."""
+    files = [CREATE_FILE, FLAG_FILE, BACKFILL_FILE]
+    directory = _migrations_dir(tmp_path / "migrations", files)
+
+    done = await _cli("migrate", directory, pgbouncer_resetting, "--workers", str(WORKERS))
+
+    assert done.returncode == 0, done.stderr
+    conn = await connect(dsn)
+    try:
+        await _assert_applied_once(conn, files)
+        state = await conn.fetchrow(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE touched = 1) AS once,"
+            " count(*) FILTER (WHERE flag = (value > 25)) AS flagged FROM matrices.items"
+        )
+        assert state is not None
+        assert dict(state) == {"total": MIGRATE_ROWS, "once": MIGRATE_ROWS, "flagged": MIGRATE_ROWS}
+        run = await conn.fetchrow(
+            "SELECT status, keys_done FROM ops.backfills WHERE name = $1", BACKFILL_FILE[:-3]
+        )
+        assert run is not None
+        assert dict(run) == {"status": "completed", "keys_done": MIGRATE_ROWS}
+        records = await _records(conn)
+
+        again = await _cli("migrate", directory, pgbouncer_resetting, "--workers", str(WORKERS))
+
+        assert again.returncode == 0, again.stderr
+        assert await _records(conn) == records
+        changed = await conn.fetchval("SELECT count(*) FROM matrices.items WHERE touched <> 1")
+        assert changed == 0  # no row changed twice
     finally:
         await conn.close()
