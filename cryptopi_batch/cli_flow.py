@@ -33,6 +33,8 @@ async def migrate_command(args: argparse.Namespace, connection: ConnectionSettin
         for p in found:
             more = "" if p.rows is None else f", ~{p.rows:,} rows in ~{p.batches:,} batches"
             print(f"{p.file.filename}: {p.state} ({p.file.kind}{more})")
+            if p.refused is not None:
+                print(f"  refused here: {p.refused}")
         if not found:
             print("nothing pending", file=sys.stderr)
         return EXIT_OK

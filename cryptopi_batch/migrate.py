@@ -25,7 +25,7 @@ from .opsstore import OPS
 from .preflight import behind_pooler, check_session
 from .settings import RunOptions, resolve_settings
 from .sqlfile import SqlMigration, read_sql_migration
-from .sqlrun import SqlJob, refused_behind_pooler, run_sql_job
+from .sqlrun import SqlJob, refused_behind_pooler, run_sql_job, through_pooler
 from .sqlrun import lock_timeout as sql_lock_timeout
 
 if TYPE_CHECKING:
@@ -35,12 +35,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PendingFile:
     """A file `migrate` would run: its state (``pending``, or ``unfinished`` for a backfill
-    whose run started), and for a backfill the estimated rows and batches."""
+    whose run started), for a backfill the estimated rows and batches, and why migrate
+    would refuse it here, if it would."""
 
     file: MigrationFile
     state: str
     rows: int | None = None
     batches: int | None = None
+    refused: str | None = None
 
 
 def _upto(files: list[MigrationFile], to: str | None) -> list[MigrationFile]:
@@ -58,8 +60,9 @@ async def pending(
     options: RunOptions | None = None,
     estimate: bool = False,
 ) -> list[PendingFile]:
-    """The files `migrate` would run, in order; writes nothing. With ``estimate``, each
-    backfill's rows (the planner's statistics) and batches."""
+    """The files `migrate` would run, in order; writes nothing. With ``estimate`` (the dry
+    run), each backfill's rows (the planner's statistics) and batches, and a .sql file
+    that migrate would refuse through this connection's pooler."""
     files = _upto(discover(directory), to)
     conn = await connection.connect_or_fail()
     try:
@@ -72,15 +75,21 @@ async def pending(
                 r["name"]: r["status"]
                 for r in await OPS.status_rows(conn, None, live_within=commands.LIVE_WITHIN)
             }
+        pooled = estimate and behind_pooler(await OPS.server_pid(conn), conn)
         found = []
         for f in files:
             if f.filename in applied:
                 continue
             state = "unfinished" if f.name in runs else "pending"
             rows = batches = None
+            refused = None
             if estimate and f.kind == "py":
                 rows, batches = await _estimate(conn, f, options)
-            found.append(PendingFile(f, state, rows, batches))
+            if pooled and f.kind == "sql":
+                sql = read_sql_migration(f.path)
+                if sql.outside:
+                    refused = through_pooler(f.filename, sql.statements)
+            found.append(PendingFile(f, state, rows, batches, refused))
         return found
     finally:
         await close_quietly(conn)

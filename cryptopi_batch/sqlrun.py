@@ -60,21 +60,26 @@ class SqlJob:
             await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum, since=since)
 
 
-def refused_behind_pooler(filename: str, statements: tuple[Statement, ...]) -> CouldNotStart:
-    """A file run outside a transaction, refused through a pooler. Its statements are held
-    to the lock timeout by settings of their connection's server session (there is no
-    transaction to hold them); behind a pooler in transaction mode each statement may reach
-    another server session, run without them, and leave them on a session the pooler hands
-    to its next client. Said before anything is written."""
+def through_pooler(filename: str, statements: tuple[Statement, ...]) -> str:
+    """Why a file run outside a transaction cannot be applied through a pooler. Its
+    statements are held to the lock timeout by settings of their connection's server
+    session (there is no transaction to hold them); behind a pooler in transaction mode
+    each statement may reach another server session, run without them, and leave them on a
+    session the pooler hands to its next client."""
     first = next(s for s in statements if outside_transaction(s))
     words = first.words
     what = words[: words.index("CONCURRENTLY") + 1] if "CONCURRENTLY" in words else words[:2]
-    return CouldNotStart(
+    return (
         f"{filename}:{first.line}: {' '.join(what)} runs outside a transaction, and through a"
         " connection pooler its statements cannot be held to the lock timeout (each may"
         " reach another server session); apply this file through a direct connection to"
-        " the server; nothing was written"
+        " the server"
     )
+
+
+def refused_behind_pooler(filename: str, statements: tuple[Statement, ...]) -> CouldNotStart:
+    """:func:`through_pooler`'s refusal, said before anything is written."""
+    return CouldNotStart(f"{through_pooler(filename, statements)}; nothing was written")
 
 
 async def run_sql_job(

@@ -416,8 +416,8 @@ async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_wr
     statements could not be held to the lock timeout (a session setting, and each
     statement may reach another server session), so migrate refuses before anything is
     written: not even the pending file before it is applied, and no session of the pool
-    keeps a setting of migrate's. The same directory through a direct connection then
-    applies both, each recorded once, the index valid."""
+    keeps a setting of migrate's; its dry run says so beforehand. The same directory
+    through a direct connection then applies both, each recorded once, the index valid."""
     files = [CREATE_FILE, INDEX_FILE]
     directory = _migrations_dir(tmp_path / "migrations", files)
     conn = await connect(dsn)
@@ -425,6 +425,7 @@ async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_wr
         await _app_statement_timeout(conn)
         with _pgbouncer(dsn, ROUND_ROBIN_POOL, "server_round_robin = 1\n") as through:
             await _pooled_sessions(through, ROUND_ROBIN_POOL)  # every session open, idle
+            dry = await _cli("migrate", directory, through, "--dry-run")
 
             refused = await _cli("migrate", directory, through)
 
@@ -433,6 +434,21 @@ async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_wr
         assert sorted(sessions.values()) == [("0", APP_STATEMENT_TIMEOUT)] * ROUND_ROBIN_POOL
         assert await conn.fetchval("SELECT to_regclass('matrices.items')") is None
         assert await _records(conn) == []
+        # The dry run said so beforehand, under the file it refuses alone.
+        assert dry.returncode == 0, dry.stderr
+        assert dry.stdout.splitlines() == [
+            f"{CREATE_FILE}: pending (sql)",
+            f"{INDEX_FILE}: pending (sql)",
+            f"  refused here: {INDEX_FILE}:1: CREATE INDEX CONCURRENTLY runs outside a"
+            " transaction, and through a connection pooler its statements cannot be held to"
+            " the lock timeout (each may reach another server session); apply this file"
+            " through a direct connection to the server",
+        ]
+        direct = await _cli("migrate", directory, dsn, "--dry-run")
+        assert direct.stdout.splitlines() == [
+            f"{CREATE_FILE}: pending (sql)",
+            f"{INDEX_FILE}: pending (sql)",
+        ]
 
         done = await _cli("migrate", directory, dsn)
 
