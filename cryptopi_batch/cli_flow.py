@@ -20,6 +20,7 @@ EXIT_OK = 0
 
 async def migrate_command(args: argparse.Namespace, connection: ConnectionSettings) -> int:
     from . import migrate  # noqa: PLC0415 -- only this command needs it
+    from .sqlrun import refused  # noqa: PLC0415 -- as migrate
 
     directory, options = migrations_directory(args), run_options(args, progress=False)
     if args.pending_check:
@@ -41,6 +42,9 @@ async def migrate_command(args: argparse.Namespace, connection: ConnectionSettin
     env = safety.environment(args.env)
     if safety.protected(env):
         found = await migrate.pending(directory=directory, connection=connection, to=args.to)
+        refusal = next((p.refused for p in found if p.refused is not None), None)
+        if refusal is not None:  # refused before asking, as migrate would after
+            raise refused(refusal)
         if found:  # nothing pending writes nothing: exit 0 without asking, as elsewhere
             names = ", ".join(p.file.filename for p in found)
             safety.confirm_write(env, f"migrate applies {names}", yes=args.yes)

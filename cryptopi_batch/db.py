@@ -130,6 +130,13 @@ STATEMENT_CACHE_ENV = "CRYPTOPI_BATCH_STATEMENT_CACHE"
 DIRECT_STATEMENT_CACHE = 100
 
 
+def is_pooled(server_pid: int, conn: asyncpg.Connection) -> bool:
+    """Whether ``conn`` reaches the server through a pooler: its server session's own pid
+    (``pg_backend_pid()``) is not the one announced at connect, which a pooler announces
+    itself."""
+    return server_pid != conn.get_server_pid()
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """How to reach PostgreSQL. ``dsn`` ``None`` means libpq's ``PG*`` variables.

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from . import commands, schema
-from .db import ConnectionSettings, close_quietly
+from .db import ConnectionSettings, close_quietly, is_pooled
 from .discovery import LoadedMigration, MigrationFile, discover, load, project_settings, resolve
-from .errors import Pending, TargetInvalid, UsageError
+from .errors import MigrationLoadError, Pending, TargetInvalid, UsageError
 from .opsstore import OPS
-from .preflight import behind_pooler, check_session
+from .preflight import check_session
 from .settings import RunOptions, resolve_settings
 from .sqlfile import SqlMigration, read_sql_migration
-from .sqlrun import SqlJob, refused_behind_pooler, run_sql_job, through_pooler
+from .sqlrun import SqlJob, refused, run_sql_job, through_pooler
 from .sqlrun import lock_timeout as sql_lock_timeout
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ async def pending(
     options: RunOptions | None = None,
     estimate: bool = False,
 ) -> list[PendingFile]:
-    """The files `migrate` would run, in order; writes nothing. With ``estimate`` (the dry
-    run), each backfill's rows (the planner's statistics) and batches, and a .sql file
-    that migrate would refuse through this connection's pooler."""
+    """The files `migrate` would run, in order, each with why migrate would refuse it here
+    (a file run outside a transaction, through a pooler); writes nothing. With
+    ``estimate``, each backfill's rows (the planner's statistics) and batches."""
     files = _upto(discover(directory), to)
     conn = await connection.connect_or_fail()
     try:
@@ -75,24 +75,32 @@ async def pending(
                 r["name"]: r["status"]
                 for r in await OPS.status_rows(conn, None, live_within=commands.LIVE_WITHIN)
             }
-        pooled = estimate and behind_pooler(await OPS.server_pid(conn), conn)
+        pooled = is_pooled(await OPS.server_pid(conn), conn)
         found = []
         for f in files:
             if f.filename in applied:
                 continue
             state = "unfinished" if f.name in runs else "pending"
             rows = batches = None
-            refused = None
             if estimate and f.kind == "py":
                 rows, batches = await _estimate(conn, f, options)
-            if pooled and f.kind == "sql":
-                sql = read_sql_migration(f.path)
-                if sql.outside:
-                    refused = through_pooler(f.filename, sql.statements)
-            found.append(PendingFile(f, state, rows, batches, refused))
+            refusal = _refusal(f) if pooled else None
+            found.append(PendingFile(f, state, rows, batches, refusal))
         return found
     finally:
         await close_quietly(conn)
+
+
+def _refusal(f: MigrationFile) -> str | None:
+    """Why migrate would refuse ``f`` through a pooler: a .sql file run outside a
+    transaction. One that cannot be read is migrate's to report, as it applies it."""
+    if f.kind != "sql":
+        return None
+    try:
+        sql = read_sql_migration(f.path)
+    except MigrationLoadError:
+        return None
+    return through_pooler(f.filename, sql.statements) if sql.outside else None
 
 
 async def _estimate(
@@ -162,10 +170,10 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
             checked = {
                 f.filename: _check_file(f, options) for f in files if f.filename not in applied
             }
-            if behind_pooler(session["pid"], conn):
+            if is_pooled(session["pid"], conn):
                 for filename, read in checked.items():
                     if isinstance(read, SqlMigration) and read.outside:
-                        raise refused_behind_pooler(filename, read.statements)
+                        raise refused(through_pooler(filename, read.statements))
             await schema.ensure_schema(conn)
             applied = await OPS.applied_filenames(conn)
         for f in files:

@@ -162,7 +162,7 @@ class OpsStore:
 
     async def server_pid(self, conn: asyncpg.Connection) -> int:
         """The pid of the server session that answers (a pooler's connection announces
-        another: see preflight.behind_pooler)."""
+        another: see db.is_pooled)."""
         return int(await conn.fetchval(query("server_pid")))
 
     async def reset_timeouts(self, conn: asyncpg.Connection) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from .db import is_pooled
 from .discovery import LoadedMigration, shown
 from .errors import (
     CouldNotStart,
@@ -110,18 +111,11 @@ async def preflight(
     checks = query("read_only") + " " + settings.timeouts.local(statement=False)
     async with transaction(conn, checks):
         session = await check_session(conn)
-        pooled = behind_pooler(session["pid"], conn)
+        pooled = is_pooled(session["pid"], conn)
         target = await _check_target(conn, migration)
         ops = OpsState(await schema_version(conn), migrations=session["migrations"])
     estimate = target.estimate if target.estimate >= 0 else None
     return Preflight(migration, target, pooled, ops, estimate)
-
-
-def behind_pooler(server_pid: int, conn: asyncpg.Connection) -> bool:
-    """Whether ``conn`` reaches the server through a pooler: its server session's own pid
-    (``pg_backend_pid()``) is not the one announced at connect, which a pooler announces
-    itself."""
-    return server_pid != conn.get_server_pid()
 
 
 async def check_session(conn: asyncpg.Connection) -> asyncpg.Record:

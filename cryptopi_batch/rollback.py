@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import commands, schema
-from .db import ConnectionSettings, close_quietly
+from .db import ConnectionSettings, close_quietly, is_pooled
 from .discovery import LoadedMigration, MigrationFile, discover, load, resolve, shown
 from .errors import UsageError
 from .opsstore import OPS
-from .preflight import behind_pooler
 from .settings import RunOptions
 from .sqlfile import outside_transaction, read_sql_migration
-from .sqlrun import SqlJob, lock_timeout, refused_behind_pooler, run_sql_job
+from .sqlrun import SqlJob, lock_timeout, refused, run_sql_job, through_pooler
 from .transactions import transaction
 
 
@@ -50,7 +49,8 @@ def plan_undo(directory: Path, name: str) -> tuple[Undo, LoadedMigration | SqlJo
                 f" section and there is no {file.name}.down.sql"
             )
         outside = any(outside_transaction(s) for s in sql.down)
-        job = SqlJob(file, sql.down, outside=outside, undo=True)
+        source = "" if sql.down_path is None else sql.down_path.name
+        job = SqlJob(file, sql.down, outside=outside, undo=True, source=source)
         count = len(sql.down)
         return Undo(file, f"its -- down section ({count} statement{'s' * (count != 1)})"), job
     migration = load(file)
@@ -99,12 +99,17 @@ async def rollback(  # noqa: PLR0913 -- keyword-only: the rollback, and the CLI'
             started = await schema.schema_version(conn) > 0 and (
                 await OPS.run_row(conn, undo.file.name) is not None
             )
-            outside = isinstance(how, SqlJob) and how.outside
-            pooled = outside and behind_pooler(await OPS.server_pid(conn), conn)
+            refusal = None
+            if (
+                isinstance(how, SqlJob)
+                and how.outside
+                and is_pooled(await OPS.server_pid(conn), conn)
+            ):
+                refusal = through_pooler(how.where, how.statements)
         if not recorded and not started:
             raise UsageError(f"{undo.file.name} is not applied; nothing to roll back")
-        if pooled and isinstance(how, SqlJob):
-            raise refused_behind_pooler(filename, how.statements)
+        if refusal is not None:
+            raise refused(refusal)
         if confirm is not None:
             confirm(undo)
         if isinstance(how, SqlJob):

@@ -21,7 +21,7 @@ import asyncpg
 import structlog
 from tenacity import RetryCallState
 
-from .db import ConnectionSettings, close_quietly, pg_interval
+from .db import ConnectionSettings, close_quietly, is_pooled, pg_interval
 from .retry import Fault, Faults, RetryPolicy
 from .settings import TimeoutPolicy
 from .sqlfiles import query
@@ -111,7 +111,7 @@ class Sessions:
         transaction, which must then name itself (:func:`batch_settings`)."""
         if conn not in self._direct:
             session = await session_identity(conn)
-            direct = session is not None and session[0] == conn.get_server_pid()
+            direct = session is not None and not is_pooled(session[0], conn)
             self._direct[conn] = session if direct else None
         return self._direct[conn]
 

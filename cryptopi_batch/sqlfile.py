@@ -152,13 +152,22 @@ def _starts(words: list[str], forms: tuple[tuple[str, ...], ...]) -> bool:
     return any(tuple(words[: len(f)]) == f for f in forms)
 
 
-def outside_transaction(statement: Statement) -> bool:
-    """Whether PostgreSQL refuses ``statement`` inside a transaction block: CREATE/DROP
-    INDEX CONCURRENTLY, REINDEX … CONCURRENTLY, VACUUM, CREATE DATABASE, ALTER SYSTEM, …"""
+def outside_form(statement: Statement) -> str | None:
+    """The leading words for which PostgreSQL refuses ``statement`` inside a transaction
+    block (``CREATE INDEX CONCURRENTLY``, ``VACUUM``, ``ALTER SYSTEM``, …); ``None`` if it
+    does not."""
     words = statement.words
-    if _starts(words, _NO_TRANSACTION):
-        return True
-    return _starts(words, _CONCURRENTLY) and "CONCURRENTLY" in words
+    form = next((f for f in _NO_TRANSACTION if tuple(words[: len(f)]) == f), None)
+    if form is not None:
+        return " ".join(form)
+    if _starts(words, _CONCURRENTLY) and "CONCURRENTLY" in words:
+        return " ".join(words[: words.index("CONCURRENTLY") + 1])
+    return None
+
+
+def outside_transaction(statement: Statement) -> bool:
+    """Whether PostgreSQL refuses ``statement`` inside a transaction block."""
+    return outside_form(statement) is not None
 
 
 def concurrently(statement: Statement) -> bool:
@@ -175,9 +184,12 @@ class SqlMigration:
     own_transaction: bool  # it had BEGIN … COMMIT of its own
     outside: bool  # runs statement by statement, each in its own transaction
     down: tuple[Statement, ...] | None  # the -- down section (or the .down.sql file)
+    down_path: Path | None = None  # the file the down statements' lines count in
 
 
-def parse_sql_migration(path: Path, text: str, down_text: str | None = None) -> SqlMigration:
+def parse_sql_migration(
+    path: Path, text: str, down_text: str | None = None, down_path: Path | None = None
+) -> SqlMigration:
     """Read a ``.sql`` migration: the part before a line ``-- down`` is applied by
     `migrate`, the part after it (or ``down_text``, a sibling ``….down.sql``) by
     `rollback`. A file's own ``BEGIN``/``COMMIT`` are left out (migrate's transaction
@@ -188,6 +200,7 @@ def parse_sql_migration(path: Path, text: str, down_text: str | None = None) -> 
     if marker is not None:
         down_text = text[marker.end() :]
         down_line = text.count("\n", 0, marker.end()) + 1
+        down_path = path
     else:
         down_line = 1
     up, own = _body(path, split_statements(up_text))
@@ -201,7 +214,7 @@ def parse_sql_migration(path: Path, text: str, down_text: str | None = None) -> 
             f"{path.name}: has BEGIN/COMMIT and a statement that cannot run in a"
             " transaction block (e.g. CREATE INDEX CONCURRENTLY); put it in a file of its own"
         )
-    return SqlMigration(path, tuple(up), own, outside, down)
+    return SqlMigration(path, tuple(up), own, outside, down, down_path if down else None)
 
 
 def _body(path: Path, statements: list[Statement]) -> tuple[list[Statement], bool]:
@@ -224,8 +237,9 @@ def read_sql_migration(path: Path) -> SqlMigration:
     """:func:`parse_sql_migration` of the file at ``path``, with its sibling
     ``<name>.down.sql`` when the file has no ``-- down`` section."""
     sibling = path.with_name(path.stem + ".down.sql")
-    down = _read(sibling) if sibling.is_file() else None
-    return parse_sql_migration(path, _read(path), down)
+    if sibling.is_file():
+        return parse_sql_migration(path, _read(path), _read(sibling), sibling)
+    return parse_sql_migration(path, _read(path))
 
 
 def _read(path: Path) -> str:

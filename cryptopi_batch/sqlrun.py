@@ -19,7 +19,7 @@ from .discovery import MigrationFile
 from .errors import CouldNotStart, MigrationFailed, describe, one_line
 from .opsstore import OPS
 from .settings import RunOptions, RunSettings, parse_duration
-from .sqlfile import Statement, concurrently, outside_transaction
+from .sqlfile import Statement, concurrently, outside_form
 from .transactions import transaction
 
 LOCK_RETRIES = 6
@@ -37,6 +37,12 @@ class SqlJob:
     outside: bool  # statement by statement, each in its own transaction
     undo: bool = False
     checksum: str = ""
+    source: str = ""  # the file its statements' lines count in, if not ``file`` (a .down.sql)
+
+    @property
+    def where(self) -> str:
+        """The file named with a statement's line."""
+        return self.source or self.file.filename
 
     @property
     def left(self) -> str:
@@ -60,26 +66,20 @@ class SqlJob:
             await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum, since=since)
 
 
-def through_pooler(filename: str, statements: tuple[Statement, ...]) -> str:
-    """Why a file run outside a transaction cannot be applied through a pooler. Its
-    statements are held to the lock timeout by settings of their connection's server
-    session (there is no transaction to hold them); behind a pooler in transaction mode
-    each statement may reach another server session, run without them, and leave them on a
-    session the pooler hands to its next client."""
-    first = next(s for s in statements if outside_transaction(s))
-    words = first.words
-    what = words[: words.index("CONCURRENTLY") + 1] if "CONCURRENTLY" in words else words[:2]
+def through_pooler(where: str, statements: tuple[Statement, ...]) -> str:
+    """Why statements run outside a transaction cannot run through a pooler: their lock
+    timeout is a session setting (docs/flow.md, "Lock timeouts")."""
+    first, form = next((s, f) for s in statements if (f := outside_form(s)) is not None)
     return (
-        f"{filename}:{first.line}: {' '.join(what)} runs outside a transaction, and through a"
-        " connection pooler its statements cannot be held to the lock timeout (each may"
-        " reach another server session); apply this file through a direct connection to"
-        " the server"
+        f"{where}:{first.line}: {form} must run outside a transaction, where a connection"
+        " pooler cannot hold it to the lock timeout (each statement may reach another server"
+        " session); run it through a direct connection to the server"
     )
 
 
-def refused_behind_pooler(filename: str, statements: tuple[Statement, ...]) -> CouldNotStart:
-    """:func:`through_pooler`'s refusal, said before anything is written."""
-    return CouldNotStart(f"{through_pooler(filename, statements)}; nothing was written")
+def refused(reason: str) -> CouldNotStart:
+    """A file refused before anything is written."""
+    return CouldNotStart(f"{reason} (nothing was written)")
 
 
 async def run_sql_job(
@@ -134,7 +134,7 @@ async def _execute(conn: asyncpg.Connection, job: SqlJob, statement: Statement) 
         raise
     except asyncpg.PostgresError as exc:
         raise MigrationFailed(
-            f"{job.file.filename}:{statement.line}: {_describe(exc)}; rolled back, {job.left}"
+            f"{job.where}:{statement.line}: {_describe(exc)}; rolled back, {job.left}"
         ) from None
 
 
@@ -222,7 +222,6 @@ async def _guarded(guard: asyncpg.Connection, filename: str) -> AsyncIterator[No
 async def _outside_statement(
     conn: asyncpg.Connection, job: SqlJob, statement: Statement, n: int, before: set[str]
 ) -> None:
-    f = job.file
     for attempt in range(LOCK_RETRIES):
         try:
             await conn.execute(statement.text)
@@ -239,7 +238,7 @@ async def _outside_statement(
                 for i in left
             )
             raise MigrationFailed(
-                f"{f.filename}:{statement.line}: {_describe(exc)} (run outside a"
+                f"{job.where}:{statement.line}: {_describe(exc)} (run outside a"
                 f" transaction: {applied}{'still recorded' if job.undo else 'not recorded'}){drops}"
             ) from None
         else:

@@ -397,16 +397,24 @@ async def _pooled_sessions(through: str, count: int) -> dict[int, tuple[str, str
             await c.close()
 
 
-def _refused(
-    done: subprocess.CompletedProcess[str], where: str = "1: CREATE INDEX CONCURRENTLY"
-) -> None:
-    """Exit 2 with one line naming the file's line, why, and what to do instead."""
+def _reason(where: str) -> str:
+    """Why a statement run outside a transaction is refused through the pooler."""
+    return (
+        f"{where} must run outside a transaction, where a connection pooler cannot hold it to"
+        " the lock timeout (each statement may reach another server session); run it through"
+        " a direct connection to the server"
+    )
+
+
+def _refused(done: subprocess.CompletedProcess[str], where: str) -> None:
+    """Exit 2 with one line: the file and line, why, what to do instead."""
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert f"{INDEX_FILE}:{where} runs outside a transaction" in lines[0]
-    assert "direct connection to the server" in lines[0]
-    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"cryptopi_batch: {_reason(where)} (nothing was written)"
+    ], done.stderr
+
+
+INDEX_AT = f"{INDEX_FILE}:1: CREATE INDEX CONCURRENTLY"
 
 
 async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_writing_nothing(
@@ -416,8 +424,9 @@ async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_wr
     statements could not be held to the lock timeout (a session setting, and each
     statement may reach another server session), so migrate refuses before anything is
     written: not even the pending file before it is applied, and no session of the pool
-    keeps a setting of migrate's; its dry run says so beforehand. The same directory
-    through a direct connection then applies both, each recorded once, the index valid."""
+    keeps a setting of migrate's; its dry run says so beforehand, and in production the
+    refusal comes before the confirmation is asked. The same directory through a direct
+    connection then applies both, each recorded once, the index valid."""
     files = [CREATE_FILE, INDEX_FILE]
     directory = _migrations_dir(tmp_path / "migrations", files)
     conn = await connect(dsn)
@@ -426,10 +435,12 @@ async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_wr
         with _pgbouncer(dsn, ROUND_ROBIN_POOL, "server_round_robin = 1\n") as through:
             await _pooled_sessions(through, ROUND_ROBIN_POOL)  # every session open, idle
             dry = await _cli("migrate", directory, through, "--dry-run")
+            production = await _cli("migrate", directory, through, "--env", "production")
 
             refused = await _cli("migrate", directory, through)
 
-            _refused(refused)
+            _refused(refused, INDEX_AT)
+            _refused(production, INDEX_AT)  # not "pass --yes"
             sessions = await _pooled_sessions(through, ROUND_ROBIN_POOL)
         assert sorted(sessions.values()) == [("0", APP_STATEMENT_TIMEOUT)] * ROUND_ROBIN_POOL
         assert await conn.fetchval("SELECT to_regclass('matrices.items')") is None
@@ -439,10 +450,7 @@ async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_wr
         assert dry.stdout.splitlines() == [
             f"{CREATE_FILE}: pending (sql)",
             f"{INDEX_FILE}: pending (sql)",
-            f"  refused here: {INDEX_FILE}:1: CREATE INDEX CONCURRENTLY runs outside a"
-            " transaction, and through a connection pooler its statements cannot be held to"
-            " the lock timeout (each may reach another server session); apply this file"
-            " through a direct connection to the server",
+            f"  refused here: {_reason(INDEX_AT)}",
         ]
         direct = await _cli("migrate", directory, dsn, "--dry-run")
         assert direct.stdout.splitlines() == [
@@ -463,14 +471,51 @@ async def test_migrate_through_pgbouncer_refuses_a_file_outside_a_transaction_wr
         await conn.close()
 
 
-async def test_rollback_through_pgbouncer_refuses_a_down_section_outside_a_transaction(
+async def test_migrate_through_pgbouncer_refuses_only_a_pending_file_outside_a_transaction(
     dsn: str, pgbouncer: str, tmp_path: Path
 ) -> None:
-    """An applied file whose down section drops its index CONCURRENTLY: rolled back
-    through the pooler, refused before anything is written (the index stays, the file
+    """Through the pooler, the files before a pending CREATE INDEX CONCURRENTLY apply with
+    --to; once the index file is applied through a direct connection, a later file through
+    the pooler applies too: only a pending file run outside a transaction is refused."""
+    directory = _migrations_dir(tmp_path / "migrations", [CREATE_FILE, INDEX_FILE])
+    conn = await connect(dsn)
+    try:
+        before = await _cli("migrate", directory, pgbouncer, "--to", CREATE_FILE[:-4])
+
+        assert before.returncode == 0, before.stderr
+        await _assert_applied_once(conn, [CREATE_FILE])
+        assert await _index(conn) is None
+
+        direct = await _cli("migrate", directory, dsn)
+        assert direct.returncode == 0, direct.stderr
+        _migrations_dir(directory, [FLAG_FILE])
+
+        after = await _cli("migrate", directory, pgbouncer)
+
+        assert after.returncode == 0, after.stderr
+        await _assert_applied_once(conn, [CREATE_FILE, INDEX_FILE, FLAG_FILE])
+        column = "SELECT count(*) FROM pg_attribute WHERE attrelid = 'matrices.items'::regclass"
+        assert await conn.fetchval(column + " AND attname = 'flag'") == 1
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("sibling", [False, True], ids=["down-section", "down-file"])
+async def test_rollback_through_pgbouncer_refuses_a_down_outside_a_transaction(
+    dsn: str, pgbouncer: str, tmp_path: Path, sibling: bool
+) -> None:
+    """An applied file whose down (its -- down section, or a sibling .down.sql) drops its
+    index CONCURRENTLY: rolled back through the pooler, refused before anything is
+    written, naming the file and line of the down statement (the index stays, the file
     stays recorded); through a direct connection, undone."""
-    files = [CREATE_FILE, INDEX_FILE]
-    directory = _migrations_dir(tmp_path / "migrations", files)
+    directory = _migrations_dir(tmp_path / "migrations", [CREATE_FILE, INDEX_FILE])
+    where = f"{INDEX_FILE}:3: DROP INDEX CONCURRENTLY"
+    if sibling:
+        up, down = _INDEX_ITEMS.split("-- down\n")
+        (directory / INDEX_FILE).write_text(up)
+        down_file = INDEX_FILE.replace(".sql", ".down.sql")
+        (directory / down_file).write_text("-- Undo.\n" + down)
+        where = f"{down_file}:2: DROP INDEX CONCURRENTLY"
     done = await _cli("migrate", directory, dsn)
     assert done.returncode == 0, done.stderr
     conn = await connect(dsn)
@@ -479,7 +524,7 @@ async def test_rollback_through_pgbouncer_refuses_a_down_section_outside_a_trans
 
         refused = await _cli("rollback", directory, pgbouncer, INDEX_FILE[:-4], "--yes")
 
-        _refused(refused, "3: DROP INDEX CONCURRENTLY")
+        _refused(refused, where)
         assert await _records(conn) == records
         assert await _index(conn) is not None
 
