@@ -4,6 +4,8 @@ interpreter's start, asyncpg's import, the connect, the loop, the exit. The benc
 it from spawn to exit, as it times ``cryptopi_batch run``. Its one line on stderr, a JSON
 object, gives the rows it changed."""
 
+from __future__ import annotations
+
 import asyncio
 import json
 import sys

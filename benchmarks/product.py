@@ -170,7 +170,9 @@ def keyset_script(dsn: str) -> PhaseRun:
     if proc.returncode != 0:
         raise RuntimeError(f"the keyset loop's script exited {proc.returncode}:\n{proc.stderr}")
     rows = sum(int(e["rows"]) for e in proc.events if e.get("event") == "loop_done")  # type: ignore[call-overload]
-    return PhaseRun(proc.seconds, rows, start=proc.spawn_mono, end=proc.end_mono)
+    run = PhaseRun(proc.seconds, rows, start=proc.spawn_mono, end=proc.end_mono)
+    run.extra["rss_mb"] = proc.rss_mb
+    return run
 
 
 class StatementTimer:

@@ -546,7 +546,7 @@ def bars(results: dict[str, Result]) -> str:
     if script and script.runs:
         # Not a bar: the same loop timed as `run` is, from spawn to exit.
         ratio, paired = r.rows_per_second / script.rows_per_second, paired_ratios(r, script)
-        line = f"  (beside the keyset loop as a script, spawn to exit: {ratio:.3f}×"
+        line = f"  (not a bar: beside the keyset loop as a script, spawn to exit: {ratio:.3f}×"
         if len(paired) > 1:
             line += f"; round by round {statistics.median(paired):.3f}×"
         out.append(line + ")")
