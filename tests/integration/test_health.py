@@ -1,6 +1,6 @@
 """Health gates against real signals on the real server: a long transaction, a session
-blocked behind a batch, a custom check, a streaming replica whose replay is paused; and the
-migration-wide rate budget shared by two runners.
+blocked behind a batch, a custom check, an autovacuum to prevent wraparound, a streaming
+replica whose replay is paused; and the migration-wide rate budget shared by two runners.
 
 Each test asserts on what the database holds (the rows touched once, ops.backfills' status
 and waiting reason as ``status`` reports it, ops.backfill_batches' sizes and times).
@@ -14,14 +14,15 @@ import pwd
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg
 import pytest
-from helpers import connect, seed_table
+from helpers import PgServer, connect, seed_table
 from run_support import assert_completed, run, run_together, sql_migration, write_migration
 
 from cryptopi_batch import commands
@@ -34,6 +35,7 @@ from cryptopi_batch.throttle import PACED_SLICE
 pytestmark = pytest.mark.anyio
 
 TABLE = "matrices.dyn_values"
+T = TypeVar("T")
 
 
 async def status_of(dsn: str, directory: Path, name: str) -> StatusRow:
@@ -224,6 +226,161 @@ async def test_too_many_active_sessions_hold_the_run(
         for session in busy:
             await session.close()
     await assert_completed(conn, name, TABLE, 300)
+
+
+# An autovacuum to prevent wraparound, made real: the table's own freeze age at its least
+# (autovacuum_freeze_max_age 100000, its minimum), that many transaction ids used up, and
+# the launcher looking every second. The cost settings make that vacuum crawl (a page every
+# few tenths of a second) until they are reset: a running autovacuum re-reads them (PG 16+)
+# and finishes. Freeze ages 0 make it freeze every row, so that no other follows it.
+FREEZE_MAX_AGE = 100_000
+CRAWL = {"autovacuum_vacuum_cost_delay": "100", "autovacuum_vacuum_cost_limit": "1"}
+LOOK_OFTEN = {"autovacuum_naptime": "1"}
+FORCED_VACUUM = """
+SELECT clock_timestamp() AS at,
+       (SELECT a.pid FROM pg_stat_activity a
+          JOIN pg_stat_progress_vacuum v ON v.pid = a.pid
+         WHERE v.datname = current_database() AND v.relid = $1::regclass
+           AND a.backend_type = 'autovacuum worker'
+           AND a.query = 'autovacuum: VACUUM ' || $1 || ' (to prevent wraparound)'
+         LIMIT 1) AS pid
+"""
+
+
+async def alter_system(conn: asyncpg.Connection, settings: Mapping[str, str | None]) -> None:
+    """ALTER SYSTEM SET each of ``settings`` (RESET where ``None``), then reload."""
+    for setting, value in settings.items():
+        if value is None:
+            await conn.execute(f"ALTER SYSTEM RESET {setting}")
+        else:
+            await conn.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
+    await conn.execute("SELECT pg_reload_conf()")
+
+
+async def use_up_xids(conn: asyncpg.Connection, n: int) -> None:
+    """``n`` transactions that each take a transaction id and commit (not waiting for the
+    WAL flush: a fraction of a second for 100,000)."""
+    await conn.execute("SET synchronous_commit = off")
+    try:
+        await conn.execute(
+            f"DO $$BEGIN FOR i IN 1..{n} LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END$$"
+        )
+    finally:
+        await conn.execute("RESET synchronous_commit")
+
+
+async def forced_vacuum(conn: asyncpg.Connection) -> tuple[int | None, datetime]:
+    """The pid of the autovacuum to prevent wraparound on TABLE (``None``: none runs), and
+    the server's clock when it looked."""
+    row = await conn.fetchrow(FORCED_VACUUM, TABLE)
+    assert row is not None
+    return row["pid"], row["at"]
+
+
+async def eventually(what: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """``what``'s first true answer within ``timeout`` seconds, else its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await what()
+        if answer or time.monotonic() >= deadline:
+            return answer
+        await anyio.sleep(0.1)
+
+
+async def test_an_autovacuum_to_prevent_wraparound_holds_the_run_until_it_ends(
+    pg_server: PgServer, dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A real autovacuum to prevent wraparound runs on the table as the run starts: the run
+    waits (status waiting, its reason and its runner's name the vacuum's pid) and commits no
+    batch for seconds; the vacuum finishes: the run completes, every row once, every batch
+    committed after the vacuum was last seen."""
+    if pg_server.cluster is None:
+        pytest.skip("needs the embedded cluster (changes server-wide autovacuum settings)")
+    if conn.get_server_version().major < 16:
+        pytest.skip("PostgreSQL < 16: a running autovacuum never re-reads its cost settings")
+    rows = 30_000
+    await seed_table(conn, rows=rows)
+    await conn.execute(
+        f"ALTER TABLE {TABLE} SET (autovacuum_enabled = false,"  # no vacuum but the forced one
+        f" autovacuum_freeze_max_age = {FREEZE_MAX_AGE}, autovacuum_freeze_min_age = 0,"
+        " autovacuum_freeze_table_age = 0)"
+    )
+    name = write_migration(tmp_path, "wraparound", sql_migration(TABLE, batch_size=1_000))
+    age = f"SELECT age(relfrozenxid) FROM pg_class WHERE oid = '{TABLE}'::regclass"
+
+    async def vacuum_pid() -> int | None:
+        return (await forced_vacuum(conn))[0]
+
+    async def run_row() -> asyncpg.Record:
+        f = await conn.fetchrow(
+            "SELECT status, waiting_reason, batches_done, rows_processed,"
+            " (SELECT count(*) FROM ops.backfill_batches b"
+            "   WHERE b.backfill = f.name AND b.status = 'done') AS done,"
+            f" (SELECT sum(touched) FROM {TABLE}) AS touched"
+            " FROM ops.backfills f WHERE f.name = $1",
+            name,
+        )
+        assert f is not None
+        return f
+
+    try:
+        await alter_system(conn, {**CRAWL, **LOOK_OFTEN})
+        await use_up_xids(conn, FREEZE_MAX_AGE + 1_000)
+        pid = await eventually(vacuum_pid, 30.0)
+        assert pid is not None, (
+            f"no autovacuum to prevent wraparound on {TABLE} within 30 s"
+            f" (age(relfrozenxid) {await conn.fetchval(age)})"
+        )
+        reason = f"autovacuum: to prevent wraparound on {TABLE} (pid {pid})"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run(dsn, tmp_path, name))
+
+            async def settled() -> StatusRow | None:  # waiting, or done with the run
+                row = await status_of(dsn, tmp_path, name)
+                return None if row.status in ("pending", "running") else row
+
+            row = await eventually(settled, 20.0)
+            assert row is not None, "the run neither waited nor ended within 20 s"
+            assert (row.status, row.waiting_reason) == ("waiting", reason), row
+            # It stays held, through several back-off steps, while the vacuum runs.
+            watched = time.monotonic() + 3.0
+            while time.monotonic() < watched:
+                row = await status_of(dsn, tmp_path, name)
+                assert (row.status, row.waiting_reason) == ("waiting", reason), row
+                assert [r.waiting_reason for r in row.runners] == [reason], row.runners
+                f = await run_row()
+                assert f["waiting_reason"] == reason, dict(f)
+                counts = (f["batches_done"], f["rows_processed"], f["done"], f["touched"])
+                assert counts == (0, 0, 0, 0), dict(f)
+                await anyio.sleep(0.25)
+            still, last_seen = await forced_vacuum(conn)
+            assert still == pid, "the vacuum ended before the hold was watched"
+
+            # Its cost settings reset, the vacuum speeds up and finishes.
+            await alter_system(conn, dict.fromkeys(CRAWL))
+            deadline = time.monotonic() + 20.0
+            while True:
+                still, at = await forced_vacuum(conn)
+                if still is None:
+                    break
+                last_seen = at
+                assert time.monotonic() < deadline, f"pid {still} still vacuums after 20 s"
+                await anyio.sleep(0.1)
+            assert await conn.fetchval(age) < FREEZE_MAX_AGE  # frozen: no other one comes
+
+            async def completed() -> asyncpg.Record | None:
+                f = await run_row()
+                return f if f["status"] == "completed" else None
+
+            assert await eventually(completed, 60.0) is not None, dict(await run_row())
+    finally:
+        await alter_system(conn, dict.fromkeys([*CRAWL, *LOOK_OFTEN]))
+    f = await assert_completed(conn, name, TABLE, rows)
+    assert f["waiting_reason"] is None
+    first = await conn.fetchval(
+        "SELECT min(finished_at) FROM ops.backfill_batches WHERE backfill = $1", name
+    )
+    assert first > last_seen, (first, last_seen)
 
 
 def _chown_to(cluster: EmbeddedCluster, path: Path) -> None:
