@@ -425,10 +425,12 @@ SELECT count(*)::int FROM pg_stat_activity
 -- health_wraparound --
 -- An autovacuum that prevents wraparound, running on the table $1: its pid, or no row.
 -- (Another role's query text reads '<insufficient privilege>' without pg_read_all_stats:
--- such a vacuum is not recognised.)
+-- such a vacuum is not recognised.) The view lists every database's vacuums: a table of
+-- another database may have the same oid.
 SELECT v.pid FROM pg_stat_progress_vacuum v
   JOIN pg_stat_activity a ON a.pid = v.pid
- WHERE v.relid = to_regclass($1) AND a.query LIKE '%(to prevent wraparound)%'
+ WHERE v.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND v.relid = to_regclass($1) AND a.query LIKE '%(to prevent wraparound)%'
  LIMIT 1;
 
 -- health_budget --
