@@ -194,6 +194,7 @@ class Runner:
             sizer=crew.sizer,
             gates=gates,
             describe=self._describe,
+            on_release=crew.stop.nudge,
         )
 
     async def _end(self, crew: Crew, elapsed: float) -> Outcome:

@@ -92,6 +92,9 @@ class Sampler:
     # A connection opened for it beforehand (while the run's checks ran): its first round
     # then waits for no connect, and the first batch, admitted on that round, neither.
     opened: asyncpg.Connection | None = None
+    # Called when a gate lets go: the workers it held go at once, not when their back-off
+    # (up to 30 s) would have them look again.
+    on_release: Callable[[], None] = lambda: None
     _first_seen: dict[tuple[str, str], float] = field(default_factory=dict)
     conns: ProbeConnections = field(init=False)
     _holder_logged: str | None = None
@@ -129,6 +132,7 @@ class Sampler:
 
     async def sample(self) -> None:
         """One round: every probe, the gates' readings, the budgets, the waiting reason."""
+        held = [gate for gate in self.gates if gate.holding]
         conn = await self.conns.primary()
         if conn is None:
             for gate in self.gates:
@@ -147,6 +151,8 @@ class Sampler:
         await self._autovacuum(conn)
         await self._checks(conn)
         await self._budget(conn, None if isinstance(wal, Exception) else wal[0])
+        if any(not gate.holding for gate in held):
+            self.on_release()
         self._report()
 
     # --- the gates ----------------------------------------------------------------

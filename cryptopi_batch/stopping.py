@@ -42,6 +42,10 @@ class StopSignal:
     def release(self, latch: Latch) -> None:
         """Open ``latch`` and wake the worker tasks waiting on it."""
         latch.opened = True
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Wake the worker tasks waiting between batches: what held them may have let go."""
         if not self._event.is_set():  # a stop keeps them awake anyway
             woken, self._wake = self._wake, anyio.Event()
             woken.set()

@@ -250,3 +250,25 @@ async def test_a_replica_that_cannot_be_reached_is_named_with_why_never_its_pass
     assert "no connection" not in reason
     assert "refused" in reason.lower() or "connect" in reason.lower()
     assert "s3cret" not in reason
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "released"),
+    [
+        ("deploy", None, 1),  # held, then let go: the waiting workers are woken
+        ("deploy", "deploy", 0),  # still held
+        (None, None, 0),  # never held
+        (None, "deploy", 0),  # held from now on
+    ],
+)
+async def test_a_gate_that_lets_go_wakes_the_waiting_workers(
+    first: str | None, then: str | None, released: int
+) -> None:
+    woken: list[float] = []
+    probes = FakeProbes({"check": first})
+    s = make(probes, HealthLimits(check="SELECT 1"))
+    s.on_release = lambda: woken.append(time.monotonic())
+    await s.sample()
+    probes.answers["check"] = then
+    await s.sample()
+    assert len(woken) == released

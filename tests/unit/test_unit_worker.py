@@ -21,6 +21,7 @@ from cryptopi_batch.batch import BatchRun, Verdict, verdict
 from cryptopi_batch.control import Control
 from cryptopi_batch.db import ConnectionSettings
 from cryptopi_batch.errors import LeaseLost
+from cryptopi_batch.gates import GatePolicy, HealthGate, Reading
 from cryptopi_batch.keys import KeyColumn, KeyRange, KeySpec
 from cryptopi_batch.progress import Progress, Tally
 from cryptopi_batch.retry import Faults, RetryPolicy
@@ -394,3 +395,25 @@ async def test_the_look_ahead_runs_for_one_worker_only(workers: int, looks: bool
 
     ahead = control.look_ahead(CLAIM, 100, cast("anyio.abc.TaskGroup", Tasks()))
     assert (ahead is not None, len(started)) == (looks, int(looks))
+
+
+async def test_a_worker_held_by_a_health_gate_goes_once_it_lets_go_not_at_its_back_off() -> None:
+    """A gate holds with a minute's back-off; the sampler sees it let go and nudges
+    (Sampler.on_release): the waiting worker starts its batch at once."""
+    gate = HealthGate("check", "check", None, policy=GatePolicy(first_backoff=60.0))
+    gate.observe(Reading(time.monotonic(), reason="deploy"))
+    store = FakeStore(claims=[CLAIM])
+    crew = _crew(store, Admission([gate]))
+    worker = BatchWorker(crew, 0)
+    batch = Batches()
+    worker._batches = cast("BatchRun", batch)
+    with anyio.fail_after(5):  # without the nudge: the back-off's 60 s
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await anyio.sleep(0.05)
+            assert batch.started is None  # claimed, and held
+            gate.observe(Reading(time.monotonic()))
+            let_go = time.monotonic()
+            crew.stop.nudge()
+    assert batch.started is not None
+    assert batch.started - let_go < 1.0
