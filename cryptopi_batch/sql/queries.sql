@@ -351,8 +351,11 @@ SELECT to_regclass('ops.migrations') IS NOT NULL;
 
 -- health_wal --
 -- The primary's WAL position in bytes (the WAL rate, and replica lag's estimate), and
--- the server's max_connections (the default limit of active connections).
-SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS position,
+-- the server's max_connections (the default limit of active connections). The insert
+-- position: WAL committed asynchronously (a batch's default) waits up to wal_writer_delay
+-- in memory before the write position passes it, and a rate from the write position
+-- under-counts a burst (a WAL budget then lets the next one run over).
+SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8 AS position,
        current_setting('max_connections')::int AS max_connections;
 
 -- health_replicas --
