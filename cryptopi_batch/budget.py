@@ -6,7 +6,7 @@ Each budget is stored with the run (``ops.backfills.max_rows_per_second``,
 live runners' (a heartbeat within a few seconds), re-read about once a second, so the
 shares move as runners come and go.
 
-The WAL budget becomes a rows-per-second cap: the server's WAL rate (``pg_current_wal_lsn()``
+The WAL budget becomes a rows-per-second cap: the server's WAL rate (``pg_current_wal_insert_lsn()``
 deltas) over the run's rows per second (``ops.backfills.rows_processed`` deltas) in the
 same window is the WAL each row costs. All of the server's WAL is put down to the run: the
 estimate is an upper bound, and other writers make the run slower, never faster.
