@@ -75,17 +75,18 @@ async def pending(
                 r["name"]: r["status"]
                 for r in await OPS.status_rows(conn, None, live_within=commands.LIVE_WITHIN)
             }
-        pooled = is_pooled(await OPS.server_pid(conn), conn)
+        todo = [f for f in files if f.filename not in applied]
+        refusals = {f.filename: _refusal(f) for f in todo}
+        # The server session's pid asked only when a file would be refused through a pooler.
+        pooled = any(refusals.values()) and is_pooled(await OPS.server_pid(conn), conn)
         found = []
-        for f in files:
-            if f.filename in applied:
-                continue
+        for f in todo:
             state = "unfinished" if f.name in runs else "pending"
             rows = batches = None
             if estimate and f.kind == "py":
                 rows, batches = await _estimate(conn, f, options)
-            refusal = _refusal(f) if pooled else None
-            found.append(PendingFile(f, state, rows, batches, refusal))
+            refused_here = refusals[f.filename] if pooled else None
+            found.append(PendingFile(f, state, rows, batches, refused_here))
         return found
     finally:
         await close_quietly(conn)
@@ -97,10 +98,9 @@ def _refusal(f: MigrationFile) -> str | None:
     if f.kind != "sql":
         return None
     try:
-        sql = read_sql_migration(f.path)
+        return through_pooler(f.filename, read_sql_migration(f.path).statements)
     except MigrationLoadError:
         return None
-    return through_pooler(f.filename, sql.statements) if sql.outside else None
 
 
 async def _estimate(
@@ -172,8 +172,10 @@ async def migrate(  # noqa: PLR0913 -- keyword-only: a command's options
             }
             if is_pooled(session["pid"], conn):
                 for filename, read in checked.items():
-                    if isinstance(read, SqlMigration) and read.outside:
-                        raise refused(through_pooler(filename, read.statements))
+                    if isinstance(read, SqlMigration) and (
+                        reason := through_pooler(filename, read.statements)
+                    ):
+                        raise refused(reason)
             await schema.ensure_schema(conn)
             applied = await OPS.applied_filenames(conn)
         for f in files:

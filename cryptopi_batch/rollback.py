@@ -99,13 +99,9 @@ async def rollback(  # noqa: PLR0913 -- keyword-only: the rollback, and the CLI'
             started = await schema.schema_version(conn) > 0 and (
                 await OPS.run_row(conn, undo.file.name) is not None
             )
-            refusal = None
-            if (
-                isinstance(how, SqlJob)
-                and how.outside
-                and is_pooled(await OPS.server_pid(conn), conn)
-            ):
-                refusal = through_pooler(how.where, how.statements)
+            refusal = through_pooler(how.where, how.statements) if isinstance(how, SqlJob) else None
+            if refusal is not None and not is_pooled(await OPS.server_pid(conn), conn):
+                refusal = None  # a direct connection holds the session
         if not recorded and not started:
             raise UsageError(f"{undo.file.name} is not applied; nothing to roll back")
         if refusal is not None:

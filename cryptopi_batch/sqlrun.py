@@ -66,10 +66,13 @@ class SqlJob:
             await OPS.record_sql_file(conn, self.file.filename, "sql", self.checksum, since=since)
 
 
-def through_pooler(where: str, statements: tuple[Statement, ...]) -> str:
-    """Why statements run outside a transaction cannot run through a pooler: their lock
-    timeout is a session setting (docs/flow.md, "Lock timeouts")."""
-    first, form = next((s, f) for s in statements if (f := outside_form(s)) is not None)
+def through_pooler(where: str, statements: tuple[Statement, ...]) -> str | None:
+    """Why ``statements`` cannot run through a pooler, if one must run outside a
+    transaction: its lock timeout is a session setting (docs/flow.md, "Lock timeouts")."""
+    found = next(((s, f) for s in statements if (f := outside_form(s)) is not None), None)
+    if found is None:
+        return None
+    first, form = found
     return (
         f"{where}:{first.line}: {form} must run outside a transaction, where a connection"
         " pooler cannot hold it to the lock timeout (each statement may reach another server"
