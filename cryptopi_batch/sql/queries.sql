@@ -432,8 +432,8 @@ SELECT count(*)::int FROM pg_stat_activity
 -- another database may have the same oid.
 SELECT v.pid FROM pg_stat_progress_vacuum v
   JOIN pg_stat_activity a ON a.pid = v.pid
- WHERE v.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
-   AND v.relid = to_regclass($1) AND a.query LIKE '%(to prevent wraparound)%'
+ WHERE v.datname = current_database() AND v.relid = to_regclass($1)
+   AND a.query LIKE '%(to prevent wraparound)%'
  LIMIT 1;
 
 -- health_budget --
