@@ -502,9 +502,11 @@ async def test_a_budget_is_stored_once_as_the_runner_starts_and_kept_on_resume(
     dsn: str, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """Stored as the runner starts, before any batch (a run stopped before its first has
-    it), and a runner started without one takes it."""
-    await seed_table(conn, rows=300)
-    name = write_migration(tmp_path, "kept", sql_migration(TABLE, batch_size=100))
+    it), and a runner started without one takes it: its batches hold the cap's slice (100
+    keys at 5,000 rows/s; a remainder of up to twice that runs whole), not the declared
+    1,000."""
+    await seed_table(conn, rows=1_000)
+    name = write_migration(tmp_path, "kept", sql_migration(TABLE, batch_size=1_000))
     with pytest.raises(Stopped):
         await run(dsn, tmp_path, name, max_rows_per_second=5_000, max_duration="0s")
     stored = await conn.fetchrow(
@@ -512,8 +514,13 @@ async def test_a_budget_is_stored_once_as_the_runner_starts_and_kept_on_resume(
     )
     assert (stored["max_rows_per_second"], stored["batches_done"]) == (5_000, 0)
     await run(dsn, tmp_path, name)  # no budget given: the stored one applies
-    done = await assert_completed(conn, name, TABLE, 300)
+    done = await assert_completed(conn, name, TABLE, 1_000)
     assert done["max_rows_per_second"] == 5_000
+    biggest = await conn.fetchval(
+        "SELECT max(keys) FROM ops.backfill_batches WHERE backfill = $1 AND status = 'done'",
+        name,
+    )
+    assert biggest <= 2 * math.ceil(5_000 * PACED_SLICE)
 
 
 async def test_under_a_rate_cap_batches_hold_the_caps_slice_and_keep_to_the_cap(

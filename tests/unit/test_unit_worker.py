@@ -411,7 +411,8 @@ async def test_a_worker_held_by_a_health_gate_goes_once_it_lets_go_not_at_its_ba
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.run)
             await anyio.sleep(0.05)
-            assert batch.started is None  # claimed, and held
+            assert store.calls == [("claim", 100)]  # claimed: waiting on the gate, not before
+            assert batch.started is None  # held
             gate.observe(Reading(time.monotonic()))
             let_go = time.monotonic()
             crew.stop.nudge()
