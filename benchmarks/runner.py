@@ -515,15 +515,22 @@ def paired_ratios(r: Result, base: Result) -> list[float]:
     return [b.seconds / x.seconds for x, b in zip(r.runs, base.runs, strict=False)]
 
 
-def _bar(label: str, ratio: float, paired: list[float], bar: float) -> str:
-    line = f"  ≥ {bar:.2f}× {label} rows/s: {ratio:.3f}× {'met' if ratio >= bar else 'MISSED'}"
+def _bar(label: str, ratio: float, paired: list[float], bar: float | None) -> str:
+    """One line of ratios against a baseline, judged against ``bar`` (``None``: shown, not
+    judged)."""
+
+    def verdict(x: float) -> str:
+        return "" if bar is None else (" met" if x >= bar else " MISSED")
+
+    head = f"  ≥ {bar:.2f}× {label}" if bar is not None else f"  (not a bar: beside {label}"
+    line = f"{head} rows/s: {ratio:.3f}×{verdict(ratio)}"
     if len(paired) > 1:
         mid = statistics.median(paired)
         line += (
             f"; round by round: median {mid:.3f}× ({min(paired):.2f}–{max(paired):.2f})"
-            f" {'met' if mid >= bar else 'MISSED'}"
+            f"{verdict(mid)}"
         )
-    return line
+    return line if bar is not None else line + ")"
 
 
 def bars(results: dict[str, Result]) -> str:
@@ -543,13 +550,9 @@ def bars(results: dict[str, Result]) -> str:
     worst = max(w.max_ms for w in r.writer)
     out.append(f"  writer max stall < 50 ms: {worst:.0f} ms {'met' if worst < 50 else 'MISSED'}")
     script = results.get("keyset-script")
-    if script and script.runs:
-        # Not a bar: the same loop timed as `run` is, from spawn to exit.
-        ratio, paired = r.rows_per_second / script.rows_per_second, paired_ratios(r, script)
-        line = f"  (not a bar: beside the keyset loop as a script, spawn to exit: {ratio:.3f}×"
-        if len(paired) > 1:
-            line += f"; round by round {statistics.median(paired):.3f}×"
-        out.append(line + ")")
+    if script and script.runs:  # the same loop timed as `run` is, from spawn to exit
+        ratio = r.rows_per_second / script.rows_per_second
+        out.append(_bar("the keyset loop as a script", ratio, paired_ratios(r, script), None))
     return "\n".join(out)
 
 
